@@ -1,0 +1,62 @@
+// Package auth decides who may open a tunnel: authenticators turn the
+// credentials a client presents (password, bearer token, client certificate)
+// into an Identity, and a Policy decides whether that identity is admitted.
+//
+// Authenticators never log credentials; errors they return are safe to show
+// to the user (they name the reason, never the secret).
+package auth
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"net/netip"
+	"time"
+)
+
+// Credentials is what a client presented at sign-in. Empty fields were not
+// presented.
+type Credentials struct {
+	Username    string
+	Password    string
+	BearerToken string
+	// PeerCertificates is the verified client certificate chain (leaf
+	// first) from mutual TLS, if any.
+	PeerCertificates []*x509.Certificate
+	RemoteAddr       netip.Addr
+	DeviceID         string
+	UserAgent        string
+}
+
+// Identity is an authenticated principal.
+type Identity struct {
+	User     string
+	Email    string
+	Groups   []string
+	DeviceID string
+	// Claims holds the raw token claims (nil for non-token methods).
+	Claims map[string]any
+	// Expiry is when the credential stops being valid (zero: never; the
+	// session timeout still applies).
+	Expiry time.Time
+	// Method names how the identity was established: "password",
+	// "token", "certificate", "static".
+	Method string
+}
+
+// Authenticator verifies credentials.
+//
+// It returns ErrNotApplicable when the credentials carry nothing it can
+// judge (so a chain can try the next one), and an error wrapping
+// ErrInvalidCredentials when they are wrong.
+type Authenticator interface {
+	Authenticate(ctx context.Context, c Credentials) (*Identity, error)
+}
+
+var (
+	// ErrInvalidCredentials means the credentials were judged and rejected.
+	ErrInvalidCredentials = errors.New("auth: invalid credentials")
+	// ErrNotApplicable means the authenticator has nothing to say about
+	// these credentials.
+	ErrNotApplicable = errors.New("auth: credentials not applicable")
+)
