@@ -1,0 +1,294 @@
+// Package config reads the gateway's YAML configuration file.
+//
+// Decoding is strict (unknown keys are errors) and validation reports every
+// problem at once, each with its file:line, so an operator fixes a file in
+// one pass. The result is a tunnel.Config plus the settings that only the
+// standalone binary uses.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/policy"
+	"github.com/underpass/underpass/tunnel"
+)
+
+// maxFileSize bounds a config file: real ones are a few KiB, even with 500
+// route rules; anything larger is a mistake (a binary, a log).
+const maxFileSize = 4 << 20
+
+// File is the YAML document.
+type File struct {
+	Listen string `yaml:"listen"`
+	TLS    struct {
+		Cert string `yaml:"cert"`
+		Key  string `yaml:"key"`
+	} `yaml:"tls"`
+	Pool           string    `yaml:"pool"`
+	DNS            []string  `yaml:"dns"`
+	SearchDomains  []string  `yaml:"search_domains"`
+	SplitInclude   []string  `yaml:"split_include"`
+	SplitExclude   []string  `yaml:"split_exclude"`
+	MTU            int       `yaml:"mtu"`
+	DPD            Duration  `yaml:"dpd"`
+	Keepalive      Duration  `yaml:"keepalive"`
+	IdleTimeout    Duration  `yaml:"idle_timeout"`
+	SessionTimeout Duration  `yaml:"session_timeout"`
+	ReconnectGrace Duration  `yaml:"reconnect_grace"`
+	Banner         string    `yaml:"banner"`
+	Users          []User    `yaml:"users"`
+	Log            LogConfig `yaml:"log"`
+	DemoPage       *bool     `yaml:"demo_page"`
+	HostAddrs      []string  `yaml:"host_addrs"`
+}
+
+// User is a static lab user with a bcrypt password hash.
+type User struct {
+	Name         string   `yaml:"name"`
+	PasswordHash string   `yaml:"password_hash"`
+	Groups       []string `yaml:"groups"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // text (default) or json
+}
+
+// Duration is a time.Duration written as "30s", "5m", "1h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (examples: 30s, 5m, 1h)", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Tunnel   tunnel.Config
+	Users    []User
+	Log      LogConfig
+	DemoPage bool
+	CertFile string
+	KeyFile  string
+}
+
+// Error lists every problem in a file, each prefixed with file:line.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config %s: %d problem(s):\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// Load reads and validates the file at path. Relative paths inside it
+// (certificate files) are resolved against the file's directory.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxFileSize {
+		return nil, &Error{File: path, Problems: []string{fmt.Sprintf("file larger than %d bytes", maxFileSize)}}
+	}
+	return Parse(path, b)
+}
+
+// Parse validates a YAML document; name is used in messages and to resolve
+// relative paths.
+func Parse(name string, b []byte) (*Config, error) {
+	e := &Error{File: name}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		e.Problems = append(e.Problems, yamlMsg(name, err)...)
+		return nil, e
+	}
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		e.Problems = append(e.Problems, yamlMsg(name, err)...)
+		return nil, e
+	}
+	lines := keyLines(&root)
+	at := func(key string) string {
+		if l, ok := lines[key]; ok {
+			return fmt.Sprintf("%s:%d: %s", name, l, key)
+		}
+		return fmt.Sprintf("%s: %s", name, key)
+	}
+	bad := func(key, format string, args ...any) {
+		e.Problems = append(e.Problems, at(key)+": "+fmt.Sprintf(format, args...))
+	}
+
+	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage}
+	t := &c.Tunnel
+	t.ListenAddr = f.Listen
+	if f.Pool != "" {
+		p, err := netip.ParsePrefix(f.Pool)
+		if err != nil {
+			bad("pool", "%v", err)
+		}
+		t.Pool = p
+	}
+	for i, s := range f.DNS {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("dns[%d]", i), "%q is not an IP address", s)
+			continue
+		}
+		t.DNS = append(t.DNS, a)
+	}
+	for i, s := range f.HostAddrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("host_addrs[%d]", i), "%q is not an IP address", s)
+			continue
+		}
+		t.HostAddrs = append(t.HostAddrs, a)
+	}
+	t.SearchDomains = f.SearchDomains
+	var perrs []error
+	t.SplitInclude, perrs = policy.ParsePrefixes("split_include", f.SplitInclude)
+	for _, err := range perrs {
+		bad("split_include", "%v", err)
+	}
+	t.SplitExclude, perrs = policy.ParsePrefixes("split_exclude", f.SplitExclude)
+	for _, err := range perrs {
+		bad("split_exclude", "%v", err)
+	}
+	t.MTU = f.MTU
+	t.DPD = time.Duration(f.DPD)
+	t.Keepalive = time.Duration(f.Keepalive)
+	t.IdleTimeout = time.Duration(f.IdleTimeout)
+	t.SessionTimeout = time.Duration(f.SessionTimeout)
+	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
+	t.Banner = f.Banner
+
+	switch f.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log", "level %q: want debug, info, warn or error", f.Log.Level)
+	}
+	switch f.Log.Format {
+	case "", "text", "json":
+	default:
+		bad("log", "format %q: want text or json", f.Log.Format)
+	}
+	seen := map[string]bool{}
+	for i, u := range f.Users {
+		k := fmt.Sprintf("users[%d]", i)
+		switch {
+		case u.Name == "":
+			bad("users", "%s: name is required", k)
+		case seen[u.Name]:
+			bad("users", "%s: duplicate user %q", k, u.Name)
+		}
+		seen[u.Name] = true
+		if !strings.HasPrefix(u.PasswordHash, "$2") {
+			bad("users", "%s: password_hash must be a bcrypt hash ($2a$/$2b$/$2y$...)", k)
+		}
+	}
+
+	dir := filepath.Dir(name)
+	rel := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	c.CertFile, c.KeyFile = rel(f.TLS.Cert), rel(f.TLS.Key)
+	switch {
+	case (c.CertFile == "") != (c.KeyFile == ""):
+		bad("tls", "set both cert and key, or neither (a self-signed certificate is generated)")
+	case c.CertFile != "":
+		cert, err := certutil.LoadPEM(c.CertFile, c.KeyFile)
+		if err != nil {
+			bad("tls", "%v", err)
+		} else {
+			t.Certificate = cert
+		}
+	}
+
+	// Whole-config rules (ranges, routes); the authenticator is supplied
+	// by the caller, so do not report it missing here.
+	if err := t.Validate(); err != nil {
+		var ce *tunnel.ConfigError
+		if errors.As(err, &ce) {
+			for _, pe := range ce.Errs {
+				msg := pe.Error()
+				if strings.HasPrefix(msg, "authenticator:") {
+					continue
+				}
+				key := strings.SplitN(msg, ":", 2)[0]
+				key = strings.SplitN(key, "[", 2)[0]
+				if _, ok := lines[key]; ok {
+					e.Problems = append(e.Problems, fmt.Sprintf("%s:%d: %s", name, lines[key], msg))
+				} else {
+					e.Problems = append(e.Problems, fmt.Sprintf("%s: %s", name, msg))
+				}
+			}
+		}
+	}
+	if len(e.Problems) > 0 {
+		return nil, e
+	}
+	return c, nil
+}
+
+// keyLines maps each top-level key to its line.
+func keyLines(root *yaml.Node) map[string]int {
+	out := map[string]int{}
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return out
+	}
+	m := root.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return out
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		out[m.Content[i].Value] = m.Content[i].Line
+	}
+	return out
+}
+
+// yamlMsg turns a yaml error into file:line messages.
+func yamlMsg(name string, err error) []string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		out := make([]string, 0, len(te.Errors))
+		for _, m := range te.Errors {
+			out = append(out, name+": "+m)
+		}
+		return out
+	}
+	return []string{name + ": " + err.Error()}
+}

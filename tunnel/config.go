@@ -1,0 +1,242 @@
+package tunnel
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/policy"
+	"github.com/underpass/underpass/netstack"
+)
+
+// Defaults applied to zero-valued Config fields. Each carries its reason.
+const (
+	// DefaultListenAddr is the AnyConnect standard port on every interface (R-C4).
+	DefaultListenAddr = ":443"
+	// DefaultMTU is the tunnel MTU pushed to clients. On the TLS path a
+	// frame is one TLS record, not one IP datagram on the wire, so the
+	// tunnel MTU is bounded by the TLS record size (16 KiB) rather than the
+	// path MTU. Big packets cut per-packet work on both ends roughly tenfold.
+	// 16000 leaves room for the 8-byte CSTP header under the 16384-byte record
+	// limit with margin for clients that add their own framing slack.
+	DefaultMTU = 16000
+	// MinMTU is the smallest tunnel MTU accepted: 1280 is the IPv6 minimum,
+	// and openconnect refuses IPv6 below it.
+	MinMTU = 1280
+	// MaxMTU is the largest MTU whose frame (8-byte header + packet) still
+	// fits one TLS record (16384 bytes), as openconnect requires.
+	MaxMTU = 16384 - 8
+	// DefaultSessionTimeout is R-C5's default: clients re-authenticate hourly.
+	DefaultSessionTimeout = time.Hour
+	// DefaultDPD is the dead-peer-detection interval pushed to clients: 30 s
+	// notices a dead mobile client within a minute without costing radio time.
+	DefaultDPD = 30 * time.Second
+	// DefaultKeepalive keeps NAT bindings on the client's path warm; most
+	// consumer NATs expire idle TCP mappings after minutes, 20 s is ample.
+	DefaultKeepalive = 20 * time.Second
+	// DefaultReconnectGrace is how long a session whose connection dropped
+	// keeps its address and cookie: openconnect retries for up to 300 s
+	// (its --reconnect-timeout default) before giving up.
+	DefaultReconnectGrace = 300 * time.Second
+	// DefaultHandshakeTimeout bounds TLS handshake plus request headers, so
+	// a client that stops mid-handshake cannot hold a connection.
+	DefaultHandshakeTimeout = 15 * time.Second
+)
+
+// DefaultPool is the recommended client address range (R-C1): link-local
+// space cannot collide with corporate ranges.
+var DefaultPool = netip.MustParsePrefix("169.254.0.0/16")
+
+// Config configures a Gateway. The zero value of every field is useful; New
+// copies the Config, so changing it afterwards has no effect.
+type Config struct {
+	// ListenAddr is the TCP address ListenAndServe binds. Default ":443".
+	ListenAddr string
+
+	// Certificate is the TLS server certificate (full chain). Either it or
+	// GetCertificate is required to serve TLS.
+	Certificate *tls.Certificate
+	// GetCertificate, if set, is consulted on each handshake, so a
+	// certificate can be rotated without a restart.
+	GetCertificate func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+	// Authenticator checks sign-ins. Required.
+	Authenticator auth.Authenticator
+
+	// Pool is the client address range. Default DefaultPool. The first
+	// usable address is the gateway's own in-tunnel address.
+	Pool netip.Prefix
+	// DNS servers pushed to clients (at most 3 are used by openconnect).
+	DNS []netip.Addr
+	// SearchDomains is the DNS suffix search list; the first is the
+	// default domain.
+	SearchDomains []string
+	// SplitInclude lists the networks clients reach through the tunnel; empty
+	// means everything (full tunnel). SplitExclude carves networks out.
+	// The gateway enforces these whatever routes a client installs.
+	SplitInclude []netip.Prefix
+	SplitExclude []netip.Prefix
+
+	// MTU is the tunnel MTU. Default DefaultMTU.
+	MTU int
+	// DPD is the dead-peer-detection interval. Default DefaultDPD.
+	DPD time.Duration
+	// Keepalive is the keepalive interval pushed to clients. Default
+	// DefaultKeepalive.
+	Keepalive time.Duration
+	// IdleTimeout ends a session that moved no data for this long. Zero
+	// means no idle timeout.
+	IdleTimeout time.Duration
+	// SessionTimeout ends every session this long after sign-in; the
+	// client must sign in again. Default DefaultSessionTimeout.
+	SessionTimeout time.Duration
+	// ReconnectGrace is how long a session survives without a connection
+	// before its address is released. Default DefaultReconnectGrace.
+	ReconnectGrace time.Duration
+	// Banner is shown to users after sign-in.
+	Banner string
+
+	// Dialer re-originates client flows. Default &net.Dialer{}.
+	Dialer netstack.Dialer
+	// HostAddrs are the gateway host's own addresses, unreachable from
+	// clients unless an include route names them. Default: the addresses
+	// of every local interface at New.
+	HostAddrs []netip.Addr
+
+	// Logger receives structured logs. Default: silent.
+	Logger *slog.Logger
+}
+
+// ConfigError lists every problem found in a Config.
+type ConfigError struct {
+	Errs []error
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "tunnel: invalid config (%d problem", len(e.Errs))
+	if len(e.Errs) != 1 {
+		b.WriteString("s")
+	}
+	b.WriteString("):")
+	for _, err := range e.Errs {
+		b.WriteString("\n  - ")
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the individual problems, for errors.Is and errors.As.
+func (e *ConfigError) Unwrap() []error { return e.Errs }
+
+// withDefaults returns a copy of c with zero fields defaulted.
+func (c Config) withDefaults() Config {
+	if c.ListenAddr == "" {
+		c.ListenAddr = DefaultListenAddr
+	}
+	if !c.Pool.IsValid() {
+		c.Pool = DefaultPool
+	}
+	if c.MTU == 0 {
+		c.MTU = DefaultMTU
+	}
+	if c.DPD == 0 {
+		c.DPD = DefaultDPD
+	}
+	if c.Keepalive == 0 {
+		c.Keepalive = DefaultKeepalive
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = DefaultSessionTimeout
+	}
+	if c.ReconnectGrace == 0 {
+		c.ReconnectGrace = DefaultReconnectGrace
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	c.DNS = append([]netip.Addr(nil), c.DNS...)
+	c.SearchDomains = append([]string(nil), c.SearchDomains...)
+	c.SplitInclude = append([]netip.Prefix(nil), c.SplitInclude...)
+	c.SplitExclude = append([]netip.Prefix(nil), c.SplitExclude...)
+	c.HostAddrs = append([]netip.Addr(nil), c.HostAddrs...)
+	return c
+}
+
+// Validate reports every problem in c (after defaults) at once, as a
+// *ConfigError, or nil.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if c.Authenticator == nil {
+		add("authenticator: required")
+	}
+	if c.MTU < MinMTU || c.MTU > MaxMTU {
+		add("mtu: %d out of range [%d, %d]", c.MTU, MinMTU, MaxMTU)
+	}
+	if !c.Pool.Addr().Is4() {
+		add("pool: %s: must be an IPv4 prefix", c.Pool)
+	} else if c.Pool.Bits() > 30 {
+		add("pool: %s: too small (need at least a /30: network, gateway, one client, broadcast)", c.Pool)
+	} else if c.Pool != c.Pool.Masked() {
+		add("pool: %s: host bits set (did you mean %s?)", c.Pool, c.Pool.Masked())
+	}
+	for i, a := range c.DNS {
+		if !a.IsValid() || a.IsUnspecified() {
+			add("dns[%d]: %v: not a usable address", i, a)
+		}
+	}
+	for i, d := range c.SearchDomains {
+		if err := checkDomain(d); err != nil {
+			add("search_domains[%d]: %q: %v", i, d, err)
+		}
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"dpd", c.DPD}, {"keepalive", c.Keepalive}, {"session_timeout", c.SessionTimeout}, {"reconnect_grace", c.ReconnectGrace}} {
+		if d.v < time.Second {
+			add("%s: %v: must be at least 1s", d.name, d.v)
+		}
+	}
+	if c.IdleTimeout < 0 {
+		add("idle_timeout: %v: must not be negative (0 disables it)", c.IdleTimeout)
+	}
+	if strings.ContainsAny(c.Banner, "\r\n") {
+		add("banner: must be a single line (it travels in an HTTP header)")
+	}
+	errs = append(errs, policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool)...)
+	if len(errs) == 0 {
+		return nil
+	}
+	return &ConfigError{Errs: errs}
+}
+
+// checkDomain accepts a DNS name made of LDH labels.
+func checkDomain(d string) error {
+	d = strings.TrimSuffix(d, ".")
+	if d == "" {
+		return errors.New("empty domain")
+	}
+	if len(d) > 253 {
+		return errors.New("longer than 253 characters")
+	}
+	for _, l := range strings.Split(d, ".") {
+		if l == "" || len(l) > 63 {
+			return fmt.Errorf("label %q: must be 1 to 63 characters", l)
+		}
+		for _, r := range l {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				return fmt.Errorf("label %q: only letters, digits and '-' allowed", l)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,345 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/underpass/underpass/internal/ippool"
+	"github.com/underpass/underpass/internal/policy"
+	"github.com/underpass/underpass/netstack"
+)
+
+// ErrClosed is returned by Serve and ListenAndServe after Close or Shutdown.
+var ErrClosed = errors.New("tunnel: gateway closed")
+
+// ErrNoSession is returned for an unknown session id.
+var ErrNoSession = errors.New("tunnel: no such session")
+
+// Gateway terminates AnyConnect (CSTP over TLS) client sessions in one
+// userspace TCP/IP stack and re-originates their flows with host sockets.
+//
+// Create one with New, then call ListenAndServe or Serve (several listeners
+// may be served at once), or mount Handler in an existing HTTPS server.
+// Shutdown drains, Close stops at once; both are safe to call more than once.
+type Gateway struct {
+	cfg    Config
+	log    *slog.Logger
+	gwAddr netip.Addr // the gateway's own in-tunnel address
+
+	stack    *netstack.Stack
+	pool     *ippool.Pool
+	policy   *policy.Policy
+	sessions *sessionTable
+	tlsConf  *tls.Config
+	httpSrv  *http.Server
+	handler  http.Handler
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // tunnels and the reaper
+
+	mu       sync.Mutex
+	closed   bool
+	draining bool
+	tunnels  map[*tunnelConn]struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New validates cfg and builds a Gateway. It returns a *ConfigError listing
+// every problem when cfg is invalid.
+func New(cfg Config) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if cfg.HostAddrs == nil {
+		cfg.HostAddrs = localAddrs()
+	}
+	gwAddr := cfg.Pool.Addr().Next() // first usable address of the pool
+	pool, err := ippool.New(cfg.Pool, gwAddr)
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: pool: %w", err)
+	}
+	pol, err := policy.New(policy.Config{
+		Include: cfg.SplitInclude, Exclude: cfg.SplitExclude,
+		Pool: cfg.Pool, Gateway: gwAddr, DNS: cfg.DNS, HostAddrs: cfg.HostAddrs,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: policy: %w", err)
+	}
+	st, err := netstack.New(netstack.Config{
+		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Allow: pol.Allow, Logger: cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: netstack: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gateway{
+		cfg: cfg, log: cfg.Logger, gwAddr: gwAddr,
+		stack: st, pool: pool, policy: pol, sessions: newSessionTable(),
+		ctx: ctx, cancel: cancel, tunnels: make(map[*tunnelConn]struct{}),
+	}
+	g.tlsConf = &tls.Config{
+		MinVersion: tls.VersionTLS12, // R-P4: TLS 1.3 preferred, 1.2 as fallback, nothing older
+		// openconnect drops a CSTP frame whose TLS record is not exactly the
+		// frame: no record splitting, ever.
+		DynamicRecordSizingDisabled: true,
+		NextProtos:                  []string{"http/1.1"},
+	}
+	if cfg.GetCertificate != nil {
+		g.tlsConf.GetCertificate = cfg.GetCertificate
+	} else if cfg.Certificate != nil {
+		g.tlsConf.Certificates = []tls.Certificate{*cfg.Certificate}
+	}
+	g.handler = g.newHandler()
+	g.httpSrv = &http.Server{
+		Handler:           g.handler,
+		ReadHeaderTimeout: DefaultHandshakeTimeout,
+		// Sign-in exchanges are small; a request body that trickles in for
+		// longer than this is an attack, not a client.
+		ReadTimeout: 30 * time.Second,
+		IdleTimeout: 60 * time.Second, // between sign-in and CONNECT
+		// net/http logs handshake failures of port scanners; route them to
+		// our logger at debug level instead of stderr.
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		BaseContext: func(net.Listener) context.Context { return ctx },
+	}
+	g.wg.Add(1)
+	go g.reap()
+	return g, nil
+}
+
+// Addr returns the gateway's own address inside the tunnel: clients reach
+// services started with Listen there, and it answers ping.
+func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
+
+// Handler returns the http.Handler for the AnyConnect endpoints (sign-in and
+// CONNECT), for mounting in an existing HTTPS server. Every other request is
+// answered 404. The hosting server must terminate TLS with
+// DynamicRecordSizingDisabled set, or openconnect may drop frames.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// ListenAndServe listens on Config.ListenAddr (TCP) and serves until Close.
+func (g *Gateway) ListenAndServe() error {
+	l, err := net.Listen("tcp", g.cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("tunnel: listen: %w", err)
+	}
+	return g.Serve(l)
+}
+
+// Serve accepts TCP connections on l, terminates TLS and serves the
+// AnyConnect protocol until Close or Shutdown, then returns ErrClosed.
+// Serve closes l.
+func (g *Gateway) Serve(l net.Listener) error {
+	if g.tlsConf.GetCertificate == nil && len(g.tlsConf.Certificates) == 0 {
+		l.Close()
+		return errors.New("tunnel: no TLS certificate configured")
+	}
+	g.mu.Lock()
+	closed := g.closed || g.draining
+	g.mu.Unlock()
+	if closed {
+		l.Close()
+		return ErrClosed
+	}
+	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf})
+	if errors.Is(err, http.ErrServerClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// tlsListener wraps accepted connections in a batchConn under TLS, so the
+// tunnel can batch records into few socket writes.
+type tlsListener struct {
+	net.Listener
+	conf *tls.Config
+}
+
+func (l *tlsListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true) // frames are already batched; never wait for more
+	}
+	return tls.Server(newBatchConn(c), l.conf), nil
+}
+
+// Listen opens a listener for an in-tunnel service on the gateway's own
+// address (Addr). network is "tcp" (or "tcp4"); address is ":port".
+func (g *Gateway) Listen(network, address string) (net.Listener, error) {
+	ap, err := g.localAddrPort(address)
+	if err != nil {
+		return nil, err
+	}
+	switch network {
+	case "tcp", "tcp4":
+		return g.stack.ListenTCP(ap)
+	}
+	return nil, fmt.Errorf("tunnel: Listen: unsupported network %q", network)
+}
+
+// ListenPacket is Listen for "udp" (or "udp4").
+func (g *Gateway) ListenPacket(network, address string) (net.PacketConn, error) {
+	ap, err := g.localAddrPort(address)
+	if err != nil {
+		return nil, err
+	}
+	switch network {
+	case "udp", "udp4":
+		return g.stack.ListenUDP(ap)
+	}
+	return nil, fmt.Errorf("tunnel: ListenPacket: unsupported network %q", network)
+}
+
+func (g *Gateway) localAddrPort(address string) (netip.AddrPort, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("tunnel: %q: %w", address, err)
+	}
+	a := g.gwAddr
+	if host != "" {
+		if a, err = netip.ParseAddr(host); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("tunnel: %q: %w", address, err)
+		}
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("tunnel: %q: bad port", address)
+	}
+	return netip.AddrPortFrom(a, uint16(p)), nil
+}
+
+// Sessions returns a snapshot of every session.
+func (g *Gateway) Sessions() []SessionInfo {
+	ss := g.sessions.all()
+	out := make([]SessionInfo, 0, len(ss))
+	for _, s := range ss {
+		out = append(out, s.info())
+	}
+	return out
+}
+
+// WhoIs returns the session holding the in-tunnel address a.
+func (g *Gateway) WhoIs(a netip.Addr) (SessionInfo, bool) {
+	s := g.sessions.lookupAddr(a.Unmap())
+	if s == nil {
+		return SessionInfo{}, false
+	}
+	return s.info(), true
+}
+
+// Disconnect ends session id: the client is told to disconnect and must
+// sign in again.
+func (g *Gateway) Disconnect(id string) error {
+	s := g.sessions.get(id)
+	if s == nil {
+		return ErrNoSession
+	}
+	g.endSession(s, "disconnected by operator")
+	return nil
+}
+
+// Shutdown stops accepting connections, then closes every tunnel connection
+// without logging the clients off, so they reconnect (through a load
+// balancer, to another server). It then waits for the tunnels to end or ctx
+// to expire, and closes the gateway.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.draining = true
+	g.mu.Unlock()
+	err := g.httpSrv.Shutdown(ctx)
+	for _, t := range g.liveTunnels() {
+		t.close()
+	}
+	done := make(chan struct{})
+	go func() {
+		for !g.noTunnels() {
+			select {
+			case <-ctx.Done():
+				close(done)
+				return
+			case <-time.After(10 * time.Millisecond): // poll: drain is rare and short
+			}
+		}
+		close(done)
+	}()
+	<-done
+	if cerr := g.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	return err
+}
+
+// Close stops the gateway at once: it cancels every operation, stops
+// accepting, ends every session, closes the stack and waits for all
+// goroutines. It is safe to call more than once.
+func (g *Gateway) Close() error {
+	g.closeOnce.Do(func() {
+		g.mu.Lock()
+		g.closed = true
+		g.mu.Unlock()
+		g.cancel()
+		err := g.httpSrv.Close()
+		for _, t := range g.liveTunnels() {
+			t.close()
+		}
+		for _, s := range g.sessions.all() {
+			g.endSession(s, "gateway shutting down")
+		}
+		g.wg.Wait()
+		if serr := g.stack.Close(); err == nil {
+			err = serr
+		}
+		g.closeErr = err
+	})
+	return g.closeErr
+}
+
+func (g *Gateway) liveTunnels() []*tunnelConn {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]*tunnelConn, 0, len(g.tunnels))
+	for t := range g.tunnels {
+		out = append(out, t)
+	}
+	return out
+}
+
+func (g *Gateway) noTunnels() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.tunnels) == 0
+}
+
+// localAddrs lists the host's interface addresses.
+func localAddrs() []netip.Addr {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ia := range ifas {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			out = append(out, p.Addr().Unmap())
+		}
+	}
+	return out
+}

@@ -1,0 +1,157 @@
+package tunnel
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+)
+
+// cookieBytes is the entropy of a session cookie: 256 bits, well past the
+// 128-bit floor for an unguessable bearer credential.
+const cookieBytes = 32
+
+// SessionInfo is a snapshot of one client session.
+type SessionInfo struct {
+	ID         string
+	User       string
+	DeviceID   string
+	UserAgent  string
+	ClientAddr netip.AddrPort // where the client connects from
+	Address    netip.Addr     // the leased in-tunnel address (invalid before the first CONNECT)
+	Connected  bool           // a tunnel connection is attached now
+	Created    time.Time
+	Expires    time.Time
+	BytesIn    uint64 // client to gateway, IP bytes
+	BytesOut   uint64 // gateway to client, IP bytes
+}
+
+// session is one signed-in client. It outlives individual TLS connections:
+// a client that reconnects with its cookie resumes it and keeps its address.
+type session struct {
+	id        string
+	cookieKey [32]byte // SHA-256 of the cookie; the cookie itself is never stored
+	ident     *auth.Identity
+	userAgent string
+	created   time.Time
+	expires   time.Time
+
+	bytesIn, bytesOut atomic.Uint64
+
+	mu         sync.Mutex
+	addr       netip.Addr
+	clientAddr netip.AddrPort
+	tun        *tunnelConn // current connection, nil while disconnected
+	detached   time.Time   // when tun became nil
+	ended      bool
+}
+
+func (s *session) info() SessionInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return SessionInfo{
+		ID: s.id, User: s.ident.User, DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
+		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.tun != nil,
+		Created: s.created, Expires: s.expires,
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
+	}
+}
+
+// sessionTable indexes sessions by cookie hash, id and leased address.
+type sessionTable struct {
+	mu       sync.Mutex
+	byCookie map[[32]byte]*session
+	byID     map[string]*session
+	byAddr   map[netip.Addr]*session
+}
+
+func newSessionTable() *sessionTable {
+	return &sessionTable{
+		byCookie: make(map[[32]byte]*session),
+		byID:     make(map[string]*session),
+		byAddr:   make(map[netip.Addr]*session),
+	}
+}
+
+// newCookie returns a fresh random cookie (URL-safe, no ';') and its key.
+func newCookie() (string, [32]byte) {
+	b := make([]byte, cookieBytes)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	c := base64.RawURLEncoding.EncodeToString(b)
+	return c, sha256.Sum256([]byte(c))
+}
+
+func newSessionID() string {
+	b := make([]byte, 8) // 64 bits: an operator-facing handle, not a credential
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func (t *sessionTable) add(s *session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.byCookie[s.cookieKey] = s
+	t.byID[s.id] = s
+}
+
+func (t *sessionTable) byCookieValue(cookie string) *session {
+	k := sha256.Sum256([]byte(cookie))
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byCookie[k]
+}
+
+func (t *sessionTable) get(id string) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byID[id]
+}
+
+func (t *sessionTable) setAddr(s *session, a netip.Addr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.byAddr[a] = s
+}
+
+func (t *sessionTable) lookupAddr(a netip.Addr) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.byAddr[a]
+}
+
+// remove drops s from every index; it reports whether s was present.
+func (t *sessionTable) remove(s *session) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.byID[s.id] != s {
+		return false
+	}
+	delete(t.byCookie, s.cookieKey)
+	delete(t.byID, s.id)
+	if s.addr.IsValid() && t.byAddr[s.addr] == s {
+		delete(t.byAddr, s.addr)
+	}
+	return true
+}
+
+func (t *sessionTable) all() []*session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]*session, 0, len(t.byID))
+	for _, s := range t.byID {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (t *sessionTable) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}

@@ -1,0 +1,327 @@
+package tunnel
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/netstack"
+)
+
+const (
+	cstpHeaderLen = cstp.HeaderLen
+	// writeBatch is how many queued packets one flush may carry: enough to
+	// fill several batchConn buffers without starving control frames.
+	writeBatch = 64
+	// ctrlQueue holds control frames (DPD responses) waiting for the
+	// writer; a client flooding DPD requests only loses the excess replies.
+	ctrlQueue = 16
+)
+
+// tunnelConn is one CSTP connection of a session: a reader goroutine feeds
+// client packets into the stack, the run loop writes the stack's packets
+// for this client back as frames.
+type tunnelConn struct {
+	g    *Gateway
+	s    *session
+	conn net.Conn
+	bc   *batchConn // nil when the hosting server did the TLS (Handler mode)
+	br   bufReader
+	port *netstack.Port
+
+	ctrl     chan []byte
+	done     chan struct{} // closed by close()
+	finished chan struct{} // closed when run has returned and cleaned up
+	once     sync.Once
+
+	lastRx atomic.Int64 // unix nanos of the last frame from the client
+	logoff atomic.Bool  // the client sent DISCONNECT: end the session
+	bye    atomic.Bool  // send DISCONNECT before closing (the session ends)
+}
+
+func (g *Gateway) newTunnelConn(s *session, conn net.Conn, br bufReader, port *netstack.Port) *tunnelConn {
+	t := &tunnelConn{
+		g: g, s: s, conn: conn, br: br, port: port,
+		ctrl: make(chan []byte, ctrlQueue), done: make(chan struct{}), finished: make(chan struct{}),
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		t.bc, _ = tc.NetConn().(*batchConn)
+	}
+	t.lastRx.Store(time.Now().UnixNano())
+	g.mu.Lock()
+	if g.closed {
+		g.mu.Unlock()
+		port.Close()
+		conn.Close()
+		close(t.finished)
+		return nil
+	}
+	g.tunnels[t] = struct{}{}
+	g.wg.Add(1)
+	g.mu.Unlock()
+	s.mu.Lock()
+	s.tun = t
+	s.mu.Unlock()
+	return t
+}
+
+// stop asks the run loop to end; run does the cleanup.
+func (t *tunnelConn) stop() { t.once.Do(func() { close(t.done) }) }
+
+// close stops the connection at once, unblocking any read or write.
+func (t *tunnelConn) close() {
+	t.stop()
+	_ = t.conn.SetDeadline(time.Now())
+}
+
+// run is the write loop. It returns when the connection ends.
+func (t *tunnelConn) run() {
+	g, s := t.g, t.s
+	defer g.wg.Done()
+	if t.bc != nil {
+		_ = t.bc.setBatching(true)
+	}
+	readerDone := make(chan error, 1)
+	go func() { readerDone <- t.readLoop() }()
+
+	tick := time.NewTicker(g.cfg.DPD / 2) // DPD checks at twice the DPD rate
+	defer tick.Stop()
+	expiry := time.NewTimer(time.Until(s.expires))
+	defer expiry.Stop()
+
+	var (
+		reason   string
+		end      bool // end the session, not just this connection
+		idleFrom = time.Now()
+		lastIO   = s.bytesIn.Load() + s.bytesOut.Load()
+		writeErr error
+		pkts     = t.port.Packets()
+	)
+loop:
+	for {
+		select {
+		case pk, ok := <-pkts:
+			if !ok {
+				reason = "port closed"
+				break loop
+			}
+			writeErr = t.writePacket(pk)
+			for i := 1; i < writeBatch && writeErr == nil; i++ {
+				select {
+				case pk, ok = <-pkts:
+					if !ok {
+						break
+					}
+					writeErr = t.writePacket(pk)
+					continue
+				default:
+				}
+				break
+			}
+			if writeErr == nil {
+				writeErr = t.flush()
+			}
+		case f := <-t.ctrl:
+			writeErr = t.writeFrame(f)
+			if writeErr == nil {
+				writeErr = t.flush()
+			}
+		case err := <-readerDone:
+			readerDone <- err // let the cleanup below see it
+			if t.logoff.Load() {
+				reason, end = "client logged off", true
+			} else {
+				reason = "connection lost"
+				if err != nil && !errors.Is(err, io.EOF) {
+					reason += ": " + err.Error()
+				}
+			}
+			break loop
+		case <-tick.C:
+			now := time.Now()
+			silent := now.Sub(time.Unix(0, t.lastRx.Load()))
+			if silent > 2*g.cfg.DPD+g.cfg.DPD/2 {
+				reason = "dead peer (no frames for " + silent.Round(time.Second).String() + ")"
+				break loop
+			}
+			if silent > g.cfg.DPD {
+				writeErr = t.writeFrame(cstp.AppendFrame(nil, cstp.DPDReq, nil))
+				if writeErr == nil {
+					writeErr = t.flush()
+				}
+			}
+			if io := s.bytesIn.Load() + s.bytesOut.Load(); io != lastIO {
+				lastIO, idleFrom = io, now
+			} else if g.cfg.IdleTimeout > 0 && now.Sub(idleFrom) > g.cfg.IdleTimeout {
+				reason, end = "idle timeout", true
+				_ = t.sendDisconnect()
+				break loop
+			}
+		case <-expiry.C:
+			reason, end = "session timeout", true
+			_ = t.sendDisconnect()
+			break loop
+		case <-t.done:
+			reason = "closed"
+			if t.bye.Load() {
+				_ = t.sendDisconnect()
+			}
+			break loop
+		}
+		if writeErr != nil {
+			reason = "write: " + writeErr.Error()
+			break
+		}
+	}
+	t.close()
+	_ = t.conn.Close()
+	<-readerDone
+	t.port.Close()
+	for pk := range pkts { // release whatever was still queued
+		pk.Release()
+	}
+	s.mu.Lock()
+	if s.tun == t {
+		s.tun = nil
+		s.detached = time.Now()
+	}
+	s.mu.Unlock()
+	g.mu.Lock()
+	delete(g.tunnels, t)
+	g.mu.Unlock()
+	g.log.Info("tunnel down", "session", s.id, "user", s.ident.User, "reason", reason)
+	close(t.finished)
+	if end {
+		g.endSession(s, reason)
+	}
+}
+
+// readLoop reads the client's frames until the connection ends.
+func (t *tunnelConn) readLoop() error {
+	r := cstp.NewReader(t.br, cstp.MaxRecordPayload)
+	s := t.s
+	for {
+		typ, payload, err := r.Next()
+		if err != nil {
+			return err
+		}
+		t.lastRx.Store(time.Now().UnixNano())
+		switch typ {
+		case cstp.Data:
+			s.bytesIn.Add(uint64(len(payload)))
+			_ = t.port.Inject(payload) // rejects are answered or counted by the stack
+		case cstp.DPDReq:
+			select {
+			case t.ctrl <- cstp.AppendFrame(nil, cstp.DPDResp, payload):
+			default:
+			}
+		case cstp.Disconnect:
+			t.logoff.Store(true)
+			return nil
+		case cstp.Terminate:
+			return nil
+		case cstp.Compressed:
+			return errors.New("compressed frame, but compression was not negotiated")
+		}
+	}
+}
+
+func (t *tunnelConn) writePacket(pk *netstack.Packet) error {
+	f := pk.Frame()
+	cstp.PutHeader(f, cstp.Data, len(f)-cstpHeaderLen)
+	t.s.bytesOut.Add(uint64(len(f) - cstpHeaderLen))
+	_, err := t.conn.Write(f)
+	pk.Release()
+	return err
+}
+
+func (t *tunnelConn) writeFrame(f []byte) error {
+	_, err := t.conn.Write(f)
+	return err
+}
+
+// flush sends batched records, giving a stuck client two DPD intervals to
+// take them before the connection is declared dead.
+func (t *tunnelConn) flush() error {
+	if t.bc == nil {
+		return nil
+	}
+	_ = t.conn.SetWriteDeadline(time.Now().Add(2 * t.g.cfg.DPD))
+	return t.bc.Flush()
+}
+
+// sendDisconnect tells the client the session is over; it exits without
+// reconnecting.
+func (t *tunnelConn) sendDisconnect() error {
+	err := t.writeFrame(cstp.AppendFrame(nil, cstp.Disconnect, nil))
+	if err == nil {
+		err = t.flush()
+	}
+	return err
+}
+
+// endSession removes s for good: its connection is told to disconnect, its
+// cookie stops working and its address returns to the pool.
+func (g *Gateway) endSession(s *session, reason string) {
+	if !g.sessions.remove(s) {
+		return
+	}
+	s.mu.Lock()
+	s.ended = true
+	tun := s.tun
+	addr := s.addr
+	s.mu.Unlock()
+	if tun != nil {
+		// Let the writer send DISCONNECT; a client that does not take it
+		// within a second is cut off.
+		tun.bye.Store(true)
+		tun.stop()
+		select {
+		case <-tun.finished:
+		case <-time.After(time.Second):
+			tun.close()
+			<-tun.finished
+		}
+	}
+	if addr.IsValid() {
+		g.pool.Release(addr)
+	}
+	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", reason,
+		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(s.created).Round(time.Second))
+}
+
+// reap ends sessions past their timeout and disconnected sessions past the
+// reconnect grace.
+func (g *Gateway) reap() {
+	defer g.wg.Done()
+	// Once a second is plenty: timeouts are minutes long.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case now := <-tick.C:
+			for _, s := range g.sessions.all() {
+				s.mu.Lock()
+				detachedFor := time.Duration(0)
+				if s.tun == nil {
+					detachedFor = now.Sub(s.detached)
+				}
+				s.mu.Unlock()
+				switch {
+				case now.After(s.expires):
+					g.endSession(s, "session timeout")
+				case detachedFor > g.cfg.ReconnectGrace:
+					g.endSession(s, "not reconnected within grace")
+				}
+			}
+		}
+	}
+}
