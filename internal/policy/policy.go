@@ -12,7 +12,7 @@
 // gateway and pushed DNS addresses are always reachable; multicast,
 // broadcast and unspecified never; other clients never; the gateway host
 // itself (loopback, link-local, its own addresses) only if an include rule
-// covers it; then exclude, then include (none = everything).
+// names it (lies inside that special range, or is the host's own /32); then exclude, then include (none = everything).
 package policy
 
 import (
@@ -39,7 +39,7 @@ type Config struct {
 	// intercepts them).
 	DNS []netip.Addr
 	// HostAddrs lists the gateway host's own addresses: blocked unless an
-	// include rule covers them.
+	// include rule names them (see Allow).
 	HostAddrs []netip.Addr
 }
 
@@ -63,7 +63,7 @@ var (
 		netip.MustParsePrefix("ff00::/8"),           // IPv6 multicast
 		netip.MustParsePrefix("::/128"),             // IPv6 unspecified
 	}
-	// The gateway host itself, blocked unless an include rule covers it.
+	// The gateway host itself, blocked unless an include rule names it (see Allow).
 	hostRanges = []netip.Prefix{
 		netip.MustParsePrefix("127.0.0.0/8"),    // IPv4 loopback
 		netip.MustParsePrefix("169.254.0.0/16"), // IPv4 link-local, incl. 169.254.169.254 (cloud metadata)
@@ -124,11 +124,11 @@ func canonicalAll(ps []netip.Prefix) []netip.Prefix {
 //  3. inside Pool (another client): denied;
 //  4. the gateway host — loopback (127.0.0.0/8, ::1), link-local
 //     (169.254.0.0/16 incl. 169.254.169.254, fe80::/10) and HostAddrs —
-//     denied, unless some Include prefix contains dst. (An include that
-//     contains everything, 0.0.0.0/0 or ::/0, is rejected by New, so every
-//     include that contains dst was written by the operator to reach it or
-//     a range around it; e.g. include 10.0.0.0/8 makes a host address
-//     10.1.2.3 reachable, include 169.254.169.254/32 the metadata service.)
+//     denied, unless an Include prefix names dst explicitly: it contains
+//     dst and lies inside dst's special range (e.g. 127.0.0.0/8 or
+//     169.254.169.254/32), or, for a HostAddrs address, is that address's
+//     own /32 or /128. A broad include such as 10.0.0.0/8 does not open a
+//     host address 10.1.2.3: the operator must write 10.1.2.3/32.
 //     Such an address then goes on to rules 5-7;
 //  5. inside an Exclude prefix: denied;
 //  6. Include empty (full tunnel): allowed;
@@ -184,6 +184,20 @@ func containedBy(ps []netip.Prefix, a netip.Addr) bool {
 	return false
 }
 
+// namedBy reports whether an include rule names dst explicitly: the rule
+// contains dst and lies inside block, the special range dst belongs to (a
+// host range, or the host address itself as a /32 or /128). So a broad
+// route such as 10.0.0.0/8 never opens the gateway host by accident; the
+// operator has to write 10.1.2.3/32 (or 127.0.0.0/8) to mean it.
+func namedBy(include []netip.Prefix, dst netip.Addr, block netip.Prefix) bool {
+	for _, p := range include {
+		if p.Contains(dst) && p.Bits() >= block.Bits() && block.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
 // decide is the rule list of Allow, evaluated literally by linear scans.
 // compile uses it once per range of the table; tests use it as the oracle.
 func (p *Policy) decide(dst netip.Addr) bool {
@@ -198,7 +212,12 @@ func (p *Policy) decide(dst netip.Addr) bool {
 	if c.Pool.Contains(dst) {
 		return false
 	}
-	if (containedBy(hostRanges, dst) || slices.Contains(c.HostAddrs, dst)) && !containedBy(c.Include, dst) {
+	for _, hr := range hostRanges {
+		if hr.Contains(dst) && !namedBy(c.Include, dst, hr) {
+			return false
+		}
+	}
+	if slices.Contains(c.HostAddrs, dst) && !namedBy(c.Include, dst, netip.PrefixFrom(dst, dst.BitLen())) {
 		return false
 	}
 	if containedBy(c.Exclude, dst) {
