@@ -90,7 +90,7 @@ func TestAllow(t *testing.T) {
 		{base, "host addr zone stripped", "fe80::1", false},
 		{split, "host addr under a broad include 10/8", "10.1.2.3", false},
 		{named, "host addr named by its /32", "192.0.2.10", true},
-		{named, "loopback under a broad include is not named", "127.0.0.1", true},
+		{named, "loopback named by 127.0.0.0/8", "127.0.0.5", true},
 		{split, "host addr not included", "192.0.2.10", false},
 		{named, "loopback named", "127.0.0.1", true},
 		{named, "loopback named but excluded", "127.0.0.200", false},
