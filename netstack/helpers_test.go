@@ -1,0 +1,207 @@
+package netstack
+
+import (
+	"context"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	gwAddr  = netip.MustParseAddr("10.99.0.1")
+	cliAddr = netip.MustParseAddr("10.99.0.2")
+	cli2    = netip.MustParseAddr("10.99.0.3")
+	// far is a "remote" destination; loopDialer maps 198.18.0.0/15 to
+	// 127.0.0.1 so tests only ever open loopback sockets.
+	far = netip.MustParseAddr("198.18.0.1")
+)
+
+const testHeadroom = 8
+
+// loopDialer rewrites every destination to 127.0.0.1 (same port).
+type loopDialer struct{ d net.Dialer }
+
+func (l *loopDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	_, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	return l.d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
+}
+
+// hangDialer never connects; it waits for ctx.
+type hangDialer struct{}
+
+func (hangDialer) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func newGW(t testing.TB, mod func(*Config)) *Stack {
+	t.Helper()
+	cfg := Config{Addr: gwAddr, Dialer: &loopDialer{}, DialTimeout: 2 * time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// client is a second gVisor stack wired to a Port, standing in for a VPN
+// client's kernel.
+type client struct {
+	st   *stack.Stack
+	port *Port
+	ep   *channel.Endpoint
+	wg   sync.WaitGroup
+	stop context.CancelFunc
+}
+
+func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
+	t.Helper()
+	port, err := gw.Attach(addr, testHeadroom, queueLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+	sack := tcpip.TCPSACKEnabled(true)
+	st.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	ep := channel.New(1024, uint32(gw.mtu), "")
+	if err := st.CreateNIC(1, ep); err != nil {
+		t.Fatal(err)
+	}
+	st.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(addr), PrefixLen: 32}}, stack.AddressProperties{})
+	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	ctx, cancel := context.WithCancel(context.Background())
+	c := &client{st: st, port: port, ep: ep, stop: cancel}
+	c.wg.Add(2)
+	go func() { // client -> gateway
+		defer c.wg.Done()
+		for {
+			pkt := ep.ReadContext(ctx)
+			if pkt == nil {
+				return
+			}
+			v := pkt.ToView()
+			port.Inject(v.AsSlice())
+			v.Release()
+			pkt.DecRef()
+		}
+	}()
+	go func() { // gateway -> client
+		defer c.wg.Done()
+		for pk := range port.Packets() {
+			f := pk.Frame()[testHeadroom:]
+			proto := ipv4.ProtocolNumber
+			if f[0]>>4 == 6 {
+				proto = ipv6.ProtocolNumber
+			}
+			pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(f)})
+			ep.InjectInbound(proto, pb)
+			pb.DecRef()
+			pk.Release()
+		}
+	}()
+	t.Cleanup(c.close)
+	return c
+}
+
+func (c *client) close() {
+	c.port.Close()
+	c.stop()
+	c.wg.Wait()
+	c.st.Close()
+	c.ep.Close()
+	c.st.Wait()
+}
+
+func (c *client) dialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
+	return gonet.DialContextTCP(ctx, c.st, tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+}
+
+func (c *client) dialUDP(dst netip.AddrPort) (*gonet.UDPConn, error) {
+	return gonet.DialUDP(c.st, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+}
+
+// Hand-built packets for tests that talk to a Port directly.
+
+func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
+	b := make([]byte, 20+len(payload))
+	writeIPHeader(b, src, dst, proto, len(payload))
+	copy(b[20:], payload)
+	return b
+}
+
+func tcpSYN(src, dst netip.AddrPort) []byte {
+	t := make([]byte, 20)
+	binary.BigEndian.PutUint16(t[0:2], src.Port())
+	binary.BigEndian.PutUint16(t[2:4], dst.Port())
+	binary.BigEndian.PutUint32(t[4:8], 1000)
+	t[12] = 5 << 4
+	t[13] = tcpFlagSYN
+	binary.BigEndian.PutUint16(t[14:16], 65535)
+	binary.BigEndian.PutUint16(t[16:18], l4Checksum(src.Addr(), dst.Addr(), protoTCP, t))
+	return ipv4Packet(src.Addr(), dst.Addr(), protoTCP, t)
+}
+
+func udpPacket(src, dst netip.AddrPort, data []byte) []byte {
+	u := make([]byte, 8+len(data))
+	binary.BigEndian.PutUint16(u[0:2], src.Port())
+	binary.BigEndian.PutUint16(u[2:4], dst.Port())
+	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
+	copy(u[8:], data)
+	binary.BigEndian.PutUint16(u[6:8], l4Checksum(src.Addr(), dst.Addr(), protoUDP, u))
+	return ipv4Packet(src.Addr(), dst.Addr(), protoUDP, u)
+}
+
+func echoRequest(src, dst netip.Addr, seq uint16) []byte {
+	m := make([]byte, 8+16)
+	m[0] = 8
+	binary.BigEndian.PutUint16(m[4:6], 0x1234)
+	binary.BigEndian.PutUint16(m[6:8], seq)
+	copy(m[8:], "underpass-ping!!")
+	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+	return ipv4Packet(src, dst, protoICMP, m)
+}
+
+// nextPacket waits for one outbound packet on p and returns its IP bytes.
+func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
+	t.Helper()
+	select {
+	case pk, ok := <-p.Packets():
+		if !ok {
+			t.Fatal("port closed")
+		}
+		b := append([]byte(nil), pk.Frame()[p.headroom:]...)
+		pk.Release()
+		return b
+	case <-time.After(d):
+		t.Fatal("no packet")
+	}
+	return nil
+}

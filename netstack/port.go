@@ -1,0 +1,301 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"fmt"
+	"maps"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Port is one client session's attachment to the stack: its leased address,
+// its inbound path (Inject) and its outbound queue (Packets).
+//
+// Back-pressure: when the queue is full, the stack's write blocks until the
+// consumer makes room or the port closes, instead of dropping. A drop on
+// this leg would make gVisor's TCP treat the tunnel as lossy (retransmit,
+// collapse cwnd) although nothing was lost on any wire; blocking paces the
+// stack at the speed the client's tunnel drains, like a NIC's full TX ring.
+// The risk: the blocked writer may be one of gVisor's TCP processor
+// goroutines (one per CPU, shared by all flows hashed to it), so a client
+// that stops reading without closing its port stalls those other flows too,
+// until the port is closed. The session layer must therefore close ports of
+// dead peers promptly (DPD); Config.MaxWriteBlock bounds the stall instead
+// if set. A closed port unblocks writers at once and its packets are
+// discarded.
+type Port struct {
+	s        *Stack
+	addr     netip.Addr
+	headroom int
+
+	ch     chan *Packet
+	done   chan struct{}
+	closed atomic.Bool
+	// mu is read-held by every sender for the duration of its send, and
+	// write-held by Close before closing ch, so ch is never closed under a
+	// sender. RLock is one atomic add when uncontended.
+	mu sync.RWMutex
+
+	flowMu sync.Mutex
+	flows  map[flow]struct{}
+}
+
+// flow is a forwarded flow that Port.Close aborts.
+type flow interface{ abort(err error) }
+
+// Attach registers a client session's leased address and returns its Port.
+// headroom bytes (at most MaxHeadroom) are reserved in front of each
+// outbound packet for the caller's frame header. queueLen is the outbound
+// queue length in packets; 0 means DefaultQueueLen.
+func (s *Stack) Attach(addr netip.Addr, headroom, queueLen int) (*Port, error) {
+	if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() || addr.Is4In6() || addr.Zone() != "" {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidAddr, addr)
+	}
+	if headroom < 0 || headroom > MaxHeadroom {
+		return nil, fmt.Errorf("%w: %d", ErrHeadroom, headroom)
+	}
+	if queueLen <= 0 {
+		queueLen = DefaultQueueLen
+	}
+	p := &Port{
+		s: s, addr: addr, headroom: headroom,
+		ch:    make(chan *Packet, queueLen),
+		done:  make(chan struct{}),
+		flows: make(map[flow]struct{}),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if s.isLocal(addr) {
+		return nil, fmt.Errorf("%w: %v is a local address of the stack", ErrInvalidAddr, addr)
+	}
+	old := *s.ports.Load()
+	if _, ok := old[addr]; ok {
+		return nil, fmt.Errorf("%w: %v", ErrAddrInUse, addr)
+	}
+	m := make(map[netip.Addr]*Port, len(old)+1)
+	maps.Copy(m, old)
+	m[addr] = p
+	s.ports.Store(&m)
+	return p, nil
+}
+
+// Addr returns the port's address.
+func (p *Port) Addr() netip.Addr { return p.addr }
+
+// Packets returns the outbound packets for this client. The channel is
+// closed when the port is closed; the consumer should then drain it and
+// Release what it receives.
+func (p *Port) Packets() <-chan *Packet { return p.ch }
+
+// Close detaches the address, unblocks any writer blocked on this port,
+// closes Packets and aborts the port's flows. It is idempotent.
+func (p *Port) Close() error {
+	if !p.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	s := p.s
+	s.mu.Lock()
+	old := *s.ports.Load()
+	if old[p.addr] == p {
+		m := make(map[netip.Addr]*Port, len(old))
+		maps.Copy(m, old)
+		delete(m, p.addr)
+		s.ports.Store(&m)
+	}
+	s.mu.Unlock()
+
+	close(p.done) // blocked senders give up
+	p.mu.Lock()   // wait for senders to leave
+	close(p.ch)
+	p.mu.Unlock()
+
+	p.flowMu.Lock()
+	flows := p.flows
+	p.flows = nil
+	p.flowMu.Unlock()
+	for f := range flows {
+		f.abort(ErrClosed)
+	}
+	return nil
+}
+
+// addFlow registers f; false (and f is not registered) if the port closed.
+func (p *Port) addFlow(f flow) bool {
+	p.flowMu.Lock()
+	defer p.flowMu.Unlock()
+	if p.flows == nil {
+		return false
+	}
+	p.flows[f] = struct{}{}
+	return true
+}
+
+func (p *Port) removeFlow(f flow) {
+	p.flowMu.Lock()
+	delete(p.flows, f)
+	p.flowMu.Unlock()
+}
+
+// send queues pk, blocking while the queue is full if block is set. It
+// reports whether pk was queued; otherwise pk has been released.
+func (p *Port) send(pk *Packet, block bool) bool {
+	s := p.s
+	p.mu.RLock()
+	if p.closed.Load() {
+		p.mu.RUnlock()
+		pk.Release()
+		s.stats.dropPortClosed.Add(1)
+		return false
+	}
+	select {
+	case p.ch <- pk:
+		p.mu.RUnlock()
+		return true
+	default:
+	}
+	if !block {
+		p.mu.RUnlock()
+		pk.Release()
+		return false
+	}
+	s.stats.writeBlocked.Add(1)
+	timeout, t := s.blockTimer()
+	ok := false
+	select {
+	case p.ch <- pk:
+		ok = true
+	case <-p.done:
+		s.stats.dropPortClosed.Add(1)
+	case <-timeout:
+		s.stats.dropBlocked.Add(1)
+	}
+	p.mu.RUnlock()
+	if t != nil {
+		t.Stop()
+	}
+	if !ok {
+		pk.Release()
+	}
+	return ok
+}
+
+// Inject feeds one IP packet from the client into the stack. pkt is copied;
+// the caller may reuse it. The packet is dropped with ErrNotIP, ErrMalformed,
+// ErrTooBig, ErrSpoofed (source is not the port's address) or ErrNotAllowed
+// (destination refused by policy or another session's address); for
+// ErrNotAllowed the client is answered at once on this port: a TCP RST, or
+// an ICMP destination-unreachable (administratively prohibited).
+func (p *Port) Inject(pkt []byte) error {
+	s := p.s
+	if p.closed.Load() {
+		return ErrClosed
+	}
+	if len(pkt) > s.mtu {
+		s.stats.dropTooBig.Add(1)
+		return ErrTooBig
+	}
+	ip, err := parseIP(pkt)
+	if err != nil {
+		if err == ErrNotIP {
+			s.stats.dropNotIP.Add(1)
+		} else {
+			s.stats.dropMalformed.Add(1)
+		}
+		return err
+	}
+	if ip.src != p.addr {
+		s.stats.dropSpoofed.Add(1)
+		return ErrSpoofed
+	}
+	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !s.isLocal(ip.dst)) {
+		// Echo is answered by the stack for its own addresses only;
+		// elsewhere gVisor's promiscuous NIC would answer for any host,
+		// which would lie about reachability.
+		s.stats.dropNotAllowed.Add(1)
+		s.reject(p, &ip)
+		return ErrNotAllowed
+	}
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip.pkt)})
+	if s.link.deliver(ip.proto, pb) {
+		s.stats.packetsIn.Add(1)
+		s.stats.bytesIn.Add(uint64(len(ip.pkt)))
+	}
+	pb.DecRef()
+	return nil
+}
+
+// ipInfo is what Inject learns from a client's IP header.
+type ipInfo struct {
+	pkt      []byte // the packet, trimmed to its IP length
+	proto    tcpip.NetworkProtocolNumber
+	v6       bool
+	hdrLen   int
+	src, dst netip.Addr
+	tproto   uint8  // transport protocol (IPv6: the first next-header)
+	l4       []byte // transport header+payload; nil for non-first fragments
+}
+
+const (
+	protoICMP   = 1
+	protoTCP    = 6
+	protoUDP    = 17
+	protoICMPv6 = 58
+)
+
+func parseIP(b []byte) (ipInfo, error) {
+	if len(b) == 0 {
+		return ipInfo{}, ErrMalformed
+	}
+	var ip ipInfo
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < header.IPv4MinimumSize {
+			return ip, ErrMalformed
+		}
+		ihl := int(b[0]&0x0f) * 4
+		tot := int(binary.BigEndian.Uint16(b[2:4]))
+		if ihl < header.IPv4MinimumSize || tot < ihl || tot > len(b) {
+			return ip, ErrMalformed
+		}
+		b = b[:tot]
+		ip = ipInfo{pkt: b, proto: header.IPv4ProtocolNumber, hdrLen: ihl,
+			src: netip.AddrFrom4([4]byte(b[12:16])), dst: netip.AddrFrom4([4]byte(b[16:20])), tproto: b[9]}
+		if binary.BigEndian.Uint16(b[6:8])&0x1fff == 0 {
+			ip.l4 = b[ihl:]
+		}
+	case 6:
+		if len(b) < header.IPv6MinimumSize {
+			return ip, ErrMalformed
+		}
+		tot := header.IPv6MinimumSize + int(binary.BigEndian.Uint16(b[4:6]))
+		if tot > len(b) {
+			return ip, ErrMalformed
+		}
+		b = b[:tot]
+		ip = ipInfo{pkt: b, proto: header.IPv6ProtocolNumber, v6: true, hdrLen: header.IPv6MinimumSize,
+			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[6],
+			l4: b[header.IPv6MinimumSize:]}
+	default:
+		return ip, ErrNotIP
+	}
+	return ip, nil
+}
+
+func (ip *ipInfo) isEchoRequest() bool {
+	if len(ip.l4) < 1 {
+		return false
+	}
+	if ip.v6 {
+		return ip.tproto == protoICMPv6 && ip.l4[0] == 128
+	}
+	return ip.tproto == protoICMP && ip.l4[0] == 8
+}

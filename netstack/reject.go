@@ -1,0 +1,245 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// Hand-built answers for packets the stack must refuse before they reach
+// gVisor (gVisor would accept them: its NIC is promiscuous). They are queued
+// without blocking: they answer the client's own traffic, and the caller may
+// be the session's reader goroutine.
+
+const (
+	tcpFlagFIN = 0x01
+	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
+	tcpFlagACK = 0x10
+
+	icmp4Unreach         = 3
+	icmp4CodePort        = 3
+	icmp4CodeAdminProhib = 13
+	icmp6Unreach         = 1
+	icmp6CodeAdminProhib = 1
+	icmp6CodePort        = 4
+
+	ttl = 64
+	// icmp4Max and icmp6Max cap an ICMP error, as RFC 1812 4.3.2.3 and
+	// RFC 4443 2.4(c) ask: the whole error fits the minimum MTU.
+	icmp4Max = 576
+	icmp6Max = 1280
+)
+
+// reject answers a refused packet: RST for TCP, ICMP admin-prohibited for
+// the rest; nothing for RSTs, ICMP errors and non-first fragments.
+func (s *Stack) reject(p *Port, ip *ipInfo) {
+	if ip.l4 == nil {
+		return
+	}
+	if ip.tproto == protoTCP {
+		s.sendReset(p, ip)
+		return
+	}
+	if isICMPError(ip) {
+		return
+	}
+	if ip.v6 {
+		s.sendICMP6(p, ip.dst, ip.src, icmp6Unreach, icmp6CodeAdminProhib, ip.pkt)
+	} else {
+		s.sendICMP4(p, s.cfg.Addr, ip.src, icmp4Unreach, icmp4CodeAdminProhib, ip.pkt)
+	}
+}
+
+func isICMPError(ip *ipInfo) bool {
+	if len(ip.l4) < 1 {
+		return ip.tproto == protoICMP || ip.tproto == protoICMPv6
+	}
+	switch ip.tproto {
+	case protoICMP:
+		t := ip.l4[0]
+		return t != 8 && t != 13 && t != 15 && t != 17 // not a query
+	case protoICMPv6:
+		return ip.l4[0] < 128
+	}
+	return false
+}
+
+// sendReset answers a TCP segment with a RST as RFC 9293 3.10.7.1 says for
+// a closed port.
+func (s *Stack) sendReset(p *Port, ip *ipInfo) {
+	t := ip.l4
+	if len(t) < 20 {
+		return
+	}
+	doff := int(t[12]>>4) * 4
+	flags := t[13]
+	if doff < 20 || doff > len(t) || flags&tcpFlagRST != 0 {
+		return
+	}
+	seq := binary.BigEndian.Uint32(t[4:8])
+	ackIn := binary.BigEndian.Uint32(t[8:12])
+	segLen := uint32(len(t) - doff)
+	if flags&tcpFlagSYN != 0 {
+		segLen++
+	}
+	if flags&tcpFlagFIN != 0 {
+		segLen++
+	}
+	var rseq, rack uint32
+	rflags := byte(tcpFlagRST)
+	if flags&tcpFlagACK != 0 {
+		rseq = ackIn
+	} else {
+		rack = seq + segLen
+		rflags |= tcpFlagACK
+	}
+
+	hl := 20
+	if ip.v6 {
+		hl = 40
+	}
+	pk := s.pools.get(p.headroom + hl + 20)
+	if pk == nil {
+		return
+	}
+	b := pk.buf[p.headroom : p.headroom+hl+20]
+	tcp := b[hl:]
+	copy(tcp[0:2], t[2:4]) // ports swapped
+	copy(tcp[2:4], t[0:2])
+	binary.BigEndian.PutUint32(tcp[4:8], rseq)
+	binary.BigEndian.PutUint32(tcp[8:12], rack)
+	tcp[12] = 5 << 4
+	tcp[13] = rflags
+	clear(tcp[14:20]) // window, checksum, urgent
+	writeIPHeader(b[:hl], ip.dst, ip.src, protoTCP, 20)
+	binary.BigEndian.PutUint16(tcp[16:18], l4Checksum(ip.dst, ip.src, protoTCP, tcp))
+	s.queueReject(p, pk)
+}
+
+// sendICMP4 queues an ICMPv4 error quoting orig.
+func (s *Stack) sendICMP4(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
+	q := min(len(orig), icmp4Max-20-8)
+	n := 20 + 8 + q
+	pk := s.pools.get(p.headroom + n)
+	if pk == nil {
+		return
+	}
+	b := pk.buf[p.headroom : p.headroom+n]
+	writeIPHeader(b[:20], src, dst, protoICMP, 8+q)
+	m := b[20:]
+	m[0], m[1] = typ, code
+	clear(m[2:8])
+	copy(m[8:], orig[:q])
+	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+	s.queueReject(p, pk)
+}
+
+// sendICMP6 queues an ICMPv6 error quoting orig.
+func (s *Stack) sendICMP6(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
+	q := min(len(orig), icmp6Max-40-8)
+	n := 40 + 8 + q
+	pk := s.pools.get(p.headroom + n)
+	if pk == nil {
+		return
+	}
+	b := pk.buf[p.headroom : p.headroom+n]
+	writeIPHeader(b[:40], src, dst, protoICMPv6, 8+q)
+	m := b[40:]
+	m[0], m[1] = typ, code
+	clear(m[2:8])
+	copy(m[8:], orig[:q])
+	binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
+	s.queueReject(p, pk)
+}
+
+// sendPortUnreachable tells the client that dst refused its UDP datagrams
+// from src (the upstream socket got ECONNREFUSED). The quoted datagram is
+// rebuilt from the 4-tuple: that is all a client matches an error on.
+func (s *Stack) sendPortUnreachable(p *Port, src, dst netip.AddrPort) {
+	var orig [48]byte
+	hl := 20
+	if src.Addr().Is6() {
+		hl = 40
+	}
+	q := orig[:hl+8]
+	writeIPHeader(q[:hl], src.Addr(), dst.Addr(), protoUDP, 8)
+	u := q[hl:]
+	binary.BigEndian.PutUint16(u[0:2], src.Port())
+	binary.BigEndian.PutUint16(u[2:4], dst.Port())
+	binary.BigEndian.PutUint16(u[4:6], 8)
+	if hl == 20 {
+		s.sendICMP4(p, dst.Addr(), src.Addr(), icmp4Unreach, icmp4CodePort, q)
+	} else {
+		s.sendICMP6(p, dst.Addr(), src.Addr(), icmp6Unreach, icmp6CodePort, q)
+	}
+}
+
+func (s *Stack) queueReject(p *Port, pk *Packet) {
+	if p.send(pk, false) {
+		s.stats.rejects.Add(1)
+	} else {
+		s.stats.rejectsDropped.Add(1)
+	}
+}
+
+// writeIPHeader writes a 20-byte IPv4 or 40-byte IPv6 header (by src's
+// family) for a payload of plen bytes.
+func writeIPHeader(b []byte, src, dst netip.Addr, proto byte, plen int) {
+	if src.Is4() {
+		b[0], b[1] = 0x45, 0
+		binary.BigEndian.PutUint16(b[2:4], uint16(20+plen))
+		binary.BigEndian.PutUint32(b[4:8], 0x4000) // id 0, DF
+		b[8], b[9] = ttl, proto
+		b[10], b[11] = 0, 0
+		s4, d4 := src.As4(), dst.As4()
+		copy(b[12:16], s4[:])
+		copy(b[16:20], d4[:])
+		binary.BigEndian.PutUint16(b[10:12], ^fold(sum(b[:20], 0)))
+		return
+	}
+	binary.BigEndian.PutUint32(b[0:4], 6<<28)
+	binary.BigEndian.PutUint16(b[4:6], uint16(plen))
+	b[6], b[7] = proto, ttl
+	s16, d16 := src.As16(), dst.As16()
+	copy(b[8:24], s16[:])
+	copy(b[24:40], d16[:])
+}
+
+// l4Checksum is the TCP/UDP/ICMPv6 checksum of seg (whose checksum field
+// must be zero) with the pseudo-header.
+func l4Checksum(src, dst netip.Addr, proto byte, seg []byte) uint16 {
+	var acc uint32
+	if src.Is4() {
+		s4, d4 := src.As4(), dst.As4()
+		acc = sum(s4[:], acc)
+		acc = sum(d4[:], acc)
+	} else {
+		s16, d16 := src.As16(), dst.As16()
+		acc = sum(s16[:], acc)
+		acc = sum(d16[:], acc)
+	}
+	acc += uint32(proto) + uint32(len(seg))
+	return ^fold(sum(seg, acc))
+}
+
+// sum adds b as big-endian 16-bit words to acc (ones' complement, unfolded).
+func sum(b []byte, acc uint32) uint32 {
+	for len(b) >= 2 {
+		acc += uint32(binary.BigEndian.Uint16(b))
+		b = b[2:]
+		if acc > 0x7fffffff {
+			acc = (acc & 0xffff) + acc>>16
+		}
+	}
+	if len(b) == 1 {
+		acc += uint32(b[0]) << 8
+	}
+	return acc
+}
+
+func fold(acc uint32) uint16 {
+	for acc > 0xffff {
+		acc = (acc & 0xffff) + acc>>16
+	}
+	return uint16(acc)
+}

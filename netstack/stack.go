@@ -1,0 +1,343 @@
+package netstack
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+// Dialer is the outbound dialer flows are re-originated with
+// (default &net.Dialer{}). An embedding proxy can chain its own.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Config configures a Stack. Only Addr is required.
+type Config struct {
+	// Addr is the gateway's own in-tunnel IPv4 address (required). The stack
+	// answers ICMP echo there; local services listen there. It is never
+	// forwarded to a host socket.
+	Addr netip.Addr
+	// MTU is the largest IP packet the link carries; 0 means 1500. At most
+	// 65535 (the TLS tunnel uses MTUs up to 16384).
+	MTU int
+	// Dialer re-originates flows; nil means &net.Dialer{}.
+	Dialer Dialer
+	// DialTimeout bounds an upstream TCP connect; 0 means 10s.
+	DialTimeout time.Duration
+	// UDPIdleTimeout closes a UDP flow after this long without traffic in
+	// either direction; 0 means 60s.
+	UDPIdleTimeout time.Duration
+	// Allow reports whether a client may send to dst (route policy). nil
+	// allows all. Attached session addresses, unspecified, multicast and
+	// broadcast destinations are refused regardless.
+	Allow func(dst netip.Addr) bool
+	// Logger receives debug and error logs; nil discards them.
+	Logger *slog.Logger
+	// FlowLog, if set, is called (from the flow's goroutine) when a
+	// forwarded TCP or UDP flow ends.
+	FlowLog func(FlowRecord)
+	// MaxInFlight caps TCP connection attempts being dialed upstream at
+	// once; further SYNs are ignored (the client retransmits). 0 means
+	// DefaultMaxInFlight.
+	MaxInFlight int
+	// MaxWriteBlock, if positive, bounds how long the stack blocks on a full
+	// port queue before dropping the packet. 0 blocks until there is room or
+	// the port closes (see Port).
+	MaxWriteBlock time.Duration
+}
+
+// FlowRecord describes a forwarded flow that has ended.
+type FlowRecord struct {
+	Proto     string         // "tcp" or "udp"
+	Src       netip.AddrPort // client side
+	Dst       netip.AddrPort // destination the client asked for
+	BytesUp   uint64         // client -> destination
+	BytesDown uint64         // destination -> client
+	Start     time.Time
+	Duration  time.Duration
+	Err       error // why it ended abnormally (dial failure, reset), or nil
+}
+
+const (
+	// DefaultMaxInFlight bounds pending SYNs being dialed: each holds a
+	// goroutine and a connecting host socket, so a SYN flood or a scan of a
+	// black-holed network cannot exhaust file descriptors; 1024 still lets
+	// a busy gateway open >100 connections/s to destinations that take the
+	// whole 10s dial timeout.
+	DefaultMaxInFlight = 1024
+	// DefaultQueueLen is a port's outbound queue in packets when Attach is
+	// given 0: enough to absorb a burst of ACK-clocked segments from
+	// several flows (gVisor sends up to ~64 segments per burst) while
+	// bounding a stalled client's queued memory to 512 × (headroom+MTU).
+	DefaultQueueLen = 512
+	// MaxHeadroom is the largest headroom Attach accepts: pooled buffers
+	// reserve this much so one pool serves every port.
+	MaxHeadroom = 64
+
+	defaultMTU            = 1500
+	defaultDialTimeout    = 10 * time.Second
+	defaultUDPIdleTimeout = 60 * time.Second
+	nicID                 = tcpip.NICID(1)
+)
+
+// gVisor TCP tuning. Buffers are allocated per segment on demand, so these
+// are caps, not reservations: an idle flow holds none of it.
+const (
+	// tcpBufMin is the floor a buffer may be shrunk to: one page.
+	tcpBufMin = 4 << 10
+	// tcpRcvBufDefault is where receive auto-tuning starts: enough for a
+	// LAN-speed client from the first RTT without reserving 1 MiB (gVisor's
+	// default) of potential backlog per flow × 64k flows.
+	tcpRcvBufDefault = 256 << 10
+	// tcpSndBufDefault likewise for the send side (stack -> client); gVisor
+	// grows it with the congestion window.
+	tcpSndBufDefault = 256 << 10
+	// tcpBufMax lets one flow fill a 1 Gbit/s × 30 ms path (≈4 MiB BDP).
+	tcpBufMax = 4 << 20
+	// tcpTimeWait: TIME_WAIT only guards the in-tunnel leg against stale
+	// duplicates; 10s (vs 60s) frees endpoint memory sooner under churn.
+	tcpTimeWait = 10 * time.Second
+)
+
+// Stack is the gateway's single userspace TCP/IP stack. It is safe for
+// concurrent use.
+type Stack struct {
+	cfg  Config
+	log  *slog.Logger
+	st   *stack.Stack
+	link *linkEndpoint
+	mtu  int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// ports maps an attached address to its Port. Read lock-free on every
+	// packet (copy-on-write: Attach/Close are rare next to packets).
+	ports atomic.Pointer[map[netip.Addr]*Port]
+	// local holds addresses owned by the stack itself (Addr and listener
+	// addresses), copy-on-write like ports.
+	local atomic.Pointer[map[netip.Addr]struct{}]
+
+	mu        sync.Mutex // guards the writers of ports/local, listeners, closed
+	closed    bool
+	listeners map[io.Closer]struct{}
+
+	wg    sync.WaitGroup // flow and handler goroutines
+	pools packetPools
+	stats counters
+}
+
+// New creates and starts a Stack.
+func New(cfg Config) (*Stack, error) {
+	if !cfg.Addr.IsValid() || !cfg.Addr.Is4() || cfg.Addr.IsUnspecified() {
+		return nil, fmt.Errorf("%w: Config.Addr must be an IPv4 address", ErrInvalidAddr)
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = defaultMTU
+	}
+	if cfg.MTU < 576 || cfg.MTU > 65535 {
+		return nil, fmt.Errorf("netstack: MTU %d out of range [576, 65535]", cfg.MTU)
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = defaultDialTimeout
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = defaultUDPIdleTimeout
+	}
+	if cfg.MaxInFlight <= 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+
+	st := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
+	})
+	s := &Stack{
+		cfg:       cfg,
+		log:       log,
+		st:        st,
+		mtu:       cfg.MTU,
+		listeners: make(map[io.Closer]struct{}),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.pools.init(cfg.MTU)
+	s.ports.Store(&map[netip.Addr]*Port{})
+	s.local.Store(&map[netip.Addr]struct{}{cfg.Addr: {}})
+	s.link = &linkEndpoint{s: s, mtu: uint32(cfg.MTU)}
+
+	if err := s.configure(); err != nil {
+		st.Close()
+		st.Wait()
+		s.cancel()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) configure() error {
+	st := s.st
+	opts := []struct {
+		name string
+		opt  tcpip.SettableTransportProtocolOption
+	}{
+		{"sack", ptr(tcpip.TCPSACKEnabled(true))}, // faster loss recovery on lossy client links
+		{"rcvbuf", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpRcvBufDefault, Max: tcpBufMax}},
+		{"sndbuf", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpSndBufDefault, Max: tcpBufMax}},
+		{"moderate", ptr(tcpip.TCPModerateReceiveBufferOption(true))}, // auto-tune rcvbuf so one flow can go fast
+		{"cc", ptr(tcpip.CongestionControlOption("cubic"))},           // cubic holds up better than reno on long fat paths
+		{"timewait", ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait))},
+	}
+	for _, o := range opts {
+		if err := st.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
+			return fmt.Errorf("netstack: tcp option %s: %v", o.name, err)
+		}
+	}
+	if err := st.CreateNICWithOptions(nicID, s.link, stack.NICOptions{Name: "underpass"}); err != nil {
+		return fmt.Errorf("netstack: create NIC: %v", err)
+	}
+	// Promiscuous: accept packets for any destination (we terminate flows
+	// to the whole Internet). Spoofing: reply from those addresses.
+	if err := st.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("netstack: promiscuous: %v", err)
+	}
+	if err := st.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("netstack: spoofing: %v", err)
+	}
+	if err := s.addNICAddr(s.cfg.Addr); err != nil {
+		return err
+	}
+	st.SetRouteTable([]tcpip.Route{
+		{Destination: header.IPv4EmptySubnet, NIC: nicID},
+		{Destination: header.IPv6EmptySubnet, NIC: nicID},
+	})
+	tf := tcp.NewForwarder(st, tcpRcvBufDefault, s.cfg.MaxInFlight, s.handleTCP)
+	st.SetTransportProtocolHandler(tcp.ProtocolNumber, tf.HandlePacket)
+	uf := udp.NewForwarder(st, s.handleUDP)
+	st.SetTransportProtocolHandler(udp.ProtocolNumber, uf.HandlePacket)
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (s *Stack) addNICAddr(a netip.Addr) error {
+	pa := tcpip.ProtocolAddress{AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(a), PrefixLen: a.BitLen()}}
+	if a.Is4() {
+		pa.Protocol = ipv4.ProtocolNumber
+	} else {
+		pa.Protocol = ipv6.ProtocolNumber
+	}
+	if err := s.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+		if _, dup := err.(*tcpip.ErrDuplicateAddress); !dup {
+			return fmt.Errorf("netstack: add address %v: %v", a, err)
+		}
+	}
+	return nil
+}
+
+// track registers a goroutine with the stack's WaitGroup unless the stack is
+// closing. Callers that get true must call s.wg.Done.
+func (s *Stack) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// Close stops the stack: it cancels pending dials, closes every port (which
+// aborts their flows), every listener and the gVisor stack, then waits for
+// all goroutines. It is idempotent.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	ls := make([]io.Closer, 0, len(s.listeners))
+	for l := range s.listeners {
+		ls = append(ls, l)
+	}
+	s.mu.Unlock()
+
+	s.cancel() // pending dials and waits end; forwarder handlers refuse (track fails)
+	for _, p := range *s.ports.Load() {
+		p.Close()
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	s.st.Close() // aborts remaining endpoints, incl. handshakes in progress
+	s.wg.Wait()
+	s.st.Wait()
+	return nil
+}
+
+// lookup returns the port owning addr, or nil. Lock-free.
+func (s *Stack) lookup(a netip.Addr) *Port { return (*s.ports.Load())[a] }
+
+func (s *Stack) isLocal(a netip.Addr) bool {
+	_, ok := (*s.local.Load())[a]
+	return ok
+}
+
+// allowed applies the forwarding policy to a client's destination.
+func (s *Stack) allowed(dst netip.Addr) bool {
+	if s.isLocal(dst) {
+		return true
+	}
+	if dst.IsUnspecified() || dst.IsMulticast() || dst == broadcast4 || dst.Is4In6() {
+		return false
+	}
+	if s.lookup(dst) != nil { // no session-to-session traffic
+		return false
+	}
+	return s.cfg.Allow == nil || s.cfg.Allow(dst)
+}
+
+var broadcast4 = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+func tcpAddr(a netip.Addr) tcpip.Address {
+	if a.Is4() {
+		return tcpip.AddrFrom4(a.As4())
+	}
+	return tcpip.AddrFrom16(a.As16())
+}
+
+func netipAddr(a tcpip.Address) netip.Addr {
+	if a.Len() == 4 {
+		return netip.AddrFrom4(a.As4())
+	}
+	return netip.AddrFrom16(a.As16())
+}
+
+func protoOf(a netip.Addr) tcpip.NetworkProtocolNumber {
+	if a.Is4() {
+		return ipv4.ProtocolNumber
+	}
+	return ipv6.ProtocolNumber
+}

@@ -1,0 +1,541 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// echoServer serves on 127.0.0.1: it echoes until EOF, then writes "bye"
+// and closes, so a client sees both directions and both half-closes.
+func echoServer(t testing.TB) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(20 * time.Second))
+				io.Copy(c, c)
+				c.Write([]byte("bye"))
+			}()
+		}
+	}()
+	return netip.AddrPortFrom(far, uint16(l.Addr().(*net.TCPAddr).Port))
+}
+
+func freePort(t testing.TB, network string) uint16 {
+	t.Helper()
+	if network == "tcp" {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return uint16(l.Addr().(*net.TCPAddr).Port)
+	}
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
+}
+
+func TestTCPRelayHalfClose(t *testing.T) {
+	var mu sync.Mutex
+	var recs []FlowRecord
+	gw := newGW(t, func(c *Config) {
+		c.FlowLog = func(r FlowRecord) { mu.Lock(); recs = append(recs, r); mu.Unlock() }
+	})
+	dst := echoServer(t)
+	c := newClient(t, gw, cliAddr, 0)
+	for _, size := range []int{0, 1, 100 << 10, 2 << 20} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		conn, err := c.dialTCP(ctx, dst)
+		cancel()
+		if err != nil {
+			t.Fatalf("size %d: dial: %v", size, err)
+		}
+		conn.SetDeadline(time.Now().Add(15 * time.Second))
+		data := make([]byte, size)
+		rand.Read(data)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := conn.Write(data)
+			if err == nil {
+				err = conn.CloseWrite() // client FIN -> upstream CloseWrite
+			}
+			errc <- err
+		}()
+		got, err := io.ReadAll(conn) // upstream close -> client EOF
+		if err != nil {
+			t.Fatalf("size %d: read: %v", size, err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("size %d: write: %v", size, err)
+		}
+		want := append(data, "bye"...)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("size %d: got %d bytes, want %d", size, len(got), len(want))
+		}
+		conn.Close()
+	}
+	waitFor(t, "tcp flows to end", func() bool { return gw.Stats().TCPActive == 0 })
+	mu.Lock()
+	defer mu.Unlock()
+	if len(recs) != 4 || recs[3].BytesUp != 2<<20 || recs[3].BytesDown != 2<<20+3 || recs[3].Proto != "tcp" {
+		t.Fatalf("flow records: %+v", recs)
+	}
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; i < 500; i++ {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+// TestTCPFailFast: every way a connection can fail answers the client's SYN
+// with a RST well under a second (never a hang).
+func TestTCPFailFast(t *testing.T) {
+	refused := netip.AddrPortFrom(far, freePort(t, "tcp"))
+	live := echoServer(t)
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		dst  netip.AddrPort
+	}{
+		{"refused", nil, refused},
+		{"dial timeout", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live},
+		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live},
+		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			gw := newGW(t, tt.mod)
+			c := newClient(t, gw, cliAddr, 0)
+			start := time.Now()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			conn, err := c.dialTCP(ctx, tt.dst)
+			if err == nil {
+				conn.Close()
+				t.Fatal("connected")
+			}
+			if d := time.Since(start); d > 800*time.Millisecond {
+				t.Fatalf("failed after %v (%v), want a prompt RST", d, err)
+			}
+			if !bytes.Contains([]byte(err.Error()), []byte("refused")) {
+				t.Fatalf("err = %v, want connection refused", err)
+			}
+		})
+	}
+}
+
+// TestInjectDrops covers every drop reason with a hand-built packet and the
+// answer the client gets for refused destinations.
+func TestInjectDrops(t *testing.T) {
+	gw := newGW(t, func(c *Config) {
+		c.Allow = func(a netip.Addr) bool { return a != netip.MustParseAddr("203.0.113.9") }
+	})
+	p, err := gw.Attach(cliAddr, testHeadroom, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2, err := gw.Attach(cli2, testHeadroom, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	defer p.Close()
+	denied := netip.MustParseAddr("203.0.113.9")
+	src := netip.AddrPortFrom(cliAddr, 40000)
+	short := tcpSYN(src, netip.AddrPortFrom(far, 80))
+	binaryTotLen := func(b []byte, n uint16) []byte { b = append([]byte(nil), b...); b[2], b[3] = byte(n>>8), byte(n); return b }
+	tests := []struct {
+		name   string
+		pkt    []byte
+		want   error
+		answer func([]byte) bool // nil: no answer expected
+	}{
+		{"empty", nil, ErrMalformed, nil},
+		{"not ip", []byte{0x10, 0, 0, 0}, ErrNotIP, nil},
+		{"short v4", short[:10], ErrMalformed, nil},
+		{"bad total length", binaryTotLen(short, 200), ErrMalformed, nil},
+		{"too big", make([]byte, 1501), ErrTooBig, nil},
+		{"spoofed", tcpSYN(netip.AddrPortFrom(cli2, 40000), netip.AddrPortFrom(far, 80)), ErrSpoofed, nil},
+		{"tcp to denied -> RST", tcpSYN(src, netip.AddrPortFrom(denied, 80)), ErrNotAllowed, func(b []byte) bool {
+			return b[9] == protoTCP && netip.AddrFrom4([4]byte(b[12:16])) == denied && b[33]&tcpFlagRST != 0 &&
+				b[33]&tcpFlagACK != 0 && l4Checksum(denied, cliAddr, protoTCP, b[20:]) == 0
+		}},
+		{"udp to denied -> ICMP admin prohibited", udpPacket(src, netip.AddrPortFrom(denied, 53), []byte("q")), ErrNotAllowed, func(b []byte) bool {
+			return b[9] == protoICMP && b[20] == 3 && b[21] == 13 && fold(sum(b[20:], 0)) == 0xffff && fold(sum(b[:20], 0)) == 0xffff
+		}},
+		{"session to session -> RST", tcpSYN(src, netip.AddrPortFrom(cli2, 22)), ErrNotAllowed, func(b []byte) bool {
+			return b[9] == protoTCP && b[33]&tcpFlagRST != 0
+		}},
+		{"session to session udp", udpPacket(src, netip.AddrPortFrom(cli2, 53), nil), ErrNotAllowed, func(b []byte) bool {
+			return b[9] == protoICMP && b[20] == 3 && b[21] == 13
+		}},
+		{"broadcast", udpPacket(src, netip.AddrPortFrom(broadcast4, 67), nil), ErrNotAllowed, func(b []byte) bool { return b[20] == 3 }},
+		{"echo to far -> prohibited", echoRequest(cliAddr, far, 1), ErrNotAllowed, func(b []byte) bool { return b[20] == 3 && b[21] == 13 }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := p.Inject(tt.pkt)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Inject = %v, want %v", err, tt.want)
+			}
+			if tt.answer == nil {
+				select {
+				case pk := <-p.Packets():
+					pk.Release()
+					t.Fatal("unexpected answer")
+				case <-time.After(20 * time.Millisecond):
+				}
+				return
+			}
+			b := nextPacket(t, p, time.Second)
+			if !tt.answer(b) {
+				t.Fatalf("bad answer % x", b)
+			}
+		})
+	}
+	st := gw.Stats()
+	if st.DropSpoofed != 1 || st.DropNotAllowed != 6 || st.DropMalformed != 3 || st.DropNotIP != 1 || st.DropTooBig != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// Session B never saw anything.
+	select {
+	case pk := <-p2.Packets():
+		t.Fatalf("session B got % x", pk.Frame())
+	default:
+	}
+}
+
+func TestICMPEcho(t *testing.T) {
+	gw := newGW(t, nil)
+	p, err := gw.Attach(cliAddr, testHeadroom, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Inject(echoRequest(cliAddr, gwAddr, 7)); err != nil {
+		t.Fatal(err)
+	}
+	b := nextPacket(t, p, time.Second)
+	if b[9] != protoICMP || b[20] != 0 || netip.AddrFrom4([4]byte(b[12:16])) != gwAddr ||
+		!bytes.Equal(b[28:], []byte("underpass-ping!!")) || fold(sum(b[20:], 0)) != 0xffff {
+		t.Fatalf("bad echo reply % x", b)
+	}
+}
+
+func TestUDPRelayAndIdle(t *testing.T) {
+	gw := newGW(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond })
+	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 2048)
+		for {
+			n, a, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(append([]byte("re:"), buf[:n]...), a)
+		}
+	}()
+	defer func() { srv.Close(); <-done }()
+	c := newClient(t, gw, cliAddr, 0)
+	dst := netip.AddrPortFrom(far, uint16(srv.LocalAddr().(*net.UDPAddr).Port))
+	uc, err := c.dialUDP(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	buf := make([]byte, 2048)
+	for i := range 3 {
+		msg := []byte{'m', byte('0' + i)}
+		uc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := uc.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		n, err := uc.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(buf[:n]) != "re:"+string(msg) {
+			t.Fatalf("got %q", buf[:n])
+		}
+	}
+	if a := gw.Stats().UDPActive; a != 1 {
+		t.Fatalf("UDPActive = %d, want 1 (one 4-tuple)", a)
+	}
+	waitFor(t, "udp idle expiry", func() bool { return gw.Stats().UDPActive == 0 })
+	// A new datagram opens a new flow.
+	uc.SetDeadline(time.Now().Add(2 * time.Second))
+	uc.Write([]byte("again"))
+	if n, err := uc.Read(buf); err != nil || string(buf[:n]) != "re:again" {
+		t.Fatalf("after expiry: %q %v", buf[:n], err)
+	}
+}
+
+func TestUDPRefusedAnswersPortUnreachable(t *testing.T) {
+	gw := newGW(t, nil)
+	p, err := gw.Attach(cliAddr, testHeadroom, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	src := netip.AddrPortFrom(cliAddr, 40001)
+	dst := netip.AddrPortFrom(far, freePort(t, "udp"))
+	// The first datagram provokes the host's ICMP; the second write or the
+	// read reports ECONNREFUSED.
+	for range 2 {
+		if err := p.Inject(udpPacket(src, dst, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	b := nextPacket(t, p, 2*time.Second)
+	if b[9] != protoICMP || b[20] != 3 || b[21] != 3 || netip.AddrFrom4([4]byte(b[12:16])) != far ||
+		netip.AddrFrom4([4]byte(b[28+16:28+20])) != far || int(b[28+22])<<8|int(b[28+23]) != int(dst.Port()) {
+		t.Fatalf("bad port unreachable % x", b)
+	}
+}
+
+// TestListenPrecedence: a local service on an address:port wins over a live
+// upstream with the same port.
+func TestListenPrecedence(t *testing.T) {
+	gw := newGW(t, nil)
+	up := echoServer(t)
+	tcpAP := netip.AddrPortFrom(far, up.Port()) // would be forwarded to the echo server
+	l, err := gw.ListenTCP(tcpAP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ldone := make(chan struct{})
+	go func() {
+		defer close(ldone)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("local"))
+			c.Close()
+		}
+	}()
+	gwWeb, err := gw.ListenTCP(netip.AddrPortFrom(gwAddr, 80))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gwWeb.Close()
+	udpPort := freePort(t, "udp")
+	pc, err := gw.ListenUDP(netip.AddrPortFrom(far, udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	udone := make(chan struct{})
+	go func() {
+		defer close(udone)
+		buf := make([]byte, 1500)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("dns:"), buf[:n]...), a)
+		}
+	}()
+
+	c := newClient(t, gw, cliAddr, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := c.dialTCP(ctx, tcpAP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(conn)
+	conn.Close()
+	if string(got) != "local" {
+		t.Fatalf("tcp got %q, want local listener", got)
+	}
+	uc, err := c.dialUDP(netip.AddrPortFrom(far, udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc.SetDeadline(time.Now().Add(5 * time.Second))
+	uc.Write([]byte("q"))
+	buf := make([]byte, 100)
+	n, err := uc.Read(buf)
+	uc.Close()
+	if err != nil || string(buf[:n]) != "dns:q" {
+		t.Fatalf("udp got %q %v", buf[:n], err)
+	}
+	if s := gw.Stats(); s.TCPFlows != 0 || s.UDPFlows != 0 {
+		t.Fatalf("forwarded: %+v", s)
+	}
+	if _, err := gw.ListenTCP(netip.MustParseAddrPort("0.0.0.0:80")); !errors.Is(err, ErrInvalidAddr) {
+		t.Fatalf("listen on unspecified: %v", err)
+	}
+	l.Close()
+	pc.Close()
+	<-ldone
+	<-udone
+}
+
+// TestBackpressure: a port whose consumer stops reading blocks the stack's
+// writer (here the echo reply, written in the injecting goroutine) without
+// dropping; reading resumes it; Close unblocks it.
+func TestBackpressure(t *testing.T) {
+	gw := newGW(t, nil)
+	const q = 4
+	p, err := gw.Attach(cliAddr, testHeadroom, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range q {
+		if err := p.Inject(echoRequest(cliAddr, gwAddr, uint16(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	injected := make(chan error, 1)
+	go func() { injected <- p.Inject(echoRequest(cliAddr, gwAddr, q)) }()
+	select {
+	case <-injected:
+		t.Fatal("writer did not block on a full queue")
+	case <-time.After(100 * time.Millisecond):
+	}
+	nextPacket(t, p, time.Second) // make room
+	select {
+	case err := <-injected:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("writer still blocked after room was made")
+	}
+	for i := 1; i <= q; i++ { // all q replies arrive in order: nothing dropped
+		b := nextPacket(t, p, time.Second)
+		if seq := int(b[26])<<8 | int(b[27]); seq != i {
+			t.Fatalf("reply %d has seq %d", i, seq)
+		}
+	}
+	if s := gw.Stats(); s.DropPortClosed != 0 || s.DropBlocked != 0 || s.WriteBlocked == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	// Fill again, block a writer, then Close must release it.
+	for i := range q {
+		p.Inject(echoRequest(cliAddr, gwAddr, uint16(i)))
+	}
+	go func() { injected <- p.Inject(echoRequest(cliAddr, gwAddr, 99)) }()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	p.Close()
+	select {
+	case <-injected:
+	case <-time.After(time.Second):
+		t.Fatal("Close did not unblock the writer")
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("unblock took %v", d)
+	}
+	n := 0
+	for pk := range p.Packets() {
+		pk.Release()
+		n++
+	}
+	if n != q {
+		t.Fatalf("drained %d, want %d", n, q)
+	}
+	if err := p.Inject(echoRequest(cliAddr, gwAddr, 1)); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Inject after Close: %v", err)
+	}
+}
+
+func TestAttachAndClose(t *testing.T) {
+	gw := newGW(t, nil)
+	p, err := gw.Attach(cliAddr, 8, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cap(p.ch) != DefaultQueueLen {
+		t.Fatalf("queue %d", cap(p.ch))
+	}
+	for _, tc := range []struct {
+		addr     netip.Addr
+		headroom int
+		want     error
+	}{
+		{cliAddr, 8, ErrAddrInUse},
+		{gwAddr, 8, ErrInvalidAddr},
+		{netip.Addr{}, 8, ErrInvalidAddr},
+		{cli2, MaxHeadroom + 1, ErrHeadroom},
+		{cli2, -1, ErrHeadroom},
+	} {
+		if _, err := gw.Attach(tc.addr, tc.headroom, 0); !errors.Is(err, tc.want) {
+			t.Errorf("Attach(%v, %d) = %v, want %v", tc.addr, tc.headroom, err, tc.want)
+		}
+	}
+	p.Close()
+	p.Close()
+	p2, err := gw.Attach(cliAddr, 8, 0) // reusable after Close
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A live flow and a listener: Close tears all down, twice, no leaks
+	// (TestMain's goleak).
+	up := echoServer(t)
+	p2.Close()
+	c := newClient(t, gw, cli2, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := c.dialTCP(ctx, up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := gw.ListenTCP(netip.AddrPortFrom(gwAddr, 80)); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	gw.Close()
+	if _, err := gw.Attach(cliAddr, 8, 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Attach after Close: %v", err)
+	}
+	if a := gw.Stats().TCPActive; a != 0 {
+		t.Fatalf("TCPActive after Close = %d", a)
+	}
+}
