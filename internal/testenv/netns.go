@@ -98,11 +98,31 @@ func NewNetns(t testing.TB, label string) *Netns {
 		t.Fatalf("testenv: create netns: %v", err)
 	}
 	n := &Netns{Name: name, t: t}
+	writeOwner(name)
 	t.Cleanup(n.remove)
 	if err := run("ip", "-n", name, "link", "set", "lo", "up"); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
 	return n
+}
+
+// ownerDir holds one file per live namespace with its owner's "PID
+// STARTTIME", so scripts/netns-clean.sh removes only namespaces whose test
+// process is gone, never those of a run in progress.
+const ownerDir = "/run/underpass-testenv"
+
+func writeOwner(name string) {
+	stat, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return
+	}
+	// Fields after "pid (comm) ": state is field 3, starttime field 22.
+	s := string(stat)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 20 || os.MkdirAll(ownerDir, 0o755) != nil {
+		return
+	}
+	_ = os.WriteFile(filepath.Join(ownerDir, name), []byte(fmt.Sprintf("%d %s\n", os.Getpid(), f[19])), 0o644)
 }
 
 // Pids lists the processes living in the namespace (never this test process,
@@ -142,6 +162,7 @@ func (n *Netns) remove() {
 	var err error
 	for range 10 { // deletion can race with the last process exiting; retry ~1 s
 		if err = run("ip", "netns", "del", n.Name); err == nil {
+			os.Remove(filepath.Join(ownerDir, n.Name))
 			return
 		}
 		time.Sleep(100 * time.Millisecond)

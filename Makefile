@@ -1,0 +1,50 @@
+# Build and test entry points. `make test` is what CI runs (.ci/run).
+GO          ?= go
+BIN         := $(CURDIR)/bin
+STATICCHECK := $(BIN)/staticcheck
+FUZZTIME    ?= 30s
+
+.PHONY: all test deps netns-clean lint fmt-check vet staticcheck build run bench fuzz clean
+
+all: build
+
+# deps, then every static check, then all tests with the race detector.
+# -count=1: end-to-end tests depend on installed tools, never cache them.
+# 40m: the whole suite (race-built gateway, real openconnect) within CI's 90.
+test: deps netns-clean lint
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+deps:
+	@scripts/deps.sh
+
+# Stale "up-*" namespaces from crashed runs (needs root; no-op otherwise).
+netns-clean:
+	@scripts/netns-clean.sh
+
+lint: fmt-check vet staticcheck
+
+fmt-check:
+	@out=$$(gofmt -l .); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+staticcheck:
+	@[ -x $(STATICCHECK) ] || scripts/deps.sh
+	$(STATICCHECK) ./...
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/underpass ./examples/standalone
+
+run:
+	$(GO) run ./examples/standalone serve
+
+bench:
+	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+fuzz:
+	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
+
+clean:
+	rm -f $(BIN)/underpass
