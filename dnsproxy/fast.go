@@ -82,14 +82,13 @@ func parseWireQuery(req []byte, q *wireQuery) bool {
 	q.id = be.Uint16(req)
 	q.rd = req[2]&flagRD != 0
 	q.cd = req[3]&flagCD != 0
-	q.keyLen = appendKeyTail(q.key[:n], q.qtype, q.qclass, q.do, q.cd)
+	q.keyLen = len(appendKeyTail(q.key[:n], q.qtype, q.qclass, q.do, q.cd)) // fits: q.key has room for the tail
 	return true
 }
 
-// appendKeyTail completes a cache key whose lower-case wire name is
-// key[:len(key)] in place and returns the key's length. key must have
-// capacity for 5 more bytes.
-func appendKeyTail(key []byte, qtype, qclass uint16, do, cd bool) int {
+// appendKeyTail appends a cache key's tail (type, class, DO/CD flags) to
+// key, which holds the lower-case wire name.
+func appendKeyTail(key []byte, qtype, qclass uint16, do, cd bool) []byte {
 	var f byte
 	if do {
 		f |= keyDO
@@ -97,8 +96,7 @@ func appendKeyTail(key []byte, qtype, qclass uint16, do, cd bool) int {
 	if cd {
 		f |= keyCD
 	}
-	key = append(key, byte(qtype>>8), byte(qtype), byte(qclass>>8), byte(qclass), f)
-	return len(key)
+	return append(key, byte(qtype>>8), byte(qtype), byte(qclass>>8), byte(qclass), f)
 }
 
 // responseLimit is the largest answer a client may receive.

@@ -322,7 +322,7 @@ func makeKey(dst []byte, name string, qtype uint16, do, cd bool) ([]byte, bool) 
 		}
 	}
 	dst = append(dst, wire[:n]...)
-	return dst[:appendKeyTail(dst, qtype, dns.ClassINET, do, cd)], true
+	return appendKeyTail(dst, qtype, dns.ClassINET, do, cd), true
 }
 
 // cacheGet returns a parsed copy of the cached answer for key, or nil.
