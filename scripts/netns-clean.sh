@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Removes network namespaces that internal/testenv left behind ("up-*") when a
-# test process crashed or was killed before its cleanup ran. A namespace whose
-# owning test process is still alive is left alone, so this is safe to run
-# next to other test runs. --all removes every "up-*" namespace regardless.
+# Removes network namespaces that internal/testenv left behind when a test
+# process crashed or was killed before its cleanup ran. Only names in
+# testenv's exact format (up-LABEL-XXXXXX: up to 8 [a-z0-9], 6 hex digits) are
+# considered: other tools use "up-" names too (e.g. a podman e2e netns
+# "up-ptest"). A namespace whose owning test process is still alive is left
+# alone, so this is safe next to other test runs. --all ignores owners.
 #
 # Owners: testenv writes "PID STARTTIME" to /run/underpass-testenv/NAME.
 set -uo pipefail
@@ -23,7 +25,7 @@ alive() { # alive NAME: its owner process still runs
 	[ "$cur" = "$st" ]
 }
 
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^up-'); do
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^up-[a-z0-9]{0,8}-[0-9a-f]{6}$'); do
 	if ! $all && alive "$ns"; then continue; fi
 	pids=$(ip netns pids "$ns" 2>/dev/null)
 	if [ -n "$pids" ]; then

@@ -24,8 +24,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// NetnsPrefix starts the name of every namespace this package creates;
-// scripts/netns-clean.sh removes stale ones by it.
+// NetnsPrefix starts the name of every namespace this package creates
+// ("up-LABEL-XXXXXX"); scripts/netns-clean.sh removes stale ones matching
+// exactly that format (keep the two in sync).
 const NetnsPrefix = "up-"
 
 // ipTimeout bounds one ip/iptables/sysctl call: they take milliseconds, so

@@ -127,6 +127,7 @@ func (e *ocservEnv) fetch(t *testing.T, s *OCSession) {
 }
 
 func TestOcservDriver(t *testing.T) {
+	t.Parallel()
 	e := startOcserv(t)
 	for _, mode := range []string{ModeTun, ModeOcproxy} {
 		t.Run(mode, func(t *testing.T) {
@@ -150,11 +151,24 @@ func TestOcservDriver(t *testing.T) {
 				t.Errorf("CISCO_BANNER = %q", env["CISCO_BANNER"])
 			}
 			e.fetch(t, s)
+			if mode == ModeTun {
+				// SIGUSR2: reconnect with the cookie, same address, tunnel works again.
+				if err := s.Reconnect(); err != nil {
+					t.Fatal(err)
+				}
+				if err := s.WaitScriptReason("reconnect", 1, 20*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				if got := s.Env()["INTERNAL_IP4_ADDRESS"]; got != addr.String() {
+					t.Errorf("address after reconnect %q, want %v", got, addr)
+				}
+				e.fetch(t, s)
+			}
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
 			if mode == ModeTun {
-				if got := s.ScriptReasons(); strings.Join(got, " ") != "pre-init connect disconnect" {
+				if got := strings.Join(s.ScriptReasons(), " "); got != "pre-init connect attempt-reconnect reconnect disconnect" {
 					t.Errorf("script reasons = %v", got)
 				}
 			}
@@ -163,6 +177,7 @@ func TestOcservDriver(t *testing.T) {
 }
 
 func TestOcservCookieAndKeepSession(t *testing.T) {
+	t.Parallel()
 	e := startOcserv(t)
 	cookie, err := Authenticate(t, e.tp.Client, e.opts)
 	if err != nil {
@@ -191,6 +206,7 @@ func TestOcservCookieAndKeepSession(t *testing.T) {
 }
 
 func TestOcservWrongPassword(t *testing.T) {
+	t.Parallel()
 	e := startOcserv(t)
 	opts := e.opts
 	opts.Password = "wrong"

@@ -40,6 +40,7 @@ var ocproxyWrap []byte
 // OCOptions configures one openconnect run.
 type OCOptions struct {
 	Server        string // "host:port" of the gateway
+	Path          string // URL path and query, default "/" (e.g. "/?secret")
 	ServerCertPin string // "pin-sha256:..." (--servercert)
 	User          string
 	Password      string // fed on stdin (--passwd-on-stdin)
@@ -50,7 +51,13 @@ type OCOptions struct {
 	Timeout       time.Duration // to get connected; DefaultOCTimeout if 0
 }
 
-func (o *OCOptions) url() string { return "https://" + o.Server + "/" }
+func (o *OCOptions) url() string {
+	p := o.Path
+	if p == "" {
+		p = "/"
+	}
+	return "https://" + o.Server + p
+}
 
 // baseArgs are the arguments every openconnect run shares.
 func (o *OCOptions) baseArgs() []string {
@@ -254,8 +261,34 @@ func (s *OCSession) signalExit(sig syscall.Signal) error {
 }
 
 // Reconnect makes openconnect drop the connection and reconnect at once with
-// its cookie (SIGUSR2). The script then runs with reason=reconnect (tun mode).
+// its cookie (SIGUSR2). In tun mode the script then runs with reason
+// "reconnect" (see WaitScriptReason).
 func (s *OCSession) Reconnect() error { return s.Proc.Signal(syscall.SIGUSR2) }
+
+// WaitScriptReason waits until the script has run with reason at least count
+// times in total (tun mode; e.g. "reconnect", "disconnect"), until openconnect
+// exits, or until timeout.
+func (s *OCSession) WaitScriptReason(reason string, count int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		n := 0
+		for _, r := range s.ScriptReasons() {
+			if r == reason {
+				n++
+			}
+		}
+		if n >= count {
+			return nil
+		}
+		if ok, err := s.Proc.Exited(); ok {
+			return fmt.Errorf("testenv: openconnect exited (%v) after %d of %d %q script runs; log:\n%s", err, n, count, reason, s.Proc.Tail(30))
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("testenv: %d of %d %q script runs after %v; reasons so far %v", n, count, reason, timeout, s.ScriptReasons())
+		}
+		time.Sleep(waitPoll)
+	}
+}
 
 func isExitErr(err error) bool {
 	var ee interface{ ExitCode() int }

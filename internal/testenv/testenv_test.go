@@ -134,3 +134,18 @@ func TestPatternReader(t *testing.T) {
 }
 
 func syscallKill0(pid int) error { return syscall.Kill(pid, 0) }
+
+func TestBuildBinaryInNetns(t *testing.T) {
+	bin := BuildBinary(t, "./internal/testenv/testdata/hello")
+	if again := BuildBinary(t, "./internal/testenv/testdata/hello"); again != bin {
+		t.Fatalf("not cached: %s != %s", again, bin)
+	}
+	ns := NewNetns(t, "bin")
+	p := ns.Start(t, bin)
+	if err := p.Wait(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Output(); got != "hello from a namespace with 1 interfaces\n" { // only lo
+		t.Fatalf("output %q", got)
+	}
+}
