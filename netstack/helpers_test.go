@@ -157,13 +157,16 @@ func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
 	return b
 }
 
-func tcpSYN(src, dst netip.AddrPort) []byte {
+func tcpSYN(src, dst netip.AddrPort) []byte { return tcpPacket(src, dst, 1000, 0, tcpFlagSYN) }
+
+func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags byte) []byte {
 	t := make([]byte, 20)
 	binary.BigEndian.PutUint16(t[0:2], src.Port())
 	binary.BigEndian.PutUint16(t[2:4], dst.Port())
-	binary.BigEndian.PutUint32(t[4:8], 1000)
+	binary.BigEndian.PutUint32(t[4:8], seq)
+	binary.BigEndian.PutUint32(t[8:12], ack)
 	t[12] = 5 << 4
-	t[13] = tcpFlagSYN
+	t[13] = flags
 	binary.BigEndian.PutUint16(t[14:16], 65535)
 	binary.BigEndian.PutUint16(t[16:18], l4Checksum(src.Addr(), dst.Addr(), protoTCP, t))
 	return ipv4Packet(src.Addr(), dst.Addr(), protoTCP, t)

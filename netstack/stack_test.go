@@ -176,7 +176,11 @@ func TestInjectDrops(t *testing.T) {
 	denied := netip.MustParseAddr("203.0.113.9")
 	src := netip.AddrPortFrom(cliAddr, 40000)
 	short := tcpSYN(src, netip.AddrPortFrom(far, 80))
-	binaryTotLen := func(b []byte, n uint16) []byte { b = append([]byte(nil), b...); b[2], b[3] = byte(n>>8), byte(n); return b }
+	binaryTotLen := func(b []byte, n uint16) []byte {
+		b = append([]byte(nil), b...)
+		b[2], b[3] = byte(n>>8), byte(n)
+		return b
+	}
 	tests := []struct {
 		name   string
 		pkt    []byte

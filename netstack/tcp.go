@@ -6,13 +6,23 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // tcpFlow relays one client TCP connection to its upstream connection.
+//
+// An idle flow costs one parked goroutine (the upstream reader, waiting in
+// the runtime poller without a buffer) plus the gVisor endpoint. The client
+// -> upstream direction has no goroutine while idle: a waiter callback
+// starts a drain goroutine when the endpoint becomes readable, and the
+// drain exits once it has emptied the receive queue. That is a goroutine
+// per burst of client data, not per packet: a busy flow's drain keeps
+// running while segments keep arriving.
 type tcpFlow struct {
 	s        *Stack
 	port     *Port
@@ -20,22 +30,31 @@ type tcpFlow struct {
 	start    time.Time
 	g        epSide   // client side, in gVisor
 	h        hostSide // upstream side
-	up, down uint64   // bytes client->upstream, upstream->client
+	up, down uint64   // bytes client->upstream (drain), upstream->client (reader)
+
+	entry  waiter.Entry
+	drain  atomic.Int32 // drainIdle, drainRunning or drainDone
+	halves atomic.Int32 // directions still running; the last one tears down
 
 	once sync.Once
 	err  error
 }
 
+const (
+	drainIdle int32 = iota
+	drainRunning
+	drainDone
+)
+
 // handleTCP runs (in a goroutine gVisor starts) for each new client SYN the
 // forwarder accepts. It dials upstream first and completes the client's
-// handshake only on success, so failures become a prompt RST. The goroutine
-// then carries the client->upstream half of the relay.
+// handshake only on success, so failures become a prompt RST. It then hands
+// the flow to a fresh reader goroutine (small stack) and returns.
 func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	if !s.track() {
 		r.Complete(true)
 		return
 	}
-	defer s.wg.Done()
 	id := r.ID()
 	src := netip.AddrPortFrom(netipAddr(id.RemoteAddress), id.RemotePort)
 	dst := netip.AddrPortFrom(netipAddr(id.LocalAddress), id.LocalPort)
@@ -44,6 +63,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		// No session (port closed since), or the gateway's own address
 		// on a port nothing listens on: refuse, never forward.
 		r.Complete(true)
+		s.wg.Done()
 		return
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
@@ -54,45 +74,63 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.log.Debug("netstack: tcp dial failed", "src", src, "dst", dst, "err", err)
 		r.Complete(true)
 		s.flowLog("tcp", src, dst, time.Now(), 0, 0, err)
+		s.wg.Done()
 		return
 	}
 	f := &tcpFlow{s: s, port: port, src: src, dst: dst, start: time.Now()}
-	f.g.register()
-	defer f.g.unregister()
+	f.g.wEntry, f.g.wCh = waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	f.g.wq.EventRegister(&f.g.wEntry)
 	ep, terr := r.CreateEndpoint(&f.g.wq)
 	if terr != nil {
 		r.Complete(true)
+		f.g.wq.EventUnregister(&f.g.wEntry)
 		conn.Close()
 		s.log.Debug("netstack: tcp handshake failed", "src", src, "dst", dst, "err", terr)
+		s.wg.Done()
 		return
 	}
 	r.Complete(false)
 	f.g.ep = ep
 	f.h.init(conn)
 	if !port.addFlow(f) {
+		f.g.wq.EventUnregister(&f.g.wEntry)
 		ep.Abort()
 		conn.Close()
+		s.wg.Done()
 		return
 	}
 	s.stats.tcpFlows.Add(1)
 	s.stats.tcpActive.Add(1)
+	f.halves.Store(2)
+	f.entry = waiter.NewFunctionEntry(readMask, func(waiter.EventMask) { f.kick() })
+	f.g.wq.EventRegister(&f.entry)
+	f.kick() // data may have arrived with the handshake
+	go f.downstream()
+}
 
-	s.wg.Add(1) // safe: this goroutine is already counted
-	done := make(chan struct{})
-	go func() {
-		defer s.wg.Done()
-		defer close(done)
-		f.downstream()
-	}()
-	f.upstream()
-	<-done
+// kick starts a drain goroutine unless one is running or the direction is
+// finished. Called from gVisor's notification path: it must not block.
+func (f *tcpFlow) kick() {
+	if f.drain.CompareAndSwap(drainIdle, drainRunning) {
+		go f.upstream()
+	}
+}
 
-	port.removeFlow(f)
-	ep.Close()
-	conn.Close()
+// halfDone ends one direction; the last one tears the flow down.
+func (f *tcpFlow) halfDone() {
+	if f.halves.Add(-1) != 0 {
+		return
+	}
+	s := f.s
+	f.g.wq.EventUnregister(&f.entry)
+	f.g.wq.EventUnregister(&f.g.wEntry)
+	f.port.removeFlow(f)
+	f.g.ep.Close()
+	f.h.conn.Close()
 	s.stats.tcpActive.Add(-1)
 	f.once.Do(func() {}) // orders a concurrent abort's f.err before the read
-	s.flowLog("tcp", src, dst, f.start, f.up, f.down, f.err)
+	s.flowLog("tcp", f.src, f.dst, f.start, f.up, f.down, f.err)
+	s.wg.Done()
 }
 
 // abort resets both sides (Port.Close, errors).
@@ -104,40 +142,49 @@ func (f *tcpFlow) abort(err error) {
 	})
 }
 
-// upstream copies client -> upstream until the client's FIN (propagated as
+// upstream drains client -> upstream until the receive queue is empty
+// (then exits, to be kicked again), the client's FIN (propagated as
 // CloseWrite) or an error (both sides reset).
 func (f *tcpFlow) upstream() {
-	ctx := f.s.ctx
 	for {
-		if err := f.g.waitReadable(ctx, nil); err != nil {
-			f.abort(err)
-			return
-		}
-		b, n, terr := f.g.read()
-		if terr != nil {
-			switch terr.(type) {
-			case *tcpip.ErrWouldBlock:
-				continue
-			case *tcpip.ErrClosedForReceive:
-				closeWrite(f.h.conn)
-			default:
-				f.abort(errors.New(terr.String()))
+		for f.g.ep.Readiness(readMask) != 0 {
+			b, n, terr := f.g.read()
+			if terr != nil {
+				switch terr.(type) {
+				case *tcpip.ErrWouldBlock:
+					continue
+				case *tcpip.ErrClosedForReceive:
+					closeWrite(f.h.conn)
+				default:
+					f.abort(errors.New(terr.String()))
+				}
+				f.drain.Store(drainDone)
+				f.halfDone()
+				return
 			}
+			_, err := f.h.conn.Write((*b)[:n])
+			putBuf(b)
+			if err != nil {
+				f.abort(err)
+				f.drain.Store(drainDone)
+				f.halfDone()
+				return
+			}
+			f.up += uint64(n)
+		}
+		f.drain.Store(drainIdle)
+		// A notification between the last Readiness and the Store found
+		// the drain running and did nothing: look again.
+		if f.g.ep.Readiness(readMask) == 0 || !f.drain.CompareAndSwap(drainIdle, drainRunning) {
 			return
 		}
-		_, err := f.h.conn.Write((*b)[:n])
-		putBuf(b)
-		if err != nil {
-			f.abort(err)
-			return
-		}
-		f.up += uint64(n)
 	}
 }
 
 // downstream copies upstream -> client until upstream EOF (propagated as a
 // FIN) or an error (both sides reset).
 func (f *tcpFlow) downstream() {
+	defer f.halfDone()
 	ctx := f.s.ctx
 	for {
 		b, n, err := f.h.read()
