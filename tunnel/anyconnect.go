@@ -195,17 +195,18 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	resp := g.connectResponse(s, addr, r)
-	if _, err := conn.Write(resp); err != nil {
-		port.Close()
-		conn.Close()
-		return
-	}
 	t := g.newTunnelConn(s, conn, brw.Reader, port)
 	if t == nil {
 		return
 	}
-	g.log.Info("tunnel up", "session", s.id, "user", s.ident.User, "addr", addr, "client", clientAddr(r))
+	s.mu.Lock()
+	s.clientAddr = clientAddr(r) // the client may have moved (roaming)
+	s.mu.Unlock()
+	if _, err := conn.Write(g.connectResponse(s, addr, r)); err != nil {
+		t.close() // run cleans up at once
+	} else {
+		g.log.Info("tunnel up", "session", s.id, "user", s.ident.User, "addr", addr, "client", clientAddr(r))
+	}
 	t.run()
 }
 

@@ -112,7 +112,7 @@ func New(cfg Config) (*Gateway, error) {
 		IdleTimeout: 60 * time.Second, // between sign-in and CONNECT
 		// net/http logs handshake failures of port scanners; route them to
 		// our logger at debug level instead of stderr.
-		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+		ErrorLog:    slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 		BaseContext: func(net.Listener) context.Context { return ctx },
 	}
 	g.wg.Add(1)

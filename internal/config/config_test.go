@@ -1,0 +1,114 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/underpass/underpass/internal/certutil"
+)
+
+const hash = "$2a$10$abcdefghijklmnopqrstuuN6tZtOcJ3F2PnFQ9pYc0kzIM5Z1X7xq"
+
+func TestParseValid(t *testing.T) {
+	c, err := Parse("gw.yaml", []byte(`
+listen: "127.0.0.1:8443"
+pool: 10.77.0.0/24
+dns: [10.0.0.53]
+search_domains: [corp.example]
+split_include: [198.19.0.0/24, 10.1.0.0/255.255.0.0]
+split_exclude: [198.19.0.128/25]
+mtu: 9000
+dpd: 45s
+idle_timeout: 30m
+session_timeout: 2h
+users:
+  - {name: alice, password_hash: "`+hash+`", groups: [staff]}
+log: {level: debug, format: json}
+demo_page: false
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.Tunnel
+	if tc.ListenAddr != "127.0.0.1:8443" || tc.Pool.String() != "10.77.0.0/24" || tc.MTU != 9000 ||
+		tc.DPD != 45*time.Second || tc.IdleTimeout != 30*time.Minute || tc.SessionTimeout != 2*time.Hour ||
+		len(tc.SplitInclude) != 2 || tc.SplitInclude[1].String() != "10.1.0.0/16" || len(tc.SplitExclude) != 1 ||
+		len(c.Users) != 1 || c.Users[0].Groups[0] != "staff" || c.DemoPage || c.Log.Format != "json" {
+		t.Fatalf("unexpected result: %+v", c)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string // each must appear in the error
+	}{
+		{"unknown key", "listne: x\n", []string{"line 1", "listne"}},
+		{"bad duration", "dpd: soon\n", []string{"line 1", "not a duration"}},
+		{"bad pool", "pool: 10.0.0.0/33\n", []string{"gw.yaml:1: pool"}},
+		{"bad dns", "dns: [10.0.0.53, nope]\n", []string{"dns[1]", "nope"}},
+		{"zero network include", "split_include: [0.0.0.0/0]\n", []string{"gw.yaml:1", "0.0.0.0"}},
+		{"pool overlaps include", "pool: 10.0.0.0/16\nsplit_include: [10.0.0.0/8]\n", []string{"overlap"}},
+		{"bad log level", "log: {level: loud}\n", []string{"gw.yaml:1: log", "loud"}},
+		{"user without hash", "users: [{name: bob, password_hash: plain}]\n", []string{"bcrypt"}},
+		{"duplicate user", "users: [{name: a, password_hash: \"" + hash + "\"}, {name: a, password_hash: \"" + hash + "\"}]\n", []string{"duplicate"}},
+		{"cert without key", "tls: {cert: a.crt}\n", []string{"both cert and key"}},
+		{"missing cert files", "tls: {cert: a.crt, key: a.key}\n", []string{"tls", "a.crt"}},
+		{"mtu", "mtu: 100\n", []string{"gw.yaml:1: mtu"}},
+		{"several at once", "mtu: 100\ndpd: 1ms\npool: 10.0.0.1/24\n", []string{"mtu", "dpd", "pool"}},
+		{"not yaml", "{{{\n", []string{"gw.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("gw.yaml", []byte(tt.doc))
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("want *Error, got %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadRelativeCertAndSize(t *testing.T) {
+	dir := t.TempDir()
+	c, k, err := certutil.SelfSigned([]string{"vpn.example"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, os.WriteFile(filepath.Join(dir, "site.crt"), c, 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "site.key"), k, 0o600))
+	cfgPath := filepath.Join(dir, "gw.yaml")
+	must(t, os.WriteFile(cfgPath, []byte("tls: {cert: site.crt, key: site.key}\n"), 0o644))
+	cfg, err := Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Tunnel.Certificate == nil || cfg.CertFile != filepath.Join(dir, "site.crt") {
+		t.Fatalf("certificate not loaded relative to the file: %+v", cfg)
+	}
+	big := filepath.Join(dir, "big.yaml")
+	must(t, os.WriteFile(big, make([]byte, maxFileSize+1), 0o644))
+	if _, err := Load(big); err == nil || !strings.Contains(err.Error(), "larger") {
+		t.Fatalf("oversized file: %v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

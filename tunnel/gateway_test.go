@@ -1,0 +1,411 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/cstp"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// http.Server's idle-connection goroutines of the test clients'
+		// transports close asynchronously.
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+// corpDialer stands in for the corporate network: the tests' "corporate"
+// hosts live in 198.18.0.0/16 (RFC 2544 test range) and are served by
+// listeners on loopback, so 198.18.x.y:port is dialed as 127.0.0.1:port.
+// (Loopback itself cannot be a tunnel destination: a TCP/IP stack drops
+// packets from 127/8 arriving on a real interface as martians.)
+type corpDialer struct{}
+
+func (corpDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return nil, err
+	}
+	if netip.MustParsePrefix("198.18.0.0/16").Contains(ap.Addr()) {
+		address = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+// corp maps a loopback listener address to its corporate stand-in.
+func corp(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), ap.Port())
+}
+
+// passwords is a test authenticator: user -> password.
+type passwords map[string]string
+
+func (p passwords) Authenticate(_ context.Context, c auth.Credentials) (*auth.Identity, error) {
+	if c.Username == "" {
+		return nil, auth.ErrNotApplicable
+	}
+	if pw, ok := p[c.Username]; !ok || pw != c.Password {
+		return nil, auth.ErrInvalidCredentials
+	}
+	return &auth.Identity{User: c.Username, Method: "static"}, nil
+}
+
+var testCert = func() *tls.Certificate {
+	c, k, err := certutil.SelfSigned([]string{"127.0.0.1"}, time.Now())
+	if err != nil {
+		panic(err)
+	}
+	pair, err := tls.X509KeyPair(c, k)
+	if err != nil {
+		panic(err)
+	}
+	return &pair
+}()
+
+// startGateway serves a gateway on a loopback port; mod adjusts the config.
+func startGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
+	t.Helper()
+	cfg := Config{
+		Certificate:   testCert,
+		Authenticator: passwords{"alice": "secret", "bob": "hunter2"},
+		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
+		SplitExclude:  []netip.Prefix{netip.MustParsePrefix("198.18.200.0/24")},
+		Dialer:        corpDialer{},
+		DNS:           []netip.Addr{netip.MustParseAddr("10.0.0.53")},
+		SearchDomains: []string{"corp.example", "example.net"},
+		DPD:           2 * time.Second,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	g, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Serve(l) }()
+	t.Cleanup(func() {
+		if err := g.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := <-done; !errors.Is(err, ErrClosed) {
+			t.Errorf("Serve returned %v, want ErrClosed", err)
+		}
+	})
+	return g, l.Addr().String()
+}
+
+func TestConfigValidate(t *testing.T) {
+	base := Config{Authenticator: passwords{}}
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want []string // substrings, each must appear
+	}{
+		{"zero value is valid", func(*Config) {}, nil},
+		{"no authenticator", func(c *Config) { c.Authenticator = nil }, []string{"authenticator"}},
+		{"mtu too small", func(c *Config) { c.MTU = 500 }, []string{"mtu"}},
+		{"mtu too big", func(c *Config) { c.MTU = 20000 }, []string{"mtu"}},
+		{"pool v6", func(c *Config) { c.Pool = netip.MustParsePrefix("fd00::/64") }, []string{"pool"}},
+		{"pool too small", func(c *Config) { c.Pool = netip.MustParsePrefix("10.9.9.8/31") }, []string{"pool"}},
+		{"bad domain", func(c *Config) { c.SearchDomains = []string{"ok.example", "bad_domain"} }, []string{"search_domains[1]"}},
+		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"0.0.0.0"}},
+		{"pool overlaps include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")} }, []string{"overlap"}},
+		{"many at once", func(c *Config) {
+			c.Authenticator = nil
+			c.MTU = 1
+			c.DPD = time.Millisecond
+			c.Banner = "two\nlines"
+		}, []string{"authenticator", "mtu", "dpd", "banner"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base
+			tt.mod(&c)
+			err := c.Validate()
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("want *ConfigError, got %v", err)
+			}
+			if len(ce.Errs) < len(tt.want) {
+				t.Errorf("got %d problems, want at least %d: %v", len(ce.Errs), len(tt.want), err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	t.Run("501 rules", func(t *testing.T) {
+		c := base
+		for i := 0; i < 501; i++ {
+			c.SplitInclude = append(c.SplitInclude, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24))
+		}
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "500") {
+			t.Errorf("want a 500-rule error, got %v", err)
+		}
+	})
+}
+
+func TestSignInAndConnect(t *testing.T) {
+	g, addr := startGateway(t, nil)
+
+	if cookie, body := signIn(t, addr, "alice", "wrong"); cookie != "" || !strings.Contains(body, "Login failed") {
+		t.Fatalf("wrong password: cookie %q body %s", cookie, body)
+	}
+	if n := len(g.Sessions()); n != 0 {
+		t.Fatalf("wrong password left %d sessions", n)
+	}
+	if tc, st := connectTunnel(t, addr, "not-a-cookie"); tc != nil || st != 401 {
+		t.Fatalf("bad cookie: status %d", st)
+	}
+
+	cookie, body := signIn(t, addr, "alice", "secret")
+	if cookie == "" || !strings.Contains(body, `type="complete"`) {
+		t.Fatalf("sign-in: %s", body)
+	}
+	if len(cookie) < 22 || strings.ContainsAny(cookie, ";, ") {
+		t.Fatalf("cookie %q: too short or not cookie-safe", cookie)
+	}
+	tc, st := connectTunnel(t, addr, cookie)
+	if tc == nil {
+		t.Fatalf("CONNECT: %d", st)
+	}
+	h := tc.hdr
+	checks := map[string]string{
+		"X-CSTP-Netmask":        "255.255.0.0",
+		"X-CSTP-MTU":            "16000",
+		"X-CSTP-DPD":            "2",
+		"X-CSTP-Default-Domain": "corp.example example.net",
+		"X-CSTP-Rekey-Method":   "none",
+		"X-CSTP-DNS":            "10.0.0.53",
+	}
+	for k, v := range checks {
+		if got := h.Get(k); got != v {
+			t.Errorf("%s = %q, want %q", k, got, v)
+		}
+	}
+	if inc := strings.Join(h.Values("X-CSTP-Split-Include"), ","); !strings.Contains(inc, "198.18.0.0/255.255.0.0") ||
+		!strings.Contains(inc, "10.0.0.53/255.255.255.255") {
+		t.Errorf("split include %q (want the route and the DNS server)", inc)
+	}
+	if exc := strings.Join(h.Values("X-CSTP-Split-Exclude"), ","); exc != "198.18.200.0/255.255.255.0" {
+		t.Errorf("split exclude %q", exc)
+	}
+	if h.Get("X-CSTP-Content-Encoding") != "" {
+		t.Error("compression must not be offered")
+	}
+	first := tc.tunAddr
+	if !DefaultPool.Contains(first) || first == g.Addr() {
+		t.Fatalf("address %v not a client address in the pool", first)
+	}
+	if s, ok := g.WhoIs(first); !ok || s.User != "alice" || !s.Connected {
+		t.Fatalf("WhoIs(%v) = %+v, %v", first, s, ok)
+	}
+
+	// DPD request answered with the same payload.
+	if err := tc.writeFrame(cstp.DPDReq, []byte("ping!")); err != nil {
+		t.Fatal(err)
+	}
+	typ, p, err := tc.readFrame(5 * time.Second)
+	if err != nil || typ != cstp.DPDResp || string(p) != "ping!" {
+		t.Fatalf("DPD: %v %v %q", typ, err, p)
+	}
+
+	// Reconnect with the cookie (old connection lost): same address.
+	tc.Close()
+	tc2, st := connectTunnel(t, addr, cookie)
+	if tc2 == nil {
+		t.Fatalf("reconnect: %d", st)
+	}
+	if tc2.tunAddr != first {
+		t.Fatalf("reconnect got %v, want %v", tc2.tunAddr, first)
+	}
+	// A second user gets another address.
+	tb := dial(t, addr, "bob", "hunter2")
+	if tb.tunAddr == first {
+		t.Fatal("two sessions share an address")
+	}
+
+	// User disconnect (0xB0) ends the session: the cookie stops working.
+	if err := tc2.writeFrame(cstp.Disconnect, []byte{0xb0}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { _, ok := g.WhoIs(first); return !ok }, "session end after DISCONNECT")
+	if tc, st := connectTunnel(t, addr, cookie); tc != nil || st != 401 {
+		t.Fatalf("cookie after logoff: status %d", st)
+	}
+}
+
+func TestOtherPathsLookLikeAWebServer(t *testing.T) {
+	_, addr := startGateway(t, nil)
+	c := tlsDial(t, addr)
+	defer c.Close()
+	_, _ = io.WriteString(c, "GET /admin HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+	b, _ := io.ReadAll(c)
+	if !strings.HasPrefix(string(b), "HTTP/1.1 404") {
+		t.Fatalf("GET: %q", b)
+	}
+}
+
+func TestTLSVersions(t *testing.T) {
+	_, addr := startGateway(t, nil)
+	for _, v := range []struct {
+		ver uint16
+		ok  bool
+	}{{tls.VersionTLS13, true}, {tls.VersionTLS12, true}, {tls.VersionTLS11, false}, {tls.VersionTLS10, false}} {
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MinVersion: v.ver, MaxVersion: v.ver})
+		if (err == nil) != v.ok {
+			t.Errorf("TLS %x: err=%v, want ok=%v", v.ver, err, v.ok)
+		}
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
+func TestSessionTimeoutSendsDisconnect(t *testing.T) {
+	_, addr := startGateway(t, func(c *Config) { c.SessionTimeout = 2 * time.Second })
+	tc := dial(t, addr, "alice", "secret")
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		typ, _, err := tc.readFrame(5 * time.Second)
+		if err != nil {
+			t.Fatalf("no DISCONNECT before the connection ended: %v", err)
+		}
+		if typ == cstp.Disconnect {
+			return
+		}
+	}
+	t.Fatal("no DISCONNECT")
+}
+
+// TestMalformedInput: garbage, truncated frames, oversized lengths and
+// half-done handshakes never crash or wedge the gateway; other sessions keep
+// working.
+func TestMalformedInput(t *testing.T) {
+	g, addr := startGateway(t, nil)
+	good := dial(t, addr, "alice", "secret")
+
+	// Raw garbage instead of a TLS handshake, and a connection that stops
+	// mid-handshake and just sits there.
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = raw.Write([]byte("\x16\x03\x01\x00\x05hello garbage"))
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	defer raw.Close()
+
+	cases := map[string][]byte{
+		"bad magic":       []byte("XXXX\x00\x04\x00\x00abcd"),
+		"oversize length": []byte("STF\x01\xff\xff\x00\x00"),
+		"truncated frame": []byte("STF\x01\x00\x40\x00\x00abc"),
+		"not ip":          cstp.AppendFrame(nil, cstp.Data, []byte("this is not an IP packet")),
+		"compressed":      cstp.AppendFrame(nil, cstp.Compressed, []byte{1, 2, 3}),
+	}
+	for name, b := range cases {
+		tc := dial(t, addr, "bob", "hunter2")
+		if _, err := tc.conn.Write(b); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if name == "not ip" {
+			// A bad packet is dropped, the connection lives on.
+			if err := tc.writeFrame(cstp.DPDReq, []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+			if typ, _, err := tc.readFrame(5 * time.Second); err != nil || typ != cstp.DPDResp {
+				t.Fatalf("%s: connection died: %v %v", name, typ, err)
+			}
+		} else if name != "truncated frame" {
+			// The gateway drops the connection.
+			_ = tc.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, tc.conn); err != nil && !isClosedErr(err) {
+				t.Fatalf("%s: connection not closed: %v", name, err)
+			}
+		}
+		tc.Close()
+	}
+	// The good session still answers.
+	if err := good.writeFrame(cstp.DPDReq, []byte("alive")); err != nil {
+		t.Fatal(err)
+	}
+	if typ, p, err := good.readFrame(5 * time.Second); err != nil || typ != cstp.DPDResp || string(p) != "alive" {
+		t.Fatalf("good session: %v %q %v", typ, p, err)
+	}
+	_ = g
+}
+
+func isClosedErr(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || (errors.As(err, &ne) && !ne.Timeout()) ||
+		strings.Contains(err.Error(), "reset")
+}
+
+func TestShutdownAndCloseIdempotent(t *testing.T) {
+	g, addr := startGateway(t, nil)
+	tc := dial(t, addr, "alice", "secret")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := g.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	// The drained client is cut off without DISCONNECT (so it reconnects).
+	for {
+		typ, _, err := tc.readFrame(5 * time.Second)
+		if err != nil {
+			break
+		}
+		if typ == cstp.Disconnect {
+			t.Fatal("drain must not log the client off")
+		}
+	}
+	if err := g.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Error("still accepting after Shutdown")
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var _ atomic.Bool
