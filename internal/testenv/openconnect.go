@@ -120,7 +120,7 @@ func TryOpenconnect(t testing.TB, ns *Netns, opts OCOptions) (*OCSession, error)
 	switch opts.Mode {
 	case ModeTun:
 		if _, err := os.Stat("/dev/net/tun"); err != nil {
-			missing(t, "/dev/net/tun missing (tun mode)")
+			missing(t, "/dev/net/tun missing (openconnect tun mode)", "load the tun module or use ModeOcproxy")
 		}
 		script := filepath.Join(dir, "vpnc-script.sh")
 		if err := os.WriteFile(script, vpncScript, 0o755); err != nil {

@@ -54,15 +54,15 @@ func pathEnv() string {
 
 // missing reports a missing prerequisite: Fatal under CI, Skip with -short
 // outside CI, Fatal otherwise (a full local run must not silently test less).
-func missing(t testing.TB, what string) {
+func missing(t testing.TB, what, hint string) {
 	t.Helper()
 	switch {
 	case InCI():
-		t.Fatalf("%s (CI=true: missing prerequisites are fatal); %s", what, installHint)
+		t.Fatalf("%s (CI=true: missing prerequisites are fatal); %s", what, hint)
 	case testing.Short():
-		t.Skipf("%s; %s", what, installHint)
+		t.Skipf("%s; %s", what, hint)
 	default:
-		t.Fatalf("%s; %s (or use -short to skip)", what, installHint)
+		t.Fatalf("%s; %s (or use -short to skip)", what, hint)
 	}
 }
 
@@ -76,7 +76,7 @@ func RequireTool(t testing.TB, names ...string) {
 		}
 	}
 	if len(miss) > 0 {
-		missing(t, "missing tools: "+strings.Join(miss, ", "))
+		missing(t, "missing tools: "+strings.Join(miss, ", "), installHint)
 	}
 }
 
@@ -84,6 +84,6 @@ func RequireTool(t testing.TB, names ...string) {
 func RequireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		missing(t, "test needs root (network namespaces); run `sudo -E go test ...`")
+		missing(t, "test needs root (network namespaces, veth, tun)", "run as root, e.g. `sudo -E make test`")
 	}
 }
