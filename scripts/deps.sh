@@ -43,7 +43,16 @@ apt_packages() {
 	fi
 	local p need=() opt=()
 	for p in "${PKGS[@]}"; do installed "$p" || need+=("$p"); done
-	for p in "${OPTIONAL_PKGS[@]}"; do installed "$p" || opt+=("$p"); done
+	for p in "${OPTIONAL_PKGS[@]}"; do
+		installed "$p" && continue
+		# With package lists present, an optional package they lack is skipped
+		# without an apt-get update on every run.
+		if compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null && ! has_candidate "$p"; then
+			warn "optional package $p not available here; skipped"
+			continue
+		fi
+		opt+=("$p")
+	done
 	[ ${#need[@]} -gt 0 ] || [ ${#opt[@]} -gt 0 ] || return 0
 
 	local sudo=()
