@@ -214,7 +214,7 @@ func (s *Stack) configure() error {
 			return fmt.Errorf("netstack: tcp option %s: %v", o.name, err)
 		}
 	}
-	if err := st.CreateNICWithOptions(nicID, s.link, stack.NICOptions{Name: "underpass"}); err != nil {
+	if err := st.CreateNICWithOptions(nicID, s.link, stack.NICOptions{Name: "underpass", QDisc: &directQDisc{s}}); err != nil {
 		return fmt.Errorf("netstack: create NIC: %v", err)
 	}
 	// Promiscuous: accept packets for any destination (we terminate flows
