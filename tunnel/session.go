@@ -149,9 +149,3 @@ func (t *sessionTable) all() []*session {
 	}
 	return out
 }
-
-func (t *sessionTable) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.byID)
-}
