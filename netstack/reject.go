@@ -33,8 +33,8 @@ const (
 // reject answers a refused packet: RST for TCP, ICMP admin-prohibited for
 // the rest; nothing for RSTs, ICMP errors and non-first fragments.
 func (s *Stack) reject(p *Port, ip *ipInfo) {
-	if ip.l4 == nil {
-		return
+	if ip.l4 == nil || ip.dst.IsMulticast() || ip.dst == broadcast4 {
+		return // RFC 1122 3.2.2, RFC 4443 2.4(e): no errors for multicast/broadcast
 	}
 	if ip.tproto == protoTCP {
 		s.sendReset(p, ip)
