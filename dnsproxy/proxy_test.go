@@ -499,3 +499,59 @@ func TestShutdown(t *testing.T) {
 		t.Errorf("Handle after Shutdown: %v %v", r, err)
 	}
 }
+
+// genericPacketConn hides *net.UDPConn, as the gateway's userspace stack
+// does, to exercise ServePacket's generic path.
+type genericPacketConn struct{ net.PacketConn }
+
+// TestServeGenericConns: ServePacket on a PacketConn that is not a
+// *net.UDPConn, and ServeConn on a bare stream (net.Pipe), as the
+// gateway's userspace stack provides them.
+func TestServeGenericConns(t *testing.T) {
+	corp := startUnbound(t, corpZones)
+	s, err := New(corpConfig(corp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.ServePacket(genericPacketConn{pc}) }()
+	for range 2 { // a miss, then a cache hit
+		r, _ := query(t, pc.LocalAddr().String(), "udp", "printer.", dns.TypeA, 0)
+		if len(r.Answer) != 2 {
+			t.Fatalf("answer %v", r)
+		}
+	}
+
+	client, server := net.Pipe()
+	connDone := make(chan struct{})
+	go func() {
+		s.ServeConn(server)
+		close(connDone)
+	}()
+	dc := &dns.Conn{Conn: client}
+	for range 2 {
+		m := new(dns.Msg)
+		m.SetQuestion("wiki.corp.example.", dns.TypeA)
+		client.SetDeadline(time.Now().Add(5 * time.Second))
+		if err := dc.WriteMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		r, err := dc.ReadMsg()
+		if err != nil || len(r.Answer) != 1 || r.Id != m.Id {
+			t.Fatalf("answer %v %v", r, err)
+		}
+	}
+	if got := s.InternalDomains(); !slices.Equal(got, []string{"corp.example", "lab.example", "10.in-addr.arpa"}) {
+		t.Errorf("InternalDomains %q", got)
+	}
+	s.Close()
+	<-connDone
+	if err := <-done; err != ErrServerClosed {
+		t.Errorf("ServePacket: %v", err)
+	}
+	client.Close()
+}

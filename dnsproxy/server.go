@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -437,6 +438,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		<-done
 		return ctx.Err()
 	}
+}
+
+// InternalDomains returns the domains whose names go to the corporate
+// servers (the search suffixes, then Config.Domains), lower case without
+// the trailing dot, for pushing as split-DNS domains (X-CSTP-Split-DNS).
+// A "." entry (every name) is omitted: it means full-tunnel DNS.
+func (s *Server) InternalDomains() []string {
+	out := make([]string, 0, len(s.internal))
+	for _, d := range s.internal {
+		if d != "." {
+			out = append(out, strings.TrimSuffix(d, "."))
+		}
+	}
+	return out
 }
 
 // Stats returns the server's counters.
