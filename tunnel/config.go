@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/policy"
 	"github.com/underpass/underpass/netstack"
 )
@@ -100,6 +101,17 @@ type Config struct {
 	ReconnectGrace time.Duration
 	// Banner is shown to users after sign-in.
 	Banner string
+
+	// DNSProxy tunes the in-tunnel DNS proxy that answers queries sent to
+	// the DNS addresses (UDP and TCP port 53): the gateway intercepts them
+	// and resolves through the proxy, with its cache, search-suffix
+	// expansion and split DNS. Upstreams defaults to the DNS addresses
+	// themselves (reached from the gateway host), Search to SearchDomains,
+	// Dialer to Config.Dialer, Logger to Config.Logger.
+	DNSProxy dnsproxy.Config
+	// DisableDNSProxy leaves queries to the DNS addresses alone: they are
+	// forwarded like any other flow.
+	DisableDNSProxy bool
 
 	// Dialer re-originates client flows. Default &net.Dialer{}.
 	Dialer netstack.Dialer

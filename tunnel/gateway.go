@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/ippool"
 	"github.com/underpass/underpass/internal/policy"
 	"github.com/underpass/underpass/netstack"
@@ -36,6 +37,7 @@ type Gateway struct {
 	gwAddr netip.Addr // the gateway's own in-tunnel address
 
 	stack    *netstack.Stack
+	dns      *dnsproxy.Server // nil when disabled or no DNS addresses
 	pool     *ippool.Pool
 	policy   *policy.Policy
 	sessions *sessionTable
@@ -101,6 +103,11 @@ func New(cfg Config) (*Gateway, error) {
 		g.tlsConf.GetCertificate = cfg.GetCertificate
 	} else if cfg.Certificate != nil {
 		g.tlsConf.Certificates = []tls.Certificate{*cfg.Certificate}
+	}
+	if err := g.startDNSProxy(); err != nil {
+		cancel()
+		st.Close()
+		return nil, err
 	}
 	g.handler = g.newHandler()
 	g.httpSrv = &http.Server{
@@ -304,6 +311,9 @@ func (g *Gateway) Close() error {
 		for _, s := range g.sessions.all() {
 			g.endSession(s, "gateway shutting down")
 		}
+		if g.dns != nil {
+			_ = g.dns.Close()
+		}
 		g.wg.Wait()
 		if serr := g.stack.Close(); err == nil {
 			err = serr
@@ -327,6 +337,51 @@ func (g *Gateway) noTunnels() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return len(g.tunnels) == 0
+}
+
+// startDNSProxy serves the DNS proxy on every pushed DNS address inside the
+// stack (R-D5), so clients' queries never leave as ordinary flows.
+func (g *Gateway) startDNSProxy() error {
+	if g.cfg.DisableDNSProxy || len(g.cfg.DNS) == 0 {
+		return nil
+	}
+	dc := g.cfg.DNSProxy
+	if len(dc.Upstreams) == 0 {
+		for _, a := range g.cfg.DNS {
+			dc.Upstreams = append(dc.Upstreams, netip.AddrPortFrom(a, 53).String())
+		}
+	}
+	if dc.Search == nil {
+		dc.Search = g.cfg.SearchDomains
+	}
+	if dc.Dialer == nil && g.cfg.Dialer != nil {
+		dc.Dialer = g.cfg.Dialer
+	}
+	if dc.Logger == nil {
+		dc.Logger = g.log
+	}
+	srv, err := dnsproxy.New(dc)
+	if err != nil {
+		return fmt.Errorf("tunnel: dns proxy: %w", err)
+	}
+	for _, a := range g.cfg.DNS {
+		ap := netip.AddrPortFrom(a, 53)
+		pc, err := g.stack.ListenUDP(ap)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("tunnel: dns proxy on %v/udp: %w", ap, err)
+		}
+		l, err := g.stack.ListenTCP(ap)
+		if err != nil {
+			pc.Close()
+			srv.Close()
+			return fmt.Errorf("tunnel: dns proxy on %v/tcp: %w", ap, err)
+		}
+		go func() { _ = srv.ServePacket(pc) }() // returns when srv closes
+		go func() { _ = srv.Serve(l) }()
+	}
+	g.dns = srv
+	return nil
 }
 
 // localAddrs lists the host's interface addresses.

@@ -48,10 +48,21 @@ type File struct {
 	SessionTimeout Duration  `yaml:"session_timeout"`
 	ReconnectGrace Duration  `yaml:"reconnect_grace"`
 	Banner         string    `yaml:"banner"`
+	DNSProxy       DNSProxy  `yaml:"dns_proxy"`
 	Users          []User    `yaml:"users"`
 	Log            LogConfig `yaml:"log"`
 	DemoPage       *bool     `yaml:"demo_page"`
 	HostAddrs      []string  `yaml:"host_addrs"`
+}
+
+// DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).
+type DNSProxy struct {
+	Disable   bool     `yaml:"disable"`   // forward DNS like any other flow
+	Upstreams []string `yaml:"upstreams"` // default: the dns addresses
+	Public    []string `yaml:"public"`    // resolvers for non-internal names; none: REFUSED
+	Domains   []string `yaml:"domains"`   // extra internal domains besides search_domains
+	NDots     int      `yaml:"ndots"`
+	Timeout   Duration `yaml:"timeout"`
 }
 
 // User is a static lab user with a bcrypt password hash.
@@ -192,6 +203,12 @@ func Parse(name string, b []byte) (*Config, error) {
 	t.SessionTimeout = time.Duration(f.SessionTimeout)
 	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
 	t.Banner = f.Banner
+	t.DisableDNSProxy = f.DNSProxy.Disable
+	t.DNSProxy.Upstreams = f.DNSProxy.Upstreams
+	t.DNSProxy.Public = f.DNSProxy.Public
+	t.DNSProxy.Domains = f.DNSProxy.Domains
+	t.DNSProxy.NDots = f.DNSProxy.NDots
+	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
 
 	switch f.Log.Level {
 	case "", "debug", "info", "warn", "error":
@@ -250,6 +267,10 @@ func Parse(name string, b []byte) (*Config, error) {
 				}
 				key := strings.SplitN(msg, ":", 2)[0]
 				key = strings.SplitN(key, "[", 2)[0]
+				var re *policy.RuleError
+				if errors.As(pe, &re) {
+					key = map[string]string{"include": "split_include", "exclude": "split_exclude", "pool": "pool"}[re.List]
+				}
 				if _, ok := lines[key]; ok {
 					e.Problems = append(e.Problems, fmt.Sprintf("%s:%d: %s", name, lines[key], msg))
 				} else {
