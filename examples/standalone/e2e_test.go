@@ -44,6 +44,7 @@ func startE2E(t *testing.T) *e2e {
 tls: {cert: %q, key: %q}
 split_include: [198.19.0.0/24]
 split_exclude: [198.19.0.128/25]
+dns: [198.19.0.2]
 search_domains: [corp.example]
 dpd: 10s
 users:
@@ -62,6 +63,54 @@ log: {level: debug}
 		t.Fatalf("gateway did not listen: %v\n%s", err, gw.Tail(20))
 	}
 	return &e2e{tp: tp, cert: cert, gw: gw, web: web}
+}
+
+// startUnbound runs unbound as the corporate DNS server on 198.19.0.2:53
+// in the corp namespace, authoritative for corp.example and refusing
+// everything else (it never contacts the internet).
+func (e *e2e) startUnbound(t *testing.T) {
+	t.Helper()
+	testenv.RequireTool(t, "unbound", "dig")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "unbound.conf")
+	doc := fmt.Sprintf(`server:
+	interface: 198.19.0.2
+	port: 53
+	do-daemonize: no
+	chroot: ""
+	username: ""
+	directory: %q
+	pidfile: %q
+	use-syslog: no
+	logfile: ""
+	do-ip6: no
+	num-threads: 1
+	module-config: "iterator"
+	access-control: 198.19.0.0/24 allow
+	local-zone: "." refuse
+	local-zone: "corp.example." static
+	local-data: "intranet.corp.example. 300 IN A 198.19.0.2"
+	local-data: "wiki.corp.example. 300 IN A 198.19.0.2"
+remote-control:
+	control-enable: no
+`, dir, filepath.Join(dir, "unbound.pid"))
+	if err := os.WriteFile(conf, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := e.tp.Corp.Start(t, "unbound", "-d", "-c", conf)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // unbound starts in well under a second
+	defer cancel()
+	for {
+		out, err := e.tp.Corp.Exec(ctx, "dig", "+short", "+time=1", "+tries=1", "@198.19.0.2", "intranet.corp.example").Output()
+		if err == nil && strings.TrimSpace(string(out)) == "198.19.0.2" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("unbound did not answer: %v\n%s", err, p.Tail(20))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func (e *e2e) opts(mode string) testenv.OCOptions {
@@ -169,6 +218,32 @@ func TestOpenconnectTunAndCookie(t *testing.T) {
 	// Logged off: the cookie is dead.
 	if _, err := testenv.TryOpenconnect(t, e.tp.Client, o); err == nil {
 		t.Error("cookie still works after logoff")
+	}
+}
+
+// TestOpenconnectDNS: a tunnel client resolves corporate names through the
+// gateway's DNS proxy (intercepted inside the gateway, upstream a real
+// unbound), including a single-label name it did not qualify itself.
+func TestOpenconnectDNS(t *testing.T) {
+	e := startE2E(t)
+	e.startUnbound(t)
+	s := testenv.Openconnect(t, e.tp.Client, e.opts(testenv.ModeTun))
+	env := s.Env()
+	if env["INTERNAL_IP4_DNS"] != "198.19.0.2" || env["CISCO_DEF_DOMAIN"] != "corp.example" {
+		t.Fatalf("pushed DNS config: INTERNAL_IP4_DNS=%q CISCO_DEF_DOMAIN=%q", env["INTERNAL_IP4_DNS"], env["CISCO_DEF_DOMAIN"])
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, q := range []struct{ name, want string }{
+		{"wiki.corp.example", "198.19.0.2"},
+		{"intranet", "intranet.corp.example.\n198.19.0.2"}, // single label: the proxy applies the search list
+	} {
+		for _, proto := range []string{"+notcp", "+tcp"} {
+			out, err := e.tp.Client.Exec(ctx, "dig", "+short", "+time=3", "+tries=1", proto, "@198.19.0.2", q.name).CombinedOutput()
+			if got := strings.TrimSpace(string(out)); err != nil || got != q.want {
+				t.Errorf("dig %s %s: %q (%v), want %q", proto, q.name, got, err, q.want)
+			}
+		}
 	}
 }
 
