@@ -142,6 +142,13 @@ log: {level: info, format: json}
 	writeFile(t, filepath.Join(etcDir, "underpass.yaml"), cfg, 0o600)
 	chownR(t, etcDir, u)
 
+	// The config check of the README: also proves keep-id lets UID 65532
+	// read the user's 0600 files through the read-only bind mount.
+	if out := u.podman(t, ns, "", "run", "--rm", "--network=none", "--read-only", "--userns=keep-id:uid=65532,gid=65532",
+		"-v", etcDir+":/etc/underpass:ro", image, "check", "config", "/etc/underpass/underpass.yaml"); !strings.Contains(out, "OK") {
+		t.Fatalf("check config in the container: %q, want OK", out)
+	}
+
 	// 5. Run it with the flags of the documented unit.
 	args := runArgs(t, "container-underpass.service", map[string]string{
 		"name":                       name,
