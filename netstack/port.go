@@ -216,10 +216,16 @@ func (p *Port) Inject(pkt []byte) error {
 		s.stats.dropSpoofed.Add(1)
 		return ErrSpoofed
 	}
+	if ip.isEchoRequest() && !s.isLocal(ip.dst) && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
+		s.stats.packetsIn.Add(1)
+		s.stats.bytesIn.Add(uint64(len(ip.pkt)))
+		return nil
+	}
 	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !s.isLocal(ip.dst)) {
-		// Echo is answered by the stack for its own addresses only;
-		// elsewhere gVisor's promiscuous NIC would answer for any host,
-		// which would lie about reachability.
+		// Echo is answered by the stack for its own addresses and
+		// forwarded (forwardEcho) to allowed destinations; never by
+		// gVisor's promiscuous NIC for other hosts, which would lie
+		// about reachability.
 		s.stats.dropNotAllowed.Add(1)
 		s.reject(p, &ip)
 		return ErrNotAllowed

@@ -48,6 +48,11 @@ type Config struct {
 	Allow func(dst netip.Addr) bool
 	// Logger receives debug and error logs; nil discards them.
 	Logger *slog.Logger
+	// Pinger forwards clients' ICMP echo requests to other hosts. nil
+	// means HostPinger when Dialer is nil too; with a custom Dialer and no
+	// Pinger, pings to other hosts are refused (administratively
+	// prohibited), since the embedder owns the network path.
+	Pinger Pinger
 	// FlowLog, if set, is called (from the flow's goroutine) when a
 	// forwarded TCP or UDP flow ends.
 	FlowLog func(FlowRecord)
@@ -137,9 +142,11 @@ type Stack struct {
 	closed    bool
 	listeners map[io.Closer]struct{}
 
-	wg    sync.WaitGroup // flow and handler goroutines
-	pools packetPools
-	stats counters
+	wg     sync.WaitGroup // flow and handler goroutines
+	pools  packetPools
+	stats  counters
+	echo   echoState
+	pinger Pinger // nil: pings to other hosts are refused
 }
 
 // New creates and starts a Stack.
@@ -153,6 +160,7 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.MTU < 576 || cfg.MTU > 65535 {
 		return nil, fmt.Errorf("netstack: MTU %d out of range [576, 65535]", cfg.MTU)
 	}
+	hostNetwork := cfg.Dialer == nil // no embedder-owned network path: host pings are fine
 	if cfg.Dialer == nil {
 		cfg.Dialer = &net.Dialer{}
 	}
@@ -183,6 +191,10 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.pools.init(cfg.MTU)
+	s.pinger = cfg.Pinger
+	if s.pinger == nil && hostNetwork {
+		s.pinger = HostPinger{}
+	}
 	s.ports.Store(&map[netip.Addr]*Port{})
 	s.local.Store(&map[netip.Addr]struct{}{cfg.Addr: {}})
 	s.link = &linkEndpoint{s: s, mtu: uint32(cfg.MTU)}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -159,6 +160,59 @@ func TestTCPFailFast(t *testing.T) {
 
 // TestInjectDrops covers every drop reason with a hand-built packet and the
 // answer the client gets for refused destinations.
+// fakePinger answers every ping itself, reversing the payload, so echo
+// forwarding is tested without sending ICMP anywhere.
+type fakePinger struct{ got chan netip.Addr }
+
+func (f fakePinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payload []byte) ([]byte, error) {
+	f.got <- dst
+	r := append([]byte(nil), payload...)
+	slices.Reverse(r)
+	return r, nil
+}
+
+func TestEchoForwarding(t *testing.T) {
+	fp := fakePinger{got: make(chan netip.Addr, 1)}
+	gw := newGW(t, func(c *Config) { c.Pinger = fp })
+	p, err := gw.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	req := echoRequest(cliAddr, far, 7)
+	if err := p.Inject(req); err != nil {
+		t.Fatalf("Inject: %v", err)
+	}
+	if dst := <-fp.got; dst != far {
+		t.Fatalf("pinged %v, want %v", dst, far)
+	}
+	b := nextPacket(t, p, 2*time.Second)
+	want := slices.Clone(req[28:])
+	slices.Reverse(want)
+	if b[9] != protoICMP || b[20] != icmp4EchoReply || netip.AddrFrom4([4]byte(b[12:16])) != far ||
+		netip.AddrFrom4([4]byte(b[16:20])) != cliAddr || !bytes.Equal(b[24:28], req[24:28]) || !bytes.Equal(b[28:], want) {
+		t.Fatalf("bad echo reply % x", b)
+	}
+	if fold(sum(b[20:], 0)) != 0xffff || fold(sum(b[:20], 0)) != 0xffff {
+		t.Fatal("bad checksum")
+	}
+	// Not allowed by policy: refused, never pinged.
+	gw2 := newGW(t, func(c *Config) { c.Pinger = fp; c.Allow = func(netip.Addr) bool { return false } })
+	p2, err := gw2.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Close()
+	if err := p2.Inject(req); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("Inject = %v, want ErrNotAllowed", err)
+	}
+	select {
+	case dst := <-fp.got:
+		t.Fatalf("pinged %v despite policy", dst)
+	default:
+	}
+}
+
 func TestInjectDrops(t *testing.T) {
 	gw := newGW(t, func(c *Config) {
 		c.Allow = func(a netip.Addr) bool { return a != netip.MustParseAddr("203.0.113.9") }

@@ -189,6 +189,10 @@ func TestOpenconnectTunAndCookie(t *testing.T) {
 	if err != nil || big != "4000000" {
 		t.Errorf("4 MB download: %q, %v", big, err)
 	}
+	// Ping through the tunnel: the gateway forwards echo to the corp host.
+	if out, err := e.tp.Client.Exec(ctx, "ping", "-c", "2", "-W", "3", testenv.CorpAddr.String()).CombinedOutput(); err != nil {
+		t.Errorf("ping through the tunnel: %v\n%s", err, out)
+	}
 	t.Logf("tunnel address %s, interface %s, big download %s bytes", addr, s.Interface, big)
 	// A client that ignores the pushed routes: send excluded and
 	// not-included destinations into the tunnel anyway. The gateway
