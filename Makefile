@@ -4,7 +4,7 @@ BIN         := $(CURDIR)/bin
 STATICCHECK := $(BIN)/staticcheck
 FUZZTIME    ?= 30s
 
-.PHONY: all test deps netns-clean lint fmt-check vet staticcheck build run bench fuzz clean
+.PHONY: all test deps netns-clean lint fmt-check vet staticcheck build run bench bench-compare fuzz clean
 
 all: build
 
@@ -42,6 +42,11 @@ run:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# ocserv vs underpass with the real openconnect client, same run (root;
+# about 16 minutes, BENCHFLAGS=--quick about 4). Writes bench-compare.md.
+bench-compare: build
+	../shared/bench/compare.sh $(BENCHFLAGS) -- scripts/bench-gateway.sh
 
 fuzz:
 	FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
