@@ -10,6 +10,11 @@ import (
 // syscall without holding packets back noticeably.
 const batchFlushSize = 64 << 10
 
+// batchBufs recycles batch buffers: a session holds one only between its
+// first queued record and the flush, so idle sessions (most of 64k) hold
+// none.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, batchFlushSize+16<<10); return &b }}
+
 // batchConn sits under a tls.Conn. openconnect needs every CSTP frame in a
 // TLS record of its own, so frames cannot be merged into one record; but the
 // records can share one socket write. While batching is on, writes are
@@ -19,8 +24,8 @@ type batchConn struct {
 	net.Conn
 	mu       sync.Mutex
 	batching bool
-	buf      []byte
-	err      error // sticky write error while batching
+	buf      *[]byte // from batchBufs while records are pending, else nil
+	err      error   // sticky write error while batching
 }
 
 func newBatchConn(c net.Conn) *batchConn { return &batchConn{Conn: c} }
@@ -34,8 +39,11 @@ func (b *batchConn) Write(p []byte) (int, error) {
 	if b.err != nil {
 		return 0, b.err
 	}
-	b.buf = append(b.buf, p...)
-	if len(b.buf) >= batchFlushSize {
+	if b.buf == nil {
+		b.buf = batchBufs.Get().(*[]byte)
+	}
+	*b.buf = append(*b.buf, p...)
+	if len(*b.buf) >= batchFlushSize {
 		b.flushLocked()
 	}
 	return len(p), b.err
@@ -61,13 +69,15 @@ func (b *batchConn) Flush() error {
 }
 
 func (b *batchConn) flushLocked() {
-	if len(b.buf) == 0 || b.err != nil {
+	if b.buf == nil {
 		return
 	}
-	_, b.err = b.Conn.Write(b.buf)
-	if cap(b.buf) > 4*batchFlushSize {
-		b.buf = nil // one burst must not pin a huge buffer for the session's life
-	} else {
-		b.buf = b.buf[:0]
+	if b.err == nil && len(*b.buf) > 0 {
+		_, b.err = b.Conn.Write(*b.buf)
 	}
+	if cap(*b.buf) <= 4*batchFlushSize { // one burst must not pin a huge buffer in the pool
+		*b.buf = (*b.buf)[:0]
+		batchBufs.Put(b.buf)
+	}
+	b.buf = nil
 }
