@@ -58,7 +58,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   underpass serve [-config FILE] [-listen ADDR] [-v]
   underpass check config FILE
-  underpass hash-password < password
+  underpass hash-password [-cost N] < password
 `)
 }
 
@@ -82,6 +82,16 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: OK\n", args[2])
 		return exitOK
 	case "hash-password":
+		fs := flag.NewFlagSet("hash-password", flag.ContinueOnError)
+		fs.SetOutput(stderr)
+		cost := fs.Int("cost", bcrypt.DefaultCost, fmt.Sprintf("bcrypt cost (%d..%d); each step doubles the work of every sign-in", bcrypt.MinCost, bcrypt.MaxCost))
+		if err := fs.Parse(args[1:]); err != nil {
+			return exitUsage
+		}
+		if *cost < bcrypt.MinCost || *cost > bcrypt.MaxCost {
+			fmt.Fprintf(stderr, "hash-password: cost %d out of range %d..%d\n", *cost, bcrypt.MinCost, bcrypt.MaxCost)
+			return exitUsage
+		}
 		pw, err := bufio.NewReader(stdin).ReadString('\n')
 		if err != nil && !errors.Is(err, io.EOF) {
 			fmt.Fprintln(stderr, err)
@@ -92,7 +102,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "hash-password: empty password on stdin")
 			return exitUsage
 		}
-		h, err := bcrypt.GenerateFromPassword([]byte(pw), bcrypt.DefaultCost)
+		h, err := bcrypt.GenerateFromPassword([]byte(pw), *cost)
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return exitFail

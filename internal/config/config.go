@@ -147,7 +147,14 @@ func Parse(name string, b []byte) (*Config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
 		e.Problems = append(e.Problems, yamlMsg(name, err)...)
-		return nil, e
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, e
+		}
+		// Unknown keys or wrong types: report them and keep validating
+		// what did decode, so one pass lists every problem.
+		f = File{}
+		_ = yaml.Unmarshal(b, &f)
 	}
 	lines := keyLines(&root)
 	at := func(key string) string {

@@ -62,6 +62,7 @@ func TestParseErrors(t *testing.T) {
 		{"mtu", "mtu: 100\n", []string{"gw.yaml:1: mtu"}},
 		{"several at once", "mtu: 100\ndpd: 1ms\npool: 10.0.0.1/24\n", []string{"mtu", "dpd", "pool"}},
 		{"not yaml", "{{{\n", []string{"gw.yaml"}},
+		{"unknown key and a bad value, both listed", "bogus: 1\nmtu: 1\n", []string{"bogus", "gw.yaml:2: mtu"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
