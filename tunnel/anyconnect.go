@@ -253,6 +253,12 @@ func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request) 
 	}
 	if len(inc) == 0 {
 		h("X-CSTP-Tunnel-All-DNS", "true")
+	} else if g.dns != nil && len(g.cfg.DNSProxy.Public) == 0 {
+		// Split tunnel without a public resolver: the proxy refuses other
+		// names, so tell clients to send only the internal domains here.
+		for _, d := range g.dns.InternalDomains() {
+			h("X-CSTP-Split-DNS", d)
+		}
 	}
 	h("X-CSTP-Keepalive", strconv.Itoa(int(g.cfg.Keepalive/time.Second)))
 	h("X-CSTP-DPD", strconv.Itoa(int(g.cfg.DPD/time.Second)))

@@ -107,7 +107,11 @@ type Config struct {
 	// and resolves through the proxy, with its cache, search-suffix
 	// expansion and split DNS. Upstreams defaults to the DNS addresses
 	// themselves (reached from the gateway host), Search to SearchDomains,
-	// Dialer to Config.Dialer, Logger to Config.Logger.
+	// Dialer to Config.Dialer, Logger to Config.Logger. In a full tunnel
+	// with neither Public nor Domains set, every name is internal. In a
+	// split tunnel without Public resolvers the internal domains are
+	// pushed as split-DNS domains (X-CSTP-Split-DNS), since the proxy
+	// refuses other names.
 	DNSProxy dnsproxy.Config
 	// DisableDNSProxy leaves queries to the DNS addresses alone: they are
 	// forwarded like any other flow.

@@ -354,6 +354,11 @@ func (g *Gateway) startDNSProxy() error {
 	if dc.Search == nil {
 		dc.Search = g.cfg.SearchDomains
 	}
+	if len(g.cfg.SplitInclude) == 0 && len(dc.Public) == 0 && len(dc.Domains) == 0 {
+		// Full tunnel sends every query here (X-CSTP-Tunnel-All-DNS), so
+		// with no public resolver the corporate servers answer every name.
+		dc.Domains = []string{"."}
+	}
 	if dc.Dialer == nil && g.cfg.Dialer != nil {
 		dc.Dialer = g.cfg.Dialer
 	}

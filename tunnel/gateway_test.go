@@ -217,6 +217,9 @@ func TestSignInAndConnect(t *testing.T) {
 	if exc := strings.Join(h.Values("X-CSTP-Split-Exclude"), ","); exc != "198.18.200.0/255.255.255.0" {
 		t.Errorf("split exclude %q", exc)
 	}
+	if sd := strings.Join(h.Values("X-CSTP-Split-DNS"), ","); sd != "corp.example,example.net" {
+		t.Errorf("split DNS %q, want the search domains", sd)
+	}
 	if h.Get("X-CSTP-Content-Encoding") != "" {
 		t.Error("compression must not be offered")
 	}

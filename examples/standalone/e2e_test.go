@@ -233,8 +233,9 @@ func TestOpenconnectDNS(t *testing.T) {
 	e.startUnbound(t)
 	s := testenv.Openconnect(t, e.tp.Client, e.opts(testenv.ModeTun))
 	env := s.Env()
-	if env["INTERNAL_IP4_DNS"] != "198.19.0.2" || env["CISCO_DEF_DOMAIN"] != "corp.example" {
-		t.Fatalf("pushed DNS config: INTERNAL_IP4_DNS=%q CISCO_DEF_DOMAIN=%q", env["INTERNAL_IP4_DNS"], env["CISCO_DEF_DOMAIN"])
+	if env["INTERNAL_IP4_DNS"] != "198.19.0.2" || env["CISCO_DEF_DOMAIN"] != "corp.example" || env["CISCO_SPLIT_DNS"] != "corp.example" {
+		t.Fatalf("pushed DNS config: INTERNAL_IP4_DNS=%q CISCO_DEF_DOMAIN=%q CISCO_SPLIT_DNS=%q",
+			env["INTERNAL_IP4_DNS"], env["CISCO_DEF_DOMAIN"], env["CISCO_SPLIT_DNS"])
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
