@@ -1,0 +1,307 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/coreos/go-oidc/v3/oidc"
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// OIDCConfig configures token verification (R-A1) and, with ClientID and
+// ClientSecret, password sign-in through the IdP (R-A2).
+type OIDCConfig struct {
+	// Issuer is the exact issuer URL; discovery is fetched from
+	// Issuer + "/.well-known/openid-configuration" and must name the same
+	// issuer, and every token's iss must equal it.
+	Issuer string
+	// Audiences are the accepted aud values: the gateway's application ID
+	// (Entra: the app's client ID or "api://..." URI). ClientID is always
+	// accepted too. At least one of the two is required.
+	Audiences []string
+	// ClientID and ClientSecret are the gateway's OAuth2 client, used for
+	// the password grant. The secret may be empty for a public client.
+	ClientID     string
+	ClientSecret string
+	// Scopes for the password grant. Default openid email groups profile.
+	Scopes []string
+	// Algorithms allowed to sign tokens. Default: RS*, PS*, ES*, EdDSA.
+	// "none" and HMAC (HS*) are always refused: a public key must never
+	// double as a shared secret.
+	Algorithms []string
+	// Skew is the clock-skew allowance for exp, nbf and iat. Default 1m.
+	Skew time.Duration
+	// UserClaims are tried in order for Identity.User; the first non-empty
+	// string wins. Default preferred_username, upn, email, sub.
+	UserClaims []string
+	// EmailClaim, GroupsClaim and DeviceIDClaim name the claims for those
+	// Identity fields. Defaults "email", "groups", "deviceid" (Entra's
+	// device claim). Set to "-" to ignore one.
+	EmailClaim    string
+	GroupsClaim   string
+	DeviceIDClaim string
+	// JWKSMinRefresh is the least time between two JWKS fetches triggered
+	// by unknown key IDs. Default 10s.
+	JWKSMinRefresh time.Duration
+	// JWKSMaxAge refreshes cached keys in the background after this long,
+	// so keys the IdP withdrew stop working. Default 1h.
+	JWKSMaxAge time.Duration
+	// HTTPClient talks to the IdP. Default: a client with a 15s timeout.
+	HTTPClient *http.Client
+	// Logger receives operational messages (never credentials). Default:
+	// discard.
+	Logger *slog.Logger
+	// Now is the clock. Default time.Now.
+	Now func() time.Time
+}
+
+// defaultAlgorithms: every asymmetric JWS algorithm go-jose verifies.
+var defaultAlgorithms = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+// OIDC verifies tokens from one identity provider. Its Authenticate takes a
+// token from Credentials.BearerToken or a JWT-shaped Password; PasswordGrant
+// returns the authenticator for user name + password.
+type OIDC struct {
+	cfg       OIDCConfig
+	audiences []string
+	keys      *keySet
+	verifier  *oidc.IDTokenVerifier
+	provider  *oidc.Provider
+	authStyle int // oauth2.AuthStyle chosen from discovery
+	log       *slog.Logger
+}
+
+// NewOIDC performs discovery (ctx bounds it) and prefetches the signing
+// keys. A discovery document naming another issuer is refused. A failed
+// key prefetch is not fatal: keys are fetched again on first use.
+func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
+	if cfg.Issuer == "" {
+		return nil, errors.New("auth: oidc: issuer required")
+	}
+	auds := slices.Clone(cfg.Audiences)
+	if cfg.ClientID != "" && !slices.Contains(auds, cfg.ClientID) {
+		auds = append(auds, cfg.ClientID)
+	}
+	if len(auds) == 0 {
+		return nil, errors.New("auth: oidc: an audience (application ID) or client ID is required")
+	}
+	if len(cfg.Algorithms) == 0 {
+		cfg.Algorithms = defaultAlgorithms
+	}
+	var algs []jose.SignatureAlgorithm
+	for _, a := range cfg.Algorithms {
+		if !slices.Contains(defaultAlgorithms, a) {
+			return nil, fmt.Errorf("auth: oidc: signing algorithm %q not allowed (asymmetric only)", a)
+		}
+		algs = append(algs, jose.SignatureAlgorithm(a))
+	}
+	if cfg.Skew <= 0 {
+		cfg.Skew = time.Minute
+	}
+	if len(cfg.Scopes) == 0 {
+		cfg.Scopes = []string{oidc.ScopeOpenID, "email", "groups", "profile"}
+	}
+	if len(cfg.UserClaims) == 0 {
+		cfg.UserClaims = []string{"preferred_username", "upn", "email", "sub"}
+	}
+	cfg.EmailClaim = defaultStr(cfg.EmailClaim, "email")
+	cfg.GroupsClaim = defaultStr(cfg.GroupsClaim, "groups")
+	cfg.DeviceIDClaim = defaultStr(cfg.DeviceIDClaim, "deviceid")
+	if cfg.JWKSMinRefresh <= 0 {
+		cfg.JWKSMinRefresh = 10 * time.Second
+	}
+	if cfg.JWKSMaxAge <= 0 {
+		cfg.JWKSMaxAge = time.Hour
+	}
+	if cfg.HTTPClient == nil {
+		// 15s: the IdP answers in well under a second when healthy; a
+		// stuck one must not hold sign-ins for long.
+		cfg.HTTPClient = &http.Client{Timeout: 15 * time.Second}
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	log := orDiscard(cfg.Logger)
+
+	p, err := oidc.NewProvider(oidc.ClientContext(ctx, cfg.HTTPClient), cfg.Issuer)
+	if err != nil {
+		var mm *oidc.IssuerMismatchError
+		if errors.As(err, &mm) {
+			return nil, fmt.Errorf("auth: oidc: discovery names issuer %q, configured %q: %w", mm.Discovered, mm.Provided, err)
+		}
+		return nil, &UnavailableError{What: "discovery failed", Cause: err}
+	}
+	var meta struct {
+		JWKSURI     string   `json:"jwks_uri"`
+		AuthMethods []string `json:"token_endpoint_auth_methods_supported"`
+	}
+	if err := p.Claims(&meta); err != nil || meta.JWKSURI == "" {
+		return nil, fmt.Errorf("auth: oidc: discovery document has no jwks_uri")
+	}
+	base, stop := context.WithCancel(context.Background())
+	ks := &keySet{
+		url: meta.JWKSURI, client: cfg.HTTPClient, algs: algs,
+		minRefresh: cfg.JWKSMinRefresh, maxAge: cfg.JWKSMaxAge,
+		now: cfg.Now, log: log, base: base, stop: stop,
+	}
+	o := &OIDC{cfg: cfg, audiences: auds, keys: ks, provider: p, log: log, authStyle: chooseAuthStyle(meta.AuthMethods, cfg.ClientSecret)}
+	o.verifier = oidc.NewVerifier(cfg.Issuer, ks, &oidc.Config{
+		SkipClientIDCheck:    true, // several audiences: checked in checkClaims
+		SupportedSigningAlgs: cfg.Algorithms,
+		Now:                  func() time.Time { return cfg.Now().Add(-cfg.Skew) },
+	})
+	if err := ks.refresh(ctx, true); err != nil {
+		log.Warn("auth: oidc: initial JWKS fetch failed; will retry on first token", "err", err)
+	}
+	return o, nil
+}
+
+func defaultStr(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// Close stops background key refreshes.
+func (o *OIDC) Close() { o.keys.close() }
+
+// Authenticate implements Authenticator for tokens: BearerToken, else a
+// Password that looks like a JWT (the token-in-password-field route). It
+// returns ErrNotApplicable when neither is present.
+func (o *OIDC) Authenticate(ctx context.Context, c Credentials) (*Identity, error) {
+	raw := c.BearerToken
+	if raw == "" && LooksLikeJWT(c.Password) {
+		raw = c.Password
+	}
+	if raw == "" {
+		return nil, ErrNotApplicable
+	}
+	id, err := o.VerifyToken(ctx, raw)
+	if err != nil {
+		o.log.Info("auth: token rejected", "client", c.RemoteAddr, "err", err)
+		return nil, err
+	}
+	return id, nil
+}
+
+// VerifyToken checks a raw JWT (ID or access token) and maps its claims to
+// an Identity with Method "token". Errors are *TokenError (wrapping
+// ErrInvalidCredentials) or *UnavailableError.
+func (o *OIDC) VerifyToken(ctx context.Context, raw string) (*Identity, error) {
+	payload, err := o.keys.verify(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	claims, err := decodeClaims(payload)
+	if err != nil {
+		return nil, &TokenError{Kind: ErrTokenMalformed, Detail: "claims"}
+	}
+	exp, err := o.checkClaims(claims)
+	if err != nil {
+		return nil, err
+	}
+	// Defence in depth: go-oidc re-checks signature (cached key, no
+	// fetch), algorithm, exact issuer and expiry the standard way.
+	if _, err := o.verifier.Verify(ctx, raw); err != nil {
+		o.log.Warn("auth: go-oidc rejected a token the gateway's checks accepted", "err", err)
+		return nil, &TokenError{Kind: ErrTokenMalformed}
+	}
+	id := o.identity(claims, exp)
+	if id.User == "" {
+		return nil, &TokenError{Kind: ErrTokenClaims, Detail: "no user name claim"}
+	}
+	return id, nil
+}
+
+func decodeClaims(p []byte) (map[string]any, error) {
+	var m map[string]any
+	if err := json.Unmarshal(p, &m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// checkClaims enforces iss, aud, exp, nbf and iat; it returns exp.
+func (o *OIDC) checkClaims(c map[string]any) (time.Time, error) {
+	if iss, _ := c["iss"].(string); iss != o.cfg.Issuer {
+		return time.Time{}, &TokenError{Kind: ErrTokenIssuer}
+	}
+	if !audienceOK(c["aud"], o.audiences) {
+		return time.Time{}, &TokenError{Kind: ErrTokenAudience}
+	}
+	now := o.cfg.Now()
+	exp, ok := numericDate(c["exp"])
+	if !ok {
+		return time.Time{}, &TokenError{Kind: ErrTokenClaims, Detail: "exp"}
+	}
+	if !now.Add(-o.cfg.Skew).Before(exp) {
+		return time.Time{}, &TokenError{Kind: ErrTokenExpired}
+	}
+	if nbf, ok := numericDate(c["nbf"]); ok && now.Add(o.cfg.Skew).Before(nbf) {
+		return time.Time{}, &TokenError{Kind: ErrTokenNotYetValid}
+	}
+	if iat, ok := numericDate(c["iat"]); ok && now.Add(o.cfg.Skew).Before(iat) {
+		return time.Time{}, &TokenError{Kind: ErrTokenNotYetValid, Detail: "issued in the future"}
+	}
+	return exp, nil
+}
+
+func audienceOK(v any, want []string) bool {
+	switch t := v.(type) {
+	case string:
+		return slices.Contains(want, t)
+	case []any:
+		for _, a := range t {
+			if s, ok := a.(string); ok && slices.Contains(want, s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func numericDate(v any) (time.Time, bool) {
+	f, ok := v.(float64)
+	if !ok {
+		return time.Time{}, false
+	}
+	sec := int64(f)
+	return time.Unix(sec, int64((f-float64(sec))*1e9)), true
+}
+
+func (o *OIDC) identity(c map[string]any, exp time.Time) *Identity {
+	id := &Identity{Claims: c, Expiry: exp, Method: "token"}
+	for _, n := range o.cfg.UserClaims {
+		if s, _ := c[n].(string); s != "" {
+			id.User = s
+			break
+		}
+	}
+	if o.cfg.EmailClaim != "-" {
+		id.Email, _ = c[o.cfg.EmailClaim].(string)
+	}
+	if o.cfg.DeviceIDClaim != "-" {
+		id.DeviceID, _ = c[o.cfg.DeviceIDClaim].(string)
+	}
+	if o.cfg.GroupsClaim != "-" {
+		switch g := c[o.cfg.GroupsClaim].(type) {
+		case string:
+			id.Groups = strings.Fields(g)
+		case []any:
+			for _, e := range g {
+				if s, ok := e.(string); ok {
+					id.Groups = append(id.Groups, s)
+				}
+			}
+		}
+	}
+	return id
+}
