@@ -93,7 +93,7 @@ func classifyGrantError(err error) error {
 		return &UnavailableError{What: "token endpoint unreachable", Cause: err}
 	}
 	switch re.ErrorCode {
-	case "invalid_grant":
+	case "invalid_grant", "access_denied": // RFC 6749 says invalid_grant; Dex sends access_denied
 		// Entra reports conditions the user can act on with AADSTS codes.
 		switch {
 		case strings.Contains(re.ErrorDescription, "AADSTS50076"), strings.Contains(re.ErrorDescription, "AADSTS50079"):
