@@ -20,12 +20,12 @@ type StaticUser struct {
 // labs and the embedded demo; production sign-in goes through the IdP.
 type StaticUsers struct {
 	users map[string]StaticUser
+	// dummyHash is compared against when the user does not exist, so an
+	// unknown user costs the same bcrypt work as a wrong password and
+	// timing does not reveal which names exist. Its cost is the highest
+	// of the configured hashes.
+	dummyHash []byte
 }
-
-// dummyHash is compared against when the user does not exist, so an unknown
-// user costs the same bcrypt work as a wrong password and timing does not
-// reveal which names exist.
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("underpass-dummy"), bcrypt.DefaultCost)
 
 // NewStaticUsers checks every entry and returns the authenticator; the
 // error lists every bad entry.
@@ -47,6 +47,16 @@ func NewStaticUsers(users []StaticUser) (*StaticUsers, error) {
 	if len(bad) > 0 {
 		return nil, fmt.Errorf("auth: static users: %s", strings.Join(bad, "; "))
 	}
+	cost := bcrypt.MinCost
+	for _, u := range users {
+		if c, _ := bcrypt.Cost([]byte(u.Hash)); c > cost {
+			cost = c
+		}
+	}
+	var err error
+	if s.dummyHash, err = bcrypt.GenerateFromPassword([]byte("underpass-dummy"), cost); err != nil {
+		return nil, fmt.Errorf("auth: static users: %w", err)
+	}
 	return s, nil
 }
 
@@ -58,7 +68,7 @@ func (s *StaticUsers) Authenticate(_ context.Context, c Credentials) (*Identity,
 	u, ok := s.users[c.Username]
 	hash := []byte(u.Hash)
 	if !ok {
-		hash = dummyHash
+		hash = s.dummyHash
 	}
 	err := bcrypt.CompareHashAndPassword(hash, []byte(c.Password))
 	if !ok || err != nil || subtle.ConstantTimeCompare([]byte(u.Name), []byte(c.Username)) != 1 {
