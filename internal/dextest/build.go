@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -39,9 +38,13 @@ func Binary(t testing.TB) string {
 	return buildPath
 }
 
+// inCI matches scripts/deps.sh: CI=true, TRUE, 1 or yes.
 func inCI() bool {
-	v, err := strconv.ParseBool(os.Getenv("CI"))
-	return err == nil && v
+	switch os.Getenv("CI") {
+	case "true", "TRUE", "1", "yes":
+		return true
+	}
+	return false
 }
 
 // RepoRoot finds the repository root (the directory holding
