@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -45,7 +46,8 @@ func clientAddr(r *http.Request) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// serveAuth answers the XML sign-in exchange (config-auth).
+// serveAuth answers the XML sign-in exchange (config-auth), the OIDC
+// bearer flow and client-certificate sign-in.
 func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAuthBody+1))
 	if err != nil {
@@ -62,12 +64,10 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	switch msg.Type {
-	case "init":
-		g.writeForm(w, "")
-	case "auth-reply":
-		g.signIn(w, r, msg)
-	case "logout":
+	ca := clientAddr(r)
+	creds := auth.Credentials{RemoteAddr: ca.Addr(), DeviceID: msg.DeviceID, UserAgent: r.UserAgent()}
+	switch {
+	case msg.Type == "logout":
 		if c, err := r.Cookie("webvpn"); err == nil {
 			if s := g.sessions.byCookieValue(c.Value); s != nil {
 				g.endSession(s, "logged out")
@@ -75,9 +75,35 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		}
 		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 		_, _ = w.Write(authxml.RenderLogout())
+	case bearerToken(r) != "":
+		creds.BearerToken = bearerToken(r)
+		g.signIn(w, r, g.cfg.Authenticator, creds)
+	case msg.Type == "init" && g.cfg.ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		creds.PeerCertificates = r.TLS.PeerCertificates
+		g.signIn(w, r, g.cfg.ClientCerts, creds)
+	case msg.Type == "init" && g.cfg.OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
+		// openconnect 9 (http-auth.c): a client holding a token repeats
+		// the request with Authorization: Bearer; "fallback" lets one
+		// without a token retry and get the form.
+		w.Header().Set("WWW-Authenticate", "Bearer")
+		w.Header().Set("X-HTTP-Auth-Support", "fallback")
+		w.Header().Set("Content-Length", "0")
+		w.WriteHeader(http.StatusUnauthorized)
+	case msg.Type == "auth-reply":
+		creds.Username, creds.Password = msg.Username(), msg.Password()
+		g.signIn(w, r, g.cfg.Authenticator, creds)
 	default:
 		g.writeForm(w, "")
 	}
+}
+
+// bearerToken returns the token of an "Authorization: Bearer" header.
+func bearerToken(r *http.Request) string {
+	h := r.Header.Get("Authorization")
+	if len(h) > 7 && strings.EqualFold(h[:7], "bearer ") {
+		return strings.TrimSpace(h[7:])
+	}
+	return ""
 }
 
 func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
@@ -95,51 +121,102 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 	}))
 }
 
-func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, msg *authxml.ClientMessage) {
+// signIn checks creds with a, then the access policy, and on success
+// creates the session and hands out its cookie. Failures are answered with
+// the form and a readable reason (a 401 would make openconnect give up).
+func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials) {
 	ca := clientAddr(r)
-	creds := auth.Credentials{
-		Username:   msg.Username(),
-		Password:   msg.Password(),
-		RemoteAddr: ca.Addr(),
-		DeviceID:   msg.DeviceID,
-		UserAgent:  r.UserAgent(),
-	}
 	ctx, cancel := context.WithTimeout(r.Context(), authTimeout)
 	defer cancel()
-	id, err := g.cfg.Authenticator.Authenticate(ctx, creds)
+	id, err := a.Authenticate(ctx, creds)
+	if err == nil && g.cfg.Policy != nil {
+		err = g.cfg.Policy.Check(ctx, id)
+	}
 	if err != nil {
+		var denied *auth.DeniedError
 		reason := "Login failed."
-		if !errors.Is(err, auth.ErrInvalidCredentials) && !errors.Is(err, auth.ErrNotApplicable) {
+		switch {
+		case errors.As(err, &denied):
+			reason = "Access denied: " + denied.Reason
+		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
+			if g.cfg.Bans != nil && g.cfg.Bans.AddFailure(ca.Addr(), 0) {
+				g.log.Warn("client banned", "client_ip", ca.Addr())
+			}
+		default: // the IdP is unreachable or misconfigured: no ban points for an outage
 			reason = "Login failed: " + err.Error()
 		}
-		g.log.Info("sign-in failed", "client", ca, "user", creds.Username, "err", err)
+		g.log.Info("sign-in failed", "client_ip", ca.Addr(), "user", creds.Username, "err", err)
 		g.writeForm(w, reason)
 		return
 	}
 	if id.DeviceID == "" {
-		id.DeviceID = msg.DeviceID
+		id.DeviceID = creds.DeviceID
 	}
-	s, cookie := g.newSession(id, r.UserAgent(), ca)
-	g.log.Info("sign-in", "session", s.id, "client", ca, "user", id.User, "method", id.Method)
+	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
+	if err != nil {
+		g.log.Error("session", "err", err)
+		g.writeForm(w, "Login failed: internal error")
+		return
+	}
+	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
 	http.SetCookie(w, &http.Cookie{Name: "webvpn", Value: cookie, Secure: true, HttpOnly: true})
 	_, _ = w.Write(authxml.RenderSuccess(g.cfg.Banner, ""))
 }
 
-func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string) {
-	cookie, key := newCookie()
+// newSession registers a signed-in identity and returns its cookie: a
+// sealed token when a Sealer is configured, else 256 random bits.
+func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string, error) {
 	now := time.Now()
 	exp := now.Add(g.cfg.SessionTimeout)
-	if !id.Expiry.IsZero() && id.Expiry.Before(exp) {
+	if !id.Expiry.IsZero() && id.Expiry.Before(exp) && !g.cfg.KeepSessionPastTokenExpiry {
 		exp = id.Expiry
 	}
-	s := &session{
-		id: newSessionID(), cookieKey: key, ident: id, userAgent: ua,
-		created: now, expires: exp, clientAddr: ca, detached: now,
+	s := &session{id: newSessionID(), ident: id, userAgent: ua, created: now, expires: exp, clientAddr: ca, detached: now}
+	var cookie string
+	if g.cfg.Sealer != nil {
+		sc := auth.NewSessionClaims(id, g.claimNames(), now, exp)
+		s.id = sc.ID
+		var err error
+		if cookie, err = g.cfg.Sealer.Seal(sc); err != nil {
+			return nil, "", err
+		}
+		s.cookieKey = sha256.Sum256([]byte(cookie))
+	} else {
+		cookie, s.cookieKey = newCookie()
 	}
 	g.sessions.add(s)
-	return s, cookie
+	return s, cookie, nil
+}
+
+// claimNames lists the token claims a sealed cookie keeps for the policy
+// re-check on resume.
+func (g *Gateway) claimNames() []string {
+	if cn, ok := g.cfg.Policy.(interface{ ClaimNames() []string }); ok {
+		return cn.ClaimNames()
+	}
+	return nil
+}
+
+// resume finds the session a cookie belongs to: a live one, or (with a
+// Sealer) one sealed by any gateway of the site, which is re-created here.
+func (g *Gateway) resume(cookie string) *session {
+	if s := g.sessions.byCookieValue(cookie); s != nil {
+		return s
+	}
+	if g.cfg.Sealer == nil {
+		return nil
+	}
+	sc, err := g.cfg.Sealer.Open(cookie)
+	if err != nil || g.isRevoked(sc.ID) {
+		return nil
+	}
+	s := &session{
+		id: sc.ID, cookieKey: sha256.Sum256([]byte(cookie)), ident: sc.Identity(),
+		created: sc.IssuedAt, expires: sc.Expiry, detached: time.Now(),
+	}
+	return g.sessions.addOrGet(s)
 }
 
 // serveConnect turns the connection into a CSTP tunnel.
@@ -147,11 +224,22 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	c, err := r.Cookie("webvpn")
 	var s *session
 	if err == nil {
-		s = g.sessions.byCookieValue(c.Value)
+		s = g.resume(c.Value)
 	}
 	if s == nil || time.Now().After(s.expires) {
 		http.Error(w, "invalid or expired session cookie", http.StatusUnauthorized)
 		return
+	}
+	if g.cfg.Policy != nil {
+		// Conditional access is re-evaluated on every resume: a user
+		// removed from the allowed group is out at the next reconnect.
+		if err := g.cfg.Policy.Check(r.Context(), s.ident); err != nil {
+			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
+			g.endSession(s, "denied by policy on resume")
+			w.Header().Set("X-Reason", err.Error())
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
 	}
 	g.mu.Lock()
 	stopping := g.closed || g.draining
@@ -202,10 +290,14 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.clientAddr = clientAddr(r) // the client may have moved (roaming)
 	s.mu.Unlock()
+	t.clientAddr = clientAddr(r)
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		t.serverAddr, _ = netip.ParseAddrPort(la.String())
+	}
 	if _, err := conn.Write(g.connectResponse(s, addr, r)); err != nil {
 		t.close() // run cleans up at once
 	} else {
-		g.log.Info("tunnel up", "session", s.id, "user", s.ident.User, "addr", addr, "client", clientAddr(r))
+		g.telemetry(t, "connect", "")
 	}
 	t.run()
 }

@@ -69,6 +69,29 @@ type Config struct {
 	// Authenticator checks sign-ins. Required.
 	Authenticator auth.Authenticator
 
+	// OfferBearer answers openconnect's first request (when it advertises
+	// X-Support-HTTP-Auth) with 401 WWW-Authenticate: Bearer, so a client
+	// started with --token-mode=oidc signs in with its token; clients
+	// without a token fall back to the XML form. The Authenticator must
+	// accept Credentials.BearerToken (auth.OIDC does).
+	OfferBearer bool
+	// Policy is the access policy, checked at sign-in and again whenever a
+	// cookie resumes a session. nil admits every authenticated identity.
+	Policy auth.Policy
+	// Bans, if set, earns failed sign-ins ban points per source IP; a
+	// banned IP is refused before any TLS work.
+	Bans *auth.Bans
+	// ClientCerts, if set, requests client certificates in the TLS
+	// handshake; a verified certificate signs the client in at once.
+	ClientCerts *auth.Certificates
+	// Sealer, if set, makes session cookies sealed tokens that every
+	// gateway sharing its key can resume without a new sign-in (R-S2).
+	// nil: opaque random cookies known only to this gateway.
+	Sealer *auth.Sealer
+	// KeepSessionPastTokenExpiry lets a token-based session run to
+	// SessionTimeout; by default it ends when the token expires.
+	KeepSessionPastTokenExpiry bool
+
 	// Pool is the client address range. Default DefaultPool. The first
 	// usable address is the gateway's own in-tunnel address.
 	Pool netip.Prefix

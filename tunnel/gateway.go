@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/ippool"
 	"github.com/underpass/underpass/internal/policy"
@@ -53,6 +54,7 @@ type Gateway struct {
 	closed   bool
 	draining bool
 	tunnels  map[*tunnelConn]struct{}
+	revoked  map[string]time.Time // sealed session ids ended here -> their expiry
 
 	closeOnce sync.Once
 	closeErr  error
@@ -90,7 +92,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		cfg: cfg, log: cfg.Logger, gwAddr: gwAddr,
 		stack: st, pool: pool, policy: pol, sessions: newSessionTable(),
-		ctx: ctx, cancel: cancel, tunnels: make(map[*tunnelConn]struct{}),
+		ctx: ctx, cancel: cancel, tunnels: make(map[*tunnelConn]struct{}), revoked: make(map[string]time.Time),
 	}
 	g.tlsConf = &tls.Config{
 		MinVersion: tls.VersionTLS12, // R-P4: TLS 1.3 preferred, 1.2 as fallback, nothing older
@@ -98,6 +100,9 @@ func New(cfg Config) (*Gateway, error) {
 		// frame: no record splitting, ever.
 		DynamicRecordSizingDisabled: true,
 		NextProtos:                  []string{"http/1.1"},
+	}
+	if cfg.ClientCerts != nil {
+		cfg.ClientCerts.ConfigureTLS(g.tlsConf)
 	}
 	if cfg.GetCertificate != nil {
 		g.tlsConf.GetCertificate = cfg.GetCertificate
@@ -161,7 +166,7 @@ func (g *Gateway) Serve(l net.Listener) error {
 		l.Close()
 		return ErrClosed
 	}
-	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf})
+	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf, bans: g.cfg.Bans, log: g.log})
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrClosed
 	}
@@ -173,12 +178,27 @@ func (g *Gateway) Serve(l net.Listener) error {
 type tlsListener struct {
 	net.Listener
 	conf *tls.Config
+	bans *auth.Bans
+	log  *slog.Logger
 }
 
 func (l *tlsListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	var c net.Conn
+	for {
+		var err error
+		if c, err = l.Listener.Accept(); err != nil {
+			return nil, err
+		}
+		if l.bans == nil {
+			break
+		}
+		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+		if !l.bans.Banned(ap.Addr().Unmap()) {
+			break
+		}
+		// Refused before any TLS work: a banned address costs one accept.
+		l.log.Debug("refused banned client", "client_ip", ap.Addr())
+		c.Close()
 	}
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true) // frames are already batched; never wait for more
@@ -259,6 +279,50 @@ func (g *Gateway) Disconnect(id string) error {
 	}
 	g.endSession(s, "disconnected by operator")
 	return nil
+}
+
+// Bans lists the source addresses currently refused for failed sign-ins
+// (nil without Config.Bans).
+func (g *Gateway) Bans() []auth.Ban {
+	if g.cfg.Bans == nil {
+		return nil
+	}
+	return g.cfg.Bans.List()
+}
+
+// LiftBan lets a banned address sign in again; it reports whether it was
+// banned.
+func (g *Gateway) LiftBan(a netip.Addr) bool {
+	return g.cfg.Bans != nil && g.cfg.Bans.Lift(a)
+}
+
+// revoke remembers an ended session id until its cookie would have expired,
+// so a sealed cookie cannot resume it here.
+func (g *Gateway) revoke(s *session) {
+	if g.cfg.Sealer == nil {
+		return
+	}
+	g.mu.Lock()
+	g.revoked[s.id] = s.expires
+	g.mu.Unlock()
+}
+
+func (g *Gateway) isRevoked(id string) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	_, ok := g.revoked[id]
+	return ok
+}
+
+// pruneRevoked forgets revocations whose cookies have expired anyway.
+func (g *Gateway) pruneRevoked(now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for id, exp := range g.revoked {
+		if now.After(exp) {
+			delete(g.revoked, id)
+		}
+	}
 }
 
 // Shutdown stops accepting connections, then closes every tunnel connection

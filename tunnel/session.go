@@ -100,6 +100,20 @@ func (t *sessionTable) add(s *session) {
 	t.byID[s.id] = s
 }
 
+// addOrGet adds s unless a session with its cookie exists already (two
+// connections resuming one sealed cookie at once), and returns the one
+// that is in the table.
+func (t *sessionTable) addOrGet(s *session) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old := t.byCookie[s.cookieKey]; old != nil {
+		return old
+	}
+	t.byCookie[s.cookieKey] = s
+	t.byID[s.id] = s
+	return s
+}
+
 func (t *sessionTable) byCookieValue(cookie string) *session {
 	k := sha256.Sum256([]byte(cookie))
 	t.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,6 +40,10 @@ type tunnelConn struct {
 	finished chan struct{} // closed when run has returned and cleaned up
 	once     sync.Once
 
+	clientAddr, serverAddr netip.AddrPort // for telemetry
+	start                  time.Time
+	in0, out0              uint64 // session byte counters when this connection began
+
 	lastRx atomic.Int64 // unix nanos of the last frame from the client
 	logoff atomic.Bool  // the client sent DISCONNECT: end the session
 	bye    atomic.Bool  // send DISCONNECT before closing (the session ends)
@@ -52,7 +57,9 @@ func (g *Gateway) newTunnelConn(s *session, conn net.Conn, br bufReader, port *n
 	if tc, ok := conn.(*tls.Conn); ok {
 		t.bc, _ = tc.NetConn().(*batchConn)
 	}
-	t.lastRx.Store(time.Now().UnixNano())
+	t.start = time.Now()
+	t.in0, t.out0 = s.bytesIn.Load(), s.bytesOut.Load()
+	t.lastRx.Store(t.start.UnixNano())
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
@@ -194,7 +201,7 @@ loop:
 	g.mu.Lock()
 	delete(g.tunnels, t)
 	g.mu.Unlock()
-	g.log.Info("tunnel down", "session", s.id, "user", s.ident.User, "reason", reason)
+	g.telemetry(t, "disconnect", reason)
 	close(t.finished)
 	if end {
 		g.endSession(s, reason)
@@ -265,11 +272,33 @@ func (t *tunnelConn) sendDisconnect() error {
 	return err
 }
 
+// telemetry logs a connect or disconnect event (R-O3) with the fields an
+// operator's SIEM expects. Credentials never appear in it.
+func (g *Gateway) telemetry(t *tunnelConn, op, reason string) {
+	s := t.s
+	s.mu.Lock()
+	assigned := s.addr
+	s.mu.Unlock()
+	attrs := []any{
+		"op", op, "session", s.id, "client_ip", t.clientAddr.Addr(), "server_ip", t.serverAddr.Addr(),
+		"gateway_ip", g.gwAddr, "assigned_ip", assigned, "user", s.ident.User, "device_id", s.ident.DeviceID,
+		"user_agent", s.userAgent,
+	}
+	if op == "disconnect" {
+		attrs = append(attrs, "reason", reason, "bytes_in", s.bytesIn.Load()-t.in0, "bytes_out", s.bytesOut.Load()-t.out0,
+			"duration", time.Since(t.start).Round(time.Millisecond))
+	}
+	g.log.Info("telemetry", attrs...)
+}
+
 // endSession removes s for good: its connection is told to disconnect, its
 // cookie stops working and its address returns to the pool.
 func (g *Gateway) endSession(s *session, reason string) {
 	if !g.sessions.remove(s) {
 		return
+	}
+	if reason != "gateway shutting down" {
+		g.revoke(s)
 	}
 	s.mu.Lock()
 	s.ended = true
@@ -308,6 +337,7 @@ func (g *Gateway) reap() {
 		case <-g.ctx.Done():
 			return
 		case now := <-tick.C:
+			g.pruneRevoked(now)
 			for _, s := range g.sessions.all() {
 				s.mu.Lock()
 				detachedFor := time.Duration(0)

@@ -265,7 +265,7 @@ func TestOpenconnectWrongPassword(t *testing.T) {
 	if !strings.Contains(err.Error(), "Login failed") {
 		t.Errorf("openconnect did not show the reason:\n%v", err)
 	}
-	if !strings.Contains(e.gw.Output(), "sign-in failed") || strings.Contains(e.gw.Output(), "tunnel up") {
+	if !strings.Contains(e.gw.Output(), "sign-in failed") || strings.Contains(e.gw.Output(), "op=connect") {
 		t.Errorf("gateway log:\n%s", e.gw.Tail(20))
 	}
 }
