@@ -9,10 +9,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"log/slog"
 	"math/big"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -235,3 +237,53 @@ func TestClientCertificateSignIn(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestNoSecretsInLogs: passwords, tokens and cookies never reach the log,
+// even at debug level and on failures.
+func TestNoSecretsInLogs(t *testing.T) {
+	var logs syncBuffer
+	_, addr := startGateway(t, func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		c.OfferBearer = true
+		c.Authenticator = auth.Chain{tokens{"tok-SECRET-1": "carol"}, passwords{"alice": "pw-SECRET-2"}}
+	})
+	cookie, _ := signIn(t, addr, "alice", "pw-SECRET-2")
+	_, _ = signIn(t, addr, "alice", "pw-SECRET-3")
+	rawPost(t, addr, map[string]string{"Authorization": "Bearer tok-SECRET-1"})
+	rawPost(t, addr, map[string]string{"Authorization": "Bearer tok-SECRET-4"})
+	tc, _ := connectTunnel(t, addr, cookie)
+	if tc == nil {
+		t.Fatal("CONNECT")
+	}
+	tc.Close()
+	waitFor(t, func() bool { return strings.Contains(logs.String(), "op=disconnect") }, "disconnect telemetry")
+	out := logs.String()
+	for _, secret := range []string{"SECRET", cookie} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("log contains a secret (%q):\n%s", secret, out)
+		}
+	}
+	for _, want := range []string{"op=connect", "client_ip=127.0.0.1", "assigned_ip=169.254.0.", "user=alice", "bytes_in="} {
+		if !strings.Contains(out, want) {
+			t.Errorf("telemetry lacks %q:\n%s", want, out)
+		}
+	}
+}
