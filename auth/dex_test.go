@@ -1,36 +1,17 @@
 package auth
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/underpass/underpass/internal/dextest"
+	"github.com/underpass/underpass/internal/testenv"
 )
-
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestRealDex runs sign-in against a real OIDC provider (Dex): password
 // grant, token verification (bearer and password field), wrong password,
@@ -38,7 +19,7 @@ func (s *syncBuffer) String() string {
 // secrets used.
 func TestRealDex(t *testing.T) {
 	d := dextest.Start(t)
-	logs := &syncBuffer{}
+	logs := &testenv.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)

@@ -12,37 +12,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testenv"
 )
 
-// echoServer serves on 127.0.0.1: it echoes until EOF, then writes "bye"
-// and closes, so a client sees both directions and both half-closes.
+// echoServer is testenv.EchoServer reached as the "remote" host far
+// (loopDialer maps it to loopback).
 func echoServer(t testing.TB) netip.AddrPort {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				io.Copy(c, c)
-				c.Write([]byte("bye"))
-			}()
-		}
-	}()
-	return netip.AddrPortFrom(far, uint16(l.Addr().(*net.TCPAddr).Port))
+	return netip.AddrPortFrom(far, testenv.EchoServer(t).Port())
 }
 
 func freePort(t testing.TB, network string) uint16 {

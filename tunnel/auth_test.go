@@ -14,12 +14,12 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/testenv"
 )
 
 // tokens is a test authenticator for bearer tokens: token -> user.
@@ -238,28 +238,10 @@ func TestClientCertificateSignIn(t *testing.T) {
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestNoSecretsInLogs: passwords, tokens and cookies never reach the log,
 // even at debug level and on failures.
 func TestNoSecretsInLogs(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	_, addr := startGateway(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 		c.OfferBearer = true

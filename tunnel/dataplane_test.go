@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,39 +16,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/testenv"
 )
-
-// echoServer accepts on loopback and echoes every connection until closed.
-func echoServer(t testing.TB) netip.AddrPort {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			}()
-		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
-}
 
 func TestTCPThroughTunnel(t *testing.T) {
 	_, addr := startGateway(t, nil)
-	echo := echoServer(t)
+	echo := testenv.EchoServer(t)
 	tc := dial(t, addr, "alice", "secret")
 	tc.startStack(16000)
 
@@ -81,7 +53,7 @@ func TestTCPThroughTunnel(t *testing.T) {
 // address outside the include routes all fail within a second, not after a
 // timeout.
 func TestRefusedDestinationsFailFast(t *testing.T) {
-	echo := echoServer(t)
+	echo := testenv.EchoServer(t)
 	_, addr := startGateway(t, func(c *Config) { c.HostAddrs = []netip.Addr{corp(echo).Addr()} })
 	tc := dial(t, addr, "alice", "secret")
 	tc.startStack(16000)

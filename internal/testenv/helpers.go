@@ -1,0 +1,68 @@
+package testenv
+
+import (
+	"bytes"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// LogBuffer is a goroutine-safe io.Writer for capturing logs in tests (for
+// example to scan them for secrets).
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+// Write appends p.
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+// String returns everything written so far.
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// echoDeadline bounds one echo connection, so a stuck test cannot hold the
+// server's cleanup forever.
+const echoDeadline = 20 * time.Second
+
+// EchoServer serves TCP on 127.0.0.1 until the test ends: each connection
+// gets back what it sends until it half-closes, then "bye", then the server
+// closes, so a client sees both directions and both half-closes.
+func EchoServer(t testing.TB) netip.AddrPort {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(echoDeadline))
+				_, _ = io.Copy(c, c)
+				_, _ = c.Write([]byte("bye"))
+			}()
+		}
+	}()
+	return netip.MustParseAddrPort(l.Addr().String())
+}
