@@ -37,6 +37,10 @@ type Port struct {
 	ch     chan *Packet
 	done   chan struct{}
 	closed atomic.Bool
+	// stalled is set when a send waited MaxWriteBlock in vain: the client
+	// is not draining, so later sends drop at once instead of stalling the
+	// stack's shared goroutines again, until the queue is half empty.
+	stalled atomic.Bool
 	// mu is read-held by every sender for the duration of its send, and
 	// write-held by Close before closing ch, so ch is never closed under a
 	// sender. RLock is one atomic add when uncontended.
@@ -159,8 +163,15 @@ func (p *Port) send(pk *Packet, block bool) bool {
 	select {
 	case p.ch <- pk:
 		p.mu.RUnlock()
+		if p.stalled.Load() && len(p.ch) <= cap(p.ch)/2 {
+			p.stalled.Store(false) // draining again: back to back-pressure
+		}
 		return true
 	default:
+	}
+	if block && p.stalled.Load() {
+		block = false
+		s.stats.dropBlocked.Add(1)
 	}
 	if !block {
 		p.mu.RUnlock()
@@ -177,6 +188,7 @@ func (p *Port) send(pk *Packet, block bool) bool {
 		s.stats.dropPortClosed.Add(1)
 	case <-timeout:
 		s.stats.dropBlocked.Add(1)
+		p.stalled.Store(true)
 	}
 	p.mu.RUnlock()
 	if t != nil {

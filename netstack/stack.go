@@ -61,8 +61,11 @@ type Config struct {
 	// DefaultMaxInFlight.
 	MaxInFlight int
 	// MaxWriteBlock, if positive, bounds how long the stack blocks on a full
-	// port queue before dropping the packet. 0 blocks until there is room or
-	// the port closes (see Port).
+	// port queue before dropping the packet; the port then counts as
+	// stalled and drops without blocking until its queue is half empty, so
+	// one client that stops reading cannot hold the stack's shared TCP
+	// goroutines (and with them other clients' flows). 0 blocks until there
+	// is room or the port closes (see Port).
 	MaxWriteBlock time.Duration
 }
 

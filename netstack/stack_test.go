@@ -518,6 +518,58 @@ func TestBackpressure(t *testing.T) {
 	}
 }
 
+// TestStalledPort: with MaxWriteBlock, a client that stops draining costs
+// one bounded wait; later packets for it drop at once (the stack's shared
+// goroutines are not held again) until its queue is half empty, after which
+// senders block (back-pressure) as before.
+func TestStalledPort(t *testing.T) {
+	const wait = 100 * time.Millisecond
+	gw := newGW(t, func(c *Config) { c.MaxWriteBlock = wait })
+	const q = 4
+	p, err := gw.Attach(cliAddr, testHeadroom, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for i := range q {
+		if err := p.Inject(echoRequest(cliAddr, gwAddr, uint16(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_ = p.Inject(echoRequest(cliAddr, gwAddr, 10)) // the reply waits MaxWriteBlock, then drops
+	if d := time.Since(start); d < wait/2 {
+		t.Fatalf("first full-queue send did not wait (%v)", d)
+	}
+	start = time.Now()
+	for i := range 5 {
+		_ = p.Inject(echoRequest(cliAddr, gwAddr, uint16(20+i)))
+	}
+	if d := time.Since(start); d > wait {
+		t.Fatalf("a stalled port still blocks senders (%v for 5 packets)", d)
+	}
+	if s := gw.Stats(); s.DropBlocked < 6 {
+		t.Fatalf("DropBlocked %d, want >= 6", s.DropBlocked)
+	}
+	for range q { // drain: the port recovers
+		nextPacket(t, p, time.Second)
+	}
+	injected := make(chan error, 1)
+	for i := range q {
+		_ = p.Inject(echoRequest(cliAddr, gwAddr, uint16(40+i)))
+	}
+	go func() { injected <- p.Inject(echoRequest(cliAddr, gwAddr, 50)) }()
+	select {
+	case <-injected:
+		t.Fatal("recovered port does not apply back-pressure")
+	case <-time.After(wait / 4):
+	}
+	nextPacket(t, p, time.Second)
+	if err := <-injected; err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAttachAndClose(t *testing.T) {
 	gw := newGW(t, nil)
 	p, err := gw.Attach(cliAddr, 8, 0)

@@ -173,7 +173,7 @@ func TestPingGatewayAndIsolation(t *testing.T) {
 func BenchmarkTunnelTCP(b *testing.B) {
 	for _, dir := range []string{"upload", "download"} {
 		b.Run(dir, func(b *testing.B) {
-			_, addr := startGateway(b, nil)
+			g, addr := startGateway(b, nil)
 			l, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
@@ -218,6 +218,10 @@ func BenchmarkTunnelTCP(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+			b.StopTimer()
+			st := g.stack.Stats()
+			b.ReportMetric(float64(st.DropBlocked), "stall-drops")
+			b.ReportMetric(float64(st.WriteBlocked), "blocked-writes")
 		})
 	}
 }

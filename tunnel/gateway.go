@@ -20,6 +20,13 @@ import (
 	"github.com/underpass/underpass/netstack"
 )
 
+// stallLimit is how long the stack may wait on a client's full packet
+// queue: a healthy session writer frees a slot within milliseconds, so a
+// queue full for 100 ms means the client is not reading; past that its
+// packets are dropped (TCP backs off) rather than holding the stack's
+// goroutines, which every other client's flows share.
+const stallLimit = 100 * time.Millisecond
+
 // ErrClosed is returned by Serve and ListenAndServe after Close or Shutdown.
 var ErrClosed = errors.New("tunnel: gateway closed")
 
@@ -84,6 +91,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	st, err := netstack.New(netstack.Config{
 		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Allow: pol.Allow, Logger: cfg.Logger,
+		MaxWriteBlock: stallLimit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: netstack: %w", err)
