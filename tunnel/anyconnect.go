@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -35,10 +36,21 @@ func (g *Gateway) newHandler() http.Handler {
 			g.serveConnect(w, r)
 		case r.Method == http.MethodPost:
 			g.serveAuth(w, r)
+		case r.Method == http.MethodGet && isAnyConnectClient(r):
+			// openconnect's fallback after a 401 it cannot answer (a
+			// Bearer offer without a token): GET the form, then POST.
+			g.writeForm(w, "")
 		default:
 			http.NotFound(w, r)
 		}
 	})
+}
+
+// isAnyConnectClient tells AnyConnect-protocol clients from browsers, so
+// only they get the sign-in form on GET; everybody else sees a 404.
+func isAnyConnectClient(r *http.Request) bool {
+	return r.Header.Get("X-Transcend-Version") != "" || r.Header.Get("X-Aggregate-Auth") != "" ||
+		strings.Contains(strings.ToLower(r.UserAgent()), "anyconnect")
 }
 
 func clientAddr(r *http.Request) netip.AddrPort {
@@ -60,6 +72,9 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 	}
 	msg, err := authxml.ParseClient(body)
 	if err != nil {
+		msg = formReply(r, body)
+	}
+	if msg == nil {
 		// Not an AnyConnect client: look like an ordinary web server.
 		http.NotFound(w, r)
 		return
@@ -86,7 +101,9 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		// the request with Authorization: Bearer; "fallback" lets one
 		// without a token retry and get the form.
 		w.Header().Set("WWW-Authenticate", "Bearer")
-		w.Header().Set("X-HTTP-Auth-Support", "fallback")
+		// openconnect matches this name case-sensitively, so it bypasses
+		// Go's canonicalisation (which would send X-Http-Auth-Support).
+		w.Header()["X-HTTP-Auth-Support"] = []string{"fallback"}
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusUnauthorized)
 	case msg.Type == "auth-reply":
@@ -95,6 +112,23 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 	default:
 		g.writeForm(w, "")
 	}
+}
+
+// formReply reads the non-XML sign-in openconnect falls back to after an
+// HTTP-auth offer it cannot use: the form's fields posted URL-encoded. It
+// returns nil for anything else.
+func formReply(r *http.Request, body []byte) *authxml.ClientMessage {
+	ct := r.Header.Get("Content-Type")
+	if !strings.HasPrefix(ct, "application/x-www-form-urlencoded") || !isAnyConnectClient(r) {
+		return nil
+	}
+	v, err := url.ParseQuery(string(body))
+	if err != nil || (v.Get("username") == "" && v.Get("password") == "") {
+		return nil
+	}
+	return &authxml.ClientMessage{Type: "auth-reply", Inputs: map[string]string{
+		"username": v.Get("username"), "password": v.Get("password"),
+	}}
 }
 
 // bearerToken returns the token of an "Authorization: Bearer" header.

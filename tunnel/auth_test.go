@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net/http"
@@ -67,6 +68,24 @@ func TestBearerFlow(t *testing.T) {
 	if resp.StatusCode != 401 || resp.Header.Get("WWW-Authenticate") != "Bearer" || resp.Header.Get("X-HTTP-Auth-Support") != "fallback" {
 		t.Fatalf("offer: %d %v", resp.StatusCode, resp.Header)
 	}
+	// openconnect parses X-HTTP-Auth-Support case-sensitively: check the
+	// bytes on the wire, not the canonicalised header.
+	c := tlsDial(t, addr)
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: gw\r\nX-Support-HTTP-Auth: true\r\nContent-Length: %d\r\n\r\n%s", len(initXML), initXML)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var head strings.Builder
+	br := bufio.NewReader(c)
+	for !strings.HasSuffix(head.String(), "\r\n\r\n") {
+		line, err := br.ReadString('\n')
+		head.WriteString(line)
+		if err != nil {
+			break
+		}
+	}
+	c.Close()
+	if h := head.String(); !strings.HasPrefix(h, "HTTP/1.1 401") || !strings.Contains(h, "\r\nX-HTTP-Auth-Support: fallback\r\n") {
+		t.Fatalf("raw 401: %q", h)
+	}
 	resp, body := rawPost(t, addr, map[string]string{"X-Support-HTTP-Auth": "true", "Authorization": "Bearer good-token"})
 	if resp.StatusCode != 200 || !strings.Contains(body, `type="complete"`) {
 		t.Fatalf("bearer sign-in: %d %s", resp.StatusCode, body)
@@ -87,6 +106,32 @@ func TestBearerFlow(t *testing.T) {
 	// Without X-Support-HTTP-Auth (a client with no token) the form comes.
 	if _, body := rawPost(t, addr, nil); !strings.Contains(body, `type="auth-request"`) {
 		t.Fatalf("fallback form: %s", body)
+	}
+	// openconnect's fallback after the offer: GET the form, POST it
+	// URL-encoded. Browsers still get a 404 for GET.
+	for ua, want := range map[string]string{"Open AnyConnect VPN Agent v9.01-3": `type="auth-request"`, "Mozilla/5.0": "404 page not found"} {
+		c := tlsDial(t, addr)
+		fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: gw\r\nUser-Agent: %s\r\n\r\n", ua)
+		req, _ := http.NewRequest(http.MethodGet, "https://gw/", nil)
+		resp, err := http.ReadResponse(bufio.NewReader(c), req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 2048)
+		n, _ := resp.Body.Read(b)
+		c.Close()
+		if !strings.Contains(string(b[:n]), want) {
+			t.Errorf("GET / as %q: %s", ua, b[:n])
+		}
+	}
+	c = tlsDial(t, addr)
+	form := "username=alice&password=secret"
+	fmt.Fprintf(c, "POST /auth HTTP/1.1\r\nHost: gw\r\nUser-Agent: Open AnyConnect VPN Agent v9.01-3\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%s", len(form), form)
+	req, _ := http.NewRequest(http.MethodPost, "https://gw/auth", nil)
+	fresp, err := http.ReadResponse(bufio.NewReader(c), req)
+	c.Close()
+	if err != nil || len(fresp.Cookies()) == 0 {
+		t.Fatalf("URL-encoded sign-in: %v", err)
 	}
 	// Passwords still work alongside.
 	if c, body := signIn(t, addr, "alice", "secret"); c == "" {

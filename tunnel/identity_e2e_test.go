@@ -1,0 +1,235 @@
+package tunnel_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/dextest"
+	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/tunnel"
+)
+
+// nsDialer re-originates flows from inside a network namespace (the
+// gateway's), as an embedding program's own Dialer would.
+type nsDialer struct{ ns *testenv.Netns }
+
+func (d nsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	return d.ns.Dial(ctx, network, addr)
+}
+
+// clientCert writes a CA-signed client certificate for email to dir and
+// returns the CA pool and the cert/key file names.
+func clientCert(t *testing.T, dir, email string) (*x509.CertPool, string, string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "corp device CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "laptop-42"},
+		EmailAddresses: []string{email},
+		NotBefore:      time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, _ := x509.MarshalPKCS8PrivateKey(key)
+	cf, kf := filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(cf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kf, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return pool, cf, kf
+}
+
+// TestOpenconnectWithDex: the stock openconnect client signs in to a
+// gateway (the library, serving in the gw namespace) backed by a real OIDC
+// provider (Dex): password through the IdP, an IdP token in the password
+// field, a client certificate; a user outside the allowed group
+// is refused with the reason; a cookie resumes and is re-checked against
+// the policy; wrong passwords earn a ban; no secret reaches the log.
+func TestOpenconnectWithDex(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "openconnect", "ocproxy", "curl")
+	d := dextest.Start(t)
+	tp := testenv.Topology(t)
+	web := tp.ServeHTTP(t, 8080)
+	cert := testenv.NewCert(t, testenv.GWAddr.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // the whole scenario, generously
+	defer cancel()
+
+	oidc, err := auth.NewOIDC(ctx, auth.OIDCConfig{
+		Issuer: d.Issuer, Audiences: []string{d.ClientID}, ClientID: d.ClientID, ClientSecret: d.ClientSecret, Scopes: d.Scopes,
+	})
+	if err != nil {
+		t.Fatalf("OIDC discovery at Dex: %v", err)
+	}
+	defer oidc.Close()
+	grant, err := oidc.PasswordGrant()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, certFile, keyFile := clientCert(t, t.TempDir(), dextest.Alice.Email)
+	certs, err := auth.NewCertificates(auth.CertConfig{CAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules := &auth.Rules{AllowGroups: []string{"vpn-users"}}
+	var revokeAlice atomic.Bool // "alice left the group" for the resume re-check
+	policy := auth.PolicyFunc(func(ctx context.Context, id *auth.Identity) error {
+		if revokeAlice.Load() && id.Email == dextest.Alice.Email {
+			return &auth.DeniedError{Reason: "removed from vpn-users"}
+		}
+		if id.Method == "certificate" { // device certificates carry no groups
+			return nil
+		}
+		return rules.Check(ctx, id)
+	})
+	var logs testenv.LogBuffer
+	gw, err := tunnel.New(tunnel.Config{
+		Certificate:   mustLoad(t, cert),
+		Authenticator: auth.Chain{oidc, grant},
+		OfferBearer:   true,
+		Policy:        policy,
+		Bans:          auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute}),
+		ClientCerts:   certs,
+		SplitInclude:  []netip.Prefix{testenv.CorpNet},
+		Dialer:        nsDialer{tp.GW},
+		Logger:        slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	listen := testenv.GWAddr.String() + ":443"
+	l, err := tp.GW.Listen("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gw.Serve(l)
+
+	opts := func(user, pass string) testenv.OCOptions {
+		return testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: user, Password: pass, Mode: testenv.ModeOcproxy}
+	}
+	fetch := func(s *testenv.OCSession) {
+		t.Helper()
+		body, err := testenv.CurlViaSocks(ctx, tp.Client, s.SocksPort, web+"/")
+		if err != nil || body != testenv.CorpPage {
+			t.Fatalf("corp page: %q, %v", body, err)
+		}
+	}
+	var secrets []string
+
+	t.Run("password through the IdP", func(t *testing.T) {
+		s := testenv.Openconnect(t, tp.Client, opts(dextest.Alice.Email, dextest.Alice.Password))
+		fetch(s)
+		s.Close()
+	})
+	t.Run("IdP token in the password field", func(t *testing.T) {
+		idTok, accessTok := d.Token(t, dextest.Alice.Email, dextest.Alice.Password)
+		secrets = append(secrets, idTok, accessTok)
+		s := testenv.Openconnect(t, tp.Client, opts("alice", idTok))
+		fetch(s)
+		s.Close()
+	})
+	t.Run("user outside the allowed group", func(t *testing.T) {
+		_, err := testenv.TryOpenconnect(t, tp.Client, opts(dextest.Bob.Email, dextest.Bob.Password))
+		if err == nil || !strings.Contains(err.Error(), "Access denied: your account is not in a group allowed") {
+			t.Fatalf("bob: %v", err)
+		}
+	})
+	t.Run("client certificate", func(t *testing.T) {
+		o := opts("unused", "unused")
+		o.ExtraArgs = []string{"-c", certFile, "-k", keyFile}
+		s := testenv.Openconnect(t, tp.Client, o)
+		fetch(s)
+		s.Close()
+	})
+	t.Run("cookie resume and policy re-check", func(t *testing.T) {
+		ar, err := testenv.AuthenticateFull(t, tp.Client, opts(dextest.Alice.Email, dextest.Alice.Password))
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets = append(secrets, ar.Cookie)
+		o := opts("", "")
+		o.Cookie = ar.Cookie
+		s := testenv.Openconnect(t, tp.Client, o)
+		fetch(s)
+		addr := s.Env()["INTERNAL_IP4_ADDRESS"]
+		if err := s.CloseKeepSession(); err != nil {
+			t.Fatal(err)
+		}
+		s = testenv.Openconnect(t, tp.Client, o)
+		if got := s.Env()["INTERNAL_IP4_ADDRESS"]; got != addr || addr == "" {
+			t.Fatalf("resumed with %q, want %q", got, addr)
+		}
+		if err := s.CloseKeepSession(); err != nil {
+			t.Fatal(err)
+		}
+		revokeAlice.Store(true)
+		defer revokeAlice.Store(false)
+		if _, err := testenv.TryOpenconnect(t, tp.Client, o); err == nil {
+			t.Fatal("resume allowed after the policy changed")
+		}
+	})
+	t.Run("wrong passwords earn a ban", func(t *testing.T) {
+		for i := 0; i < 3; i++ {
+			if _, err := testenv.TryOpenconnect(t, tp.Client, opts(dextest.Alice.Email, "wrong-"+dextest.Alice.Password)); err == nil {
+				t.Fatal("wrong password accepted")
+			}
+		}
+		if bans := gw.Bans(); len(bans) != 1 || bans[0].Addr != testenv.ClientAddr {
+			t.Fatalf("bans %+v", bans)
+		}
+		_, err := testenv.TryOpenconnect(t, tp.Client, opts(dextest.Alice.Email, dextest.Alice.Password))
+		if err == nil {
+			t.Fatal("banned client connected")
+		}
+		gw.LiftBan(testenv.ClientAddr)
+	})
+	out := logs.String()
+	for _, s := range append(secrets, dextest.Alice.Password, dextest.Bob.Password) {
+		if s != "" && strings.Contains(out, s) {
+			t.Fatalf("a secret reached the gateway log")
+		}
+	}
+	if !strings.Contains(out, "op=connect") {
+		t.Errorf("no telemetry in the log:\n%s", out)
+	}
+}
+
+func mustLoad(t *testing.T, c *testenv.Cert) *tls.Certificate {
+	t.Helper()
+	pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pair
+}
