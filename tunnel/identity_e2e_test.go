@@ -159,6 +159,18 @@ func TestOpenconnectWithDex(t *testing.T) {
 		fetch(s)
 		s.Close()
 	})
+	t.Run("IdP token in openconnect's OIDC token mode", func(t *testing.T) {
+		idTok, _ := d.Token(t, dextest.Alice.Email, dextest.Alice.Password)
+		secrets = append(secrets, idTok)
+		o := opts("unused", "unused")
+		// openconnect 9.01 walks its HTTP auth methods in order and gives
+		// up at Basic (disabled by default) before reaching Bearer unless
+		// the methods are named: --http-auth=Bearer.
+		o.ExtraArgs = []string{"--token-mode=oidc", "--token-secret=" + idTok, "--http-auth=Bearer"}
+		s := testenv.Openconnect(t, tp.Client, o)
+		fetch(s)
+		s.Close()
+	})
 	t.Run("user outside the allowed group", func(t *testing.T) {
 		_, err := testenv.TryOpenconnect(t, tp.Client, opts(dextest.Bob.Email, dextest.Bob.Password))
 		if err == nil || !strings.Contains(err.Error(), "Access denied: your account is not in a group allowed") {
