@@ -29,7 +29,6 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/config"
 	"github.com/underpass/underpass/tunnel"
@@ -46,6 +45,10 @@ const (
 // defaultListen is the embedded default's address: loopback, and a port
 // above 1024 so no privilege is needed.
 const defaultListen = "127.0.0.1:8443"
+
+// idpTimeout bounds OIDC discovery at start: an IdP that does not answer
+// in this time is reported instead of hanging the start.
+const idpTimeout = 30 * time.Second
 
 // shutdownGrace bounds the drain on SIGINT/SIGTERM.
 const shutdownGrace = 10 * time.Second
@@ -168,13 +171,19 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return exitFail
 		}
 	}
-	users := make([]auth.StaticUser, 0, len(cfg.Users))
-	for _, u := range cfg.Users {
-		users = append(users, auth.StaticUser{Name: u.Name, Hash: u.PasswordHash, Groups: u.Groups})
-	}
-	if cfg.Tunnel.Authenticator, err = auth.NewStaticUsers(users); err != nil {
-		fmt.Fprintln(stderr, "underpass: users:", err)
+	ictx, cancel := context.WithTimeout(context.Background(), idpTimeout)
+	id, err := cfg.BuildIdentity(ictx, logger)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(stderr, "underpass:", err)
 		return exitConfig
+	}
+	defer id.Close()
+	t := &cfg.Tunnel
+	t.Authenticator, t.OfferBearer, t.Bans, t.ClientCerts, t.Sealer = id.Authenticator, id.OfferBearer, id.Bans, id.ClientCerts, id.Sealer
+	t.KeepSessionPastTokenExpiry = id.KeepSessionPastTokenExpiry
+	if id.Policy != nil {
+		t.Policy = id.Policy
 	}
 
 	gw, err := tunnel.New(cfg.Tunnel)

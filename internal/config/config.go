@@ -36,23 +36,24 @@ type File struct {
 		Cert string `yaml:"cert"`
 		Key  string `yaml:"key"`
 	} `yaml:"tls"`
-	Pool           string    `yaml:"pool"`
-	DNS            []string  `yaml:"dns"`
-	SearchDomains  []string  `yaml:"search_domains"`
-	SplitInclude   []string  `yaml:"split_include"`
-	SplitExclude   []string  `yaml:"split_exclude"`
-	MTU            int       `yaml:"mtu"`
-	DPD            Duration  `yaml:"dpd"`
-	Keepalive      Duration  `yaml:"keepalive"`
-	IdleTimeout    Duration  `yaml:"idle_timeout"`
-	SessionTimeout Duration  `yaml:"session_timeout"`
-	ReconnectGrace Duration  `yaml:"reconnect_grace"`
-	Banner         string    `yaml:"banner"`
-	DNSProxy       DNSProxy  `yaml:"dns_proxy"`
-	Users          []User    `yaml:"users"`
-	Log            LogConfig `yaml:"log"`
-	DemoPage       *bool     `yaml:"demo_page"`
-	HostAddrs      []string  `yaml:"host_addrs"`
+	Pool           string        `yaml:"pool"`
+	DNS            []string      `yaml:"dns"`
+	SearchDomains  []string      `yaml:"search_domains"`
+	SplitInclude   []string      `yaml:"split_include"`
+	SplitExclude   []string      `yaml:"split_exclude"`
+	MTU            int           `yaml:"mtu"`
+	DPD            Duration      `yaml:"dpd"`
+	Keepalive      Duration      `yaml:"keepalive"`
+	IdleTimeout    Duration      `yaml:"idle_timeout"`
+	SessionTimeout Duration      `yaml:"session_timeout"`
+	ReconnectGrace Duration      `yaml:"reconnect_grace"`
+	Banner         string        `yaml:"banner"`
+	DNSProxy       DNSProxy      `yaml:"dns_proxy"`
+	Identity       *IdentityFile `yaml:"identity"`
+	Users          []User        `yaml:"users"`
+	Log            LogConfig     `yaml:"log"`
+	DemoPage       *bool         `yaml:"demo_page"`
+	HostAddrs      []string      `yaml:"host_addrs"`
 }
 
 // DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).
@@ -103,6 +104,18 @@ type Config struct {
 	DemoPage bool
 	CertFile string
 	KeyFile  string
+	// IdentityFile is the identity section as written; BuildIdentity
+	// turns it into authenticators, policy, bans and a cookie sealer.
+	IdentityFile *IdentityFile
+	dir          string // the config file's directory, for relative paths
+}
+
+// rel resolves a path from the config file against the file's directory.
+func (c *Config) rel(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
 }
 
 // Error lists every problem in a file, each prefixed with file:line.
@@ -167,7 +180,8 @@ func Parse(name string, b []byte) (*Config, error) {
 		e.Problems = append(e.Problems, at(key)+": "+fmt.Sprintf(format, args...))
 	}
 
-	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage}
+	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage,
+		IdentityFile: f.Identity, dir: filepath.Dir(name)}
 	t := &c.Tunnel
 	t.ListenAddr = f.Listen
 	if f.Pool != "" {
@@ -242,14 +256,8 @@ func Parse(name string, b []byte) (*Config, error) {
 		}
 	}
 
-	dir := filepath.Dir(name)
-	rel := func(p string) string {
-		if p == "" || filepath.IsAbs(p) {
-			return p
-		}
-		return filepath.Join(dir, p)
-	}
-	c.CertFile, c.KeyFile = rel(f.TLS.Cert), rel(f.TLS.Key)
+	validateIdentity(f.Identity, c.rel, bad)
+	c.CertFile, c.KeyFile = c.rel(f.TLS.Cert), c.rel(f.TLS.Key)
 	switch {
 	case (c.CertFile == "") != (c.KeyFile == ""):
 		bad("tls", "set both cert and key, or neither (a self-signed certificate is generated)")
