@@ -92,11 +92,11 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(authxml.RenderLogout())
 	case bearerToken(r) != "":
 		creds.BearerToken = bearerToken(r)
-		g.signIn(w, r, g.cfg.Authenticator, creds)
-	case msg.Type == "init" && g.cfg.ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		g.signIn(w, r, g.conf().Authenticator, creds)
+	case msg.Type == "init" && g.conf().ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
 		creds.PeerCertificates = r.TLS.PeerCertificates
-		g.signIn(w, r, g.cfg.ClientCerts, creds)
-	case msg.Type == "init" && g.cfg.OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
+		g.signIn(w, r, g.conf().ClientCerts, creds)
+	case msg.Type == "init" && g.conf().OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
 		// openconnect 9 (http-auth.c): a client holding a token repeats
 		// the request with Authorization: Bearer; "fallback" lets one
 		// without a token retry and get the form.
@@ -108,7 +108,7 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusUnauthorized)
 	case msg.Type == "auth-reply":
 		creds.Username, creds.Password = msg.Username(), msg.Password()
-		g.signIn(w, r, g.cfg.Authenticator, creds)
+		g.signIn(w, r, g.conf().Authenticator, creds)
 	default:
 		g.writeForm(w, "")
 	}
@@ -163,8 +163,8 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 	ctx, cancel := context.WithTimeout(r.Context(), authTimeout)
 	defer cancel()
 	id, err := a.Authenticate(ctx, creds)
-	if err == nil && g.cfg.Policy != nil {
-		err = g.cfg.Policy.Check(ctx, id)
+	if err == nil && g.conf().Policy != nil {
+		err = g.conf().Policy.Check(ctx, id)
 	}
 	if err != nil {
 		var denied *auth.DeniedError
@@ -173,12 +173,13 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		case errors.As(err, &denied):
 			reason = "Access denied: " + denied.Reason
 		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
-			if g.cfg.Bans != nil && g.cfg.Bans.AddFailure(ca.Addr(), 0) {
+			if g.conf().Bans != nil && g.conf().Bans.AddFailure(ca.Addr(), 0) {
 				g.log.Warn("client banned", "client_ip", ca.Addr())
 			}
 		default: // the IdP is unreachable or misconfigured: no ban points for an outage
 			reason = "Login failed: " + err.Error()
 		}
+		g.signInFailures.Add(1)
 		g.log.Info("sign-in failed", "client_ip", ca.Addr(), "user", creds.Username, "err", err)
 		g.writeForm(w, reason)
 		return
@@ -192,28 +193,29 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		g.writeForm(w, "Login failed: internal error")
 		return
 	}
+	g.signIns.Add(1)
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
 	http.SetCookie(w, &http.Cookie{Name: "webvpn", Value: cookie, Secure: true, HttpOnly: true})
-	_, _ = w.Write(authxml.RenderSuccess(g.cfg.Banner, ""))
+	_, _ = w.Write(authxml.RenderSuccess(g.conf().Banner, ""))
 }
 
 // newSession registers a signed-in identity and returns its cookie: a
 // sealed token when a Sealer is configured, else 256 random bits.
 func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string, error) {
 	now := time.Now()
-	exp := now.Add(g.cfg.SessionTimeout)
-	if !id.Expiry.IsZero() && id.Expiry.Before(exp) && !g.cfg.KeepSessionPastTokenExpiry {
+	exp := now.Add(g.conf().SessionTimeout)
+	if !id.Expiry.IsZero() && id.Expiry.Before(exp) && !g.conf().KeepSessionPastTokenExpiry {
 		exp = id.Expiry
 	}
 	s := &session{id: newSessionID(), ident: id, userAgent: ua, created: now, expires: exp, clientAddr: ca, detached: now}
 	var cookie string
-	if g.cfg.Sealer != nil {
+	if g.conf().Sealer != nil {
 		sc := auth.NewSessionClaims(id, g.claimNames(), now, exp)
 		s.id = sc.ID
 		var err error
-		if cookie, err = g.cfg.Sealer.Seal(sc); err != nil {
+		if cookie, err = g.conf().Sealer.Seal(sc); err != nil {
 			return nil, "", err
 		}
 		s.cookieKey = sha256.Sum256([]byte(cookie))
@@ -227,7 +229,7 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 // claimNames lists the token claims a sealed cookie keeps for the policy
 // re-check on resume.
 func (g *Gateway) claimNames() []string {
-	if cn, ok := g.cfg.Policy.(interface{ ClaimNames() []string }); ok {
+	if cn, ok := g.conf().Policy.(interface{ ClaimNames() []string }); ok {
 		return cn.ClaimNames()
 	}
 	return nil
@@ -239,10 +241,10 @@ func (g *Gateway) resume(cookie string) *session {
 	if s := g.sessions.byCookieValue(cookie); s != nil {
 		return s
 	}
-	if g.cfg.Sealer == nil {
+	if g.conf().Sealer == nil {
 		return nil
 	}
-	sc, err := g.cfg.Sealer.Open(cookie)
+	sc, err := g.conf().Sealer.Open(cookie)
 	if err != nil || g.isRevoked(sc.ID) {
 		return nil
 	}
@@ -264,10 +266,10 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "invalid or expired session cookie", http.StatusUnauthorized)
 		return
 	}
-	if g.cfg.Policy != nil {
+	if g.conf().Policy != nil {
 		// Conditional access is re-evaluated on every resume: a user
 		// removed from the allowed group is out at the next reconnect.
-		if err := g.cfg.Policy.Check(r.Context(), s.ident); err != nil {
+		if err := g.conf().Policy.Check(r.Context(), s.ident); err != nil {
 			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
 			g.endSession(s, "denied by policy on resume")
 			w.Header().Set("X-Reason", err.Error())
@@ -357,20 +359,21 @@ func (g *Gateway) leaseAddr(s *session) (netip.Addr, error) {
 // sent as one write, so it travels in its own TLS record ahead of the first
 // frame, as openconnect expects.
 func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request) []byte {
+	c := g.conf()
 	var b strings.Builder
 	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
 	b.WriteString("HTTP/1.1 200 CONNECTED\r\n")
 	h("X-CSTP-Version", "1")
 	h("X-CSTP-Server-Name", "underpass")
 	h("X-CSTP-Address", addr.String())
-	h("X-CSTP-Netmask", netmask(g.cfg.Pool.Bits()))
-	for _, d := range g.cfg.DNS {
+	h("X-CSTP-Netmask", netmask(c.Pool.Bits()))
+	for _, d := range c.DNS {
 		h("X-CSTP-DNS", d.String())
 	}
-	if len(g.cfg.SearchDomains) > 0 {
-		h("X-CSTP-Default-Domain", strings.Join(g.cfg.SearchDomains, " "))
+	if len(c.SearchDomains) > 0 {
+		h("X-CSTP-Default-Domain", strings.Join(c.SearchDomains, " "))
 	}
-	inc, exc := g.policy.Routes()
+	inc, exc := g.policy.Load().Routes()
 	for _, p := range inc {
 		h("X-CSTP-Split-Include", routeString(p))
 	}
@@ -379,27 +382,28 @@ func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request) 
 	}
 	if len(inc) == 0 {
 		h("X-CSTP-Tunnel-All-DNS", "true")
-	} else if g.dns != nil && len(g.cfg.DNSProxy.Public) == 0 {
+	} else if g.dns != nil && len(c.DNSProxy.Public) == 0 {
 		// Split tunnel without a public resolver: the proxy refuses other
 		// names, so tell clients to send only the internal domains here.
 		for _, d := range g.dns.InternalDomains() {
 			h("X-CSTP-Split-DNS", d)
 		}
 	}
-	h("X-CSTP-Keepalive", strconv.Itoa(int(g.cfg.Keepalive/time.Second)))
-	h("X-CSTP-DPD", strconv.Itoa(int(g.cfg.DPD/time.Second)))
-	if g.cfg.IdleTimeout > 0 {
-		h("X-CSTP-Idle-Timeout", strconv.Itoa(int(g.cfg.IdleTimeout/time.Second)))
+	h("X-CSTP-Keepalive", strconv.Itoa(int(c.Keepalive/time.Second)))
+	h("X-CSTP-DPD", strconv.Itoa(int(c.DPD/time.Second)))
+	if c.IdleTimeout > 0 {
+		h("X-CSTP-Idle-Timeout", strconv.Itoa(int(c.IdleTimeout/time.Second)))
 	} else {
 		h("X-CSTP-Idle-Timeout", "none")
 	}
 	h("X-CSTP-Session-Timeout", strconv.Itoa(int(time.Until(s.expires)/time.Second)))
-	h("X-CSTP-Disconnected-Timeout", strconv.Itoa(int(g.cfg.ReconnectGrace/time.Second)))
+	h("X-CSTP-Disconnected-Timeout", strconv.Itoa(int(c.ReconnectGrace/time.Second)))
 	h("X-CSTP-Rekey-Method", "none")
-	h("X-CSTP-MTU", strconv.Itoa(g.cfg.MTU))
-	h("X-CSTP-Base-MTU", strconv.Itoa(g.cfg.MTU))
-	if g.cfg.Banner != "" {
-		h("X-CSTP-Banner", g.cfg.Banner)
+	h("X-CSTP-MTU", strconv.Itoa(c.MTU))
+	h("X-CSTP-Base-MTU", strconv.Itoa(c.MTU))
+	c.Proxy.headers(h)
+	if c.Banner != "" {
+		h("X-CSTP-Banner", c.Banner)
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())

@@ -147,6 +147,19 @@ type Config struct {
 	// of every local interface at New.
 	HostAddrs []netip.Addr
 
+	// Proxy is the web proxy configuration pushed to clients (R-C6).
+	Proxy ProxySettings
+
+	// DisableUDP makes the gateway TCP-only (R-P3): no QUIC listener.
+	DisableUDP bool
+
+	// FlowLog, if set, receives one record per forwarded flow when it
+	// ends (the access log, R-O3). It runs on the flow's goroutine: keep it
+	// quick. FlowLogDNS adds a record per DNS query the in-tunnel proxy
+	// answers.
+	FlowLog    func(FlowRecord)
+	FlowLogDNS bool
+
 	// Logger receives structured logs. Default: silent.
 	Logger *slog.Logger
 }
@@ -204,6 +217,7 @@ func (c Config) withDefaults() Config {
 	c.SplitInclude = append([]netip.Prefix(nil), c.SplitInclude...)
 	c.SplitExclude = append([]netip.Prefix(nil), c.SplitExclude...)
 	c.HostAddrs = append([]netip.Addr(nil), c.HostAddrs...)
+	c.Proxy.Exclude = append([]string(nil), c.Proxy.Exclude...)
 	return c
 }
 
@@ -252,6 +266,7 @@ func (c Config) Validate() error {
 		add("banner: must be a single line (it travels in an HTTP header)")
 	}
 	errs = append(errs, policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool)...)
+	errs = append(errs, c.Proxy.validate()...)
 	if len(errs) == 0 {
 		return nil
 	}

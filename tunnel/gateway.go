@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/underpass/underpass/auth"
@@ -40,14 +41,16 @@ var ErrNoSession = errors.New("tunnel: no such session")
 // may be served at once), or mount Handler in an existing HTTPS server.
 // Shutdown drains, Close stops at once; both are safe to call more than once.
 type Gateway struct {
-	cfg    Config
+	// cur is the live configuration: Reload swaps it. Settings that need
+	// a restart keep their startup values in every version (see Reload).
+	cur    atomic.Pointer[Config]
 	log    *slog.Logger
 	gwAddr netip.Addr // the gateway's own in-tunnel address
 
 	stack    *netstack.Stack
 	dns      *dnsproxy.Server // nil when disabled or no DNS addresses
 	pool     *ippool.Pool
-	policy   *policy.Policy
+	policy   atomic.Pointer[policy.Policy] // swapped by Reload
 	sessions *sessionTable
 	tlsConf  *tls.Config
 	httpSrv  *http.Server
@@ -62,6 +65,9 @@ type Gateway struct {
 	draining bool
 	tunnels  map[*tunnelConn]struct{}
 	revoked  map[string]time.Time // sealed session ids ended here -> their expiry
+
+	signIns, signInFailures atomic.Uint64
+	reloadMu                sync.Mutex // serialises Reload
 
 	closeOnce sync.Once
 	closeErr  error
@@ -82,40 +88,40 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: pool: %w", err)
 	}
-	pol, err := policy.New(policy.Config{
-		Include: cfg.SplitInclude, Exclude: cfg.SplitExclude,
-		Pool: cfg.Pool, Gateway: gwAddr, DNS: cfg.DNS, HostAddrs: cfg.HostAddrs,
-	})
+	pol, err := compilePolicy(cfg, gwAddr)
 	if err != nil {
-		return nil, fmt.Errorf("tunnel: policy: %w", err)
+		return nil, err
 	}
+	g := &Gateway{
+		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
+		tunnels: make(map[*tunnelConn]struct{}), revoked: make(map[string]time.Time),
+	}
+	g.cur.Store(&cfg)
+	g.policy.Store(pol)
 	st, err := netstack.New(netstack.Config{
-		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Allow: pol.Allow, Logger: cfg.Logger,
+		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Logger: cfg.Logger,
+		// Read per packet, so a Reload's new routes bind live sessions too.
+		Allow:         func(a netip.Addr) bool { return g.policy.Load().Allow(a) },
+		FlowLog:       g.flowLog,
 		MaxWriteBlock: stallLimit,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: netstack: %w", err)
 	}
+	g.stack = st
 	ctx, cancel := context.WithCancel(context.Background())
-	g := &Gateway{
-		cfg: cfg, log: cfg.Logger, gwAddr: gwAddr,
-		stack: st, pool: pool, policy: pol, sessions: newSessionTable(),
-		ctx: ctx, cancel: cancel, tunnels: make(map[*tunnelConn]struct{}), revoked: make(map[string]time.Time),
-	}
+	g.ctx, g.cancel = ctx, cancel
 	g.tlsConf = &tls.Config{
 		MinVersion: tls.VersionTLS12, // R-P4: TLS 1.3 preferred, 1.2 as fallback, nothing older
 		// openconnect drops a CSTP frame whose TLS record is not exactly the
 		// frame: no record splitting, ever.
 		DynamicRecordSizingDisabled: true,
 		NextProtos:                  []string{"http/1.1"},
+		// Consulted per handshake, so Reload can rotate the certificate.
+		GetCertificate: g.getCertificate,
 	}
 	if cfg.ClientCerts != nil {
 		cfg.ClientCerts.ConfigureTLS(g.tlsConf)
-	}
-	if cfg.GetCertificate != nil {
-		g.tlsConf.GetCertificate = cfg.GetCertificate
-	} else if cfg.Certificate != nil {
-		g.tlsConf.Certificates = []tls.Certificate{*cfg.Certificate}
 	}
 	if err := g.startDNSProxy(); err != nil {
 		cancel()
@@ -140,6 +146,34 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
+// compilePolicy compiles cfg's routes into the enforcement policy.
+func compilePolicy(cfg Config, gwAddr netip.Addr) (*policy.Policy, error) {
+	pol, err := policy.New(policy.Config{
+		Include: cfg.SplitInclude, Exclude: cfg.SplitExclude,
+		Pool: cfg.Pool, Gateway: gwAddr, DNS: cfg.DNS, HostAddrs: cfg.HostAddrs,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("tunnel: policy: %w", err)
+	}
+	return pol, nil
+}
+
+// getCertificate serves the live configuration's certificate.
+func (g *Gateway) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c := g.conf()
+	if c.GetCertificate != nil {
+		return c.GetCertificate(hello)
+	}
+	if c.Certificate == nil {
+		return nil, errors.New("tunnel: no TLS certificate configured")
+	}
+	return c.Certificate, nil
+}
+
+// conf returns the live configuration. Callers that need several fields
+// consistent with each other take one snapshot.
+func (g *Gateway) conf() *Config { return g.cur.Load() }
+
 // Addr returns the gateway's own address inside the tunnel: clients reach
 // services started with Listen there, and it answers ping.
 func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
@@ -152,7 +186,7 @@ func (g *Gateway) Handler() http.Handler { return g.handler }
 
 // ListenAndServe listens on Config.ListenAddr (TCP) and serves until Close.
 func (g *Gateway) ListenAndServe() error {
-	l, err := net.Listen("tcp", g.cfg.ListenAddr)
+	l, err := net.Listen("tcp", g.conf().ListenAddr)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
 	}
@@ -163,7 +197,7 @@ func (g *Gateway) ListenAndServe() error {
 // AnyConnect protocol until Close or Shutdown, then returns ErrClosed.
 // Serve closes l.
 func (g *Gateway) Serve(l net.Listener) error {
-	if g.tlsConf.GetCertificate == nil && len(g.tlsConf.Certificates) == 0 {
+	if c := g.conf(); c.GetCertificate == nil && c.Certificate == nil {
 		l.Close()
 		return errors.New("tunnel: no TLS certificate configured")
 	}
@@ -174,7 +208,7 @@ func (g *Gateway) Serve(l net.Listener) error {
 		l.Close()
 		return ErrClosed
 	}
-	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf, bans: g.cfg.Bans, log: g.log})
+	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf, bans: g.conf().Bans, log: g.log})
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrClosed
 	}
@@ -292,22 +326,22 @@ func (g *Gateway) Disconnect(id string) error {
 // Bans lists the source addresses currently refused for failed sign-ins
 // (nil without Config.Bans).
 func (g *Gateway) Bans() []auth.Ban {
-	if g.cfg.Bans == nil {
+	if g.conf().Bans == nil {
 		return nil
 	}
-	return g.cfg.Bans.List()
+	return g.conf().Bans.List()
 }
 
 // LiftBan lets a banned address sign in again; it reports whether it was
 // banned.
 func (g *Gateway) LiftBan(a netip.Addr) bool {
-	return g.cfg.Bans != nil && g.cfg.Bans.Lift(a)
+	return g.conf().Bans != nil && g.conf().Bans.Lift(a)
 }
 
 // revoke remembers an ended session id until its cookie would have expired,
 // so a sealed cookie cannot resume it here.
 func (g *Gateway) revoke(s *session) {
-	if g.cfg.Sealer == nil {
+	if g.conf().Sealer == nil {
 		return
 	}
 	g.mu.Lock()
@@ -414,34 +448,35 @@ func (g *Gateway) noTunnels() bool {
 // startDNSProxy serves the DNS proxy on every pushed DNS address inside the
 // stack (R-D5), so clients' queries never leave as ordinary flows.
 func (g *Gateway) startDNSProxy() error {
-	if g.cfg.DisableDNSProxy || len(g.cfg.DNS) == 0 {
+	if g.conf().DisableDNSProxy || len(g.conf().DNS) == 0 {
 		return nil
 	}
-	dc := g.cfg.DNSProxy
+	dc := g.conf().DNSProxy
 	if len(dc.Upstreams) == 0 {
-		for _, a := range g.cfg.DNS {
+		for _, a := range g.conf().DNS {
 			dc.Upstreams = append(dc.Upstreams, netip.AddrPortFrom(a, 53).String())
 		}
 	}
 	if dc.Search == nil {
-		dc.Search = g.cfg.SearchDomains
+		dc.Search = g.conf().SearchDomains
 	}
-	if len(g.cfg.SplitInclude) == 0 && len(dc.Public) == 0 && len(dc.Domains) == 0 {
+	if len(g.conf().SplitInclude) == 0 && len(dc.Public) == 0 && len(dc.Domains) == 0 {
 		// Full tunnel sends every query here (X-CSTP-Tunnel-All-DNS), so
 		// with no public resolver the corporate servers answer every name.
 		dc.Domains = []string{"."}
 	}
-	if dc.Dialer == nil && g.cfg.Dialer != nil {
-		dc.Dialer = g.cfg.Dialer
+	if dc.Dialer == nil && g.conf().Dialer != nil {
+		dc.Dialer = g.conf().Dialer
 	}
 	if dc.Logger == nil {
 		dc.Logger = g.log
 	}
+	dc.AccessLog = g.dnsLog(dc.AccessLog)
 	srv, err := dnsproxy.New(dc)
 	if err != nil {
 		return fmt.Errorf("tunnel: dns proxy: %w", err)
 	}
-	for _, a := range g.cfg.DNS {
+	for _, a := range g.conf().DNS {
 		ap := netip.AddrPortFrom(a, 53)
 		pc, err := g.stack.ListenUDP(ap)
 		if err != nil {

@@ -29,6 +29,7 @@ const (
 // for this client back as frames.
 type tunnelConn struct {
 	g    *Gateway
+	cfg  *Config // the configuration this connection started with
 	s    *session
 	conn net.Conn
 	bc   *batchConn // nil when the hosting server did the TLS (Handler mode)
@@ -51,7 +52,7 @@ type tunnelConn struct {
 
 func (g *Gateway) newTunnelConn(s *session, conn net.Conn, br bufReader, port *netstack.Port) *tunnelConn {
 	t := &tunnelConn{
-		g: g, s: s, conn: conn, br: br, port: port,
+		g: g, cfg: g.conf(), s: s, conn: conn, br: br, port: port,
 		ctrl: make(chan []byte, ctrlQueue), done: make(chan struct{}), finished: make(chan struct{}),
 	}
 	if tc, ok := conn.(*tls.Conn); ok {
@@ -96,7 +97,7 @@ func (t *tunnelConn) run() {
 	readerDone := make(chan error, 1)
 	go func() { readerDone <- t.readLoop() }()
 
-	tick := time.NewTicker(g.cfg.DPD / 2) // DPD checks at twice the DPD rate
+	tick := time.NewTicker(t.cfg.DPD / 2) // DPD checks at twice the DPD rate
 	defer tick.Stop()
 	expiry := time.NewTimer(time.Until(s.expires))
 	defer expiry.Stop()
@@ -152,11 +153,11 @@ loop:
 		case <-tick.C:
 			now := time.Now()
 			silent := now.Sub(time.Unix(0, t.lastRx.Load()))
-			if silent > 2*g.cfg.DPD+g.cfg.DPD/2 {
+			if silent > 2*t.cfg.DPD+t.cfg.DPD/2 {
 				reason = "dead peer (no frames for " + silent.Round(time.Second).String() + ")"
 				break loop
 			}
-			if silent > g.cfg.DPD {
+			if silent > t.cfg.DPD {
 				writeErr = t.writeFrame(cstp.AppendFrame(nil, cstp.DPDReq, nil))
 				if writeErr == nil {
 					writeErr = t.flush()
@@ -164,7 +165,7 @@ loop:
 			}
 			if io := s.bytesIn.Load() + s.bytesOut.Load(); io != lastIO {
 				lastIO, idleFrom = io, now
-			} else if g.cfg.IdleTimeout > 0 && now.Sub(idleFrom) > g.cfg.IdleTimeout {
+			} else if t.cfg.IdleTimeout > 0 && now.Sub(idleFrom) > t.cfg.IdleTimeout {
 				reason, end = "idle timeout", true
 				_ = t.sendDisconnect()
 				break loop
@@ -258,7 +259,7 @@ func (t *tunnelConn) flush() error {
 	if t.bc == nil {
 		return nil
 	}
-	_ = t.conn.SetWriteDeadline(time.Now().Add(2 * t.g.cfg.DPD))
+	_ = t.conn.SetWriteDeadline(time.Now().Add(2 * t.cfg.DPD))
 	return t.bc.Flush()
 }
 
@@ -348,7 +349,7 @@ func (g *Gateway) reap() {
 				switch {
 				case now.After(s.expires):
 					g.endSession(s, "session timeout")
-				case detachedFor > g.cfg.ReconnectGrace:
+				case detachedFor > g.conf().ReconnectGrace:
 					g.endSession(s, "not reconnected within grace")
 				}
 			}

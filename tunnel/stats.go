@@ -1,0 +1,35 @@
+package tunnel
+
+import "github.com/underpass/underpass/netstack"
+
+// Stats is a snapshot of the gateway's counters, for health checks and
+// metrics. Counters are totals since New; they only grow.
+type Stats struct {
+	Sessions       int    // signed-in sessions, connected or within their reconnect grace
+	Connected      int    // sessions with a live tunnel connection now
+	SignIns        uint64 // successful sign-ins
+	SignInFailures uint64 // refused sign-ins (bad credentials, policy, IdP errors)
+	BytesIn        uint64 // IP bytes from clients accepted into the stack
+	BytesOut       uint64 // IP bytes queued to clients
+	Stack          netstack.Stats
+}
+
+// Stats returns the current counters. It walks the session table, so call
+// it at sampling rates (seconds), not per packet.
+func (g *Gateway) Stats() Stats {
+	st := Stats{
+		SignIns:        g.signIns.Load(),
+		SignInFailures: g.signInFailures.Load(),
+		Stack:          g.stack.Stats(),
+	}
+	st.BytesIn, st.BytesOut = st.Stack.BytesIn, st.Stack.BytesOut
+	for _, s := range g.sessions.all() {
+		st.Sessions++
+		s.mu.Lock()
+		if s.tun != nil {
+			st.Connected++
+		}
+		s.mu.Unlock()
+	}
+	return st
+}
