@@ -305,7 +305,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	if old != nil {
 		old.close()
-		<-old.finished
+		<-old.base().finished
 	}
 	conn, brw, err := hj.Hijack()
 	if err != nil {
@@ -333,7 +333,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	if _, err := conn.Write(g.connectResponse(s, addr, r)); err != nil {
 		t.close() // run cleans up at once
 	} else {
-		g.telemetry(t, "connect", "")
+		g.telemetry(&t.linkBase, "connect", "")
 	}
 	t.run()
 }

@@ -63,7 +63,7 @@ type Gateway struct {
 	mu       sync.Mutex
 	closed   bool
 	draining bool
-	tunnels  map[*tunnelConn]struct{}
+	tunnels  map[link]struct{}
 	revoked  map[string]time.Time // sealed session ids ended here -> their expiry
 
 	signIns, signInFailures atomic.Uint64
@@ -94,7 +94,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
-		tunnels: make(map[*tunnelConn]struct{}), revoked: make(map[string]time.Time),
+		tunnels: make(map[link]struct{}), revoked: make(map[string]time.Time),
 	}
 	g.cur.Store(&cfg)
 	g.policy.Store(pol)
@@ -429,10 +429,10 @@ func (g *Gateway) Close() error {
 	return g.closeErr
 }
 
-func (g *Gateway) liveTunnels() []*tunnelConn {
+func (g *Gateway) liveTunnels() []link {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]*tunnelConn, 0, len(g.tunnels))
+	out := make([]link, 0, len(g.tunnels))
 	for t := range g.tunnels {
 		out = append(out, t)
 	}

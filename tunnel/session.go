@@ -47,7 +47,7 @@ type session struct {
 	mu         sync.Mutex
 	addr       netip.Addr
 	clientAddr netip.AddrPort
-	tun        *tunnelConn // current connection, nil while disconnected
+	tun        link        // current connection, nil while disconnected
 	detached   time.Time   // when tun became nil
 	ended      bool
 }

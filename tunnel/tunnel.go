@@ -24,62 +24,113 @@ const (
 	ctrlQueue = 16
 )
 
-// tunnelConn is one CSTP connection of a session: a reader goroutine feeds
-// client packets into the stack, the run loop writes the stack's packets
-// for this client back as frames.
-type tunnelConn struct {
-	g    *Gateway
-	cfg  *Config // the configuration this connection started with
-	s    *session
-	conn net.Conn
-	bc   *batchConn // nil when the hosting server did the TLS (Handler mode)
-	br   bufReader
-	port *netstack.Port
+// link is one live transport connection of a session: CSTP over TLS
+// (tunnelConn) or CONNECT-IP over QUIC (quicConn).
+type link interface {
+	base() *linkBase
+	// close stops the connection at once, unblocking any read or write.
+	close()
+}
 
-	ctrl     chan []byte
-	done     chan struct{} // closed by close()
-	finished chan struct{} // closed when run has returned and cleaned up
+// linkBase is what every transport connection shares: its session, its
+// port on the stack, its lifecycle and its telemetry.
+type linkBase struct {
+	g         *Gateway
+	cfg       *Config // the configuration this connection started with
+	s         *session
+	port      *netstack.Port
+	transport string // "tls" or "quic", for telemetry
+
+	done     chan struct{} // closed by stop()
+	finished chan struct{} // closed when the connection has ended and cleaned up
 	once     sync.Once
 
 	clientAddr, serverAddr netip.AddrPort // for telemetry
 	start                  time.Time
 	in0, out0              uint64 // session byte counters when this connection began
 
-	lastRx atomic.Int64 // unix nanos of the last frame from the client
-	logoff atomic.Bool  // the client sent DISCONNECT: end the session
-	bye    atomic.Bool  // send DISCONNECT before closing (the session ends)
+	bye atomic.Bool // tell the client the session is over before closing
 }
 
-func (g *Gateway) newTunnelConn(s *session, conn net.Conn, br bufReader, port *netstack.Port) *tunnelConn {
-	t := &tunnelConn{
-		g: g, cfg: g.conf(), s: s, conn: conn, br: br, port: port,
-		ctrl: make(chan []byte, ctrlQueue), done: make(chan struct{}), finished: make(chan struct{}),
-	}
-	if tc, ok := conn.(*tls.Conn); ok {
-		t.bc, _ = tc.NetConn().(*batchConn)
-	}
-	t.start = time.Now()
-	t.in0, t.out0 = s.bytesIn.Load(), s.bytesOut.Load()
-	t.lastRx.Store(t.start.UnixNano())
+func (b *linkBase) base() *linkBase { return b }
+
+// stop asks the connection to end; its run loop does the cleanup.
+func (b *linkBase) stop() { b.once.Do(func() { close(b.done) }) }
+
+// register attaches l to its session and the gateway; false if the gateway
+// is closed (l is then finished and the caller must release its resources).
+func (g *Gateway) register(l link) bool {
+	b := l.base()
+	b.g, b.cfg = g, g.conf()
+	b.done, b.finished = make(chan struct{}), make(chan struct{})
+	b.start = time.Now()
+	b.in0, b.out0 = b.s.bytesIn.Load(), b.s.bytesOut.Load()
 	g.mu.Lock()
 	if g.closed {
 		g.mu.Unlock()
-		port.Close()
-		conn.Close()
-		close(t.finished)
-		return nil
+		close(b.finished)
+		return false
 	}
-	g.tunnels[t] = struct{}{}
+	g.tunnels[l] = struct{}{}
 	g.wg.Add(1)
 	g.mu.Unlock()
-	s.mu.Lock()
-	s.tun = t
-	s.mu.Unlock()
-	return t
+	b.s.mu.Lock()
+	b.s.tun = l
+	b.s.mu.Unlock()
+	return true
 }
 
-// stop asks the run loop to end; run does the cleanup.
-func (t *tunnelConn) stop() { t.once.Do(func() { close(t.done) }) }
+// unregister detaches l after its run loop ended, logs the disconnect and
+// ends the session if asked; it marks l finished.
+func (g *Gateway) unregister(l link, reason string, end bool) {
+	b := l.base()
+	s := b.s
+	s.mu.Lock()
+	if s.tun == l {
+		s.tun = nil
+		s.detached = time.Now()
+	}
+	s.mu.Unlock()
+	g.mu.Lock()
+	delete(g.tunnels, l)
+	g.mu.Unlock()
+	g.telemetry(b, "disconnect", reason)
+	close(b.finished)
+	if end {
+		g.endSession(s, reason)
+	}
+	g.wg.Done()
+}
+
+// tunnelConn is one CSTP connection of a session: a reader goroutine feeds
+// client packets into the stack, the run loop writes the stack's packets
+// for this client back as frames.
+type tunnelConn struct {
+	linkBase
+	conn net.Conn
+	bc   *batchConn // nil when the hosting server did the TLS (Handler mode)
+	br   bufReader
+
+	ctrl chan []byte
+
+	lastRx atomic.Int64 // unix nanos of the last frame from the client
+	logoff atomic.Bool  // the client sent DISCONNECT: end the session
+}
+
+func (g *Gateway) newTunnelConn(s *session, conn net.Conn, br bufReader, port *netstack.Port) *tunnelConn {
+	t := &tunnelConn{conn: conn, br: br, ctrl: make(chan []byte, ctrlQueue)}
+	t.s, t.port, t.transport = s, port, "tls"
+	if tc, ok := conn.(*tls.Conn); ok {
+		t.bc, _ = tc.NetConn().(*batchConn)
+	}
+	if !g.register(t) {
+		port.Close()
+		conn.Close()
+		return nil
+	}
+	t.lastRx.Store(t.start.UnixNano())
+	return t
+}
 
 // close stops the connection at once, unblocking any read or write.
 func (t *tunnelConn) close() {
@@ -90,7 +141,6 @@ func (t *tunnelConn) close() {
 // run is the write loop. It returns when the connection ends.
 func (t *tunnelConn) run() {
 	g, s := t.g, t.s
-	defer g.wg.Done()
 	if t.bc != nil {
 		_ = t.bc.setBatching(true)
 	}
@@ -193,20 +243,7 @@ loop:
 	for pk := range pkts { // release whatever was still queued
 		pk.Release()
 	}
-	s.mu.Lock()
-	if s.tun == t {
-		s.tun = nil
-		s.detached = time.Now()
-	}
-	s.mu.Unlock()
-	g.mu.Lock()
-	delete(g.tunnels, t)
-	g.mu.Unlock()
-	g.telemetry(t, "disconnect", reason)
-	close(t.finished)
-	if end {
-		g.endSession(s, reason)
-	}
+	g.unregister(t, reason, end)
 }
 
 // readLoop reads the client's frames until the connection ends.
@@ -275,7 +312,7 @@ func (t *tunnelConn) sendDisconnect() error {
 
 // telemetry logs a connect or disconnect event (R-O3) with the fields an
 // operator's SIEM expects. Credentials never appear in it.
-func (g *Gateway) telemetry(t *tunnelConn, op, reason string) {
+func (g *Gateway) telemetry(t *linkBase, op, reason string) {
 	s := t.s
 	s.mu.Lock()
 	assigned := s.addr
@@ -283,7 +320,7 @@ func (g *Gateway) telemetry(t *tunnelConn, op, reason string) {
 	attrs := []any{
 		"op", op, "session", s.id, "client_ip", t.clientAddr.Addr(), "server_ip", t.serverAddr.Addr(),
 		"gateway_ip", g.gwAddr, "assigned_ip", assigned, "user", s.ident.User, "device_id", s.ident.DeviceID,
-		"user_agent", s.userAgent,
+		"user_agent", s.userAgent, "transport", t.transport,
 	}
 	if op == "disconnect" {
 		attrs = append(attrs, "reason", reason, "bytes_in", s.bytesIn.Load()-t.in0, "bytes_out", s.bytesOut.Load()-t.out0,
@@ -307,15 +344,16 @@ func (g *Gateway) endSession(s *session, reason string) {
 	addr := s.addr
 	s.mu.Unlock()
 	if tun != nil {
-		// Let the writer send DISCONNECT; a client that does not take it
+		// Let the writer say goodbye; a client that does not take it
 		// within a second is cut off.
-		tun.bye.Store(true)
-		tun.stop()
+		b := tun.base()
+		b.bye.Store(true)
+		b.stop()
 		select {
-		case <-tun.finished:
+		case <-b.finished:
 		case <-time.After(time.Second):
 			tun.close()
-			<-tun.finished
+			<-b.finished
 		}
 	}
 	if addr.IsValid() {
