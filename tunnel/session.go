@@ -47,8 +47,8 @@ type session struct {
 	mu         sync.Mutex
 	addr       netip.Addr
 	clientAddr netip.AddrPort
-	tun        link        // current connection, nil while disconnected
-	detached   time.Time   // when tun became nil
+	tun        link      // current connection, nil while disconnected
+	detached   time.Time // when tun became nil
 	ended      bool
 }
 
