@@ -160,12 +160,7 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 // the form and a readable reason (a 401 would make openconnect give up).
 func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials) {
 	ca := clientAddr(r)
-	ctx, cancel := context.WithTimeout(r.Context(), authTimeout)
-	defer cancel()
-	id, err := a.Authenticate(ctx, creds)
-	if err == nil && g.conf().Policy != nil {
-		err = g.conf().Policy.Check(ctx, id)
-	}
+	id, err := g.authenticate(r.Context(), a, creds, ca)
 	if err != nil {
 		var denied *auth.DeniedError
 		reason := "Login failed."
@@ -173,19 +168,11 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		case errors.As(err, &denied):
 			reason = "Access denied: " + denied.Reason
 		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
-			if g.conf().Bans != nil && g.conf().Bans.AddFailure(ca.Addr(), 0) {
-				g.log.Warn("client banned", "client_ip", ca.Addr())
-			}
-		default: // the IdP is unreachable or misconfigured: no ban points for an outage
+		default: // the IdP is unreachable or misconfigured
 			reason = "Login failed: " + err.Error()
 		}
-		g.signInFailures.Add(1)
-		g.log.Info("sign-in failed", "client_ip", ca.Addr(), "user", creds.Username, "err", err)
 		g.writeForm(w, reason)
 		return
-	}
-	if id.DeviceID == "" {
-		id.DeviceID = creds.DeviceID
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
 	if err != nil {
@@ -193,12 +180,39 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		g.writeForm(w, "Login failed: internal error")
 		return
 	}
-	g.signIns.Add(1)
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
 	http.SetCookie(w, &http.Cookie{Name: "webvpn", Value: cookie, Secure: true, HttpOnly: true})
 	_, _ = w.Write(authxml.RenderSuccess(g.conf().Banner, ""))
+}
+
+// authenticate checks creds with a, then the access policy. Failed
+// credentials earn the source address ban points; an IdP outage does not.
+// Every failure is counted and logged (without secrets).
+func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds auth.Credentials, ca netip.AddrPort) (*auth.Identity, error) {
+	c := g.conf()
+	ctx, cancel := context.WithTimeout(ctx, authTimeout)
+	defer cancel()
+	id, err := a.Authenticate(ctx, creds)
+	if err == nil && c.Policy != nil {
+		err = c.Policy.Check(ctx, id)
+	}
+	if err != nil {
+		if errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable) {
+			if c.Bans != nil && c.Bans.AddFailure(ca.Addr(), 0) {
+				g.log.Warn("client banned", "client_ip", ca.Addr())
+			}
+		}
+		g.signInFailures.Add(1)
+		g.log.Info("sign-in failed", "client_ip", ca.Addr(), "user", creds.Username, "err", err)
+		return nil, err
+	}
+	if id.DeviceID == "" {
+		id.DeviceID = creds.DeviceID
+	}
+	g.signIns.Add(1)
+	return id, nil
 }
 
 // newSession registers a signed-in identity and returns its cookie: a

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quic-go/quic-go/http3"
+
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/ippool"
@@ -55,6 +57,8 @@ type Gateway struct {
 	tlsConf  *tls.Config
 	httpSrv  *http.Server
 	handler  http.Handler
+	h3       *http3.Server    // created by the first ServeQUIC; guarded by mu
+	quicPCs  []net.PacketConn // served by h3; closed by Close
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -184,13 +188,35 @@ func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
 // DynamicRecordSizingDisabled set, or openconnect may drop frames.
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
-// ListenAndServe listens on Config.ListenAddr (TCP) and serves until Close.
+// ListenAndServe listens on Config.ListenAddr, TCP for AnyConnect and
+// (unless DisableUDP) UDP on the same port for QUIC, and serves until Close.
 func (g *Gateway) ListenAndServe() error {
 	l, err := net.Listen("tcp", g.conf().ListenAddr)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
 	}
-	return g.Serve(l)
+	if g.conf().DisableUDP {
+		return g.Serve(l)
+	}
+	// The same port number: a TCP port chosen by the kernel (":0") is
+	// reused for UDP.
+	pc, err := net.ListenPacket("udp", l.Addr().String())
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("tunnel: listen udp: %w", err)
+	}
+	errc := make(chan error, 2)
+	go func() { errc <- g.Serve(l) }()
+	go func() { errc <- g.ServeQUIC(pc) }()
+	err = <-errc
+	if !errors.Is(err, ErrClosed) {
+		l.Close()
+		pc.Close()
+	}
+	if err2 := <-errc; errors.Is(err, ErrClosed) {
+		err = err2
+	}
+	return err
 }
 
 // Serve accepts TCP connections on l, terminates TLS and serves the
@@ -392,6 +418,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		close(done)
 	}()
 	<-done
+	g.closeQUIC() // after the tunnels, so QUIC clients got their going-away code
 	if cerr := g.Close(); err == nil {
 		err = cerr
 	}
@@ -417,6 +444,7 @@ func (g *Gateway) Close() error {
 		for _, s := range g.sessions.all() {
 			g.endSession(s, "gateway shutting down")
 		}
+		g.closeQUIC()
 		if g.dns != nil {
 			_ = g.dns.Close()
 		}
@@ -427,6 +455,18 @@ func (g *Gateway) Close() error {
 		g.closeErr = err
 	})
 	return g.closeErr
+}
+
+// closeQUIC stops the QUIC listeners. Live CONNECT-IP sessions are ended by
+// the caller, with the code that tells clients what to do.
+func (g *Gateway) closeQUIC() {
+	g.mu.Lock()
+	pcs := g.quicPCs
+	g.quicPCs = nil
+	g.mu.Unlock()
+	for _, pc := range pcs {
+		_ = pc.Close()
+	}
 }
 
 func (g *Gateway) liveTunnels() []link {

@@ -135,3 +135,52 @@ func FuzzParseClient(f *testing.F) {
 		}
 	})
 }
+
+func TestClientMessagesRoundTrip(t *testing.T) {
+	m, err := ParseClient(RenderReply("dev-1", "", "al<ice", "p&ss"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Type != "auth-reply" || m.Username() != "al<ice" || m.Password() != "p&ss" || m.DeviceID != "dev-1" {
+		t.Errorf("reply parsed as %+v", m)
+	}
+	m, err = ParseClient(RenderInit("dev-2", "https://gw/"))
+	if err != nil || m.Type != "init" || m.GroupAccess != "https://gw/" {
+		t.Errorf("init parsed as %+v, %v", m, err)
+	}
+}
+
+func TestParseServer(t *testing.T) {
+	form := RenderAuthRequest(Form{Action: "/auth", Error: "Login failed.", Inputs: []Input{{Type: "text", Name: "username"}, {Type: "password", Name: "password"}}})
+	m, err := ParseServer(form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Type != "auth-request" || m.Action != "/auth" || m.Error != "Login failed." || len(m.Inputs) != 2 {
+		t.Errorf("form parsed as %+v", m)
+	}
+	m, err = ParseServer(RenderSuccess("hello", ""))
+	if err != nil || m.Type != "complete" || m.Banner != "hello" {
+		t.Errorf("success parsed as %+v, %v", m, err)
+	}
+	for _, bad := range []string{"", "<html/>", "<config-auth><auth>", strings.Repeat("x", MaxMessageSize+1)} {
+		if _, err := ParseServer([]byte(bad)); err == nil {
+			t.Errorf("%.20q: no error", bad)
+		}
+	}
+}
+
+func FuzzParseServer(f *testing.F) {
+	f.Add(RenderAuthRequest(Form{Action: "/auth", Inputs: []Input{{Type: "text", Name: "username"}}}))
+	f.Add(RenderSuccess("b", "t"))
+	f.Add([]byte("<config-auth type=\"x\"><auth><form><input name=\"a\"/></form></auth></config-auth>"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := ParseServer(b)
+		if err == nil && m == nil {
+			t.Fatal("nil message without error")
+		}
+		if err == nil && len(m.Inputs) > maxInputs {
+			t.Fatalf("%d inputs kept", len(m.Inputs))
+		}
+	})
+}

@@ -1,0 +1,89 @@
+package authxml
+
+import (
+	"bytes"
+	"encoding/xml"
+	"fmt"
+	"strings"
+)
+
+// RenderInit renders the client's first message ("init"), as openconnect
+// sends it.
+func RenderInit(deviceID, groupURL string) []byte {
+	return []byte(fmt.Sprintf(header+`<config-auth client="vpn" type="init" aggregate-auth-version="2">`+
+		`<version who="vpn">underpass</version><device-id>%s</device-id><group-access>%s</group-access></config-auth>`+"\n",
+		esc(deviceID), esc(groupURL)))
+}
+
+// RenderReply renders an "auth-reply" with the form's username and
+// password, echoing the server's opaque element.
+func RenderReply(deviceID, opaque, username, password string) []byte {
+	var b strings.Builder
+	b.WriteString(header)
+	b.WriteString(`<config-auth client="vpn" type="auth-reply" aggregate-auth-version="2">`)
+	fmt.Fprintf(&b, `<version who="vpn">underpass</version><device-id>%s</device-id>`, esc(deviceID))
+	if opaque != "" {
+		fmt.Fprintf(&b, `<opaque is-for="sg">%s</opaque>`, esc(opaque))
+	}
+	fmt.Fprintf(&b, `<auth><username>%s</username><password>%s</password></auth></config-auth>`+"\n", esc(username), esc(password))
+	return []byte(b.String())
+}
+
+// ServerMessage is a parsed gateway <config-auth> reply.
+type ServerMessage struct {
+	Type    string // "auth-request" (a form) or "complete"
+	Action  string // the form's post target
+	Message string
+	Error   string // the form's error line, e.g. "Login failed."
+	Banner  string
+	Opaque  string
+	Inputs  []string // the form's input names
+}
+
+type xmlServer struct {
+	XMLName xml.Name `xml:"config-auth"`
+	Type    string   `xml:"type,attr"`
+	Opaque  struct {
+		Inner string `xml:",innerxml"`
+	} `xml:"opaque"`
+	Auth struct {
+		Message string `xml:"message"`
+		Error   string `xml:"error"`
+		Banner  string `xml:"banner"`
+		Form    struct {
+			Action string `xml:"action,attr"`
+			Inputs []struct {
+				Name string `xml:"name,attr"`
+			} `xml:"input"`
+		} `xml:"form"`
+	} `xml:"auth"`
+}
+
+// ParseServer parses a gateway reply. It bounds size and nesting like
+// ParseClient and returns ErrNotConfigAuth for other documents.
+func ParseServer(body []byte) (*ServerMessage, error) {
+	if len(body) > MaxMessageSize {
+		return nil, &ParseError{Reason: fmt.Sprintf("message larger than %d bytes", MaxMessageSize)}
+	}
+	if !bytes.Contains(body, []byte("<config-auth")) {
+		return nil, ErrNotConfigAuth
+	}
+	var x xmlServer
+	d := xml.NewDecoder(bytes.NewReader(body))
+	d.Strict = true
+	if err := d.Decode(&x); err != nil {
+		return nil, &ParseError{Reason: "malformed XML", Err: err}
+	}
+	m := &ServerMessage{
+		Type: x.Type, Action: x.Auth.Form.Action, Message: strings.TrimSpace(x.Auth.Message),
+		Error: strings.TrimSpace(x.Auth.Error), Banner: strings.TrimSpace(x.Auth.Banner),
+		Opaque: strings.TrimSpace(x.Opaque.Inner),
+	}
+	for i, in := range x.Auth.Form.Inputs {
+		if i == maxInputs {
+			break
+		}
+		m.Inputs = append(m.Inputs, in.Name)
+	}
+	return m, nil
+}

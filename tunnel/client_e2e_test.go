@@ -1,0 +1,414 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	utls "github.com/refraction-networking/utls"
+
+	"github.com/underpass/underpass/dnsproxy"
+	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/testenv"
+)
+
+// corpDNS serves the corporate zone on loopback: echo.corp.example (and so
+// the single label "echo" via the search list) -> 198.18.1.1.
+func corpDNS(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if len(q.Question) == 1 && q.Question[0].Name == "echo.corp.example." && q.Question[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR("echo.corp.example. 60 IN A 198.18.1.1")
+			m.Answer = append(m.Answer, rr)
+		} else if len(q.Question) == 1 && q.Question[0].Name != "echo.corp.example." {
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// udpEcho echoes UDP datagrams on loopback until the test ends.
+func udpEcho(t testing.TB) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, a, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo(buf[:n], a)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// startDualGateway serves TCP (AnyConnect) and, unless disabled, UDP
+// (QUIC) on the same loopback port.
+func startDualGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
+	t.Helper()
+	up := corpDNS(t)
+	g, err := New(func() Config {
+		c := Config{
+			Certificate:   testCert,
+			Authenticator: passwords{"alice": "secret", "bob": "hunter2"},
+			SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
+			SplitExclude:  []netip.Prefix{netip.MustParsePrefix("198.18.200.0/24")},
+			HostAddrs:     []netip.Addr{netip.MustParseAddr("198.18.1.7")}, // stands in for the gateway host
+			Dialer:        corpDialer{},
+			DNS:           []netip.Addr{netip.MustParseAddr("10.0.0.53")},
+			SearchDomains: []string{"corp.example"},
+			DNSProxy:      dnsproxyUpstream(up),
+			DPD:           2 * time.Second,
+		}
+		if mod != nil {
+			mod(&c)
+		}
+		return c
+	}())
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() { done <- g.Serve(l) }()
+	n := 1
+	if !g.conf().DisableUDP {
+		pc, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		n++
+		go func() { done <- g.ServeQUIC(pc) }()
+	}
+	t.Cleanup(func() {
+		if err := g.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		for range n {
+			if err := <-done; !errors.Is(err, ErrClosed) {
+				t.Errorf("serve returned %v, want ErrClosed", err)
+			}
+		}
+	})
+	return g, l.Addr().String()
+}
+
+func testPin(t testing.TB) string {
+	pin, err := certutil.Pin(testCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pin
+}
+
+func dialClient(t testing.TB, addr string, mod func(*ClientConfig)) *Client {
+	t.Helper()
+	cfg := ClientConfig{Server: addr, Username: "alice", Password: "secret", PinSHA256: testPin(t)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := Dial(ctx, cfg)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// echoTCP sends msg over a TCP connection through c and checks the echo.
+func echoTCP(ctx context.Context, c *Client, address string, msg []byte) error {
+	conn, err := c.DialContext(ctx, "tcp", address)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() { _, _ = conn.Write(msg) }()
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(conn, got); err != nil {
+		return err
+	}
+	if string(got) != string(msg) {
+		return errors.New("echo mismatch")
+	}
+	return nil
+}
+
+func TestClientOverQUICAndTLS(t *testing.T) {
+	echo := testenv.EchoServer(t)
+	uecho := udpEcho(t)
+	for _, mode := range []TransportMode{TransportQUIC, TransportTLS, TransportAuto} {
+		t.Run(mode.String(), func(t *testing.T) {
+			g, addr := startDualGateway(t, nil)
+			c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = mode })
+			want := map[TransportMode]string{TransportQUIC: "quic", TransportTLS: "tls", TransportAuto: "quic"}[mode]
+			if c.Transport() != want {
+				t.Errorf("transport %q, want %q", c.Transport(), want)
+			}
+			if !DefaultPool.Contains(c.Addr()) {
+				t.Errorf("address %v", c.Addr())
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+
+			// TCP by name: the single label resolves through the pushed
+			// DNS server and search list (gateway proxy -> corporate DNS).
+			msg := make([]byte, 300_000)
+			if err := echoTCP(ctx, c, net.JoinHostPort("echo", itoa(echo.Port())), msg); err != nil {
+				t.Fatalf("TCP echo by name: %v", err)
+			}
+			// UDP.
+			uc, err := c.DialContext(ctx, "udp", net.JoinHostPort("198.18.1.1", itoa(uecho.Port())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := uc.Write([]byte("hello udp")); err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 64)
+			n, err := uc.Read(b)
+			if err != nil || string(b[:n]) != "hello udp" {
+				t.Fatalf("UDP echo: %q %v", b[:n], err)
+			}
+			uc.Close()
+			// Ping the gateway.
+			if _, err := c.Ping(ctx, g.Addr()); err != nil {
+				t.Errorf("ping gateway: %v", err)
+			}
+			// Routes: outside the pushed routes is refused by the client...
+			if _, err := c.DialContext(ctx, "tcp", "203.0.113.9:80"); !errors.Is(err, ErrNotRouted) {
+				t.Errorf("outside routes: %v, want ErrNotRouted", err)
+			}
+			// ...and inside them the gateway host is refused by the gateway
+			// at once (RST), not after a timeout.
+			start := time.Now()
+			if _, err := c.DialContext(ctx, "tcp", net.JoinHostPort("198.18.1.7", itoa(echo.Port()))); err == nil {
+				t.Error("gateway host reachable")
+			} else if time.Since(start) > 5*time.Second {
+				t.Errorf("refusal took %v", time.Since(start))
+			}
+			ss := g.Sessions()
+			if len(ss) != 1 || ss[0].User != "alice" || ss[0].Address != c.Addr() {
+				t.Fatalf("sessions %+v", ss)
+			}
+
+			// Reconnect keeps the address: the gateway drops the
+			// connection (as a failing server would), the client resumes.
+			addr0 := c.Addr()
+			for _, l := range g.liveTunnels() {
+				l.close()
+			}
+			waitFor(t, func() bool { return c.Reconnects() == 1 && len(g.liveTunnels()) == 1 }, "reconnect")
+			if c.Addr() != addr0 {
+				t.Errorf("address changed on reconnect: %v -> %v", addr0, c.Addr())
+			}
+			if err := echoTCP(ctx, c, net.JoinHostPort("198.18.1.1", itoa(echo.Port())), []byte("after reconnect")); err != nil {
+				t.Fatalf("after reconnect: %v", err)
+			}
+			if n := len(g.Sessions()); n != 1 {
+				t.Errorf("%d sessions after reconnect, want 1", n)
+			}
+			// Close logs off: the session ends on the gateway at once.
+			_ = c.Close()
+			waitFor(t, func() bool { return len(g.Sessions()) == 0 }, "session to end after Close")
+		})
+	}
+}
+
+// TestClientEnforcedWhenRoutesIgnored: a client that sends outside its
+// routes still cannot reach excluded networks (the TLS path: the QUIC
+// library itself drops such packets on the client).
+func TestClientEnforcedWhenRoutesIgnored(t *testing.T) {
+	echo := testenv.EchoServer(t)
+	_, addr := startDualGateway(t, nil)
+	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportTLS; cc.ignoreRoutes = true })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, dst := range []string{"198.18.200.1", "203.0.113.9"} { // excluded; outside include
+		start := time.Now()
+		if _, err := c.DialContext(ctx, "tcp", net.JoinHostPort(dst, itoa(echo.Port()))); err == nil {
+			t.Errorf("%s reachable", dst)
+		} else if time.Since(start) > 5*time.Second {
+			t.Errorf("%s: refusal took %v", dst, time.Since(start))
+		}
+	}
+}
+
+func TestClientDisableUDPForcesTLS(t *testing.T) {
+	_, addr := startDualGateway(t, func(c *Config) { c.DisableUDP = true })
+	c := dialClient(t, addr, func(cc *ClientConfig) { cc.QUICFallback = time.Second })
+	if c.Transport() != "tls" {
+		t.Errorf("transport %q, want tls", c.Transport())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := Dial(ctx, ClientConfig{Server: addr, Username: "alice", Password: "secret", PinSHA256: testPin(t), Transport: TransportQUIC}); err == nil {
+		t.Error("QUIC-only client connected to a TCP-only gateway")
+	}
+}
+
+// TestClientRevokedCredentialEndsSession: once the user's credential is
+// revoked, ending the session stops the client for good (a new sign-in is
+// refused), on both transports.
+func TestClientRevokedCredentialEndsSession(t *testing.T) {
+	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
+		t.Run(mode.String(), func(t *testing.T) {
+			var base Config
+			g, addr := startDualGateway(t, func(c *Config) { base = *c })
+			c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = mode })
+			next := base
+			next.Authenticator = passwords{"bob": "hunter2"} // alice revoked
+			if _, err := g.Reload(next); err != nil {
+				t.Fatal(err)
+			}
+			if err := g.Disconnect(g.Sessions()[0].ID); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-c.Done():
+			case <-time.After(15 * time.Second):
+				t.Fatal("client still running after its session was revoked")
+			}
+			var ae *AuthError
+			if !errors.Is(c.Err(), ErrSessionEnded) || !errors.As(c.Err(), &ae) {
+				t.Errorf("Err() = %v, want ErrSessionEnded with an AuthError", c.Err())
+			}
+			if _, err := c.DialContext(context.Background(), "tcp", "198.18.1.1:1"); err == nil {
+				t.Error("DialContext works after the session ended")
+			}
+		})
+	}
+}
+
+func TestClientWrongPassword(t *testing.T) {
+	_, addr := startDualGateway(t, nil)
+	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := Dial(ctx, ClientConfig{Server: addr, Username: "alice", Password: "nope", PinSHA256: testPin(t), Transport: mode})
+		cancel()
+		var ae *AuthError
+		if !errors.As(err, &ae) {
+			t.Errorf("%v: err = %v, want *AuthError", mode, err)
+		}
+	}
+}
+
+func TestClientConfigErrors(t *testing.T) {
+	_, err := Dial(context.Background(), ClientConfig{Server: "ftp://x", Fingerprint: "netscape", PinSHA256: "pin-sha256:short"})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || len(ce.Errs) != 4 {
+		t.Fatalf("want 4 problems (server, credentials, fingerprint, pin), got %v", err)
+	}
+}
+
+// TestFingerprints: every ClientHello fingerprint completes a handshake and
+// a session, with the gateway's TLS 1.3 and with a TLS 1.2-only server
+// hosting the gateway's Handler; a TLS 1.1-only client is refused.
+func TestFingerprints(t *testing.T) {
+	echo := testenv.EchoServer(t)
+	g, addr := startDualGateway(t, nil)
+	// A TLS 1.2-only HTTPS server hosting the gateway (embedding).
+	l12, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv12 := newEmbeddedServer(g, &tls.Config{Certificates: []tls.Certificate{*testCert}, MaxVersion: tls.VersionTLS12})
+	go func() { _ = srv12.ServeTLS(l12, "", "") }()
+	t.Cleanup(func() { _ = srv12.Close() })
+
+	for _, fp := range []string{FingerprintGo, FingerprintChrome, FingerprintFirefox, FingerprintIOS, FingerprintAndroid} {
+		for _, tc := range []struct {
+			name string
+			addr string
+			ver  uint16
+		}{{"tls13", addr, tls.VersionTLS13}, {"tls12", l12.Addr().String(), tls.VersionTLS12}} {
+			t.Run(fp+"/"+tc.name, func(t *testing.T) {
+				cl, err := newClient(ClientConfig{Server: tc.addr, Username: "alice", Password: "secret", PinSHA256: testPin(t), Fingerprint: fp})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				conn, _, err := cl.dialTLS(ctx)
+				if err != nil {
+					t.Fatalf("handshake: %v", err)
+				}
+				want := tc.ver
+				if fp == FingerprintAndroid {
+					want = tls.VersionTLS12 // OkHttp on Android 11 offers TLS 1.2 only
+				}
+				if v := negotiatedVersion(conn); v != want {
+					t.Errorf("negotiated %x, want %x", v, want)
+				}
+				conn.Close()
+				cl.cancel()
+				c := dialClient(t, tc.addr, func(cc *ClientConfig) { cc.Transport = TransportTLS; cc.Fingerprint = fp })
+				if err := echoTCP(ctx, c, net.JoinHostPort("198.18.1.1", itoa(echo.Port())), []byte(fp)); err != nil {
+					t.Errorf("echo: %v", err)
+				}
+			})
+		}
+	}
+	c11, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, MaxVersion: tls.VersionTLS11})
+	if err == nil {
+		c11.Close()
+		t.Error("a TLS 1.1-only client completed a handshake")
+	}
+}
+
+func dnsproxyUpstream(up string) dnsproxy.Config { return dnsproxy.Config{Upstreams: []string{up}} }
+
+func itoa(p uint16) string { return strconv.Itoa(int(p)) }
+
+func negotiatedVersion(c net.Conn) uint16 {
+	switch c := c.(type) {
+	case *tls.Conn:
+		return c.ConnectionState().Version
+	case *utls.UConn:
+		return c.ConnectionState().Version
+	}
+	return 0
+}
+
+// newEmbeddedServer hosts g's Handler in an ordinary net/http HTTPS server.
+func newEmbeddedServer(g *Gateway, tc *tls.Config) *http.Server {
+	tc.DynamicRecordSizingDisabled = true // one CSTP frame per TLS record
+	tc.NextProtos = []string{"http/1.1"}  // CONNECT needs HTTP/1.1 hijacking
+	return &http.Server{Handler: g.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
+}

@@ -1,0 +1,133 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/yosida95/uritemplate/v3"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	gvchecksum "gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// TestConnectIPGoClientInterop: connect-ip-go's own client (its public
+// API, none of ours) gets an address, routes and DNS configuration from the
+// gateway and exchanges UDP packets with a corporate host through it.
+func TestConnectIPGoClientInterop(t *testing.T) {
+	uecho := udpEcho(t)
+	_, addr := startDualGateway(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	tmpl := uritemplate.MustNew("https://" + addr + ConnectIPPath)
+	req, err := connectip.NewRequest(ctx, tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("alice:secret")))
+	tr := &connectip.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
+		QUICConfig:      &quic.Config{EnableDatagrams: true, InitialPacketSize: 1350},
+	}
+	conn, rsp, err := tr.Dial(req)
+	if err != nil {
+		t.Fatalf("Dial: %v (response %v)", err, rsp)
+	}
+	defer conn.Close()
+	if rsp.StatusCode != 200 {
+		t.Fatalf("status %d", rsp.StatusCode)
+	}
+	as, err := conn.ReceiveAddressAssignment(ctx)
+	if err != nil || len(as) != 1 {
+		t.Fatalf("address assignment %v, %v", as, err)
+	}
+	local := as[0].IPPrefix.Addr()
+	if !DefaultPool.Contains(local) || as[0].IPPrefix.Bits() != 32 {
+		t.Errorf("assigned %v", as[0].IPPrefix)
+	}
+	routes, err := conn.Routes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prefixes []netip.Prefix
+	for _, r := range routes {
+		prefixes = append(prefixes, r.Prefixes()...)
+	}
+	// include 198.18/16 minus exclude 198.18.200/24, plus the gateway
+	// and DNS addresses.
+	for _, want := range []string{"198.18.0.0/17", "198.18.201.0/24", "169.254.0.1/32", "10.0.0.53/32"} {
+		if !slices.Contains(prefixes, netip.MustParsePrefix(want)) {
+			t.Errorf("routes %v lack %s", prefixes, want)
+		}
+	}
+	for _, p := range prefixes {
+		if p.Contains(netip.MustParseAddr("198.18.200.1")) {
+			t.Errorf("excluded network routed: %v", p)
+		}
+	}
+	dcs, err := conn.ReceiveDNSConfiguration(ctx)
+	if err != nil || len(dcs) != 1 || len(dcs[0].Nameservers) != 1 ||
+		!slices.Equal(dcs[0].Nameservers[0].IPv4Addresses, []netip.Addr{netip.MustParseAddr("10.0.0.53")}) ||
+		!slices.Equal(dcs[0].SearchDomains, []string{"corp.example"}) {
+		t.Errorf("DNS configuration %+v, %v", dcs, err)
+	}
+
+	// A UDP datagram to the corporate echo server comes back.
+	dst := netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), uecho.Port())
+	src := netip.AddrPortFrom(local, 40000)
+	if _, err := conn.WritePacket(udpPacket(src, dst, []byte("interop"))); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			n, err := conn.ReadPacket(buf)
+			if err != nil {
+				t.Errorf("ReadPacket: %v", err)
+				return
+			}
+			ip := header.IPv4(buf[:n])
+			if !ip.IsValid(n) || ip.TransportProtocol() != header.UDPProtocolNumber {
+				continue
+			}
+			u := header.UDP(ip.Payload())
+			if string(u.Payload()) == "interop" && u.DestinationPort() == 40000 {
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no echo through CONNECT-IP")
+	}
+}
+
+// udpPacket builds an IPv4/UDP packet.
+func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
+	b := make([]byte, header.IPv4MinimumSize+header.UDPMinimumSize+len(payload))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.UDPProtocolNumber),
+		SrcAddr: tcpip.AddrFrom4(src.Addr().As4()), DstAddr: tcpip.AddrFrom4(dst.Addr().As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	u := header.UDP(b[header.IPv4MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: src.Port(), DstPort: dst.Port(), Length: uint16(header.UDPMinimumSize + len(payload))})
+	copy(u.Payload(), payload)
+	xsum := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(u)))
+	xsum = gvchecksum.Checksum(payload, xsum)
+	u.SetChecksum(^u.CalculateChecksum(xsum))
+	return b
+}
+
