@@ -130,4 +130,3 @@ func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
 	u.SetChecksum(^u.CalculateChecksum(xsum))
 	return b
 }
-
