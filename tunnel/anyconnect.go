@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -29,21 +30,47 @@ const authTimeout = 20 * time.Second
 // formAction is where the sign-in form posts back to.
 const formAction = "/auth"
 
-func (g *Gateway) newHandler() http.Handler {
+// newHandler serves the VPN's endpoints and hands every other request to
+// next: AnyConnect sign-in and CONNECT, and CONNECT-IP when the hosting
+// server speaks HTTP/3. With Config.SecretPath set, nothing outside that
+// path (and no CONNECT without a live session cookie) reveals the VPN.
+func (g *Gateway) newHandler(next http.Handler) http.Handler {
+	if next == nil {
+		next = http.NotFoundHandler()
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		secret := g.conf().SecretPath
+		inSecret := secret == "" || r.URL.Path == secret || strings.HasPrefix(r.URL.Path, secret+"/")
 		switch {
+		case r.Method == http.MethodConnect && r.Proto == "connect-ip":
+			if r.URL.Path != secret+ConnectIPPath {
+				next.ServeHTTP(w, r)
+				return
+			}
+			g.serveConnectIP(w, r)
 		case r.Method == http.MethodConnect && (r.URL.Path == "/CSCOSSLC/tunnel" || r.URL.Path == "/CSTP/tunnel"):
+			if secret != "" && !g.liveCookie(r) {
+				next.ServeHTTP(w, r)
+				return
+			}
 			g.serveConnect(w, r)
-		case r.Method == http.MethodPost:
-			g.serveAuth(w, r)
-		case r.Method == http.MethodGet && isAnyConnectClient(r):
+		case r.Method == http.MethodPost && inSecret:
+			g.serveAuth(w, r, next)
+		case r.Method == http.MethodGet && inSecret && isAnyConnectClient(r):
 			// openconnect's fallback after a 401 it cannot answer (a
 			// Bearer offer without a token): GET the form, then POST.
 			g.writeForm(w, "")
 		default:
-			http.NotFound(w, r)
+			next.ServeHTTP(w, r)
 		}
 	})
+}
+
+// liveCookie reports whether r carries the cookie of a session this
+// gateway can resume.
+func (g *Gateway) liveCookie(r *http.Request) bool {
+	c, err := r.Cookie("webvpn")
+	return err == nil && g.resume(c.Value) != nil
 }
 
 // isAnyConnectClient tells AnyConnect-protocol clients from browsers, so
@@ -60,7 +87,7 @@ func clientAddr(r *http.Request) netip.AddrPort {
 
 // serveAuth answers the XML sign-in exchange (config-auth), the OIDC
 // bearer flow and client-certificate sign-in.
-func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
+func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Handler) {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxAuthBody+1))
 	if err != nil {
 		http.Error(w, "bad request", http.StatusBadRequest)
@@ -75,8 +102,10 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request) {
 		msg = formReply(r, body)
 	}
 	if msg == nil {
-		// Not an AnyConnect client: look like an ordinary web server.
-		http.NotFound(w, r)
+		// Not an AnyConnect client: the website's (by default a 404),
+		// with the body we read put back.
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		next.ServeHTTP(w, r)
 		return
 	}
 	ca := clientAddr(r)
@@ -147,7 +176,7 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 		Title:   "Underpass sign-in",
 		Message: "Please enter your username and password.",
 		Error:   errMsg,
-		Action:  formAction,
+		Action:  g.conf().SecretPath + formAction,
 		Inputs: []authxml.Input{
 			{Type: "text", Name: "username", Label: "Username:"},
 			{Type: "password", Name: "password", Label: "Password:"},

@@ -173,6 +173,7 @@ type Client struct {
 	log    *slog.Logger
 	host   string // host for TLS/QUIC and the Host header
 	port   string
+	path   string // the gateway's SecretPath, from the Server URL
 	tlsCfg *tls.Config
 
 	ctx    context.Context
@@ -213,7 +214,7 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 func newClient(cfg ClientConfig) (*Client, error) {
 	var errs []error
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	host, port, err := parseServer(cfg.Server)
+	host, port, path, err := parseServer(cfg.Server)
 	if err != nil {
 		add("server: %v", err)
 	}
@@ -272,29 +273,29 @@ func newClient(cfg ClientConfig) (*Client, error) {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{cfg: cfg, log: log, host: host, port: port, tlsCfg: tc, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
+	return &Client{cfg: cfg, log: log, host: host, port: port, path: path, tlsCfg: tc, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
 }
 
-// parseServer splits "host", "host:port" or "https://host:port/" into
-// host and port (default 443).
-func parseServer(s string) (host, port string, err error) {
+// parseServer splits "host", "host:port" or "https://host:port/path" into
+// host, port (default 443) and path (the gateway's secret path, or "").
+func parseServer(s string) (host, port, path string, err error) {
 	if s == "" {
-		return "", "", errors.New("required")
+		return "", "", "", errors.New("required")
 	}
 	if strings.Contains(s, "://") {
 		u, err := url.Parse(s)
 		if err != nil {
-			return "", "", err
+			return "", "", "", err
 		}
 		if u.Scheme != "https" {
-			return "", "", fmt.Errorf("%q: scheme must be https", s)
+			return "", "", "", fmt.Errorf("%q: scheme must be https", s)
 		}
-		s = u.Host
+		s, path = u.Host, strings.TrimSuffix(u.Path, "/")
 	}
 	if h, p, err := net.SplitHostPort(s); err == nil {
-		return h, p, nil
+		return h, p, path, nil
 	}
-	return strings.Trim(s, "[]"), "443", nil
+	return strings.Trim(s, "[]"), "443", path, nil
 }
 
 // parsePin reads "pin-sha256:BASE64" (or bare BASE64).

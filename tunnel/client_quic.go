@@ -62,7 +62,7 @@ func (c *Client) connectQUIC(ctx context.Context) (clientTransport, tunnelParams
 	if err != nil {
 		return fail(err)
 	}
-	tmpl, err := uritemplate.New("https://" + addr + ConnectIPPath)
+	tmpl, err := uritemplate.New("https://" + addr + c.path + ConnectIPPath)
 	if err != nil {
 		return fail(err)
 	}

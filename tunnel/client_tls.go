@@ -157,7 +157,7 @@ func (c *Client) newRequest(method, path string, body []byte) *http.Request {
 
 // signInXML runs the AnyConnect sign-in and stores the session cookie.
 func (c *Client) signInXML(ctx context.Context, conn net.Conn, br *bufio.Reader) error {
-	req := c.newRequest(http.MethodPost, "/", authxml.RenderInit(c.cfg.DeviceID, "https://"+net.JoinHostPort(c.host, c.port)+"/"))
+	req := c.newRequest(http.MethodPost, c.path+"/", authxml.RenderInit(c.cfg.DeviceID, "https://"+net.JoinHostPort(c.host, c.port)+c.path+"/"))
 	tok, err := c.token(ctx)
 	if err != nil {
 		return err
@@ -181,7 +181,7 @@ func (c *Client) signInXML(ctx context.Context, conn net.Conn, br *bufio.Reader)
 	}
 	action := msg.Action
 	if action == "" {
-		action = "/"
+		action = c.path + "/"
 	}
 	req = c.newRequest(http.MethodPost, action, authxml.RenderReply(c.cfg.DeviceID, msg.Opaque, c.cfg.Username, c.cfg.Password))
 	resp, body, err = roundTrip(conn, br, req)

@@ -147,6 +147,12 @@ type Config struct {
 	// of every local interface at New.
 	HostAddrs []netip.Addr
 
+	// SecretPath, if set (e.g. "/vpn-4f9c"), hides the VPN behind a path:
+	// clients use https://host/<SecretPath> (openconnect) or the
+	// CONNECT-IP template https://host/<SecretPath>/.well-known/masque/ip/;
+	// every other request gets the hosting site's ordinary answer.
+	SecretPath string
+
 	// Proxy is the web proxy configuration pushed to clients (R-C6).
 	Proxy ProxySettings
 
@@ -267,6 +273,10 @@ func (c Config) Validate() error {
 	}
 	errs = append(errs, policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool)...)
 	errs = append(errs, c.Proxy.validate()...)
+	if p := c.SecretPath; p != "" && (!strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") ||
+		strings.ContainsAny(p, " ?#%\t\r\n")) {
+		add("secret_path: %q: want a path like /vpn-4f9c (leading '/', no trailing '/', no query)", p)
+	}
 	if len(errs) == 0 {
 		return nil
 	}

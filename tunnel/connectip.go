@@ -75,7 +75,7 @@ func (g *Gateway) quicConfig() *quic.Config {
 // ConnectIPHandler returns the HTTP/3 handler for CONNECT-IP, for mounting
 // in an existing http3.Server (with EnableDatagrams and, ideally,
 // ConnContext: QUICConnContext). Other requests are answered 404.
-func (g *Gateway) ConnectIPHandler() http.Handler { return http.HandlerFunc(g.serveConnectIP) }
+func (g *Gateway) ConnectIPHandler() http.Handler { return g.newHandler(nil) }
 
 // ServeQUIC serves HTTP/3 with CONNECT-IP on pc until Close or Shutdown,
 // then returns ErrClosed. It closes pc.
@@ -127,11 +127,7 @@ func (g *Gateway) isDraining() bool {
 // serveConnectIP authenticates a CONNECT-IP request, attaches the session
 // to the stack and relays its packets until the session or connection ends.
 func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodConnect || r.URL.Path != ConnectIPPath {
-		http.NotFound(w, r)
-		return
-	}
-	tmpl, err := uritemplate.New("https://" + r.Host + ConnectIPPath)
+	tmpl, err := uritemplate.New("https://" + r.Host + r.URL.Path)
 	if err != nil {
 		http.Error(w, "bad authority", http.StatusBadRequest)
 		return

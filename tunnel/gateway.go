@@ -132,7 +132,7 @@ func New(cfg Config) (*Gateway, error) {
 		st.Close()
 		return nil, err
 	}
-	g.handler = g.newHandler()
+	g.handler = g.newHandler(nil)
 	g.httpSrv = &http.Server{
 		Handler:           g.handler,
 		ReadHeaderTimeout: DefaultHandshakeTimeout,
@@ -187,6 +187,14 @@ func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
 // answered 404. The hosting server must terminate TLS with
 // DynamicRecordSizingDisabled set, or openconnect may drop frames.
 func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Mount returns a handler that serves the VPN's endpoints and passes every
+// other request to next, so an existing website keeps its answers. Use it
+// as the Handler of an HTTPS server (AnyConnect: TLS with
+// DynamicRecordSizingDisabled and HTTP/1.1) and of an http3.Server
+// (CONNECT-IP: EnableDatagrams, ConnContext QUICConnContext). Set
+// Config.SecretPath to hide the VPN from anyone who does not know it.
+func (g *Gateway) Mount(next http.Handler) http.Handler { return g.newHandler(next) }
 
 // ListenAndServe listens on Config.ListenAddr, TCP for AnyConnect and
 // (unless DisableUDP) UDP on the same port for QUIC, and serves until Close.

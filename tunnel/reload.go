@@ -51,6 +51,7 @@ var liveFields = []liveField{
 	{"reconnect_grace", func(c *Config) any { return c.ReconnectGrace }},
 	{"banner", func(c *Config) any { return c.Banner }},
 	{"proxy", func(c *Config) any { return c.Proxy }},
+	{"secret_path", func(c *Config) any { return c.SecretPath }},
 	{"log.access", func(c *Config) any { return [2]any{funcID(c.FlowLog), c.FlowLogDNS} }},
 }
 
