@@ -162,15 +162,7 @@ func receiveConfig(ctx context.Context, conn *connectip.Conn) (tunnelParams, err
 func (t *quicTransport) pump(ctx context.Context, st *netstack.ClientStack) error {
 	readErr := make(chan error, 1)
 	go func() {
-		buf := make([]byte, quicReadBuf)
-		for {
-			n, err := t.conn.ReadPacket(buf)
-			if err != nil {
-				readErr <- err
-				return
-			}
-			_ = st.Inject(buf[:n])
-		}
+		readErr <- pumpDatagrams(t.conn.ReadPacket, func(p []byte) { _ = st.Inject(p) })
 	}()
 	pkts := st.Packets()
 	var err error

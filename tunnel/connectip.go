@@ -342,16 +342,10 @@ func (q *quicConn) run() {
 	g, s := q.g, q.s
 	readerDone := make(chan error, 1)
 	go func() {
-		buf := make([]byte, quicReadBuf)
-		for {
-			n, err := q.conn.ReadPacket(buf)
-			if err != nil {
-				readerDone <- err
-				return
-			}
-			s.bytesIn.Add(uint64(n))
-			_ = q.port.Inject(buf[:n]) // rejects are answered or counted by the stack
-		}
+		readerDone <- pumpDatagrams(q.conn.ReadPacket, func(p []byte) {
+			s.bytesIn.Add(uint64(len(p)))
+			_ = q.port.Inject(p) // rejects are answered or counted by the stack
+		})
 	}()
 	tick := time.NewTicker(q.cfg.DPD / 2) // idle checks at the DPD pace, like the TLS path
 	defer tick.Stop()

@@ -171,20 +171,12 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			return exitFail
 		}
 	}
-	ictx, cancel := context.WithTimeout(context.Background(), idpTimeout)
-	id, err := cfg.BuildIdentity(ictx, logger)
-	cancel()
+	id, err := prepare(cfg, logger)
 	if err != nil {
 		fmt.Fprintln(stderr, "underpass:", err)
 		return exitConfig
 	}
-	defer id.Close()
-	t := &cfg.Tunnel
-	t.Authenticator, t.OfferBearer, t.Bans, t.ClientCerts, t.Sealer = id.Authenticator, id.OfferBearer, id.Bans, id.ClientCerts, id.Sealer
-	t.KeepSessionPastTokenExpiry = id.KeepSessionPastTokenExpiry
-	if id.Policy != nil {
-		t.Policy = id.Policy
-	}
+	defer func() { id.Close() }()
 
 	gw, err := tunnel.New(cfg.Tunnel)
 	if err != nil {
@@ -207,24 +199,49 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	printBanner(stdout, l.Addr().String(), pin, demoUser, demoPass, gw)
 	logger.Info("serving", "listen", l.Addr().String(), "tunnel_addr", gw.Addr())
 
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- gw.Serve(l) }()
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	select {
-	case s := <-sig:
-		logger.Info("draining", "signal", s.String())
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-		defer cancel()
-		if err := gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-			logger.Warn("shutdown", "err", err)
+	if !cfg.Tunnel.DisableUDP {
+		// QUIC (CONNECT-IP) on the same port number over UDP (R-P2).
+		pc, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			fmt.Fprintln(stderr, "underpass: udp:", err)
+			return exitFail
 		}
-		<-errc
-		logger.Info("stopped")
-		return exitOK
-	case err := <-errc:
-		fmt.Fprintln(stderr, "underpass:", err)
-		return exitFail
+		go func() { errc <- gw.ServeQUIC(pc) }()
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for {
+		select {
+		case s := <-sig:
+			if s == syscall.SIGHUP {
+				if *cfgFile == "" {
+					logger.Info("reload: nothing to reload (embedded default configuration)")
+					continue
+				}
+				if nid := reload(gw, *cfgFile, cfg, logger); nid != nil {
+					old := id
+					id = nid
+					old.Close()
+				}
+				continue
+			}
+			logger.Info("draining", "signal", s.String())
+			ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+			defer cancel()
+			if err := gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+				logger.Warn("shutdown", "err", err)
+			}
+			<-errc
+			st := gw.Stats()
+			logger.Info("stopped", "sign_ins", st.SignIns, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut,
+				"tcp_flows", st.Stack.TCPFlows, "udp_flows", st.Stack.UDPFlows)
+			return exitOK
+		case err := <-errc:
+			fmt.Fprintln(stderr, "underpass:", err)
+			return exitFail
+		}
 	}
 }
 
@@ -330,7 +347,7 @@ func serveDemoPage(gw *tunnel.Gateway) error {
 
 func printBanner(w io.Writer, listen, pin, user, pass string, gw *tunnel.Gateway) {
 	url := "https://" + listen
-	fmt.Fprintf(w, "Underpass gateway listening on %s (AnyConnect over TLS)\n", listen)
+	fmt.Fprintf(w, "Underpass gateway listening on %s (AnyConnect over TLS; QUIC CONNECT-IP on the same UDP port unless disabled)\n", listen)
 	if user == "" {
 		fmt.Fprintf(w, "  server certificate: %s\n", pin)
 		return

@@ -54,6 +54,9 @@ type File struct {
 	Log            LogConfig     `yaml:"log"`
 	DemoPage       *bool         `yaml:"demo_page"`
 	HostAddrs      []string      `yaml:"host_addrs"`
+	DisableUDP     bool          `yaml:"disable_udp"` // TCP-only: no QUIC (R-P3)
+	SecretPath     string        `yaml:"secret_path"`
+	Proxy          ProxyFile     `yaml:"proxy"`
 }
 
 // DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).
@@ -77,6 +80,9 @@ type User struct {
 type LogConfig struct {
 	Level  string `yaml:"level"`  // debug, info (default), warn, error
 	Format string `yaml:"format"` // text (default) or json
+	// Access is the per-flow access log: 0 off, 1 flows, 2 flows and DNS
+	// queries (R-O3).
+	Access int `yaml:"access"`
 }
 
 // Duration is a time.Duration written as "30s", "5m", "1h".
@@ -108,6 +114,13 @@ type Config struct {
 	// turns it into authenticators, policy, bans and a cookie sealer.
 	IdentityFile *IdentityFile
 	dir          string // the config file's directory, for relative paths
+}
+
+// ProxyFile is the proxy section: settings pushed to clients (R-C6).
+type ProxyFile struct {
+	PACURL  string   `yaml:"pac_url"`
+	Server  string   `yaml:"server"`
+	Exclude []string `yaml:"exclude"`
 }
 
 // rel resolves a path from the config file against the file's directory.
@@ -230,6 +243,12 @@ func Parse(name string, b []byte) (*Config, error) {
 	t.DNSProxy.Domains = f.DNSProxy.Domains
 	t.DNSProxy.NDots = f.DNSProxy.NDots
 	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
+	t.DisableUDP = f.DisableUDP
+	t.SecretPath = f.SecretPath
+	t.Proxy = tunnel.ProxySettings{PACURL: f.Proxy.PACURL, Server: f.Proxy.Server, Exclude: f.Proxy.Exclude}
+	if f.Log.Access < 0 || f.Log.Access > 2 {
+		bad("log", "access %d: want 0 (off), 1 (flows) or 2 (flows and DNS)", f.Log.Access)
+	}
 
 	switch f.Log.Level {
 	case "", "debug", "info", "warn", "error":

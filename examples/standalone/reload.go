@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/underpass/underpass/internal/config"
+	"github.com/underpass/underpass/tunnel"
+)
+
+// prepare completes a loaded configuration for the gateway: logger,
+// access log and the identity section's authenticators. The returned
+// identity must be closed when replaced or at exit.
+func prepare(cfg *config.Config, logger *slog.Logger) (*config.Identity, error) {
+	t := &cfg.Tunnel
+	t.Logger = logger
+	if cfg.Log.Access > 0 {
+		t.FlowLog = func(r tunnel.FlowRecord) {
+			attrs := []any{"user", r.User, "device_id", r.DeviceID, "session", r.Session, "proto", r.Proto,
+				"src", r.Src, "bytes_up", r.BytesUp, "bytes_down", r.BytesDown, "seconds", r.Duration.Seconds()}
+			if r.Proto == "dns" {
+				attrs = append(attrs, "name", r.Name)
+			} else {
+				attrs = append(attrs, "dst", r.Dst)
+			}
+			if r.Err != nil {
+				attrs = append(attrs, "err", r.Err)
+			}
+			logger.Info("access", attrs...)
+		}
+		t.FlowLogDNS = cfg.Log.Access >= 2
+	}
+	ictx, cancel := context.WithTimeout(context.Background(), idpTimeout)
+	defer cancel()
+	id, err := cfg.BuildIdentity(ictx, logger)
+	if err != nil {
+		return nil, err
+	}
+	t.Authenticator, t.OfferBearer, t.Bans, t.ClientCerts, t.Sealer = id.Authenticator, id.OfferBearer, id.Bans, id.ClientCerts, id.Sealer
+	t.KeepSessionPastTokenExpiry = id.KeepSessionPastTokenExpiry
+	if id.Policy != nil {
+		t.Policy = id.Policy
+	}
+	return id, nil
+}
+
+// reload re-reads the config file and applies it to the running gateway
+// (SIGHUP, R-C7): live sessions stay; settings that need a restart are
+// reported. On any error the running configuration is kept. It returns
+// the new identity (the caller closes the old one), or nil.
+func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slog.Logger) *config.Identity {
+	cfg, err := config.Load(file)
+	if err != nil {
+		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
+		return nil
+	}
+	id, err := prepare(cfg, logger)
+	if err != nil {
+		logger.Error("reload: identity rejected; keeping the running configuration", "err", err)
+		return nil
+	}
+	t := cfg.Tunnel
+	if t.Certificate == nil { // the generated certificate stays
+		t.Certificate = running.Tunnel.Certificate
+	}
+	t.ListenAddr = running.Tunnel.ListenAddr // a -listen flag wins over the file, as at start
+	res, err := gw.Reload(t)
+	if err != nil {
+		id.Close()
+		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
+		return nil
+	}
+	if len(res.NeedRestart) > 0 {
+		logger.Warn("reload: these settings take effect only after a restart", "settings", res.NeedRestart)
+	}
+	logger.Info("reload: applied", "settings", res.Applied)
+	return id
+}
