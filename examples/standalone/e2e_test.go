@@ -24,6 +24,8 @@ type e2e struct {
 	cert *testenv.Cert
 	gw   *testenv.Proc
 	web  string // corp base URL
+	cfg  string // the config file
+	doc  string // its contents at start
 }
 
 func startE2E(t *testing.T) *e2e {
@@ -62,7 +64,7 @@ log: {level: debug}
 	if err := tp.GW.WaitTCP(ctx, gwListen, gw); err != nil {
 		t.Fatalf("gateway did not listen: %v\n%s", err, gw.Tail(20))
 	}
-	return &e2e{tp: tp, cert: cert, gw: gw, web: web}
+	return &e2e{tp: tp, cert: cert, gw: gw, web: web, cfg: cfg, doc: doc}
 }
 
 // startUnbound runs unbound as the corporate DNS server on 198.19.0.2:53
