@@ -4,7 +4,7 @@ BIN         := $(CURDIR)/bin
 STATICCHECK := $(BIN)/staticcheck
 FUZZTIME    ?= 30s
 
-.PHONY: all test deps netns-clean lint fmt-check vet staticcheck build run bench bench-compare fuzz clean
+.PHONY: all test deps netns-clean lint fmt-check vet staticcheck build run bench bench-client bench-compare fuzz clean
 
 all: build
 
@@ -42,6 +42,10 @@ run:
 
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+# Go client -> gateway -> sink, QUIC vs TLS (issue 5). Writes bench-client.txt.
+bench-client:
+	$(GO) test -run='^$$' -bench=BenchmarkClient -benchtime=3s -count=3 ./tunnel/ 2>/dev/null | tee bench-client.txt
 
 # ocserv vs underpass with the real openconnect client, same run (root;
 # about 16 minutes, BENCHFLAGS=--quick about 4). Writes bench-compare.md.
