@@ -96,7 +96,8 @@ func NewClient(cfg ClientConfig) (*ClientStack, error) {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
-	c.link = &clientLink{c: c, mtu: uint32(cfg.MTU)}
+	c.link = &clientLink{c: c}
+	c.link.mtu = uint32(cfg.MTU)
 	if err := c.configure(); err != nil {
 		c.st.Close()
 		c.st.Wait()
@@ -343,40 +344,11 @@ func (c *ClientStack) Close() error {
 
 // clientLink is the client stack's NIC: outbound packets go to Packets.
 type clientLink struct {
-	c    *ClientStack
-	mtu  uint32
-	disp atomic.Pointer[dispatcher]
+	tunnelLink
+	c *ClientStack
 }
 
 var _ stack.LinkEndpoint = (*clientLink)(nil)
-
-func (e *clientLink) MTU() uint32                      { return e.mtu }
-func (e *clientLink) SetMTU(uint32)                    {}
-func (e *clientLink) MaxHeaderLength() uint16          { return 0 }
-func (e *clientLink) LinkAddress() tcpip.LinkAddress   { return "" }
-func (e *clientLink) SetLinkAddress(tcpip.LinkAddress) {}
-
-// Capabilities: like the gateway's link, inbound integrity is the
-// tunnel's (TLS or QUIC AEAD), so inbound checksums are not re-verified.
-func (e *clientLink) Capabilities() stack.LinkEndpointCapabilities {
-	return stack.CapabilityRXChecksumOffload
-}
-
-func (e *clientLink) Attach(d stack.NetworkDispatcher) {
-	if d == nil {
-		e.disp.Store(nil)
-		return
-	}
-	e.disp.Store(&dispatcher{d})
-}
-
-func (e *clientLink) IsAttached() bool                        { return e.disp.Load() != nil }
-func (e *clientLink) Wait()                                   {}
-func (e *clientLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
-func (e *clientLink) AddHeader(*stack.PacketBuffer)           {}
-func (e *clientLink) ParseHeader(*stack.PacketBuffer) bool    { return true }
-func (e *clientLink) Close()                                  { e.disp.Store(nil) }
-func (e *clientLink) SetOnCloseAction(func())                 {}
 
 func (e *clientLink) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0

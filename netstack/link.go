@@ -14,7 +14,14 @@ import (
 // Port.Inject; outbound packets are copied into pooled Packets and queued to
 // the Port that owns the destination address.
 type linkEndpoint struct {
-	s    *Stack
+	tunnelLink
+	s *Stack
+}
+
+// tunnelLink is what the gateway's and the client's NICs share: a
+// point-to-point tunnel link with no link-layer header and an attach point
+// for the stack's dispatcher.
+type tunnelLink struct {
 	mtu  uint32
 	disp atomic.Pointer[dispatcher]
 }
@@ -23,20 +30,20 @@ type dispatcher struct{ d stack.NetworkDispatcher }
 
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
 
-func (e *linkEndpoint) MTU() uint32                      { return e.mtu }
-func (e *linkEndpoint) SetMTU(uint32)                    {}
-func (e *linkEndpoint) MaxHeaderLength() uint16          { return 0 }
-func (e *linkEndpoint) LinkAddress() tcpip.LinkAddress   { return "" }
-func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+func (e *tunnelLink) MTU() uint32                      { return e.mtu }
+func (e *tunnelLink) SetMTU(uint32)                    {}
+func (e *tunnelLink) MaxHeaderLength() uint16          { return 0 }
+func (e *tunnelLink) LinkAddress() tcpip.LinkAddress   { return "" }
+func (e *tunnelLink) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities: inbound checksums are not verified because every inbound
-// packet arrived over the authenticated TLS/DTLS tunnel, which already
-// guarantees integrity; outbound checksums are computed (clients need them).
-func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+// packet arrived over the authenticated tunnel (TLS or QUIC), which already
+// guarantees integrity; outbound checksums are computed (peers need them).
+func (e *tunnelLink) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityRXChecksumOffload
 }
 
-func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
+func (e *tunnelLink) Attach(d stack.NetworkDispatcher) {
 	if d == nil {
 		e.disp.Store(nil)
 		return
@@ -44,13 +51,13 @@ func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.disp.Store(&dispatcher{d})
 }
 
-func (e *linkEndpoint) IsAttached() bool                        { return e.disp.Load() != nil }
-func (e *linkEndpoint) Wait()                                   {}
-func (e *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
-func (e *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
-func (e *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
-func (e *linkEndpoint) Close()                                  { e.disp.Store(nil) }
-func (e *linkEndpoint) SetOnCloseAction(func())                 {}
+func (e *tunnelLink) IsAttached() bool                        { return e.disp.Load() != nil }
+func (e *tunnelLink) Wait()                                   {}
+func (e *tunnelLink) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (e *tunnelLink) AddHeader(*stack.PacketBuffer)           {}
+func (e *tunnelLink) ParseHeader(*stack.PacketBuffer) bool    { return true }
+func (e *tunnelLink) Close()                                  { e.disp.Store(nil) }
+func (e *tunnelLink) SetOnCloseAction(func())                 {}
 
 // deliver hands an inbound packet to the stack; false if detached.
 func (e *linkEndpoint) deliver(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {

@@ -200,7 +200,8 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.ports.Store(&map[netip.Addr]*Port{})
 	s.local.Store(&map[netip.Addr]struct{}{cfg.Addr: {}})
-	s.link = &linkEndpoint{s: s, mtu: uint32(cfg.MTU)}
+	s.link = &linkEndpoint{s: s}
+	s.link.mtu = uint32(cfg.MTU)
 
 	if err := s.configure(); err != nil {
 		st.Close()

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testenv"
 )
 
 // sink accepts connections on loopback and discards what they send.
@@ -100,7 +102,7 @@ func BenchmarkClient(b *testing.B) {
 			}
 
 			b.Run("rtt64", func(b *testing.B) {
-				echo := corpEcho(b)
+				echo := corp(testenv.EchoServer(b))
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				conn, err := c.DialContext(ctx, "tcp", echo.String())
@@ -128,27 +130,4 @@ func BenchmarkClient(b *testing.B) {
 			})
 		})
 	}
-}
-
-// corpEcho is an echo server reachable through the tunnel.
-func corpEcho(b *testing.B) netip.AddrPort {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return corp(netip.MustParseAddrPort(l.Addr().String()))
 }
