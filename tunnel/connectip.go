@@ -118,6 +118,15 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 	return err
 }
 
+// Ready reports whether the gateway accepts new sessions: nil, or why not
+// (for readiness probes).
+func (g *Gateway) Ready() error {
+	if g.isDraining() {
+		return fmt.Errorf("%w: draining or stopped", ErrClosed)
+	}
+	return nil
+}
+
 func (g *Gateway) isDraining() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()

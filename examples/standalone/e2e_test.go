@@ -52,6 +52,7 @@ dpd: 10s
 users:
   - {name: alice, password_hash: %q}
 log: {level: debug}
+admin_http: 127.0.0.1:9444
 `, gwListen, cert.CertFile, cert.KeyFile, hash)
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/config"
+	"github.com/underpass/underpass/internal/metrics"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -194,6 +195,17 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "underpass: demo page:", err)
 			return exitFail
 		}
+	}
+	if cfg.AdminHTTP != "" {
+		al, err := net.Listen("tcp", cfg.AdminHTTP)
+		if err != nil {
+			fmt.Fprintln(stderr, "underpass: admin_http:", err)
+			return exitFail
+		}
+		asrv := &http.Server{Handler: metrics.Handler(gw, gw.Ready), ReadHeaderTimeout: 10 * time.Second} // probes are quick; bound slow clients
+		go func() { _ = asrv.Serve(al) }()
+		defer asrv.Close()
+		logger.Info("admin listener", "addr", al.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
 	pin, _ := certutil.Pin(cfg.Tunnel.Certificate)
 	printBanner(stdout, l.Addr().String(), pin, demoUser, demoPass, gw)

@@ -39,6 +39,16 @@ func TestReloadKeepsSession(t *testing.T) {
 		t.Fatalf("before reload: %q, %v", body, err)
 	}
 
+	// The admin listener (gateway side, loopback) reports the session.
+	if out, err := e.tp.GW.Exec(ctx, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9444/metrics").Output(); err != nil ||
+		!strings.Contains(string(out), "underpass_sessions_connected 1") || !strings.Contains(string(out), "underpass_sign_ins_total 1") {
+		t.Errorf("/metrics: %v\n%s", err, out)
+	}
+	if out, err := e.tp.GW.Exec(ctx, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9444/readyz").Output(); err != nil ||
+		!strings.Contains(string(out), `"ready":true`) {
+		t.Errorf("/readyz: %v %s", err, out)
+	}
+
 	doc := strings.Replace(e.doc, "split_include: [198.19.0.0/24]", "split_include: [198.19.0.0/24, 198.19.7.0/24]", 1)
 	doc = strings.Replace(doc, "log: {level: debug}", "log: {level: debug, access: 1}\nbanner: reloaded\npool: 169.254.0.0/17", 1)
 	if err := os.WriteFile(e.cfg, []byte(doc), 0o600); err != nil {

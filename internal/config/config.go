@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -55,6 +56,7 @@ type File struct {
 	DemoPage       *bool         `yaml:"demo_page"`
 	HostAddrs      []string      `yaml:"host_addrs"`
 	DisableUDP     bool          `yaml:"disable_udp"` // TCP-only: no QUIC (R-P3)
+	AdminHTTP      string        `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
 	SecretPath     string        `yaml:"secret_path"`
 	Proxy          ProxyFile     `yaml:"proxy"`
 }
@@ -108,8 +110,10 @@ type Config struct {
 	Users    []User
 	Log      LogConfig
 	DemoPage bool
-	CertFile string
-	KeyFile  string
+	// AdminHTTP is the admin listener's address (metrics and probes).
+	AdminHTTP string
+	CertFile  string
+	KeyFile   string
 	// IdentityFile is the identity section as written; BuildIdentity
 	// turns it into authenticators, policy, bans and a cookie sealer.
 	IdentityFile *IdentityFile
@@ -244,6 +248,12 @@ func Parse(name string, b []byte) (*Config, error) {
 	t.DNSProxy.NDots = f.DNSProxy.NDots
 	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
 	t.DisableUDP = f.DisableUDP
+	c.AdminHTTP = f.AdminHTTP
+	if f.AdminHTTP != "" {
+		if _, _, err := net.SplitHostPort(f.AdminHTTP); err != nil {
+			bad("admin_http", "%q: want host:port (e.g. 127.0.0.1:8444)", f.AdminHTTP)
+		}
+	}
 	t.SecretPath = f.SecretPath
 	t.Proxy = tunnel.ProxySettings{PACURL: f.Proxy.PACURL, Server: f.Proxy.Server, Exclude: f.Proxy.Exclude}
 	if f.Log.Access < 0 || f.Log.Access > 2 {

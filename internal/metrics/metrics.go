@@ -1,0 +1,100 @@
+// Package metrics exposes a running gateway to operators (R-O2): a
+// Prometheus collector over tunnel.Gateway.Stats, and the admin HTTP
+// handler with /metrics, /healthz and /readyz. It reads the gateway's
+// counters at scrape time, so it adds nothing to the data path.
+package metrics
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/underpass/underpass/tunnel"
+)
+
+// Source is what the collector reads; *tunnel.Gateway implements it.
+type Source interface {
+	Stats() tunnel.Stats
+}
+
+type metric struct {
+	desc *prometheus.Desc
+	kind prometheus.ValueType
+	val  func(*tunnel.Stats) float64
+}
+
+// Collector is a prometheus.Collector over a gateway's counters.
+type Collector struct {
+	src     Source
+	metrics []metric
+}
+
+// NewCollector returns a collector for src.
+func NewCollector(src Source) *Collector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("underpass_"+name, help, nil, nil)
+	}
+	c, g := prometheus.CounterValue, prometheus.GaugeValue
+	return &Collector{src: src, metrics: []metric{
+		{d("sessions", "Signed-in sessions (connected or within their reconnect grace)."), g, func(s *tunnel.Stats) float64 { return float64(s.Sessions) }},
+		{d("sessions_connected", "Sessions with a live tunnel connection."), g, func(s *tunnel.Stats) float64 { return float64(s.Connected) }},
+		{d("sign_ins_total", "Successful sign-ins."), c, func(s *tunnel.Stats) float64 { return float64(s.SignIns) }},
+		{d("sign_in_failures_total", "Refused sign-ins."), c, func(s *tunnel.Stats) float64 { return float64(s.SignInFailures) }},
+		{d("received_bytes_total", "IP bytes received from clients."), c, func(s *tunnel.Stats) float64 { return float64(s.BytesIn) }},
+		{d("sent_bytes_total", "IP bytes sent to clients."), c, func(s *tunnel.Stats) float64 { return float64(s.BytesOut) }},
+		{d("received_packets_total", "IP packets received from clients."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.PacketsIn) }},
+		{d("sent_packets_total", "IP packets sent to clients."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.PacketsOut) }},
+		{d("tcp_flows_active", "Forwarded TCP flows now."), g, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPActive) }},
+		{d("udp_flows_active", "Forwarded UDP flows now."), g, func(s *tunnel.Stats) float64 { return float64(s.Stack.UDPActive) }},
+		{d("tcp_flows_total", "Forwarded TCP flows established."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPFlows) }},
+		{d("udp_flows_total", "Forwarded UDP flows opened."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.UDPFlows) }},
+		{d("tcp_dial_failures_total", "Upstream TCP dials that failed (answered with RST)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPDialFailed) }},
+		{d("policy_drops_total", "Client packets to destinations outside the routes (answered)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropNotAllowed) }},
+		{d("spoofed_drops_total", "Client packets whose source was not the session's address."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropSpoofed) }},
+		{d("stalled_drops_total", "Packets dropped because a client stopped reading."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropBlocked) }},
+	}}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range c.metrics {
+		ch <- m.desc
+	}
+}
+
+// Collect implements prometheus.Collector: one Stats snapshot per scrape.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Stats()
+	for _, m := range c.metrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.val(&s))
+	}
+}
+
+// Handler serves /metrics (the gateway's collector plus Go runtime and
+// process metrics), /healthz (the process answers) and /readyz (ready()
+// is nil: serving; else 503 with the reason). Mount it on a listener
+// separate from the VPN port, loopback by default.
+func Handler(src Source, ready func() error) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		err := ready()
+		body := map[string]any{"ready": err == nil}
+		if err != nil {
+			body["reason"] = err.Error()
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(body)
+	})
+	return mux
+}
