@@ -20,6 +20,7 @@ require (
 	golang.org/x/sys v0.49.0
 	gopkg.in/yaml.v3 v3.0.1
 	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237
+	software.sslmate.com/src/go-pkcs12 v0.7.4
 )
 
 require (

@@ -20,7 +20,9 @@ func TestEmbeddedDefault(t *testing.T) {
 	bin := testenv.BuildBinary(t, "./examples/standalone")
 	ns := testenv.NewNetns(t, "demo")
 	cmd := ns.Exec(context.Background(), bin, "serve")
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir())
+	// A private config dir and no runtime dir: the certificate, the demo
+	// password and the admin socket all land in the test's directory.
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+t.TempDir(), "XDG_RUNTIME_DIR=")
 	gw := ns.StartCmd(t, cmd)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // first start generates a key and a bcrypt hash
 	defer cancel()

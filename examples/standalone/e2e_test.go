@@ -26,6 +26,8 @@ type e2e struct {
 	web  string // corp base URL
 	cfg  string // the config file
 	doc  string // its contents at start
+	bin  string // the underpass binary
+	sock string // its admin socket
 }
 
 func startE2E(t *testing.T) *e2e {
@@ -57,7 +59,8 @@ admin_http: 127.0.0.1:9444
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := tp.GW.Exec(context.Background(), bin, "serve", "-config", cfg)
+	sock := filepath.Join(dir, "admin.sock")
+	cmd := tp.GW.Exec(context.Background(), bin, "serve", "-config", cfg, "-admin-socket", sock)
 	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
 	gw := tp.GW.StartCmd(t, cmd)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // cold start incl. stack set-up
@@ -65,7 +68,7 @@ admin_http: 127.0.0.1:9444
 	if err := tp.GW.WaitTCP(ctx, gwListen, gw); err != nil {
 		t.Fatalf("gateway did not listen: %v\n%s", err, gw.Tail(20))
 	}
-	return &e2e{tp: tp, cert: cert, gw: gw, web: web, cfg: cfg, doc: doc}
+	return &e2e{tp: tp, cert: cert, gw: gw, web: web, cfg: cfg, doc: doc, bin: bin, sock: sock}
 }
 
 // startUnbound runs unbound as the corporate DNS server on 198.19.0.2:53

@@ -29,8 +29,10 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/underpass/underpass/internal/admin"
 	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/config"
+	"github.com/underpass/underpass/internal/events"
 	"github.com/underpass/underpass/internal/metrics"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -63,6 +65,14 @@ func usage(w io.Writer) {
   underpass serve [-config FILE] [-listen ADDR] [-v]
   underpass check config FILE
   underpass hash-password [-cost N] < password
+  underpass status [--json]
+  underpass show users|sessions|bans|events [--json]
+  underpass show session ID [--json]
+  underpass disconnect ID
+  underpass import-cert (--cert site.crt --key site.key | --pfx site.pfx [--password-file F]) [--delay MINUTES]
+  underpass server stop [--timeout 10s]
+every command that talks to a running server takes -admin-socket PATH; exit codes:
+  0 ok, 1 failure, 2 usage, 3 config, 4 server not running, 5 not found
 `)
 }
 
@@ -113,6 +123,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stdout, string(h))
 		return exitOK
+	case "status", "show", "disconnect", "import-cert", "server":
+		return cli(args[0], args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		usage(stdout)
 		return exitOK
@@ -128,6 +140,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	cfgFile := fs.String("config", "", "YAML config file (default: embedded demo configuration)")
 	listen := fs.String("listen", "", "listen address, overrides the config")
 	verbose := fs.Bool("v", false, "verbose (debug) logging")
+	adminSock := fs.String("admin-socket", "", "admin socket for the underpass CLI (default "+defaultSocketHint+")")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -154,6 +167,8 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		cfg.Tunnel.ListenAddr = *listen
 	}
 	logger := newLogger(stderr, cfg.Log, *verbose)
+	ring := events.NewRing(events.DefaultSize)
+	logger = slog.New(events.Tap(logger.Handler(), ring))
 	cfg.Tunnel.Logger = logger
 
 	if cfg.Tunnel.Certificate == nil {
@@ -171,7 +186,16 @@ func serve(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "underpass: certificate:", err)
 			return exitFail
 		}
+		cfg.CertSource = certutil.Source{CertFile: filepath.Join(dir, "cert.pem"), KeyFile: filepath.Join(dir, "key.pem")}
 	}
+	certs, err := startCertStore(cfg, logger)
+	if err != nil {
+		fmt.Fprintln(stderr, "underpass:", err)
+		return exitConfig
+	}
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	defer stopStore()
+	go certs.Run(storeCtx)
 	id, err := prepare(cfg, logger)
 	if err != nil {
 		fmt.Fprintln(stderr, "underpass:", err)
@@ -207,7 +231,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		defer asrv.Close()
 		logger.Info("admin listener", "addr", al.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
-	pin, _ := certutil.Pin(cfg.Tunnel.Certificate)
+	pin := certs.Status().Pin
 	printBanner(stdout, l.Addr().String(), pin, demoUser, demoPass, gw)
 	logger.Info("serving", "listen", l.Addr().String(), "tunnel_addr", gw.Addr())
 
@@ -222,10 +246,37 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		}
 		go func() { errc <- gw.ServeQUIC(pc) }()
 	}
+	stopc := make(chan time.Duration, 1)
+	sockPath, err := socketPath(*adminSock)
+	if err != nil {
+		fmt.Fprintln(stderr, "underpass:", err)
+		return exitFail
+	}
+	al, err := admin.Listen(sockPath)
+	if err != nil {
+		fmt.Fprintln(stderr, "underpass: admin socket:", err)
+		return exitFail
+	}
+	actx, stopAdmin := context.WithCancel(context.Background())
+	defer stopAdmin()
+	go func() {
+		_ = admin.Serve(actx, al, &admin.Backend{Gateway: gw, Certs: certs, Events: ring, Listen: l.Addr().String(), Started: time.Now(),
+			Stop: func(d time.Duration) {
+				select {
+				case stopc <- d:
+				default:
+				}
+			}})
+	}()
+	logger.Info("admin socket", "path", sockPath)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	for {
+		grace := shutdownGrace
 		select {
+		case d := <-stopc:
+			logger.Info("draining", "by", "underpass server stop", "timeout", d)
+			grace = d
 		case s := <-sig:
 			if s == syscall.SIGHUP {
 				if *cfgFile == "" {
@@ -240,20 +291,22 @@ func serve(args []string, stdout, stderr io.Writer) int {
 				continue
 			}
 			logger.Info("draining", "signal", s.String())
-			ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
-			defer cancel()
-			if err := gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-				logger.Warn("shutdown", "err", err)
-			}
-			<-errc
-			st := gw.Stats()
-			logger.Info("stopped", "sign_ins", st.SignIns, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut,
-				"tcp_flows", st.Stack.TCPFlows, "udp_flows", st.Stack.UDPFlows)
-			return exitOK
 		case err := <-errc:
 			fmt.Fprintln(stderr, "underpass:", err)
 			return exitFail
 		}
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		defer cancel()
+		if err := gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			logger.Warn("shutdown", "err", err)
+		}
+		<-errc
+		st := gw.Stats()
+		logger.Info("stopped", "sign_ins", st.SignIns, "bytes_in", st.BytesIn, "bytes_out", st.BytesOut,
+			"tcp_flows", st.Stack.TCPFlows, "udp_flows", st.Stack.UDPFlows)
+		stopAdmin()
+		_ = os.Remove(sockPath)
+		return exitOK
 	}
 }
 

@@ -60,9 +60,9 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 		return nil
 	}
 	t := cfg.Tunnel
-	if t.Certificate == nil { // the generated certificate stays
-		t.Certificate = running.Tunnel.Certificate
-	}
+	// The certificate store keeps serving (and follows file changes): a
+	// reload never pins a static certificate.
+	t.Certificate, t.GetCertificate = nil, running.Tunnel.GetCertificate
 	t.ListenAddr = running.Tunnel.ListenAddr // a -listen flag wins over the file, as at start
 	res, err := gw.Reload(t)
 	if err != nil {

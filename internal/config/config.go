@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 
@@ -34,9 +35,12 @@ const maxFileSize = 4 << 20
 type File struct {
 	Listen string `yaml:"listen"`
 	TLS    struct {
-		Cert string `yaml:"cert"`
-		Key  string `yaml:"key"`
+		Cert            string `yaml:"cert"`
+		Key             string `yaml:"key"`
+		PFX             string `yaml:"pfx"`
+		PFXPasswordFile string `yaml:"pfx_password_file"`
 	} `yaml:"tls"`
+	Site           SiteFile      `yaml:"site"`
 	Pool           string        `yaml:"pool"`
 	DNS            []string      `yaml:"dns"`
 	SearchDomains  []string      `yaml:"search_domains"`
@@ -112,12 +116,22 @@ type Config struct {
 	DemoPage bool
 	// AdminHTTP is the admin listener's address (metrics and probes).
 	AdminHTTP string
-	CertFile  string
-	KeyFile   string
+	// CertSource names the configured certificate files (zero: generated).
+	CertSource certutil.Source
+	// CertWarnings are the R-T2 warnings about the configured certificate.
+	CertWarnings []string
+	Site         SiteFile
 	// IdentityFile is the identity section as written; BuildIdentity
 	// turns it into authenticators, policy, bans and a cookie sealer.
 	IdentityFile *IdentityFile
 	dir          string // the config file's directory, for relative paths
+}
+
+// SiteFile is the site section (R-S1).
+type SiteFile struct {
+	Name     string `yaml:"name"`
+	Host     string `yaml:"host"`      // public FQDN or IP clients dial; the certificate must cover it
+	CheckURL string `yaml:"check_url"` // internal-network check (R-S3)
 }
 
 // ProxyFile is the proxy section: settings pushed to clients (R-C6).
@@ -286,17 +300,43 @@ func Parse(name string, b []byte) (*Config, error) {
 	}
 
 	validateIdentity(f.Identity, c.rel, bad)
-	c.CertFile, c.KeyFile = c.rel(f.TLS.Cert), c.rel(f.TLS.Key)
+	c.Site = f.Site
+	if f.Site.CheckURL != "" {
+		if u, err := url.Parse(f.Site.CheckURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("site", "check_url %q: want an http or https URL", f.Site.CheckURL)
+		}
+	}
+	if h := f.Site.Host; h != "" {
+		if _, err := netip.ParseAddr(h); err != nil && tunnel.CheckProxyExclusion(h) != nil || strings.Contains(h, "*") {
+			bad("site", "host %q: want the public FQDN or IP address clients dial", h)
+		}
+	}
+	src := certutil.Source{CertFile: c.rel(f.TLS.Cert), KeyFile: c.rel(f.TLS.Key), PFXFile: c.rel(f.TLS.PFX)}
 	switch {
-	case (c.CertFile == "") != (c.KeyFile == ""):
+	case src.PFXFile != "" && (src.CertFile != "" || src.KeyFile != ""):
+		bad("tls", "set pfx, or cert and key, not both")
+	case (src.CertFile == "") != (src.KeyFile == ""):
 		bad("tls", "set both cert and key, or neither (a self-signed certificate is generated)")
-	case c.CertFile != "":
-		cert, err := certutil.LoadPEM(c.CertFile, c.KeyFile)
+	case src.CertFile != "" || src.PFXFile != "":
+		if f.TLS.PFXPasswordFile != "" {
+			pw, err := os.ReadFile(c.rel(f.TLS.PFXPasswordFile))
+			if err != nil {
+				bad("tls", "pfx_password_file: %v", err)
+			}
+			src.PFXPassword = strings.TrimRight(string(pw), "\r\n")
+		}
+		cert, err := src.Load()
 		if err != nil {
 			bad("tls", "%v", err)
-		} else {
-			t.Certificate = cert
+			break
 		}
+		r := certutil.Check(cert, f.Site.Host, nil, time.Now())
+		for _, m := range r.Errors {
+			bad("tls", "certificate: %s", m)
+		}
+		c.CertWarnings = r.Warnings
+		t.Certificate = cert
+		c.CertSource = src
 	}
 
 	// Whole-config rules (ranges, routes); the authenticator is supplied

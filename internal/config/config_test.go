@@ -94,7 +94,7 @@ func TestLoadRelativeCertAndSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Tunnel.Certificate == nil || cfg.CertFile != filepath.Join(dir, "site.crt") {
+	if cfg.Tunnel.Certificate == nil || cfg.CertSource.CertFile != filepath.Join(dir, "site.crt") {
 		t.Fatalf("certificate not loaded relative to the file: %+v", cfg)
 	}
 	big := filepath.Join(dir, "big.yaml")
