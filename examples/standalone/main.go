@@ -33,7 +33,6 @@ import (
 	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/config"
 	"github.com/underpass/underpass/internal/events"
-	"github.com/underpass/underpass/internal/metrics"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -221,15 +220,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	if cfg.AdminHTTP != "" {
-		al, err := net.Listen("tcp", cfg.AdminHTTP)
-		if err != nil {
+		if err := serveAdminHTTP(storeCtx, cfg, gw, certs, logger); err != nil {
 			fmt.Fprintln(stderr, "underpass: admin_http:", err)
 			return exitFail
 		}
-		asrv := &http.Server{Handler: metrics.Handler(gw, gw.Ready), ReadHeaderTimeout: 10 * time.Second} // probes are quick; bound slow clients
-		go func() { _ = asrv.Serve(al) }()
-		defer asrv.Close()
-		logger.Info("admin listener", "addr", al.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
 	pin := certs.Status().Pin
 	printBanner(stdout, l.Addr().String(), pin, demoUser, demoPass, gw)

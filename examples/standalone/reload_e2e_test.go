@@ -49,6 +49,11 @@ func TestReloadKeepsSession(t *testing.T) {
 		t.Errorf("/readyz: %v %s", err, out)
 	}
 
+	if out, err := e.tp.GW.Exec(ctx, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:9444/").Output(); err != nil ||
+		!strings.Contains(string(out), "Underpass gateway") || !strings.Contains(string(out), `id="data"`) {
+		t.Errorf("status page: %v\n%.300s", err, out)
+	}
+
 	doc := strings.Replace(e.doc, "split_include: [198.19.0.0/24]", "split_include: [198.19.0.0/24, 198.19.7.0/24]", 1)
 	doc = strings.Replace(doc, "log: {level: debug}", "log: {level: debug, access: 1}\nbanner: reloaded\npool: 169.254.0.0/17", 1)
 	if err := os.WriteFile(e.cfg, []byte(doc), 0o600); err != nil {

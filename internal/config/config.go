@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/health"
 	"github.com/underpass/underpass/internal/policy"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -41,6 +42,9 @@ type File struct {
 		PFXPasswordFile string `yaml:"pfx_password_file"`
 	} `yaml:"tls"`
 	Site           SiteFile      `yaml:"site"`
+	// Health overrides the health thresholds (R-O2); keys left out keep
+	// their defaults.
+	Health map[string]yaml.Node `yaml:"health"`
 	Pool           string        `yaml:"pool"`
 	DNS            []string      `yaml:"dns"`
 	SearchDomains  []string      `yaml:"search_domains"`
@@ -121,10 +125,18 @@ type Config struct {
 	// CertWarnings are the R-T2 warnings about the configured certificate.
 	CertWarnings []string
 	Site         SiteFile
+	// Health are the health thresholds (defaults plus the file's keys).
+	Health health.Thresholds
 	// IdentityFile is the identity section as written; BuildIdentity
 	// turns it into authenticators, policy, bans and a cookie sealer.
 	IdentityFile *IdentityFile
 	dir          string // the config file's directory, for relative paths
+}
+
+// mustYAML re-encodes a decoded section (always encodable).
+func mustYAML(v any) []byte {
+	b, _ := yaml.Marshal(v)
+	return b
 }
 
 // SiteFile is the site section (R-S1).
@@ -301,6 +313,14 @@ func Parse(name string, b []byte) (*Config, error) {
 
 	validateIdentity(f.Identity, c.rel, bad)
 	c.Site = f.Site
+	c.Health = health.DefaultThresholds
+	if len(f.Health) > 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(mustYAML(f.Health)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c.Health); err != nil {
+			bad("health", "%v", err)
+		}
+	}
 	if f.Site.CheckURL != "" {
 		if u, err := url.Parse(f.Site.CheckURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("site", "check_url %q: want an http or https URL", f.Site.CheckURL)
