@@ -41,32 +41,32 @@ type File struct {
 		PFX             string `yaml:"pfx"`
 		PFXPasswordFile string `yaml:"pfx_password_file"`
 	} `yaml:"tls"`
-	Site           SiteFile      `yaml:"site"`
+	Site SiteFile `yaml:"site"`
 	// Health overrides the health thresholds (R-O2); keys left out keep
 	// their defaults.
-	Health map[string]yaml.Node `yaml:"health"`
-	Pool           string        `yaml:"pool"`
-	DNS            []string      `yaml:"dns"`
-	SearchDomains  []string      `yaml:"search_domains"`
-	SplitInclude   []string      `yaml:"split_include"`
-	SplitExclude   []string      `yaml:"split_exclude"`
-	MTU            int           `yaml:"mtu"`
-	DPD            Duration      `yaml:"dpd"`
-	Keepalive      Duration      `yaml:"keepalive"`
-	IdleTimeout    Duration      `yaml:"idle_timeout"`
-	SessionTimeout Duration      `yaml:"session_timeout"`
-	ReconnectGrace Duration      `yaml:"reconnect_grace"`
-	Banner         string        `yaml:"banner"`
-	DNSProxy       DNSProxy      `yaml:"dns_proxy"`
-	Identity       *IdentityFile `yaml:"identity"`
-	Users          []User        `yaml:"users"`
-	Log            LogConfig     `yaml:"log"`
-	DemoPage       *bool         `yaml:"demo_page"`
-	HostAddrs      []string      `yaml:"host_addrs"`
-	DisableUDP     bool          `yaml:"disable_udp"` // TCP-only: no QUIC (R-P3)
-	AdminHTTP      string        `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
-	SecretPath     string        `yaml:"secret_path"`
-	Proxy          ProxyFile     `yaml:"proxy"`
+	Health         map[string]yaml.Node `yaml:"health"`
+	Pool           string               `yaml:"pool"`
+	DNS            []string             `yaml:"dns"`
+	SearchDomains  []string             `yaml:"search_domains"`
+	SplitInclude   []string             `yaml:"split_include"`
+	SplitExclude   []string             `yaml:"split_exclude"`
+	MTU            int                  `yaml:"mtu"`
+	DPD            Duration             `yaml:"dpd"`
+	Keepalive      Duration             `yaml:"keepalive"`
+	IdleTimeout    Duration             `yaml:"idle_timeout"`
+	SessionTimeout Duration             `yaml:"session_timeout"`
+	ReconnectGrace Duration             `yaml:"reconnect_grace"`
+	Banner         string               `yaml:"banner"`
+	DNSProxy       DNSProxy             `yaml:"dns_proxy"`
+	Identity       *IdentityFile        `yaml:"identity"`
+	Users          []User               `yaml:"users"`
+	Log            LogConfig            `yaml:"log"`
+	DemoPage       *bool                `yaml:"demo_page"`
+	HostAddrs      []string             `yaml:"host_addrs"`
+	DisableUDP     bool                 `yaml:"disable_udp"` // TCP-only: no QUIC (R-P3)
+	AdminHTTP      string               `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
+	SecretPath     string               `yaml:"secret_path"`
+	Proxy          ProxyFile            `yaml:"proxy"`
 }
 
 // DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).

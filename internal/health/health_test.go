@@ -21,7 +21,9 @@ import (
 	"github.com/underpass/underpass/tunnel"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("internal/poll.runtime_pollWait")) }
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+}
 
 // fakeGW reports connected clients and growing byte counters.
 type fakeGW struct{ conns, bytes atomic.Int64 }
