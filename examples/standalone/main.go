@@ -265,9 +265,21 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	logger.Info("admin socket", "path", sockPath)
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	edited := make(chan struct{}, 1)
+	if *cfgFile != "" {
+		go watchFile(storeCtx, *cfgFile, edited)
+	}
 	for {
 		grace := shutdownGrace
 		select {
+		case <-edited:
+			logger.Info("reload: the config file changed")
+			if nid := reload(gw, *cfgFile, cfg, logger); nid != nil {
+				old := id
+				id = nid
+				old.Close()
+			}
+			continue
 		case d := <-stopc:
 			logger.Info("draining", "by", "underpass server stop", "timeout", d)
 			grace = d

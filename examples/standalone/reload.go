@@ -2,7 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"fmt"
 	"log/slog"
+	"os"
+	"time"
 
 	"github.com/underpass/underpass/internal/config"
 	"github.com/underpass/underpass/tunnel"
@@ -75,4 +79,43 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 	}
 	logger.Info("reload: applied", "settings", res.Applied)
 	return id
+}
+
+// configPoll is how often the config file is checked for edits: cheap
+// (a stat, and a hash only when size or time changed), and an operator's
+// edit takes effect within seconds. Polling works on every filesystem,
+// including bind mounts into containers where inotify events do not cross.
+const configPoll = 2 * time.Second
+
+// watchFile sends on changed whenever path's contents change.
+func watchFile(ctx context.Context, path string, changed chan<- struct{}) {
+	sig := func() string {
+		fi, err := os.Stat(path)
+		if err != nil {
+			return "missing"
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "unreadable"
+		}
+		sum := sha256.Sum256(b)
+		return fmt.Sprintf("%d:%x", fi.Size(), sum)
+	}
+	last := sig()
+	t := time.NewTicker(configPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if s := sig(); s != last {
+				last = s
+				select {
+				case changed <- struct{}{}:
+				default: // a reload is pending already
+				}
+			}
+		}
+	}
 }

@@ -92,6 +92,21 @@ func TestReloadKeepsSession(t *testing.T) {
 	if body, err := testenv.Curl(ctx, e.tp.Client, e.web+"/"); err != nil || body != testenv.CorpPage {
 		t.Errorf("after a rejected reload: %q, %v", body, err)
 	}
+	// An edit alone (no signal) is picked up by the file watcher.
+	if err := os.WriteFile(e.cfg, []byte(strings.Replace(doc, "banner: reloaded", "banner: watched", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.waitLog(t, "reload: the config file changed")
+	deadline := time.Now().Add(10 * time.Second)
+	for strings.Count(e.gw.Output(), `msg="reload: applied"`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the watched edit was not applied:\n%s", e.gw.Tail(10))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := e.gw.Output(); !strings.Contains(s[strings.LastIndex(s, `msg="reload: applied"`):], "banner") {
+		t.Errorf("the watched edit did not apply the banner:\n%s", e.gw.Tail(5))
+	}
 }
 
 // envValues joins the values of every variable whose name starts with prefix.
