@@ -6,6 +6,7 @@ import (
 
 	"github.com/underpass/underpass/internal/certstore"
 	"github.com/underpass/underpass/internal/config"
+	"github.com/underpass/underpass/internal/outbound"
 )
 
 // startCertStore serves the configured certificate through a store that
@@ -16,7 +17,12 @@ func startCertStore(cfg *config.Config, logger *slog.Logger) (*certstore.Store, 
 	if err != nil {
 		return nil, err
 	}
+	roots, err := outbound.Roots(cfg.ExtraRootsDir)
+	if err != nil {
+		return nil, err
+	}
 	st, err := certstore.New(certstore.Config{
+		Roots:  roots,
 		Source: cfg.CertSource, StateDir: filepath.Join(dir, "staged-cert"), Host: cfg.Site.Host, Logger: logger,
 	})
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/underpass/underpass/internal/config"
 	"github.com/underpass/underpass/internal/health"
 	"github.com/underpass/underpass/internal/metrics"
+	"github.com/underpass/underpass/internal/outbound"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -24,8 +25,14 @@ func serveAdminHTTP(ctx context.Context, cfg *config.Config, gw *tunnel.Gateway,
 		return err
 	}
 	dir, _ := stateDir()
+	hc, err := outbound.Client(cfg.ExtraRootsDir)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	mon := health.New(health.Config{
-		Gateway: gw, Cert: certs.Current, CheckURL: cfg.Site.CheckURL, Dialer: cfg.Tunnel.Dialer,
+		HTTPClient: hc,
+		Gateway:    gw, Cert: certs.Current, CheckURL: cfg.Site.CheckURL, Dialer: cfg.Tunnel.Dialer,
 		DiskPath: dir, Thresholds: cfg.Health,
 	})
 	go mon.Run(ctx)

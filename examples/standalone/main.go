@@ -63,6 +63,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   underpass serve [-config FILE] [-listen ADDR] [-v]
   underpass check config FILE
+  underpass check cert (-config FILE | --cert F --key F | --pfx F [--password-file F]) [--host NAME]
+  underpass check network -config FILE
   underpass hash-password [-cost N] < password
   underpass status [--json]
   underpass show users|sessions|bans|events [--json]
@@ -84,6 +86,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "serve":
 		return serve(args[1:], stdout, stderr)
 	case "check":
+		if len(args) >= 2 && args[1] == "cert" {
+			return checkCert(args[2:], stdout, stderr)
+		}
+		if len(args) >= 2 && args[1] == "network" {
+			return checkNetwork(args[2:], stdout, stderr)
+		}
 		if len(args) != 3 || args[1] != "config" {
 			usage(stderr)
 			return exitUsage

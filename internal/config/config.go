@@ -24,6 +24,7 @@ import (
 
 	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/health"
+	"github.com/underpass/underpass/internal/outbound"
 	"github.com/underpass/underpass/internal/policy"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -40,6 +41,7 @@ type File struct {
 		Key             string `yaml:"key"`
 		PFX             string `yaml:"pfx"`
 		PFXPasswordFile string `yaml:"pfx_password_file"`
+		ExtraRootsDir   string `yaml:"extra_roots_dir"` // more trusted CAs for outbound TLS (R-T4)
 	} `yaml:"tls"`
 	Site SiteFile `yaml:"site"`
 	// Health overrides the health thresholds (R-O2); keys left out keep
@@ -125,6 +127,8 @@ type Config struct {
 	// CertWarnings are the R-T2 warnings about the configured certificate.
 	CertWarnings []string
 	Site         SiteFile
+	// ExtraRootsDir holds extra trusted root CAs for outbound TLS.
+	ExtraRootsDir string
 	// Health are the health thresholds (defaults plus the file's keys).
 	Health health.Thresholds
 	// IdentityFile is the identity section as written; BuildIdentity
@@ -313,6 +317,12 @@ func Parse(name string, b []byte) (*Config, error) {
 
 	validateIdentity(f.Identity, c.rel, bad)
 	c.Site = f.Site
+	if d := c.rel(f.TLS.ExtraRootsDir); d != "" {
+		if _, err := outbound.Roots(d); err != nil {
+			bad("tls", "extra_roots_dir: %v", err)
+		}
+		c.ExtraRootsDir = d
+	}
 	c.Health = health.DefaultThresholds
 	if len(f.Health) > 0 {
 		dec := yaml.NewDecoder(bytes.NewReader(mustYAML(f.Health)))

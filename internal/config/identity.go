@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/outbound"
 )
 
 // IdentityFile is the `identity:` section: how clients sign in and who is
@@ -146,8 +147,13 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (*Identity
 		if len(aud) == 0 {
 			aud = []string{o.ClientID}
 		}
+		hc, err := outbound.Client(c.ExtraRootsDir)
+		if err != nil {
+			return nil, fmt.Errorf("identity.oidc: %w", err)
+		}
 		v, err := auth.NewOIDC(ctx, auth.OIDCConfig{
-			Issuer: o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
+			HTTPClient: hc,
+			Issuer:     o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
 			GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim, Logger: log,
 		})
 		if err != nil {
