@@ -87,3 +87,11 @@ func TestCheckNetwork(t *testing.T) {
 		t.Errorf("failures: exit %d\n%s", code, out.String())
 	}
 }
+
+// TestExampleConfig: the documented example loads as it is.
+func TestExampleConfig(t *testing.T) {
+	var out strings.Builder
+	if code := run([]string{"check", "config", "underpass.example.yaml"}, strings.NewReader(""), &out, &out); code != 0 {
+		t.Errorf("example config: exit %d\n%s", code, out.String())
+	}
+}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -63,6 +64,26 @@ func TestParseErrors(t *testing.T) {
 		{"several at once", "mtu: 100\ndpd: 1ms\npool: 10.0.0.1/24\n", []string{"mtu", "dpd", "pool"}},
 		{"not yaml", "{{{\n", []string{"gw.yaml"}},
 		{"unknown key and a bad value, both listed", "bogus: 1\nmtu: 1\n", []string{"bogus", "gw.yaml:2: mtu"}},
+		{"zero network exclude", "split_exclude: [0.0.0.0/8]\n", []string{"gw.yaml:1", "0.0.0.0"}},
+		{"bad search domain", "search_domains: [ok.example, bad_domain]\n", []string{"gw.yaml:1: search_domains", "bad_domain"}},
+		{"wrong type", "mtu: big\n", []string{"line 1", "big", "int"}},
+		{"bad host_addrs", "host_addrs: [x]\n", []string{"host_addrs[0]"}},
+		{"banner two lines", "banner: \"a\\nb\"\n", []string{"banner"}},
+		{"negative idle timeout", "idle_timeout: -1s\n", []string{"idle_timeout"}},
+		{"proxy inner wildcard", "proxy: {server: \"p.example:3128\", exclude: [\"con*oso.com\"]}\n", []string{"proxy.exclude[0]", "inner or trailing"}},
+		{"proxy trailing wildcard", "proxy: {pac_url: \"http://w/p.pac\", exclude: [\"contoso.*\"]}\n", []string{"proxy.exclude[0]"}},
+		{"proxy partial label", "proxy: {pac_url: \"http://w/p.pac\", exclude: [\"contos*.com\"]}\n", []string{"proxy.exclude[0]"}},
+		{"proxy pac and server", "proxy: {pac_url: \"http://w/p.pac\", server: \"p:1\"}\n", []string{"not both"}},
+		{"proxy bad pac scheme", "proxy: {pac_url: \"ftp://w/p.pac\"}\n", []string{"http or https"}},
+		{"bad secret path", "secret_path: vpn\n", []string{"secret_path"}},
+		{"bad site check URL", "site: {check_url: \"gopher://x\"}\n", []string{"gw.yaml:1: site", "check_url"}},
+		{"bad site host", "site: {host: \"*.example\"}\n", []string{"gw.yaml:1: site", "host"}},
+		{"pfx and cert", "tls: {pfx: a.pfx, cert: a.crt, key: a.key}\n", []string{"pfx, or cert and key"}},
+		{"bad extra roots dir", "tls: {extra_roots_dir: /nonexistent-roots}\n", []string{"extra_roots_dir"}},
+		{"bad access level", "log: {access: 3}\n", []string{"access 3"}},
+		{"bad admin_http", "admin_http: nope\n", []string{"gw.yaml:1: admin_http"}},
+		{"unknown health key", "health: {cpu: 1}\n", []string{"gw.yaml:1: health"}},
+		{"too many rules", "split_include: [" + manyRules(501) + "]\n", []string{"500"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,4 +146,16 @@ func TestHealthThresholds(t *testing.T) {
 	if _, err := Parse("h.yaml", []byte("health: {cpu_warm: 80}\n")); err == nil || !strings.Contains(err.Error(), "h.yaml:1: health") {
 		t.Errorf("unknown health key: %v", err)
 	}
+}
+
+// manyRules lists n distinct /24 networks.
+func manyRules(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "10.%d.%d.0/24", i>>8, i&255)
+	}
+	return b.String()
 }
