@@ -131,12 +131,19 @@ func TestOperatorCLI(t *testing.T) {
 		os.WriteFile(kf, k, 0o600)
 		return cf, kf
 	}
+	// A live session rides through the rotation.
+	live := testenv.Openconnect(t, e.tp.Client, e.opts(testenv.ModeOcproxy))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	cf, kf := newCert("rotated.example")
 	if out, errOut, code := e.ctl(t, "import-cert", "--cert", cf, "--key", kf); code != 0 {
 		t.Fatalf("import-cert: %d %s %s", code, out, errOut)
 	}
 	if got := e.servedSubject(t); got != "rotated.example" {
 		t.Errorf("after import-cert the gateway serves %q", got)
+	}
+	if body, err := testenv.CurlViaSocks(ctx, e.tp.Client, live.SocksPort, e.web+"/"); err != nil || body != testenv.CorpPage {
+		t.Errorf("live session after the rotation: %q, %v", body, err)
 	}
 	cf2, kf2 := newCert("later.example")
 	if out, _, code := e.ctl(t, "import-cert", "--cert", cf2, "--key", kf2, "--delay", "60", "--json"); code != 0 || !strings.Contains(out, "later.example") {
