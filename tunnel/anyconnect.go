@@ -204,6 +204,11 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		return
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
+	if errors.Is(err, ErrFull) {
+		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
+		g.writeForm(w, "Login failed: the gateway is full; try again later.")
+		return
+	}
 	if err != nil {
 		g.log.Error("session", "err", err)
 		g.writeForm(w, "Login failed: internal error")
@@ -265,7 +270,9 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 	} else {
 		cookie, s.cookieKey = newCookie()
 	}
-	g.sessions.add(s)
+	if !g.sessions.add(s, g.conf().MaxSessions) {
+		return nil, "", ErrFull
+	}
 	return s, cookie, nil
 }
 

@@ -124,6 +124,10 @@ type Config struct {
 	ReconnectGrace time.Duration
 	// Banner is shown to users after sign-in.
 	Banner string
+	// MaxSessions caps signed-in sessions; sign-ins past it are refused
+	// with "gateway full" (a load balancer sends the client elsewhere).
+	// 0: limited only by the pool.
+	MaxSessions int
 
 	// DNSProxy tunes the in-tunnel DNS proxy that answers queries sent to
 	// the DNS addresses (UDP and TCP port 53): the gateway intercepts them
@@ -264,6 +268,9 @@ func (c Config) Validate() error {
 		if d.v < time.Second {
 			add("%s: %v: must be at least 1s", d.name, d.v)
 		}
+	}
+	if c.MaxSessions < 0 {
+		add("limits.max_sessions: %d: must not be negative (0: no limit)", c.MaxSessions)
 	}
 	if c.IdleTimeout < 0 {
 		add("idle_timeout: %v: must not be negative (0 disables it)", c.IdleTimeout)

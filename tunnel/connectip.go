@@ -276,6 +276,10 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		return nil, "", status, err.Error()
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
+	if errors.Is(err, ErrFull) {
+		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
+		return nil, "", http.StatusServiceUnavailable, "the gateway is full; try again later"
+	}
 	if err != nil {
 		g.log.Error("session", "err", err)
 		return nil, "", http.StatusInternalServerError, "internal error"

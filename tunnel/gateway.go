@@ -33,6 +33,9 @@ const stallLimit = 100 * time.Millisecond
 // ErrClosed is returned by Serve and ListenAndServe after Close or Shutdown.
 var ErrClosed = errors.New("tunnel: gateway closed")
 
+// ErrFull is returned when Config.MaxSessions sessions exist already.
+var ErrFull = errors.New("tunnel: gateway full")
+
 // ErrNoSession is returned for an unknown session id.
 var ErrNoSession = errors.New("tunnel: no such session")
 

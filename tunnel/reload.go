@@ -50,6 +50,7 @@ var liveFields = []liveField{
 	{"session_timeout", func(c *Config) any { return c.SessionTimeout }},
 	{"reconnect_grace", func(c *Config) any { return c.ReconnectGrace }},
 	{"banner", func(c *Config) any { return c.Banner }},
+	{"limits.max_sessions", func(c *Config) any { return c.MaxSessions }},
 	{"proxy", func(c *Config) any { return c.Proxy }},
 	{"secret_path", func(c *Config) any { return c.SecretPath }},
 	{"log.access", func(c *Config) any { return [2]any{funcID(c.FlowLog), c.FlowLogDNS} }},

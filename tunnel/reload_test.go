@@ -184,3 +184,19 @@ func TestProxySettingsValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestMaxSessions: past the cap, sign-ins are refused with a reason on
+// both transports; live sessions are not touched.
+func TestMaxSessions(t *testing.T) {
+	_, addr := startDualGateway(t, func(c *Config) { c.MaxSessions = 1 })
+	dialClient(t, addr, nil)
+	if _, body := signIn(t, addr, "bob", "hunter2"); !strings.Contains(body, "gateway is full") {
+		t.Errorf("TLS sign-in past the cap: %s", body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := Dial(ctx, ClientConfig{Server: addr, Username: "bob", Password: "hunter2", PinSHA256: testPin(t), Transport: TransportQUIC})
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Errorf("QUIC sign-in past the cap: %v", err)
+	}
+}

@@ -93,11 +93,17 @@ func newSessionID() string {
 	return hex.EncodeToString(b)
 }
 
-func (t *sessionTable) add(s *session) {
+// add inserts s unless the table holds max sessions already (max 0: no
+// cap); it reports whether s was added.
+func (t *sessionTable) add(s *session, max int) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if max > 0 && len(t.byID) >= max {
+		return false
+	}
 	t.byCookie[s.cookieKey] = s
 	t.byID[s.id] = s
+	return true
 }
 
 // addOrGet adds s unless a session with its cookie exists already (two

@@ -69,6 +69,9 @@ type File struct {
 	AdminHTTP      string               `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
 	SecretPath     string               `yaml:"secret_path"`
 	Proxy          ProxyFile            `yaml:"proxy"`
+	Limits         struct {
+		MaxSessions int `yaml:"max_sessions"` // 0: the pool's size
+	} `yaml:"limits"`
 }
 
 // DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).
@@ -278,6 +281,7 @@ func Parse(name string, b []byte) (*Config, error) {
 	t.DNSProxy.NDots = f.DNSProxy.NDots
 	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
 	t.DisableUDP = f.DisableUDP
+	t.MaxSessions = f.Limits.MaxSessions
 	c.AdminHTTP = f.AdminHTTP
 	if f.AdminHTTP != "" {
 		if _, _, err := net.SplitHostPort(f.AdminHTTP); err != nil {

@@ -82,6 +82,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad extra roots dir", "tls: {extra_roots_dir: /nonexistent-roots}\n", []string{"extra_roots_dir"}},
 		{"bad access level", "log: {access: 3}\n", []string{"access 3"}},
 		{"bad admin_http", "admin_http: nope\n", []string{"gw.yaml:1: admin_http"}},
+		{"negative max_sessions", "limits: {max_sessions: -1}\n", []string{"max_sessions"}},
 		{"unknown health key", "health: {cpu: 1}\n", []string{"gw.yaml:1: health"}},
 		{"too many rules", "split_include: [" + manyRules(501) + "]\n", []string{"500"}},
 	}
