@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/netip"
 	"runtime"
 	"slices"
 	"sync"
@@ -14,29 +13,6 @@ import (
 
 	"github.com/underpass/underpass/internal/testenv"
 )
-
-// sink accepts connections on loopback and discards what they send.
-func sink(b *testing.B) netip.AddrPort {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	b.Cleanup(func() { l.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() { defer wg.Done(); _, _ = io.Copy(io.Discard, c); c.Close() }()
-		}
-	}()
-	return netip.MustParseAddrPort(l.Addr().String())
-}
 
 // allocsPerPacket reports heap allocations of the whole process (client
 // and gateway) per IP packet the gateway's stack moved, over fn.
@@ -62,7 +38,7 @@ func BenchmarkClient(b *testing.B) {
 		b.Run(mode.String(), func(b *testing.B) {
 			g, addr := startDualGateway(b, nil)
 			c := dialClient(b, addr, func(cc *ClientConfig) { cc.Transport = mode })
-			dst := corp(sink(b)).String()
+			dst := corp(testenv.SinkServer(b)).String()
 			chunk := make([]byte, 128<<10)
 
 			for _, flows := range []int{1, 16} {

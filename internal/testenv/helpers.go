@@ -39,6 +39,22 @@ const echoDeadline = 20 * time.Second
 // gets back what it sends until it half-closes, then "bye", then the server
 // closes, so a client sees both directions and both half-closes.
 func EchoServer(t testing.TB) netip.AddrPort {
+	return serveTCP(t, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(echoDeadline))
+		_, _ = io.Copy(c, c)
+		_, _ = c.Write([]byte("bye"))
+	})
+}
+
+// SinkServer serves TCP on 127.0.0.1 until the test ends, discarding
+// whatever each connection sends (a throughput sink).
+func SinkServer(t testing.TB) netip.AddrPort {
+	return serveTCP(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+}
+
+// serveTCP runs handle for each connection to a loopback listener until
+// the test ends; cleanup waits for every handler.
+func serveTCP(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,9 +74,7 @@ func EchoServer(t testing.TB) netip.AddrPort {
 			go func() {
 				defer wg.Done()
 				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(echoDeadline))
-				_, _ = io.Copy(c, c)
-				_, _ = c.Write([]byte("bye"))
+				handle(c)
 			}()
 		}
 	}()
