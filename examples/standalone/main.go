@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -176,6 +177,11 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	logger := newLogger(stderr, cfg.Log, *verbose)
 	ring := events.NewRing(events.DefaultSize)
 	logger = slog.New(events.Tap(logger.Handler(), ring))
+	// Libraries that print with the standard log package (connect-ip-go
+	// reports each dropped datagram so) go through our logger at debug
+	// level instead of straight to stderr.
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(slog.NewLogLogger(logger.Handler(), slog.LevelDebug).Writer())
 	cfg.Tunnel.Logger = logger
 
 	if cfg.Tunnel.Certificate == nil {
