@@ -307,30 +307,15 @@ func (g *Gateway) resume(cookie string) *session {
 
 // serveConnect turns the connection into a CSTP tunnel.
 func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
-	c, err := r.Cookie("webvpn")
-	var s *session
-	if err == nil {
-		s = g.resume(c.Value)
-	}
-	if s == nil || time.Now().After(s.expires) {
-		http.Error(w, "invalid or expired session cookie", http.StatusUnauthorized)
+	s, err := g.resumeChecked(r)
+	if err != nil {
+		if !errors.Is(err, errBadCookie) {
+			w.Header().Set("X-Reason", err.Error())
+		}
+		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return
 	}
-	if g.conf().Policy != nil {
-		// Conditional access is re-evaluated on every resume: a user
-		// removed from the allowed group is out at the next reconnect.
-		if err := g.conf().Policy.Check(r.Context(), s.ident); err != nil {
-			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
-			g.endSession(s, "denied by policy on resume")
-			w.Header().Set("X-Reason", err.Error())
-			http.Error(w, err.Error(), http.StatusUnauthorized)
-			return
-		}
-	}
-	g.mu.Lock()
-	stopping := g.closed || g.draining
-	g.mu.Unlock()
-	if stopping {
+	if g.isDraining() {
 		w.Header().Set("X-Reason", "gateway is shutting down")
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
@@ -386,6 +371,33 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		g.telemetry(&t.linkBase, "connect", "")
 	}
 	t.run()
+}
+
+// errBadCookie: the request's webvpn cookie names no live session.
+var errBadCookie = errors.New("invalid or expired session cookie")
+
+// resumeChecked resumes the session named by r's webvpn cookie, on either
+// transport, and re-evaluates the access policy: conditional access holds
+// on every resume, so a user removed from the allowed group is out at the
+// next reconnect (the denied session ends). It returns errBadCookie or the
+// policy's error.
+func (g *Gateway) resumeChecked(r *http.Request) (*session, error) {
+	c, err := r.Cookie("webvpn")
+	if err != nil {
+		return nil, errBadCookie
+	}
+	s := g.resume(c.Value)
+	if s == nil || time.Now().After(s.expires) {
+		return nil, errBadCookie
+	}
+	if p := g.conf().Policy; p != nil {
+		if err := p.Check(r.Context(), s.ident); err != nil {
+			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
+			g.endSession(s, "denied by policy on resume")
+			return nil, err
+		}
+	}
+	return s, nil
 }
 
 // leaseAddr returns the session's address, leasing one on first use. A

@@ -350,18 +350,7 @@ loop:
 				break loop
 			}
 			t.wmu.Lock()
-			err = t.writePacketLocked(pk)
-			for i := 1; i < writeBatch && err == nil; i++ {
-				select {
-				case pk, ok = <-pkts:
-					if ok {
-						err = t.writePacketLocked(pk)
-						continue
-					}
-				default:
-				}
-				break
-			}
+			err = writeBatchFrom(pkts, pk, t.writePacketLocked)
 			if err == nil {
 				err = t.flushLocked()
 			}

@@ -240,17 +240,13 @@ func refuse(w http.ResponseWriter, status int, reason string) {
 // for a fresh session, or the HTTP status and reason for a refusal.
 func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, string, int, string) {
 	c := g.conf()
-	if ck, err := r.Cookie("webvpn"); err == nil {
-		s := g.resume(ck.Value)
-		if s == nil || time.Now().After(s.expires) {
-			return nil, "", http.StatusUnauthorized, "invalid or expired session cookie"
-		}
-		if c.Policy != nil {
-			if err := c.Policy.Check(r.Context(), s.ident); err != nil {
-				g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
-				g.endSession(s, "denied by policy on resume")
-				return nil, "", http.StatusForbidden, err.Error()
-			}
+	if _, err := r.Cookie("webvpn"); err == nil {
+		s, err := g.resumeChecked(r)
+		switch {
+		case errors.Is(err, errBadCookie):
+			return nil, "", http.StatusUnauthorized, err.Error()
+		case err != nil:
+			return nil, "", http.StatusForbidden, err.Error()
 		}
 		return s, "", 0, ""
 	}
@@ -365,11 +361,10 @@ func (q *quicConn) run() {
 	expiry := time.NewTimer(time.Until(s.expires))
 	defer expiry.Stop()
 	var (
-		reason   string
-		end      bool
-		idleFrom = time.Now()
-		lastIO   = s.bytesIn.Load() + s.bytesOut.Load()
-		pkts     = q.port.Packets()
+		reason string
+		end    bool
+		idle   = newIdleWatch(s)
+		pkts   = q.port.Packets()
 	)
 loop:
 	for {
@@ -412,9 +407,7 @@ loop:
 			}
 			break loop
 		case now := <-tick.C:
-			if io := s.bytesIn.Load() + s.bytesOut.Load(); io != lastIO {
-				lastIO, idleFrom = io, now
-			} else if q.cfg.IdleTimeout > 0 && now.Sub(idleFrom) > q.cfg.IdleTimeout {
+			if idle.expired(now, q.cfg.IdleTimeout) {
 				reason, end = "idle timeout", true
 				q.closeWith(QUICCodeSessionEnded, reason)
 				break loop

@@ -412,3 +412,48 @@ func waitFor(t testing.TB, cond func() bool, what string) {
 }
 
 var _ atomic.Bool
+
+// TestIdleTimeoutSendsDisconnect: a session that moves no data for the
+// idle timeout is ended with DISCONNECT, and its cookie stops working.
+func TestIdleTimeoutSendsDisconnect(t *testing.T) {
+	g, addr := startGateway(t, func(c *Config) { c.IdleTimeout = 2 * time.Second })
+	tc := dial(t, addr, "alice", "secret")
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("no DISCONNECT")
+		}
+		typ, _, err := tc.readFrame(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no DISCONNECT before the connection ended: %v", err)
+		}
+		if typ == cstp.Disconnect {
+			break
+		}
+	}
+	waitFor(t, func() bool { return len(g.Sessions()) == 0 }, "idle session to end")
+}
+
+func TestIdleWatch(t *testing.T) {
+	s := &session{}
+	w := newIdleWatch(s)
+	t0 := w.from
+	for _, tc := range []struct {
+		after time.Duration
+		moved uint64
+		limit time.Duration
+		want  bool
+	}{
+		{time.Second, 0, 0, false},                  // no limit: never idle
+		{time.Second, 0, 2 * time.Second, false},    // quiet, but not long enough
+		{3 * time.Second, 0, 2 * time.Second, true}, // quiet past the limit
+		{4 * time.Second, 10, 2 * time.Second, false},
+		{5 * time.Second, 0, 2 * time.Second, false}, // traffic at 4 s restarted the clock
+		{7 * time.Second, 0, 2 * time.Second, true},
+	} {
+		s.bytesIn.Add(tc.moved)
+		if got := w.expired(t0.Add(tc.after), tc.limit); got != tc.want {
+			t.Errorf("after %v (moved %d, limit %v): %v, want %v", tc.after, tc.moved, tc.limit, got, tc.want)
+		}
+	}
+}

@@ -155,8 +155,7 @@ func (t *tunnelConn) run() {
 	var (
 		reason   string
 		end      bool // end the session, not just this connection
-		idleFrom = time.Now()
-		lastIO   = s.bytesIn.Load() + s.bytesOut.Load()
+		idle     = newIdleWatch(s)
 		writeErr error
 		pkts     = t.port.Packets()
 	)
@@ -168,19 +167,7 @@ loop:
 				reason = "port closed"
 				break loop
 			}
-			writeErr = t.writePacket(pk)
-			for i := 1; i < writeBatch && writeErr == nil; i++ {
-				select {
-				case pk, ok = <-pkts:
-					if !ok {
-						break
-					}
-					writeErr = t.writePacket(pk)
-					continue
-				default:
-				}
-				break
-			}
+			writeErr = writeBatchFrom(pkts, pk, t.writePacket)
 			if writeErr == nil {
 				writeErr = t.flush()
 			}
@@ -213,9 +200,7 @@ loop:
 					writeErr = t.flush()
 				}
 			}
-			if io := s.bytesIn.Load() + s.bytesOut.Load(); io != lastIO {
-				lastIO, idleFrom = io, now
-			} else if t.cfg.IdleTimeout > 0 && now.Sub(idleFrom) > t.cfg.IdleTimeout {
+			if idle.expired(now, t.cfg.IdleTimeout) {
 				reason, end = "idle timeout", true
 				_ = t.sendDisconnect()
 				break loop
@@ -244,6 +229,46 @@ loop:
 		pk.Release()
 	}
 	g.unregister(t, reason, end)
+}
+
+// writeBatchFrom writes pk, then up to writeBatch-1 more packets already
+// queued on pkts, without waiting for more: the caller flushes once for
+// the whole batch. A closed pkts just ends the batch (the caller's next
+// receive sees it).
+func writeBatchFrom(pkts <-chan *netstack.Packet, pk *netstack.Packet, write func(*netstack.Packet) error) error {
+	err := write(pk)
+	for i := 1; i < writeBatch && err == nil; i++ {
+		select {
+		case pk, ok := <-pkts:
+			if !ok {
+				return nil
+			}
+			err = write(pk)
+		default:
+			return nil
+		}
+	}
+	return err
+}
+
+// idleWatch tells when a session has moved no data for the idle timeout.
+type idleWatch struct {
+	s    *session
+	last uint64    // bytes in+out at the last change
+	from time.Time // when they last changed
+}
+
+func newIdleWatch(s *session) *idleWatch {
+	return &idleWatch{s: s, last: s.bytesIn.Load() + s.bytesOut.Load(), from: time.Now()}
+}
+
+// expired reports whether nothing moved for longer than limit (0: never).
+func (w *idleWatch) expired(now time.Time, limit time.Duration) bool {
+	if io := w.s.bytesIn.Load() + w.s.bytesOut.Load(); io != w.last {
+		w.last, w.from = io, now
+		return false
+	}
+	return limit > 0 && now.Sub(w.from) > limit
 }
 
 // readLoop reads the client's frames until the connection ends.

@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"strings"
 	"time"
 
@@ -53,12 +52,11 @@ func checkCert(args []string, stdout, stderr io.Writer) int {
 			*host = cfg.Site.Host
 		}
 	} else if *pwFile != "" {
-		b, err := os.ReadFile(*pwFile)
-		if err != nil {
+		var err error
+		if src.PFXPassword, err = certutil.ReadPasswordFile(*pwFile); err != nil {
 			fmt.Fprintln(stderr, "underpass:", err)
 			return exitUsage
 		}
-		src.PFXPassword = strings.TrimRight(string(b), "\r\n")
 	}
 	if src.PFXFile == "" && (src.CertFile == "" || src.KeyFile == "") {
 		fmt.Fprintln(stderr, "underpass: check cert needs -config, --cert and --key, or --pfx")

@@ -16,6 +16,7 @@ import (
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/admin"
 	"github.com/underpass/underpass/internal/certstore"
+	"github.com/underpass/underpass/internal/certutil"
 	"github.com/underpass/underpass/internal/events"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -198,12 +199,10 @@ func cli(cmd string, args []string, stdout, stderr io.Writer) int {
 				return exitUsage
 			}
 			if *pfxPass != "" {
-				pw, err := os.ReadFile(*pfxPass)
-				if err != nil {
+				if req.PFXPassword, err = certutil.ReadPasswordFile(*pfxPass); err != nil {
 					fmt.Fprintln(stderr, "underpass:", err)
 					return exitUsage
 				}
-				req.PFXPassword = strings.TrimRight(string(pw), "\r\n")
 			}
 		case *pfxFile == "" && *certFile != "" && *keyFile != "":
 			if req.CertPEM, err = os.ReadFile(*certFile); err == nil {

@@ -14,7 +14,6 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
-	"fmt"
 	"math/big"
 	"net/netip"
 	"os"
@@ -92,11 +91,7 @@ func LoadOrCreate(dir string, hosts []string) (*tls.Certificate, error) {
 
 // LoadPEM loads a certificate chain and its unencrypted private key.
 func LoadPEM(certFile, keyFile string) (*tls.Certificate, error) {
-	c, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("certutil: %s, %s: %w", certFile, keyFile, err)
-	}
-	return &c, nil
+	return Source{CertFile: certFile, KeyFile: keyFile}.Load()
 }
 
 // Pin returns openconnect's --servercert value for the leaf certificate:

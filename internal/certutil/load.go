@@ -56,6 +56,16 @@ func ParsePFX(data []byte, password string) (*tls.Certificate, error) {
 	return c, nil
 }
 
+// ReadPasswordFile reads a PFX password from a file, without the line
+// ending an editor or `echo` leaves at its end.
+func ReadPasswordFile(name string) (string, error) {
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return "", fmt.Errorf("certutil: password file: %w", err)
+	}
+	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
 // Source names where a certificate comes from: PEM files or a PFX file.
 type Source struct {
 	CertFile, KeyFile string // PEM: full chain, unencrypted key

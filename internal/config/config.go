@@ -353,11 +353,11 @@ func Parse(name string, b []byte) (*Config, error) {
 		bad("tls", "set both cert and key, or neither (a self-signed certificate is generated)")
 	case src.CertFile != "" || src.PFXFile != "":
 		if f.TLS.PFXPasswordFile != "" {
-			pw, err := os.ReadFile(c.rel(f.TLS.PFXPasswordFile))
+			pw, err := certutil.ReadPasswordFile(c.rel(f.TLS.PFXPasswordFile))
 			if err != nil {
 				bad("tls", "pfx_password_file: %v", err)
 			}
-			src.PFXPassword = strings.TrimRight(string(pw), "\r\n")
+			src.PFXPassword = pw
 		}
 		cert, err := src.Load()
 		if err != nil {
