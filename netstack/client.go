@@ -191,7 +191,7 @@ func (c *ClientStack) send(pkt *stack.PacketBuffer) {
 	for _, v := range pkt.AsSlices() {
 		n += copy(buf[n:], v)
 	}
-	pk.n = c.cfg.Headroom + n
+	pk.n, pk.head = c.cfg.Headroom+n, c.cfg.Headroom
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	if c.closed.Load() {

@@ -7,12 +7,22 @@ import "sync"
 type Packet struct {
 	buf  []byte
 	n    int // headroom + packet length
+	head int // headroom
 	pool *sync.Pool
 }
 
 // Frame returns headroom + IP packet, contiguous. The caller fills the first
 // headroom bytes (its frame header) in place.
 func (pk *Packet) Frame() []byte { return pk.buf[:pk.n] }
+
+// IP returns the IP packet alone, without the headroom. A transport whose
+// frame header is shorter than the port's headroom (DTLS's 1 type byte
+// against CSTP's 8) writes its header into IP()'s last bytes of headroom:
+// Frame()[len(Frame())-len(IP())-h:].
+func (pk *Packet) IP() []byte { return pk.buf[pk.head:pk.n] }
+
+// Headroom returns the bytes reserved in front of IP() (the port's).
+func (pk *Packet) Headroom() int { return pk.head }
 
 // Release returns the packet to its pool. The packet and its Frame must not
 // be used afterwards. Releasing twice is a no-op.
@@ -22,7 +32,7 @@ func (pk *Packet) Release() {
 		return
 	}
 	pk.pool = nil
-	pk.n = 0
+	pk.n, pk.head = 0, 0
 	p.Put(pk)
 }
 

@@ -41,6 +41,10 @@ type Port struct {
 	// is not draining, so later sends drop at once instead of stalling the
 	// stack's shared goroutines again, until the queue is half empty.
 	stalled atomic.Bool
+	// parked is set while no transport drains the port (Park): sends
+	// never block, the queue keeps the newest-but-bounded backlog for the
+	// next transport, and the excess drops (TCP retransmits).
+	parked atomic.Bool
 	// mu is read-held by every sender for the duration of its send, and
 	// write-held by Close before closing ch, so ch is never closed under a
 	// sender. RLock is one atomic add when uncontended.
@@ -100,6 +104,20 @@ func (p *Port) Addr() netip.Addr { return p.addr }
 // Release what it receives.
 func (p *Port) Packets() <-chan *Packet { return p.ch }
 
+// Park tells the port that nothing drains Packets for now: the session's
+// transport is gone but the session lives on (reconnect grace). Its flows
+// stay open; packets for the client fill the queue up to its length and
+// the rest are dropped at once (Stats.DropParked) instead of blocking the
+// stack. Unpark when a transport drains Packets again.
+func (p *Port) Park() { p.parked.Store(true) }
+
+// Unpark ends Park: a transport drains Packets again, so full-queue sends
+// wait for room (back-pressure) as usual. It clears a stall too.
+func (p *Port) Unpark() {
+	p.stalled.Store(false)
+	p.parked.Store(false)
+}
+
 // Close detaches the address, unblocks any writer blocked on this port,
 // closes Packets and aborts the port's flows. It is idempotent.
 func (p *Port) Close() error {
@@ -153,6 +171,7 @@ func (p *Port) removeFlow(f flow) {
 // reports whether pk was queued; otherwise pk has been released.
 func (p *Port) send(pk *Packet, block bool) bool {
 	s := p.s
+	pk.head = p.headroom
 	p.mu.RLock()
 	if p.closed.Load() {
 		p.mu.RUnlock()
@@ -169,7 +188,11 @@ func (p *Port) send(pk *Packet, block bool) bool {
 		return true
 	default:
 	}
-	if block && p.stalled.Load() {
+	switch {
+	case block && p.parked.Load():
+		block = false
+		s.stats.dropParked.Add(1)
+	case block && p.stalled.Load():
 		block = false
 		s.stats.dropBlocked.Add(1)
 	}

@@ -17,6 +17,7 @@ type Stats struct {
 	DropNoPort     uint64 // outbound: no port owns the destination
 	DropPortClosed uint64 // outbound: port closed while queueing
 	DropBlocked    uint64 // outbound: MaxWriteBlock expired
+	DropParked     uint64 // outbound: queue full while no transport drains the port (Port.Park)
 	Rejects        uint64 // RST / ICMP errors queued to clients
 	RejectsDropped uint64 // answers dropped because the port queue was full
 	WriteBlocked   uint64 // outbound writes that had to wait for queue room
@@ -33,6 +34,7 @@ type counters struct {
 	packetsIn, bytesIn, packetsOut, bytesOut                atomic.Uint64
 	dropNotIP, dropMalformed, dropTooBig, dropSpoofed       atomic.Uint64
 	dropNotAllowed, dropNoPort, dropPortClosed, dropBlocked atomic.Uint64
+	dropParked                                              atomic.Uint64
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
@@ -48,6 +50,7 @@ func (s *Stack) Stats() Stats {
 		DropTooBig: c.dropTooBig.Load(), DropSpoofed: c.dropSpoofed.Load(),
 		DropNotAllowed: c.dropNotAllowed.Load(), DropNoPort: c.dropNoPort.Load(),
 		DropPortClosed: c.dropPortClosed.Load(), DropBlocked: c.dropBlocked.Load(),
+		DropParked: c.dropParked.Load(),
 		Rejects: c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),
 		WriteBlocked: c.writeBlocked.Load(),
 		TCPActive:    c.tcpActive.Load(), UDPActive: c.udpActive.Load(),

@@ -114,7 +114,7 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	case msg.Type == "logout":
 		if c, err := r.Cookie("webvpn"); err == nil {
 			if s := g.sessions.byCookieValue(c.Value); s != nil {
-				g.endSession(s, "logged out")
+				g.endSession(s, EndLogoff)
 			}
 		}
 		w.Header().Set("Content-Type", "text/xml; charset=utf-8")
@@ -307,24 +307,15 @@ func (g *Gateway) resume(cookie string) *session {
 
 // serveConnect turns the connection into a CSTP tunnel.
 func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
-	s, err := g.resumeChecked(r)
-	if err != nil {
-		if !errors.Is(err, errBadCookie) {
-			w.Header().Set("X-Reason", err.Error())
-		}
-		http.Error(w, err.Error(), http.StatusUnauthorized)
+	ca := clientAddr(r)
+	s, rf := g.admitResume(r, ca)
+	if rf != nil {
+		rf.write(w)
 		return
 	}
-	if g.isDraining() {
-		w.Header().Set("X-Reason", "gateway is shutting down")
-		http.Error(w, "shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	addr, err := g.leaseAddr(s)
-	if err != nil {
-		g.log.Warn("no address for session", "session", s.id, "err", err)
-		w.Header().Set("X-Reason", "no address available")
-		http.Error(w, "no address available", http.StatusServiceUnavailable)
+	addr, rf := g.prepare(s)
+	if rf != nil {
+		rf.write(w)
 		return
 	}
 	hj, ok := w.(http.Hijacker)
@@ -332,89 +323,27 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "tunnel needs HTTP/1.1", http.StatusHTTPVersionNotSupported)
 		return
 	}
-	// A resumed session takes over: the previous connection (if the
-	// client lost it without us noticing) is closed first, so the address
-	// can be attached to this one.
-	s.mu.Lock()
-	old := s.tun
-	s.mu.Unlock()
-	if old != nil {
-		old.close()
-		<-old.base().finished
-	}
 	conn, brw, err := hj.Hijack()
 	if err != nil {
 		return
 	}
 	_ = conn.SetDeadline(time.Time{})
-	port, err := g.stack.Attach(addr, cstpHeaderLen, 0)
-	if err != nil {
-		g.log.Warn("attach failed", "session", s.id, "addr", addr, "err", err)
-		_, _ = io.WriteString(conn, "HTTP/1.1 503 Service Unavailable\r\nX-Reason: address busy\r\nContent-Length: 0\r\n\r\n")
+	var sa netip.AddrPort
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		sa, _ = netip.ParseAddrPort(la.String())
+	}
+	t := newCSTPLink(s, conn, brw.Reader)
+	if !g.register(t, "tls", ca, sa) {
+		_, _ = io.WriteString(conn, "HTTP/1.1 401 Unauthorized\r\nX-Reason: session ended\r\nContent-Length: 0\r\n\r\n")
 		conn.Close()
 		return
 	}
-	t := g.newTunnelConn(s, conn, brw.Reader, port)
-	if t == nil {
-		return
-	}
-	s.mu.Lock()
-	s.clientAddr = clientAddr(r) // the client may have moved (roaming)
-	s.mu.Unlock()
-	t.clientAddr = clientAddr(r)
-	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		t.serverAddr, _ = netip.ParseAddrPort(la.String())
-	}
 	if _, err := conn.Write(g.connectResponse(s, addr, r)); err != nil {
-		t.close() // run cleans up at once
+		t.abort() // the data loop cleans up at once
 	} else {
-		g.telemetry(&t.linkBase, "connect", "")
+		g.telemetry(&t.linkBase, "connect", endNone, nil)
 	}
-	t.run()
-}
-
-// errBadCookie: the request's webvpn cookie names no live session.
-var errBadCookie = errors.New("invalid or expired session cookie")
-
-// resumeChecked resumes the session named by r's webvpn cookie, on either
-// transport, and re-evaluates the access policy: conditional access holds
-// on every resume, so a user removed from the allowed group is out at the
-// next reconnect (the denied session ends). It returns errBadCookie or the
-// policy's error.
-func (g *Gateway) resumeChecked(r *http.Request) (*session, error) {
-	c, err := r.Cookie("webvpn")
-	if err != nil {
-		return nil, errBadCookie
-	}
-	s := g.resume(c.Value)
-	if s == nil || time.Now().After(s.expires) {
-		return nil, errBadCookie
-	}
-	if p := g.conf().Policy; p != nil {
-		if err := p.Check(r.Context(), s.ident); err != nil {
-			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
-			g.endSession(s, "denied by policy on resume")
-			return nil, err
-		}
-	}
-	return s, nil
-}
-
-// leaseAddr returns the session's address, leasing one on first use. A
-// session keeps its address for its whole life, across reconnects.
-func (g *Gateway) leaseAddr(s *session) (netip.Addr, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.addr.IsValid() {
-		return s.addr, nil
-	}
-	a, err := g.pool.Allocate(s.id)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	s.addr = a
-	g.sessions.setAddr(s, a)
-	return a, nil
+	t.run(t)
 }
 
 // connectResponse builds the CONNECT reply and its X-CSTP-* headers. It is

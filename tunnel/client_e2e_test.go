@@ -231,10 +231,10 @@ func TestClientOverQUICAndTLS(t *testing.T) {
 			// Reconnect keeps the address: the gateway drops the
 			// connection (as a failing server would), the client resumes.
 			addr0 := c.Addr()
-			for _, l := range g.liveTunnels() {
-				l.close()
+			for _, l := range g.liveLinks() {
+				l.abort()
 			}
-			waitFor(t, func() bool { return c.Reconnects() == 1 && len(g.liveTunnels()) == 1 }, "reconnect")
+			waitFor(t, func() bool { return c.Reconnects() == 1 && len(g.liveLinks()) == 1 }, "reconnect")
 			if c.Addr() != addr0 {
 				t.Errorf("address changed on reconnect: %v -> %v", addr0, c.Addr())
 			}

@@ -18,6 +18,7 @@ import (
 	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/netstack"
 )
 
 // ConnectIPPath is where the gateway serves CONNECT-IP (RFC 9484): the
@@ -39,6 +40,10 @@ const (
 	// QUICCodeLogoff, sent by a client: end my session now (AnyConnect's
 	// DISCONNECT), instead of holding it for a reconnect.
 	QUICCodeLogoff quic.ApplicationErrorCode = 0x5550_0003
+	// QUICCodeTakenOver: another connection presented this session's
+	// cookie and took it over (R-P6); do not reconnect, or the two
+	// clients would keep kicking each other out.
+	QUICCodeTakenOver quic.ApplicationErrorCode = 0x5550_0004
 )
 
 // quicConnKey carries the *quic.Conn of a request in its context.
@@ -156,40 +161,17 @@ func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
 		ca, _ = netip.ParseAddrPort(ra.String())
 		ca = netip.AddrPortFrom(ca.Addr().Unmap(), ca.Port())
 	}
-	c := g.conf()
-	if c.Bans != nil && c.Bans.Banned(ca.Addr()) {
-		refuse(w, http.StatusTooManyRequests, "too many failed sign-ins from this address; try later")
-		return
-	}
-	if g.isDraining() {
-		refuse(w, http.StatusServiceUnavailable, "gateway is shutting down")
-		return
-	}
-	s, cookie, status, reason := g.quicSession(r, ca)
-	if s == nil {
-		if status == http.StatusUnauthorized {
+	s, cookie, rf := g.quicSession(r, ca)
+	if rf != nil {
+		if rf.status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer, Basic realm="underpass"`)
 		}
-		refuse(w, status, reason)
+		rf.write(w)
 		return
 	}
-	addr, err := g.leaseAddr(s)
-	if err != nil {
-		g.log.Warn("no address for session", "session", s.id, "err", err)
-		refuse(w, http.StatusServiceUnavailable, "no address available")
-		return
-	}
-	s.mu.Lock()
-	old := s.tun
-	s.mu.Unlock()
-	if old != nil { // the client came back before we noticed it had gone
-		old.close()
-		<-old.base().finished
-	}
-	port, err := g.stack.Attach(addr, 0, 0)
-	if err != nil {
-		g.log.Warn("attach failed", "session", s.id, "addr", addr, "err", err)
-		refuse(w, http.StatusServiceUnavailable, "address busy")
+	addr, rf := g.prepare(s)
+	if rf != nil {
+		rf.write(w)
 		return
 	}
 	if cookie != "" {
@@ -198,57 +180,42 @@ func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Underpass-Session-Expires", s.expires.UTC().Format(time.RFC3339))
 	conn, err := (&connectip.Proxy{}).Proxy(w, preq)
 	if err != nil {
-		port.Close()
 		g.log.Info("connect-ip: upgrade failed", "session", s.id, "err", err)
 		return
 	}
-	q := &quicConn{conn: conn}
+	q := &quicLink{conn: conn}
 	q.qc, _ = r.Context().Value(quicConnKey{}).(*quic.Conn)
-	q.s, q.port, q.transport = s, port, "quic"
-	if !g.register(q) {
-		port.Close()
-		conn.Close()
-		return
-	}
-	s.mu.Lock()
-	s.clientAddr = ca
-	s.mu.Unlock()
-	q.clientAddr = ca
+	q.s = s
+	var sa netip.AddrPort
 	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		q.serverAddr, _ = netip.ParseAddrPort(la.String())
+		sa, _ = netip.ParseAddrPort(la.String())
+	}
+	if !g.register(q, "quic", ca, sa) {
+		q.closeWith(QUICCodeSessionEnded, "session ended")
+		return
 	}
 	if err := g.configureConnectIP(conn, addr); err != nil {
 		g.log.Warn("connect-ip: configure", "session", s.id, "err", err)
 		q.closeWith(QUICCodeSessionEnded, "gateway configuration error")
-		q.close()
+		q.abort()
 	} else {
-		g.telemetry(&q.linkBase, "connect", "")
+		g.telemetry(&q.linkBase, "connect", endNone, nil)
 	}
-	q.run()
-}
-
-// refuse answers a request the gateway will not tunnel, with a reason a
-// client can show.
-func refuse(w http.ResponseWriter, status int, reason string) {
-	w.Header().Set("X-Reason", reason)
-	http.Error(w, reason, status)
+	q.run(q)
 }
 
 // quicSession finds or creates the session for a CONNECT-IP request: a
 // session cookie resumes (keeping the address), else a bearer token, basic
 // credentials or a client certificate sign in. It returns the new cookie
-// for a fresh session, or the HTTP status and reason for a refusal.
-func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, string, int, string) {
+// for a fresh session, or the refusal.
+func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, string, *refusal) {
 	c := g.conf()
 	if _, err := r.Cookie("webvpn"); err == nil {
-		s, err := g.resumeChecked(r)
-		switch {
-		case errors.Is(err, errBadCookie):
-			return nil, "", http.StatusUnauthorized, err.Error()
-		case err != nil:
-			return nil, "", http.StatusForbidden, err.Error()
-		}
-		return s, "", 0, ""
+		s, rf := g.admitResume(r, ca)
+		return s, "", rf
+	}
+	if rf := g.admitFrom(ca); rf != nil {
+		return nil, "", rf
 	}
 	creds := auth.Credentials{RemoteAddr: ca.Addr(), UserAgent: r.UserAgent(), DeviceID: r.Header.Get("Underpass-Device-Id")}
 	var a auth.Authenticator = c.Authenticator
@@ -260,7 +227,7 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		creds.PeerCertificates = r.TLS.PeerCertificates
 		a = c.ClientCerts
 	} else {
-		return nil, "", http.StatusUnauthorized, "credentials required (Authorization: Bearer or Basic, or a client certificate)"
+		return nil, "", &refusal{http.StatusUnauthorized, "credentials required (Authorization: Bearer or Basic, or a client certificate)"}
 	}
 	id, err := g.authenticate(r.Context(), a, creds, ca)
 	if err != nil {
@@ -269,19 +236,19 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		if errors.As(err, &denied) {
 			status = http.StatusForbidden
 		}
-		return nil, "", status, err.Error()
+		return nil, "", &refusal{status, err.Error()}
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
 	if errors.Is(err, ErrFull) {
 		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
-		return nil, "", http.StatusServiceUnavailable, "the gateway is full; try again later"
+		return nil, "", refuseFull
 	}
 	if err != nil {
 		g.log.Error("session", "err", err)
-		return nil, "", http.StatusInternalServerError, "internal error"
+		return nil, "", refuseInternal
 	}
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method, "transport", "quic")
-	return s, cookie, 0, ""
+	return s, cookie, nil
 }
 
 // configureConnectIP sends the session's address, routes and DNS
@@ -321,21 +288,21 @@ func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr netip.Addr) erro
 	return nil
 }
 
-// quicConn is one CONNECT-IP stream of a session.
-type quicConn struct {
+// quicLink is one CONNECT-IP stream of a session.
+type quicLink struct {
 	linkBase
 	conn *connectip.Conn
 	qc   *quic.Conn // nil when hosted by a server without QUICConnContext
 }
 
-// close stops the connection at once.
-func (q *quicConn) close() {
-	q.stop()
+// abort stops the connection at once.
+func (q *quicLink) abort() {
+	q.stopWith(EndConnLost)
 	q.conn.Close()
 }
 
 // closeWith ends the QUIC connection with a reason code the client acts on.
-func (q *quicConn) closeWith(code quic.ApplicationErrorCode, reason string) {
+func (q *quicLink) closeWith(code quic.ApplicationErrorCode, reason string) {
 	if q.qc != nil {
 		_ = q.qc.CloseWithError(code, reason)
 	}
@@ -346,91 +313,60 @@ func (q *quicConn) closeWith(code quic.ApplicationErrorCode, reason string) {
 // more: connect-ip-go copies each packet into it.
 const quicReadBuf = 2048
 
-// run relays packets until the connection or session ends.
-func (q *quicConn) run() {
-	g, s := q.g, q.s
-	readerDone := make(chan error, 1)
-	go func() {
-		readerDone <- pumpDatagrams(q.conn.ReadPacket, func(p []byte) {
-			s.bytesIn.Add(uint64(len(p)))
-			_ = q.port.Inject(p) // rejects are answered or counted by the stack
-		})
-	}()
-	tick := time.NewTicker(q.cfg.DPD / 2) // idle checks at the DPD pace, like the TLS path
-	defer tick.Stop()
-	expiry := time.NewTimer(time.Until(s.expires))
-	defer expiry.Stop()
-	var (
-		reason string
-		end    bool
-		idle   = newIdleWatch(s)
-		pkts   = q.port.Packets()
-	)
-loop:
-	for {
+// read feeds the client's datagrams into the stack until the stream ends.
+func (q *quicLink) read() (EndReason, error) {
+	s := q.s
+	err := pumpDatagrams(q.conn.ReadPacket, func(p []byte) {
+		q.heard()
+		s.bytesIn.Add(uint64(len(p)))
+		_ = q.port.Inject(p) // rejects are answered or counted by the stack
+	})
+	if q.qc != nil {
+		// The stream error may arrive a moment before the connection's
+		// own close reason.
 		select {
-		case pk, ok := <-pkts:
-			if !ok {
-				reason = "port closed"
-				break loop
-			}
-			f := pk.Frame()
-			s.bytesOut.Add(uint64(len(f)))
-			// WritePacket blocks while QUIC's datagram queue is full: the
-			// back-pressure reaches the stack. A packet too big for a
-			// datagram gets an ICMP answer we drop: the client's MSS keeps
-			// TCP under it, and UDP senders see the loss.
-			_, err := q.conn.WritePacket(f)
-			pk.Release()
-			if err != nil {
-				reason = "write: " + err.Error()
-				break loop
-			}
-		case err := <-readerDone:
-			readerDone <- err
-			var ae *quic.ApplicationError
-			if q.qc != nil {
-				// The stream error may arrive a moment before the
-				// connection's own close reason.
-				select {
-				case <-q.qc.Context().Done():
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
-			if q.qc != nil && errors.As(context.Cause(q.qc.Context()), &ae) && ae.Remote && ae.ErrorCode == QUICCodeLogoff {
-				reason, end = "client logged off", true
-				break loop
-			}
-			reason = "connection lost"
-			if err != nil && !errors.Is(err, net.ErrClosed) {
-				reason += ": " + err.Error()
-			}
-			break loop
-		case now := <-tick.C:
-			if idle.expired(now, q.cfg.IdleTimeout) {
-				reason, end = "idle timeout", true
-				q.closeWith(QUICCodeSessionEnded, reason)
-				break loop
-			}
-		case <-expiry.C:
-			reason, end = "session timeout", true
-			q.closeWith(QUICCodeSessionEnded, reason)
-			break loop
-		case <-q.done:
-			reason = "closed"
-			if q.bye.Load() {
-				q.closeWith(QUICCodeSessionEnded, "session ended")
-			} else {
-				q.closeWith(QUICCodeGoingAway, "gateway going away; reconnect")
-			}
-			break loop
+		case <-q.qc.Context().Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+		var ae *quic.ApplicationError
+		if errors.As(context.Cause(q.qc.Context()), &ae) && ae.Remote && ae.ErrorCode == QUICCodeLogoff {
+			return EndLogoff, nil
 		}
 	}
-	q.close()
-	<-readerDone
-	q.port.Close()
-	for pk := range pkts {
-		pk.Release()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
 	}
-	g.unregister(q, reason, end)
+	return EndConnLost, err
+}
+
+// writePacket sends one packet as an HTTP datagram. WritePacket blocks
+// while QUIC's datagram queue is full: the back-pressure reaches the
+// stack. A packet too big for a datagram gets an ICMP answer we drop: the
+// client's MSS keeps TCP under it, and UDP senders see the loss.
+func (q *quicLink) writePacket(pk *netstack.Packet) error {
+	p := pk.IP()
+	q.s.bytesOut.Add(uint64(len(p)))
+	_, err := q.conn.WritePacket(p)
+	pk.Release()
+	return err
+}
+
+func (q *quicLink) writeControl([]byte) error { return nil } // no control frames
+func (q *quicLink) flush() error              { return nil } // every datagram is sent as written
+
+// probe: QUIC's own idle timeout (2.5 DPD, quicConfig) finds dead peers.
+func (q *quicLink) probe(time.Duration) (EndReason, error) { return endNone, nil }
+
+// goodbye closes the QUIC connection with the code that tells the client
+// what to do: stop (taken over), sign in again (session ended) or
+// reconnect (going away).
+func (q *quicLink) goodbye(r EndReason) {
+	switch {
+	case r == EndTakenOver:
+		q.closeWith(QUICCodeTakenOver, r.String())
+	case r.tellsClientToStop():
+		q.closeWith(QUICCodeSessionEnded, r.String())
+	default:
+		q.closeWith(QUICCodeGoingAway, "gateway going away; reconnect")
+	}
 }

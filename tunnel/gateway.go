@@ -65,12 +65,12 @@ type Gateway struct {
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // tunnels and the reaper
+	wg     sync.WaitGroup // links and the reaper
 
 	mu       sync.Mutex
 	closed   bool
 	draining bool
-	tunnels  map[link]struct{}
+	links    map[link]struct{}    // live transport connections
 	revoked  map[string]time.Time // sealed session ids ended here -> their expiry
 
 	signIns, signInFailures atomic.Uint64
@@ -101,7 +101,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
-		tunnels: make(map[link]struct{}), revoked: make(map[string]time.Time),
+		links: make(map[link]struct{}), revoked: make(map[string]time.Time),
 	}
 	g.cur.Store(&cfg)
 	g.policy.Store(pol)
@@ -356,7 +356,7 @@ func (g *Gateway) Disconnect(id string) error {
 	if s == nil {
 		return ErrNoSession
 	}
-	g.endSession(s, "disconnected by operator")
+	g.endSession(s, EndOperator)
 	return nil
 }
 
@@ -413,12 +413,12 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 	g.draining = true
 	g.mu.Unlock()
 	err := g.httpSrv.Shutdown(ctx)
-	for _, t := range g.liveTunnels() {
-		t.close()
+	for _, l := range g.liveLinks() {
+		l.base().stopWith(EndGoingAway)
 	}
 	done := make(chan struct{})
 	go func() {
-		for !g.noTunnels() {
+		for !g.noLinks() {
 			select {
 			case <-ctx.Done():
 				close(done)
@@ -449,11 +449,12 @@ func (g *Gateway) Close() error {
 		g.mu.Unlock()
 		g.cancel()
 		err := g.httpSrv.Close()
-		for _, t := range g.liveTunnels() {
-			t.close()
+		for _, l := range g.liveLinks() {
+			l.base().stopWith(EndGoingAway)
+			l.abort()
 		}
 		for _, s := range g.sessions.all() {
-			g.endSession(s, "gateway shutting down")
+			g.endSession(s, EndGoingAway)
 		}
 		g.closeQUIC()
 		if g.dns != nil {
@@ -480,20 +481,20 @@ func (g *Gateway) closeQUIC() {
 	}
 }
 
-func (g *Gateway) liveTunnels() []link {
+func (g *Gateway) liveLinks() []link {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	out := make([]link, 0, len(g.tunnels))
-	for t := range g.tunnels {
+	out := make([]link, 0, len(g.links))
+	for t := range g.links {
 		out = append(out, t)
 	}
 	return out
 }
 
-func (g *Gateway) noTunnels() bool {
+func (g *Gateway) noLinks() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return len(g.tunnels) == 0
+	return len(g.links) == 0
 }
 
 // startDNSProxy serves the DNS proxy on every pushed DNS address inside the

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/netstack"
 )
 
 // cookieBytes is the entropy of a session cookie: 256 bits, well past the
@@ -47,9 +48,13 @@ type session struct {
 	mu         sync.Mutex
 	addr       netip.Addr
 	clientAddr netip.AddrPort
-	tun        link      // current connection, nil while disconnected
-	detached   time.Time // when tun became nil
-	ended      bool
+	// port is the session's attachment to the stack, from its first
+	// connection to its end: flows live here, so they outlive
+	// connections (parked while link is nil).
+	port     *netstack.Port
+	link     link      // current connection, nil while disconnected
+	detached time.Time // when link became nil
+	ended    bool
 }
 
 func (s *session) info() SessionInfo {
@@ -57,7 +62,7 @@ func (s *session) info() SessionInfo {
 	defer s.mu.Unlock()
 	return SessionInfo{
 		ID: s.id, User: s.ident.User, DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
-		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.tun != nil,
+		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.link != nil,
 		Created: s.created, Expires: s.expires,
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
 	}

@@ -26,7 +26,7 @@ func (g *Gateway) Stats() Stats {
 	for _, s := range g.sessions.all() {
 		st.Sessions++
 		s.mu.Lock()
-		if s.tun != nil {
+		if s.link != nil {
 			st.Connected++
 		}
 		s.mu.Unlock()

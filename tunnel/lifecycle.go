@@ -1,0 +1,255 @@
+package tunnel
+
+// The session core: what every transport (CSTP over TLS, DTLS, CONNECT-IP
+// over QUIC) shares, so each gives one answer per situation. Sign-in
+// itself differs by protocol (the XML form, HTTP auth on CONNECT-IP); from
+// the cookie on, everything is here: admission of a resume, the address
+// lease and the stack port (once per session, so flows outlive
+// connections), takeover, registration, teardown and telemetry. This is
+// ocserv's sec-mod side; the per-connection data loop (its worker) is
+// link.go, its timers timers.go.
+
+import (
+	"errors"
+	"net/http"
+	"net/netip"
+	"time"
+
+	"github.com/underpass/underpass/netstack"
+)
+
+// refusal is the answer to a connection the gateway will not tunnel: the
+// HTTP status and a reason the client can show (X-Reason).
+type refusal struct {
+	status int
+	reason string
+}
+
+// The refusals every transport gives alike. 401 tells openconnect its
+// cookie is rejected and to stop (anyconnect-protocol.md §1.9), and
+// tunnel.Client to sign in again; 503 to retry later.
+var (
+	refuseBadCookie = &refusal{http.StatusUnauthorized, "invalid or expired session cookie"}
+	refuseBanned    = &refusal{http.StatusTooManyRequests, "too many failed sign-ins from this address; try later"}
+	refuseDraining  = &refusal{http.StatusServiceUnavailable, "gateway is shutting down"}
+	refuseFull      = &refusal{http.StatusServiceUnavailable, "the gateway is full; try again later"}
+	refuseNoAddress = &refusal{http.StatusServiceUnavailable, "no address available"}
+	refuseInternal  = &refusal{http.StatusInternalServerError, "internal error"}
+)
+
+// write answers w with the refusal.
+func (rf *refusal) write(w http.ResponseWriter) {
+	w.Header().Set("X-Reason", rf.reason)
+	http.Error(w, rf.reason, rf.status)
+}
+
+// admitResume resumes the session named by r's webvpn cookie, for a
+// connection from ca on any transport. In order: a banned address, a
+// draining gateway, a cookie naming no live session, and the access policy
+// (conditional access holds on every resume, so a user removed from the
+// allowed group is out at the next reconnect and the session ends).
+func (g *Gateway) admitResume(r *http.Request, ca netip.AddrPort) (*session, *refusal) {
+	if rf := g.admitFrom(ca); rf != nil {
+		return nil, rf
+	}
+	c, err := r.Cookie("webvpn")
+	if err != nil {
+		return nil, refuseBadCookie
+	}
+	s := g.resume(c.Value)
+	if s == nil || time.Now().After(s.expires) {
+		return nil, refuseBadCookie
+	}
+	if p := g.conf().Policy; p != nil {
+		if err := p.Check(r.Context(), s.ident); err != nil {
+			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
+			g.endSession(s, EndPolicyDenied)
+			return nil, &refusal{http.StatusUnauthorized, err.Error()}
+		}
+	}
+	return s, nil
+}
+
+// admitFrom refuses connections from a banned address and any while the
+// gateway drains: the checks that come before credentials or cookies.
+func (g *Gateway) admitFrom(ca netip.AddrPort) *refusal {
+	if b := g.conf().Bans; b != nil && b.Banned(ca.Addr()) {
+		return refuseBanned
+	}
+	if g.isDraining() {
+		return refuseDraining
+	}
+	return nil
+}
+
+// prepare leases s's address and attaches its stack port, once per
+// session: later connections reuse both, so flows outlive connections.
+// The port stays parked until a link registers.
+func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return netip.Addr{}, refuseBadCookie
+	}
+	if s.port != nil {
+		return s.addr, nil
+	}
+	if !s.addr.IsValid() {
+		a, err := g.pool.Allocate(s.id)
+		if err != nil {
+			g.log.Warn("no address for session", "session", s.id, "err", err)
+			return netip.Addr{}, refuseNoAddress
+		}
+		s.addr = a
+		g.sessions.setAddr(s, a)
+	}
+	// Headroom for the longest frame header of any transport (CSTP's 8
+	// bytes); DTLS and CONNECT-IP use less of it.
+	p, err := g.stack.Attach(s.addr, cstpHeaderLen, 0)
+	if err != nil {
+		g.log.Warn("attach failed", "session", s.id, "addr", s.addr, "err", err)
+		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "address busy"}
+	}
+	p.Park()
+	s.port = p
+	return s.addr, nil
+}
+
+// register makes l the session's connection: a previous connection is
+// taken over (its client told to stop, R-P6) and waited for. It returns
+// false when the gateway is closed or the session ended meanwhile; l is
+// then finished and the caller releases what it holds.
+func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool {
+	b := l.base()
+	s := b.s
+	b.g, b.cfg, b.transport = g, g.conf(), transport
+	b.clientAddr, b.serverAddr = ca, sa
+	b.done, b.finished = make(chan struct{}), make(chan struct{})
+	for {
+		s.mu.Lock()
+		old, ended := s.link, s.ended
+		if old == nil && !ended {
+			g.mu.Lock()
+			if g.closed {
+				g.mu.Unlock()
+				s.mu.Unlock()
+				close(b.finished)
+				return false
+			}
+			g.links[l] = struct{}{}
+			g.wg.Add(1)
+			g.mu.Unlock()
+			s.link = l
+			s.clientAddr = ca // the client may have moved (roaming)
+			b.port = s.port
+			b.port.Unpark()
+			b.start = time.Now()
+			b.in0, b.out0 = s.bytesIn.Load(), s.bytesOut.Load()
+			s.mu.Unlock()
+			return true
+		}
+		s.mu.Unlock()
+		if ended {
+			close(b.finished)
+			return false
+		}
+		g.log.Info("session taken over", "session", s.id, "user", s.ident.User,
+			"old_client_ip", old.base().clientAddr.Addr(), "client_ip", ca.Addr(), "transport", transport)
+		old.base().stopWith(EndTakenOver)
+		<-old.base().finished
+	}
+}
+
+// unregister detaches l after its data loop ended: the session's port is
+// parked (its flows live on through the reconnect grace), the disconnect
+// is logged, and the session ends if r says so. It marks l finished.
+func (g *Gateway) unregister(l link, r EndReason, detail error) {
+	b := l.base()
+	s := b.s
+	s.mu.Lock()
+	if s.link == l {
+		s.link = nil
+		s.detached = time.Now()
+		b.port.Park()
+	}
+	s.mu.Unlock()
+	g.mu.Lock()
+	delete(g.links, l)
+	g.mu.Unlock()
+	g.telemetry(b, "disconnect", r, detail)
+	close(b.finished)
+	if r.EndsSession() {
+		g.endSession(s, r)
+	}
+	g.wg.Done()
+}
+
+// endSession removes s for good: its connection is told why (when the
+// reason says the client must stop), its cookie stops working unless the
+// gateway is only going away, its flows are reset and its address returns
+// to the pool.
+func (g *Gateway) endSession(s *session, r EndReason) {
+	if !g.sessions.remove(s) {
+		return
+	}
+	if r != EndGoingAway {
+		g.revoke(s)
+	}
+	s.mu.Lock()
+	s.ended = true
+	l, port, addr := s.link, s.port, s.addr
+	s.mu.Unlock()
+	if l != nil {
+		// Let the writer say goodbye; a client that does not take it
+		// within a second is cut off.
+		b := l.base()
+		b.stopWith(r)
+		select {
+		case <-b.finished:
+		case <-time.After(time.Second):
+			l.abort()
+			<-b.finished
+		}
+	}
+	if port != nil {
+		port.Close() // resets the session's flows
+	}
+	if addr.IsValid() {
+		g.pool.Release(addr)
+	}
+	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
+		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
+		"duration", time.Since(s.created).Round(time.Second))
+}
+
+// telemetry logs a connect or disconnect event (R-O3) with the fields an
+// operator's SIEM expects. Credentials never appear in it.
+func (g *Gateway) telemetry(b *linkBase, op string, r EndReason, detail error) {
+	s := b.s
+	s.mu.Lock()
+	assigned := s.addr
+	s.mu.Unlock()
+	attrs := []any{
+		"op", op, "session", s.id, "client_ip", b.clientAddr.Addr(), "server_ip", b.serverAddr.Addr(),
+		"gateway_ip", g.gwAddr, "assigned_ip", assigned, "user", s.ident.User, "device_id", s.ident.DeviceID,
+		"user_agent", s.userAgent, "transport", b.transport,
+	}
+	if op == "disconnect" {
+		reason := r.String()
+		if detail != nil {
+			reason += ": " + detail.Error()
+		}
+		attrs = append(attrs, "reason", reason, "bytes_in", s.bytesIn.Load()-b.in0, "bytes_out", s.bytesOut.Load()-b.out0,
+			"duration", time.Since(b.start).Round(time.Millisecond))
+	}
+	g.log.Info("telemetry", attrs...)
+}
+
+// portOf returns s's stack port (nil before its first connection).
+func (s *session) portOf() *netstack.Port {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.port
+}
+
+var errCompressed = errors.New("compressed frame, but compression was not negotiated")
