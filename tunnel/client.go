@@ -119,6 +119,12 @@ type ClientConfig struct {
 // and a new sign-in was refused or impossible.
 var ErrSessionEnded = errors.New("tunnel: session ended by the gateway")
 
+// ErrTakenOver is returned (wrapped) when another connection presented
+// this client's session cookie and the gateway gave it the session (R-P6):
+// the client stops instead of taking it back, which would start a
+// reconnect storm between the two.
+var ErrTakenOver = errors.New("tunnel: session taken over by another connection")
+
 // ErrNotRouted is returned by DialContext for destinations outside the
 // routes the gateway pushed.
 var ErrNotRouted = errors.New("tunnel: destination is not routed through the tunnel")
@@ -159,7 +165,10 @@ type clientTransport interface {
 }
 
 // errSessionOver wraps reasons the gateway gave for ending the session.
-type errSessionOver struct{ reason string }
+type errSessionOver struct {
+	reason    string
+	takenOver bool // another connection took the session over: stop
+}
 
 func (e *errSessionOver) Error() string { return "session ended: " + e.reason }
 
@@ -370,18 +379,24 @@ func (c *Client) run(t clientTransport) {
 			return
 		}
 		var over *errSessionOver
-		if errors.As(err, &over) {
+		var p tunnelParams
+		switch {
+		case errors.As(err, &over) && over.takenOver:
+			t, err = nil, fmt.Errorf("%w: %s", ErrTakenOver, over.reason)
+		case errors.As(err, &over):
 			c.log.Info("gateway ended the session; signing in again", "reason", over.reason)
 			c.mu.Lock()
 			c.cookie = ""
 			c.mu.Unlock()
-		} else {
-			c.log.Info("connection lost; reconnecting", "transport", t.name(), "err", err)
-		}
-		var p tunnelParams
-		t, p, err = c.reconnectLoop()
-		if err == nil {
-			err = c.install(t, p)
+			fallthrough
+		default:
+			if over == nil {
+				c.log.Info("connection lost; reconnecting", "transport", t.name(), "err", err)
+			}
+			t, p, err = c.reconnectLoop()
+			if err == nil {
+				err = c.install(t, p)
+			}
 		}
 		if err != nil {
 			if t != nil {

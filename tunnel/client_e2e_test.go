@@ -230,7 +230,25 @@ func TestClientOverQUICAndTLS(t *testing.T) {
 
 			// Reconnect keeps the address: the gateway drops the
 			// connection (as a failing server would), the client resumes.
+			// A TCP flow open across the reconnect carries on (R-P6).
 			addr0 := c.Addr()
+			kept, err := c.DialContext(ctx, "tcp", net.JoinHostPort("198.18.1.1", itoa(echo.Port())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer kept.Close()
+			roundTrip := func(msg string) {
+				t.Helper()
+				_ = kept.SetDeadline(time.Now().Add(15 * time.Second))
+				if _, err := kept.Write([]byte(msg)); err != nil {
+					t.Fatalf("kept flow write: %v", err)
+				}
+				got := make([]byte, len(msg))
+				if _, err := io.ReadFull(kept, got); err != nil || string(got) != msg {
+					t.Fatalf("kept flow echo: %q, %v", got, err)
+				}
+			}
+			roundTrip("before the reconnect")
 			for _, l := range g.liveLinks() {
 				l.abort()
 			}
@@ -238,6 +256,7 @@ func TestClientOverQUICAndTLS(t *testing.T) {
 			if c.Addr() != addr0 {
 				t.Errorf("address changed on reconnect: %v -> %v", addr0, c.Addr())
 			}
+			roundTrip("after the reconnect, same connection")
 			if err := echoTCP(ctx, c, net.JoinHostPort("198.18.1.1", itoa(echo.Port())), []byte("after reconnect")); err != nil {
 				t.Fatalf("after reconnect: %v", err)
 			}

@@ -192,8 +192,9 @@ loop:
 	<-readErr
 	// The gateway's close code says whether the session is over.
 	var ae *quic.ApplicationError
-	if cerr := context.Cause(t.qc.Context()); errors.As(cerr, &ae) && ae.Remote && ae.ErrorCode == QUICCodeSessionEnded {
-		return &errSessionOver{reason: ae.ErrorMessage}
+	if cerr := context.Cause(t.qc.Context()); errors.As(cerr, &ae) && ae.Remote &&
+		(ae.ErrorCode == QUICCodeSessionEnded || ae.ErrorCode == QUICCodeTakenOver) {
+		return &errSessionOver{reason: ae.ErrorMessage, takenOver: ae.ErrorCode == QUICCodeTakenOver}
 	}
 	return err
 }

@@ -421,7 +421,7 @@ func (t *tlsTransport) readLoop(st *netstack.ClientStack) error {
 			if len(payload) > 1 {
 				reason = string(payload[1:])
 			}
-			return &errSessionOver{reason: reason}
+			return &errSessionOver{reason: reason, takenOver: typ == cstp.Disconnect && len(payload) > 0 && payload[0] == cstp.ReasonTakenOver}
 		}
 	}
 }
@@ -429,9 +429,8 @@ func (t *tlsTransport) readLoop(st *netstack.ClientStack) error {
 func (t *tlsTransport) close(logoff bool) {
 	t.once.Do(func() {
 		if logoff {
-			// 0xb0: "user disconnect", as openconnect sends it.
 			_ = t.conn.SetWriteDeadline(time.Now().Add(time.Second))
-			_ = t.writeFrame(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(0xb0, "")), true)
+			_ = t.writeFrame(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(cstp.ReasonUserDisconnect, "")), true)
 		}
 		_ = t.conn.SetDeadline(time.Now())
 		_ = t.conn.Close()

@@ -123,8 +123,12 @@ func (t *cstpLink) goodbye(r EndReason) {
 	if !r.tellsClientToStop() {
 		return
 	}
+	code := byte(cstp.ReasonSessionEnded)
+	if r == EndTakenOver {
+		code = cstp.ReasonTakenOver
+	}
 	_ = t.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	if t.writeControl(cstp.AppendFrame(nil, cstp.Disconnect, nil)) == nil {
+	if t.writeControl(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(code, r.String()))) == nil {
 		_ = t.flush()
 	}
 }

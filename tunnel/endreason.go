@@ -7,8 +7,9 @@ type EndReason uint8
 
 // End reasons. The connection-only ones (EndConnLost, EndDeadPeer,
 // EndGoingAway) leave the session waiting for a reconnect within
-// Config.ReconnectGrace, with its address and every open flow; the others
-// end the session too (EndsSession).
+// Config.ReconnectGrace, with its address and every open flow;
+// EndTakenOver leaves it to the newer connection; the others end the
+// session too (EndsSession).
 const (
 	endNone EndReason = iota
 	// EndConnLost: the connection broke or the client closed it without
@@ -66,7 +67,7 @@ func (r EndReason) String() string {
 // EndsSession reports whether r ends the session, not just the connection.
 func (r EndReason) EndsSession() bool {
 	switch r {
-	case endNone, EndConnLost, EndDeadPeer, EndGoingAway:
+	case endNone, EndConnLost, EndDeadPeer, EndGoingAway, EndTakenOver:
 		return false
 	}
 	return true
@@ -77,5 +78,5 @@ func (r EndReason) EndsSession() bool {
 // A lost connection has no one to tell, and a going-away client should
 // reconnect.
 func (r EndReason) tellsClientToStop() bool {
-	return r.EndsSession() && r != EndGraceExpired
+	return r == EndTakenOver || (r.EndsSession() && r != EndGraceExpired)
 }

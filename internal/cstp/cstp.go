@@ -44,6 +44,17 @@ const (
 // when the user logs off.
 const ReasonUserDisconnect = 0xb0
 
+// Reason bytes the gateway sends in DISCONNECT. openconnect prints the
+// byte and the text after it ("Received server disconnect: %02x '%s'",
+// cstp.c) and exits either way; tunnel.Client tells them apart.
+const (
+	// ReasonSessionEnded: the session is over; sign in again.
+	ReasonSessionEnded = 0x00
+	// ReasonTakenOver: another connection took the session over; do not
+	// reconnect.
+	ReasonTakenOver = 0x01
+)
+
 func (t Type) String() string {
 	switch t {
 	case Data:

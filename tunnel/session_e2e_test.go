@@ -1,0 +1,337 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/tunnel"
+)
+
+// corpEcho serves TCP and UDP echo on the corp host and remembers, per
+// TCP connection, when it ended: the corporate server's view of a flow.
+type corpEcho struct {
+	tcp, udp netip.AddrPort
+	mu       sync.Mutex
+	ended    map[string]error // client addr:port -> how the connection ended
+	udpPeers map[string]int   // source addr:port the UDP echo saw -> datagrams
+}
+
+func startCorpEcho(t *testing.T, tp *testenv.Topo, port int) *corpEcho {
+	t.Helper()
+	e := &corpEcho{ended: map[string]error{}, udpPeers: map[string]int{}}
+	addr := netip.AddrPortFrom(testenv.CorpAddr, uint16(port))
+	l, err := tp.Corp.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := tp.Corp.ListenPacket("udp", addr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.tcp, e.udp = addr, addr
+	var wg sync.WaitGroup
+	t.Cleanup(func() { l.Close(); pc.Close(); wg.Wait() })
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(2 * time.Minute)) // the longest scenario, with room
+				_, err := io.Copy(c, c)
+				if err == nil {
+					err = io.EOF
+				}
+				e.mu.Lock()
+				e.ended[c.RemoteAddr().String()] = err
+				e.mu.Unlock()
+			}()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.udpPeers[from.String()]++
+			e.mu.Unlock()
+			_, _ = pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return e
+}
+
+func (e *corpEcho) endedCount() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.ended)
+}
+
+func (e *corpEcho) udpSources() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []string
+	for k := range e.udpPeers {
+		out = append(out, k)
+	}
+	return out
+}
+
+// flows is one TCP stream and one UDP socket from the client namespace to
+// the corp echo through the tunnel, checked byte for byte.
+type flows struct {
+	tcp  net.Conn
+	udp  net.PacketConn
+	dst  net.Addr
+	seq  int
+	echo *corpEcho
+}
+
+func openFlows(t *testing.T, ctx context.Context, tp *testenv.Topo, e *corpEcho) *flows {
+	t.Helper()
+	c, err := tp.Client.Dial(ctx, "tcp", e.tcp.String())
+	if err != nil {
+		t.Fatalf("TCP through the tunnel: %v", err)
+	}
+	pc, err := tp.Client.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); pc.Close() })
+	return &flows{tcp: c, udp: pc, dst: net.UDPAddrFromAddrPort(e.udp), echo: e}
+}
+
+// exchange sends a distinct chunk on both flows and checks the echoes.
+// The UDP exchange retries (a datagram may be lost while the tunnel
+// moves); TCP must deliver every byte in order on the same connection.
+func (f *flows) exchange(t *testing.T, within time.Duration) {
+	t.Helper()
+	f.seq++
+	msg := bytes.Repeat([]byte(fmt.Sprintf("chunk %03d|", f.seq)), 300) // 3000 bytes: several segments
+	_ = f.tcp.SetDeadline(time.Now().Add(within))
+	if _, err := f.tcp.Write(msg); err != nil {
+		t.Fatalf("TCP write %d: %v", f.seq, err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(f.tcp, got); err != nil {
+		t.Fatalf("TCP read %d: %v", f.seq, err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatalf("TCP echo %d differs", f.seq)
+	}
+	deadline := time.Now().Add(within)
+	dgram := []byte(fmt.Sprintf("datagram %d", f.seq))
+	buf := make([]byte, 256)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("no UDP echo for datagram %d within %v", f.seq, within)
+		}
+		if _, err := f.udp.WriteTo(dgram, f.dst); err != nil {
+			t.Fatalf("UDP write: %v", err)
+		}
+		_ = f.udp.SetReadDeadline(time.Now().Add(time.Second))
+		n, _, err := f.udp.ReadFrom(buf)
+		if err == nil && bytes.Equal(buf[:n], dgram) {
+			return
+		}
+	}
+}
+
+// sessionGateway serves a gateway on GWAddr:port in the gw namespace.
+func sessionGateway(t *testing.T, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
+	t.Helper()
+	cfg := tunnel.Config{
+		Certificate:   mustLoad(t, cert),
+		Authenticator: staticUser{"alice", "secret"},
+		SplitInclude:  []netip.Prefix{testenv.CorpNet},
+		Dialer:        nsDialer{tp.GW},
+		Logger:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	gw, err := tunnel.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { gw.Close() })
+	listen := fmt.Sprintf("%s:%d", testenv.GWAddr, port)
+	l, err := tp.GW.Listen("tcp", listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gw.Serve(l)
+	return gw, listen
+}
+
+// staticUser signs in one user with a password.
+type staticUser struct{ user, password string }
+
+func (s staticUser) Authenticate(_ context.Context, c auth.Credentials) (*auth.Identity, error) {
+	if c.Username == s.user && c.Password == s.password {
+		return &auth.Identity{User: s.user, Method: "password"}, nil
+	}
+	return nil, auth.ErrInvalidCredentials
+}
+
+// TestSessionContinuity drives the stock openconnect (kernel tun) through
+// the ways a phone loses its connection and checks that open TCP and UDP
+// flows carry on byte for byte (R-P6): a client-side reconnect (SIGUSR2),
+// a 10 s blackout of the client link (DPD declares the peer dead on both
+// sides, openconnect reconnects), then the end of the reconnect grace
+// resets them. A second client with the same cookie takes the session over
+// and the first one exits, without a reconnect storm.
+func TestSessionContinuity(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "openconnect", "ocproxy", "iptables")
+	tp := testenv.Topology(t)
+	cert := testenv.NewCert(t, testenv.GWAddr.String())
+	echo := startCorpEcho(t, tp, 7)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole scenario, generously
+	defer cancel()
+
+	var logs testenv.LogBuffer
+	// DPD 2 s: openconnect declares the gateway dead after 2 DPD (4 s),
+	// the gateway the client after 2.5 DPD (5 s); a 10 s blackout trips
+	// both. Grace 60 s keeps the session through it.
+	gw, listen := sessionGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
+		c.DPD = 2 * time.Second
+		c.ReconnectGrace = time.Minute
+	})
+	opts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
+
+	t.Run("flows survive reconnects", func(t *testing.T) {
+		s := testenv.Openconnect(t, tp.Client, opts)
+		defer s.Close()
+		f := openFlows(t, ctx, tp, echo)
+		f.exchange(t, 10*time.Second)
+		udpBefore := echo.udpSources()
+
+		// openconnect's own reconnect: a new TLS connection, same cookie.
+		if err := s.Reconnect(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.WaitScriptReason("reconnect", 1, 30*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		f.exchange(t, 20*time.Second)
+		t.Logf("script runs after SIGUSR2: %v", s.ScriptReasons())
+
+		// A 10 s blackout of the client's link: both sides declare the
+		// other dead, and openconnect reconnects once the link is back.
+		drop := []string{"-w", "-I", "OUTPUT", "-o", tp.ClientIf, "-j", "DROP"}
+		tp.Client.Run(t, "iptables", drop...)
+		time.Sleep(10 * time.Second)
+		drop[1] = "-D"
+		tp.Client.Run(t, "iptables", drop...)
+		if err := s.WaitScriptReason("reconnect", 2, 60*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("script runs: %v", s.ScriptReasons())
+		f.exchange(t, 30*time.Second)
+
+		if got := echo.udpSources(); len(got) != 1 || len(udpBefore) != 1 || got[0] != udpBefore[0] {
+			t.Errorf("the UDP flow was re-created: corp saw sources %v, before %v", got, udpBefore)
+		}
+		if n := echo.endedCount(); n != 0 {
+			t.Errorf("%d TCP flows ended at the corp server, want 0", n)
+		}
+		if out := logs.String(); !strings.Contains(out, "reason=\"dead peer\"") {
+			t.Errorf("the gateway never declared the blacked-out client dead")
+		}
+		if len(gw.Sessions()) != 1 {
+			t.Errorf("sessions: %+v", gw.Sessions())
+		}
+	})
+
+	t.Run("flows reset when the grace ends", func(t *testing.T) {
+		var glogs testenv.LogBuffer
+		g2, listen2 := sessionGateway(t, tp, cert, 444, &glogs, func(c *tunnel.Config) {
+			c.ReconnectGrace = 3 * time.Second
+		})
+		o := opts
+		o.Server = listen2
+		s := testenv.Openconnect(t, tp.Client, o)
+		f := openFlows(t, ctx, tp, echo)
+		f.exchange(t, 10*time.Second)
+		before := echo.endedCount()
+		// Leave without logging off: the session waits for a reconnect.
+		if err := s.CloseKeepSession(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "the connection to end", func() bool {
+			ss := g2.Sessions()
+			return len(ss) == 1 && !ss[0].Connected
+		})
+		if n := echo.endedCount(); n != before {
+			t.Fatalf("the flow ended with the connection, before the grace")
+		}
+		waitFor(t, 15*time.Second, "the flow to be reset after the grace", func() bool { return echo.endedCount() > before })
+		if len(g2.Sessions()) != 0 {
+			t.Errorf("session outlived its grace: %+v", g2.Sessions())
+		}
+	})
+
+	t.Run("takeover: the newer client wins, the older exits", func(t *testing.T) {
+		o := opts
+		o.Mode = testenv.ModeOcproxy
+		cookie, err := testenv.Authenticate(t, tp.Client, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Cookie = cookie
+		before := strings.Count(logs.String(), "op=connect")
+		first := testenv.Openconnect(t, tp.Client, o)
+		second := testenv.Openconnect(t, tp.Client, o)
+		select {
+		case <-first.Done():
+		case <-time.After(20 * time.Second):
+			t.Fatalf("the older client did not exit; log:\n%s", first.Proc.Tail(20))
+		}
+		if !strings.Contains(first.Log(), "taken over by another connection") {
+			t.Errorf("the older client was not told why:\n%s", first.Proc.Tail(20))
+		}
+		time.Sleep(10 * time.Second) // a storm would show up within seconds
+		select {
+		case <-second.Done():
+			t.Fatalf("the newer client exited:\n%s", second.Proc.Tail(20))
+		default:
+		}
+		if n := strings.Count(logs.String(), "op=connect") - before; n >= 5 {
+			t.Errorf("%d connections for one cookie, want fewer than 5", n)
+		}
+		_ = second.Close()
+	})
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
