@@ -51,7 +51,7 @@ func (s *Stack) Stats() Stats {
 		DropNotAllowed: c.dropNotAllowed.Load(), DropNoPort: c.dropNoPort.Load(),
 		DropPortClosed: c.dropPortClosed.Load(), DropBlocked: c.dropBlocked.Load(),
 		DropParked: c.dropParked.Load(),
-		Rejects: c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),
+		Rejects:    c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),
 		WriteBlocked: c.writeBlocked.Load(),
 		TCPActive:    c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
