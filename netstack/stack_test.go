@@ -626,3 +626,52 @@ func TestAttachAndClose(t *testing.T) {
 		t.Fatalf("TCPActive after Close = %d", a)
 	}
 }
+
+// TestParkedPort: while no transport drains a port (the session waits for
+// a reconnect), a full queue never blocks the stack, even without
+// MaxWriteBlock: the excess drops at once and is counted. The queued
+// packets wait for the next transport; after Unpark, senders get
+// back-pressure again.
+func TestParkedPort(t *testing.T) {
+	gw := newGW(t, nil) // no MaxWriteBlock: an unparked full queue blocks
+	const q = 4
+	p, err := gw.Attach(cliAddr, testHeadroom, q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	p.Park()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range q + 6 { // 6 more than fit
+			_ = p.Inject(echoRequest(cliAddr, gwAddr, uint16(i)))
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a parked port blocked the stack")
+	}
+	if s := gw.Stats(); s.DropParked != 6 || s.DropBlocked != 0 || s.WriteBlocked != 0 {
+		t.Fatalf("DropParked %d (want 6), DropBlocked %d, WriteBlocked %d", s.DropParked, s.DropBlocked, s.WriteBlocked)
+	}
+	p.Unpark()
+	for range q { // what was queued while parked reaches the next transport
+		nextPacket(t, p, time.Second)
+	}
+	for i := range q {
+		_ = p.Inject(echoRequest(cliAddr, gwAddr, uint16(40+i)))
+	}
+	blocked := make(chan struct{})
+	go func() {
+		defer close(blocked)
+		_ = p.Inject(echoRequest(cliAddr, gwAddr, 50)) // full again: waits for room
+	}()
+	waitFor(t, "the sender to block", func() bool { return gw.Stats().WriteBlocked > 0 })
+	nextPacket(t, p, time.Second) // room: the blocked sender gets through
+	<-blocked
+	if s := gw.Stats(); s.DropParked != 6 {
+		t.Fatalf("DropParked %d after Unpark, want 6", s.DropParked)
+	}
+}
