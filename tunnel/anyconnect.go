@@ -70,7 +70,11 @@ func (g *Gateway) newHandler(next http.Handler) http.Handler {
 // gateway can resume.
 func (g *Gateway) liveCookie(r *http.Request) bool {
 	c, err := r.Cookie("webvpn")
-	return err == nil && g.resume(c.Value) != nil
+	if err != nil {
+		return false
+	}
+	s, _ := g.resume(c.Value)
+	return s != nil
 }
 
 // isAnyConnectClient tells AnyConnect-protocol clients from browsers, so
@@ -206,7 +210,7 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
 	if errors.Is(err, ErrFull) {
 		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
-		g.writeForm(w, "Login failed: the gateway is full; try again later.")
+		g.writeForm(w, "Login failed: "+refuseFull.reason+".")
 		return
 	}
 	if err != nil {
@@ -286,23 +290,30 @@ func (g *Gateway) claimNames() []string {
 }
 
 // resume finds the session a cookie belongs to: a live one, or (with a
-// Sealer) one sealed by any gateway of the site, which is re-created here.
-func (g *Gateway) resume(cookie string) *session {
+// Sealer) one sealed by any gateway of the site, which is re-created here
+// unless that would exceed Config.MaxSessions (ErrFull). It returns nil
+// and no error for a cookie that names no session.
+func (g *Gateway) resume(cookie string) (*session, error) {
 	if s := g.sessions.byCookieValue(cookie); s != nil {
-		return s
+		return s, nil
 	}
 	if g.conf().Sealer == nil {
-		return nil
+		return nil, nil
 	}
 	sc, err := g.conf().Sealer.Open(cookie)
 	if err != nil || g.isRevoked(sc.ID) {
-		return nil
+		return nil, nil
 	}
 	s := &session{
 		id: sc.ID, cookieKey: sha256.Sum256([]byte(cookie)), ident: sc.Identity(),
 		created: sc.IssuedAt, expires: sc.Expiry, detached: time.Now(),
 	}
-	return g.sessions.addOrGet(s)
+	got := g.sessions.addOrGet(s, g.conf().MaxSessions)
+	if got == nil {
+		g.log.Warn("resume refused: gateway full", "session", sc.ID, "user", s.ident.User)
+		return nil, ErrFull
+	}
+	return got, nil
 }
 
 // serveConnect turns the connection into a CSTP tunnel.
@@ -338,7 +349,10 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		conn.Close()
 		return
 	}
-	if _, err := conn.Write(g.connectResponse(s, addr, r)); err != nil {
+	if o := g.negotiateDTLS(r); o != nil {
+		g.offerDTLS(t, o)
+	}
+	if _, err := conn.Write(g.connectResponse(s, addr, r, t.dtlsOffer)); err != nil {
 		t.abort() // the data loop cleans up at once
 	} else {
 		g.telemetry(&t.linkBase, "connect", endNone, nil)
@@ -349,7 +363,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 // connectResponse builds the CONNECT reply and its X-CSTP-* headers. It is
 // sent as one write, so it travels in its own TLS record ahead of the first
 // frame, as openconnect expects.
-func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request) []byte {
+func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request, dtls *dtlsOffer) []byte {
 	c := g.conf()
 	var b strings.Builder
 	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
@@ -390,8 +404,19 @@ func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request) 
 	h("X-CSTP-Session-Timeout", strconv.Itoa(int(time.Until(s.expires)/time.Second)))
 	h("X-CSTP-Disconnected-Timeout", strconv.Itoa(int(c.ReconnectGrace/time.Second)))
 	h("X-CSTP-Rekey-Method", "none")
-	h("X-CSTP-MTU", strconv.Itoa(c.MTU))
-	h("X-CSTP-Base-MTU", strconv.Itoa(c.MTU))
+	if dtls != nil {
+		// openconnect's tunnel MTU is the larger of the CSTP and DTLS
+		// ones, and a packet over the DTLS MTU fails the DTLS write
+		// (GnuTLS) and takes DTLS down: with DTLS the whole tunnel uses
+		// the DTLS MTU, as ocserv does. Bigger packets from the corporate
+		// side still fit CSTP.
+		h("X-CSTP-MTU", strconv.Itoa(min(c.MTU, dtls.mtu)))
+		h("X-CSTP-Base-MTU", strconv.Itoa(dtls.base))
+		g.dtlsHeaders(dtls, h)
+	} else {
+		h("X-CSTP-MTU", strconv.Itoa(c.MTU))
+		h("X-CSTP-Base-MTU", strconv.Itoa(c.MTU))
+	}
 	c.Proxy.headers(h)
 	if c.Banner != "" {
 		h("X-CSTP-Banner", c.Banner)

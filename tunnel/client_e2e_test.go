@@ -102,25 +102,14 @@ func startDualGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 2)
-	go func() { done <- g.Serve(l) }()
-	n := 1
-	if !g.conf().DisableUDP {
-		pc, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		n++
-		go func() { done <- g.ServeQUIC(pc) }()
-	}
+	done := make(chan error, 1)
+	go func() { done <- g.ServeTCPAndUDP(l) }()
 	t.Cleanup(func() {
 		if err := g.Close(); err != nil {
 			t.Errorf("Close: %v", err)
 		}
-		for range n {
-			if err := <-done; !errors.Is(err, ErrClosed) {
-				t.Errorf("serve returned %v, want ErrClosed", err)
-			}
+		if err := <-done; !errors.Is(err, ErrClosed) {
+			t.Errorf("serve returned %v, want ErrClosed", err)
 		}
 	})
 	return g, l.Addr().String()

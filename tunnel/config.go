@@ -160,8 +160,15 @@ type Config struct {
 	// Proxy is the web proxy configuration pushed to clients (R-C6).
 	Proxy ProxySettings
 
-	// DisableUDP makes the gateway TCP-only (R-P3): no QUIC listener.
+	// DisableUDP makes the gateway TCP-only (R-P3): no QUIC and no DTLS.
 	DisableUDP bool
+
+	// DTLS chooses the AnyConnect UDP channel's mode (R-P5, dtls.md):
+	// DTLSAuto (the zero value) offers PSK-NEGOTIATE to clients that ask
+	// for it on a TLS 1.3 CSTP connection and legacy DTLS 1.2 resumption
+	// otherwise; DTLSOff keeps AnyConnect clients on CSTP. DTLS runs only
+	// where the gateway serves it (ServeDTLS, ServeTCPAndUDP).
+	DTLS DTLSMode
 
 	// FlowLog, if set, receives one record per forwarded flow when it
 	// ends (the access log, R-O3). It runs on the flow's goroutine: keep it

@@ -59,7 +59,7 @@ func QUICConnContext(ctx context.Context, c *quic.Conn) context.Context {
 // quicConfig is the QUIC configuration for the gateway's listener.
 func (g *Gateway) quicConfig() *quic.Config {
 	c := g.conf()
-	return &quic.Config{
+	qc := &quic.Config{
 		EnableDatagrams: true, // CONNECT-IP carries packets as HTTP datagrams
 		// QUIC's own liveness replaces CSTP's DPD: a silent peer is gone
 		// after the same 2.5 DPD intervals the TLS path allows.
@@ -75,7 +75,26 @@ func (g *Gateway) quicConfig() *quic.Config {
 		// A client runs one CONNECT-IP stream; a few more cover retries.
 		MaxIncomingStreams: 16,
 	}
+	// Banned addresses, and every new connection once the gateway drains,
+	// are refused at the first packet, before any TLS work: as the TCP
+	// listener refuses them (at accept, or closed). quic-go uses its defaults (no datagrams) when the callback returns
+	// a nil config, so it returns this one, without the callback.
+	accept := qc.Clone()
+	qc.GetConfigForClient = func(info *quic.ClientInfo) (*quic.Config, error) {
+		if g.isDraining() {
+			return nil, ErrClosed
+		}
+		if b := g.conf().Bans; b != nil {
+			if ap, err := netip.ParseAddrPort(info.RemoteAddr.String()); err == nil && b.Banned(ap.Addr().Unmap()) {
+				return nil, errBanned
+			}
+		}
+		return accept, nil
+	}
+	return qc
 }
+
+var errBanned = errors.New("tunnel: address banned for failed sign-ins")
 
 // ConnectIPHandler returns the HTTP/3 handler for CONNECT-IP, for mounting
 // in an existing http3.Server (with EnableDatagrams and, ideally,
@@ -113,7 +132,7 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 		}
 	}
 	srv := g.h3
-	g.quicPCs = append(g.quicPCs, pc)
+	g.udpPCs = append(g.udpPCs, pc)
 	g.mu.Unlock()
 	err := srv.Serve(pc)
 	pc.Close()

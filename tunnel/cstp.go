@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/underpass/underpass/internal/cstp"
@@ -24,6 +25,10 @@ type cstpLink struct {
 	conn net.Conn
 	bc   *batchConn // nil when the hosting server did the TLS (Handler mode)
 	br   bufReader
+
+	dtlsOffer   *dtlsOffer                  // nil: no DTLS for this connection
+	dtls        atomic.Pointer[dtlsChannel] // the live DTLS channel, nil while on CSTP only
+	dtlsPending atomic.Int32                // DTLS handshakes in progress
 }
 
 func newCSTPLink(s *session, conn net.Conn, br bufReader) *cstpLink {
@@ -38,6 +43,7 @@ func newCSTPLink(s *session, conn net.Conn, br bufReader) *cstpLink {
 // abort stops the connection at once, unblocking any read or write.
 func (t *cstpLink) abort() {
 	t.stopWith(EndConnLost)
+	t.g.withdrawDTLS(t)
 	_ = t.conn.SetDeadline(time.Now())
 	_ = t.conn.Close()
 }
@@ -77,8 +83,15 @@ func (t *cstpLink) read() (EndReason, error) {
 	}
 }
 
+// writePacket sends pk over DTLS when the channel is up and pk fits its
+// MTU, else as a CSTP frame.
 func (t *cstpLink) writePacket(pk *netstack.Packet) error {
 	f := pk.Frame()
+	if t.dtlsOffer != nil && t.writeDTLS(pk.IP(), f) {
+		t.s.bytesOut.Add(uint64(len(f) - cstpHeaderLen))
+		pk.Release()
+		return nil
+	}
 	cstp.PutHeader(f, cstp.Data, len(f)-cstpHeaderLen)
 	t.s.bytesOut.Add(uint64(len(f) - cstpHeaderLen))
 	_, err := t.conn.Write(f)
@@ -104,6 +117,9 @@ func (t *cstpLink) flush() error {
 // probe sends a DPD request after DPD of silence; the client answers it
 // with a DPD response (any frame counts as heard).
 func (t *cstpLink) probe(silent time.Duration) (EndReason, error) {
+	if t.dtlsOffer != nil {
+		t.probeDTLS()
+	}
 	if silent > deadPeerAfter(t.cfg.DPD) {
 		return EndDeadPeer, nil
 	}

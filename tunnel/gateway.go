@@ -20,6 +20,7 @@ import (
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/ippool"
 	"github.com/underpass/underpass/internal/policy"
+	"github.com/underpass/underpass/internal/udpmux"
 	"github.com/underpass/underpass/netstack"
 )
 
@@ -61,7 +62,13 @@ type Gateway struct {
 	httpSrv  *http.Server
 	handler  http.Handler
 	h3       *http3.Server    // created by the first ServeQUIC; guarded by mu
-	quicPCs  []net.PacketConn // served by h3; closed by Close
+	udpPCs   []net.PacketConn // served by h3 or the DTLS server; closed by Close
+
+	dtlsMu   sync.Mutex
+	dtlsIDs  map[string]*cstpLink // ClientHello session_id -> the CSTP connection that offered it
+	dtlsPort atomic.Int32         // the first DTLS socket's port (X-DTLS-Port); 0: no DTLS served
+
+	dtlsUp, dtlsPacketsIn, dtlsPacketsOut atomic.Uint64
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -101,7 +108,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{
 		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
-		links: make(map[link]struct{}), revoked: make(map[string]time.Time),
+		links: make(map[link]struct{}), revoked: make(map[string]time.Time), dtlsIDs: make(map[string]*cstpLink),
 	}
 	g.cur.Store(&cfg)
 	g.policy.Store(pol)
@@ -199,34 +206,57 @@ func (g *Gateway) Handler() http.Handler { return g.handler }
 // Config.SecretPath to hide the VPN from anyone who does not know it.
 func (g *Gateway) Mount(next http.Handler) http.Handler { return g.newHandler(next) }
 
-// ListenAndServe listens on Config.ListenAddr, TCP for AnyConnect and
-// (unless DisableUDP) UDP on the same port for QUIC, and serves until Close.
+// ListenAndServe listens on Config.ListenAddr (TCP) and serves with
+// ServeTCPAndUDP until Close or Shutdown.
 func (g *Gateway) ListenAndServe() error {
 	l, err := net.Listen("tcp", g.conf().ListenAddr)
 	if err != nil {
 		return fmt.Errorf("tunnel: listen: %w", err)
 	}
+	return g.ServeTCPAndUDP(l)
+}
+
+// ServeTCPAndUDP serves AnyConnect over TLS on l and, unless DisableUDP,
+// binds the same port number over UDP for QUIC (CONNECT-IP) and DTLS
+// together (RFC 9443 first-byte demultiplexing: on Linux the kernel
+// steers each datagram to its socket, so quic-go keeps its own socket and
+// fast paths). DTLS is left out when Config.DTLS is DTLSOff. It returns
+// ErrClosed after Close or Shutdown, or the first serving error; it closes
+// l and the UDP sockets.
+func (g *Gateway) ServeTCPAndUDP(l net.Listener) error {
 	if g.conf().DisableUDP {
 		return g.Serve(l)
 	}
-	// The same port number: a TCP port chosen by the kernel (":0") is
-	// reused for UDP.
-	pc, err := net.ListenPacket("udp", l.Addr().String())
+	m, err := udpmux.Listen(g.ctx, "udp", l.Addr().String())
 	if err != nil {
 		l.Close()
 		return fmt.Errorf("tunnel: listen udp: %w", err)
 	}
-	errc := make(chan error, 2)
-	go func() { errc <- g.Serve(l) }()
-	go func() { errc <- g.ServeQUIC(pc) }()
+	if !m.Kernel() {
+		g.log.Info("udp: kernel steering unavailable; demultiplexing QUIC and DTLS in userspace")
+	}
+	serve := []func() error{
+		func() error { return g.Serve(l) },
+		func() error { return g.ServeQUIC(m.QUIC()) },
+	}
+	if g.conf().DTLS != DTLSOff {
+		serve = append(serve, func() error { return g.ServeDTLS(m.DTLS()) })
+	}
+	errc := make(chan error, len(serve))
+	for _, f := range serve {
+		go func() { errc <- f() }()
+	}
 	err = <-errc
-	if !errors.Is(err, ErrClosed) {
+	if !errors.Is(err, ErrClosed) { // a failure: stop the others too
 		l.Close()
-		pc.Close()
+		m.Close()
+	} // else the gateway stops them in order (QUIC after its going-away codes)
+	for range len(serve) - 1 {
+		if err2 := <-errc; errors.Is(err, ErrClosed) {
+			err = err2
+		}
 	}
-	if err2 := <-errc; errors.Is(err, ErrClosed) {
-		err = err2
-	}
+	m.Close()
 	return err
 }
 
@@ -429,7 +459,7 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 		close(done)
 	}()
 	<-done
-	g.closeQUIC() // after the tunnels, so QUIC clients got their going-away code
+	g.closeUDP() // after the tunnels, so QUIC clients got their going-away code
 	if cerr := g.Close(); err == nil {
 		err = cerr
 	}
@@ -456,7 +486,7 @@ func (g *Gateway) Close() error {
 		for _, s := range g.sessions.all() {
 			g.endSession(s, EndGoingAway)
 		}
-		g.closeQUIC()
+		g.closeUDP()
 		if g.dns != nil {
 			_ = g.dns.Close()
 		}
@@ -469,12 +499,12 @@ func (g *Gateway) Close() error {
 	return g.closeErr
 }
 
-// closeQUIC stops the QUIC listeners. Live CONNECT-IP sessions are ended by
+// closeUDP stops the QUIC and DTLS listeners. Live CONNECT-IP sessions are ended by
 // the caller, with the code that tells clients what to do.
-func (g *Gateway) closeQUIC() {
+func (g *Gateway) closeUDP() {
 	g.mu.Lock()
-	pcs := g.quicPCs
-	g.quicPCs = nil
+	pcs := g.udpPCs
+	g.udpPCs = nil
 	g.mu.Unlock()
 	for _, pc := range pcs {
 		_ = pc.Close()

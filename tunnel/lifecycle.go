@@ -56,7 +56,10 @@ func (g *Gateway) admitResume(r *http.Request, ca netip.AddrPort) (*session, *re
 	if err != nil {
 		return nil, refuseBadCookie
 	}
-	s := g.resume(c.Value)
+	s, err := g.resume(c.Value)
+	if errors.Is(err, ErrFull) {
+		return nil, refuseFull
+	}
 	if s == nil || time.Now().After(s.expires) {
 		return nil, refuseBadCookie
 	}

@@ -113,12 +113,16 @@ func (t *sessionTable) add(s *session, max int) bool {
 
 // addOrGet adds s unless a session with its cookie exists already (two
 // connections resuming one sealed cookie at once), and returns the one
-// that is in the table.
-func (t *sessionTable) addOrGet(s *session) *session {
+// that is in the table; nil if adding would exceed max sessions (0: no
+// cap).
+func (t *sessionTable) addOrGet(s *session, max int) *session {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if old := t.byCookie[s.cookieKey]; old != nil {
 		return old
+	}
+	if max > 0 && len(t.byID) >= max {
+		return nil
 	}
 	t.byCookie[s.cookieKey] = s
 	t.byID[s.id] = s

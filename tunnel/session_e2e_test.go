@@ -15,6 +15,7 @@ import (
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/udpmux"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -333,5 +334,79 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 			t.Fatalf("timed out after %v waiting for %s", within, what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// udpGateway serves a gateway in the gw namespace on GWAddr:port: TLS on
+// TCP, and QUIC and DTLS together on the same UDP port (the sockets are
+// made inside the namespace, so the library's ServeTCPAndUDP, which binds
+// in the calling process's namespace, is not used here).
+func udpGateway(t *testing.T, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
+	t.Helper()
+	gw, listen := sessionGateway(t, tp, cert, port, logs, mod)
+	var m *udpmux.Mux
+	if err := tp.GW.Do(func() (err error) { m, err = udpmux.Listen(context.Background(), "udp", listen); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if !m.Kernel() {
+		t.Errorf("udpmux fell back to userspace demultiplexing on Linux")
+	}
+	t.Cleanup(func() { m.Close() })
+	go gw.ServeQUIC(m.QUIC())
+	go gw.ServeDTLS(m.DTLS())
+	waitFor(t, 5*time.Second, "the DTLS server", func() bool { return dtlsServed(gw) })
+	return gw, listen
+}
+
+// dtlsServed reports whether gw has a DTLS socket (ServeDTLS started).
+func dtlsServed(gw *tunnel.Gateway) bool { return tunnel.DTLSPortForTest(gw) != 0 }
+
+// TestOpenconnectDTLS: the stock openconnect uses UDP against the gateway
+// by default, in PSK-NEGOTIATE mode on TLS 1.3 and in legacy resumption
+// when forced or on TLS 1.2; its MTU probe is answered; data moves over
+// DTLS (the gateway's DTLS counters); with UDP blocked it stays on CSTP
+// and works.
+func TestOpenconnectDTLS(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "openconnect", "iptables")
+	tp := testenv.Topology(t)
+	cert := testenv.NewCert(t, testenv.GWAddr.String())
+	echo := startCorpEcho(t, tp, 7)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var logs testenv.LogBuffer
+	gw, listen := udpGateway(t, tp, cert, 443, &logs, nil)
+	opts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun, DTLS: true}
+
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		want  []string // in openconnect's log
+	}{
+		{"PSK-NEGOTIATE", nil, []string{"Established DTLS connection", "PSK"}},
+		{"legacy resumption", []string{"--dtls-ciphers", "OC-DTLS1_2-AES128-GCM"}, []string{"Established DTLS connection", "AES-128-GCM"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := opts
+			o.ExtraArgs = tc.extra
+			before := gw.Stats()
+			s := testenv.Openconnect(t, tp.Client, o)
+			defer s.Close()
+			waitFor(t, 15*time.Second, "DTLS to come up", func() bool { return gw.Stats().DTLSUp > before.DTLSUp })
+			f := openFlows(t, ctx, tp, echo)
+			for range 3 {
+				f.exchange(t, 10*time.Second)
+			}
+			after := gw.Stats()
+			if after.DTLSPacketsIn == before.DTLSPacketsIn || after.DTLSPacketsOut == before.DTLSPacketsOut {
+				t.Errorf("no data over DTLS: in %d->%d, out %d->%d", before.DTLSPacketsIn, after.DTLSPacketsIn, before.DTLSPacketsOut, after.DTLSPacketsOut)
+			}
+			waitFor(t, 10*time.Second, "openconnect's MTU detection", func() bool { return strings.Contains(s.Log(), "MTU") })
+			for _, w := range append(tc.want, "No change in MTU after detection") {
+				if !strings.Contains(s.Log(), w) {
+					t.Errorf("openconnect's log lacks %q:\n%s", w, s.Proc.Tail(40))
+				}
+			}
+		})
 	}
 }

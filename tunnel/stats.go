@@ -11,6 +11,9 @@ type Stats struct {
 	SignInFailures uint64 // refused sign-ins (bad credentials, policy, IdP errors)
 	BytesIn        uint64 // IP bytes from clients accepted into the stack
 	BytesOut       uint64 // IP bytes queued to clients
+	DTLSUp         uint64 // DTLS channels established (handshakes completed)
+	DTLSPacketsIn  uint64 // packets from clients that came over DTLS
+	DTLSPacketsOut uint64 // packets to clients sent over DTLS (the rest went over CSTP or QUIC)
 	Stack          netstack.Stats
 }
 
@@ -21,6 +24,9 @@ func (g *Gateway) Stats() Stats {
 		SignIns:        g.signIns.Load(),
 		SignInFailures: g.signInFailures.Load(),
 		Stack:          g.stack.Stats(),
+		DTLSUp:         g.dtlsUp.Load(),
+		DTLSPacketsIn:  g.dtlsPacketsIn.Load(),
+		DTLSPacketsOut: g.dtlsPacketsOut.Load(),
 	}
 	st.BytesIn, st.BytesOut = st.Stack.BytesIn, st.Stack.BytesOut
 	for _, s := range g.sessions.all() {

@@ -243,17 +243,10 @@ func serve(args []string, stdout, stderr io.Writer) int {
 	printBanner(stdout, l.Addr().String(), pin, demoUser, demoPass, gw)
 	logger.Info("serving", "listen", l.Addr().String(), "tunnel_addr", gw.Addr())
 
-	errc := make(chan error, 2)
-	go func() { errc <- gw.Serve(l) }()
-	if !cfg.Tunnel.DisableUDP {
-		// QUIC (CONNECT-IP) on the same port number over UDP (R-P2).
-		pc, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			fmt.Fprintln(stderr, "underpass: udp:", err)
-			return exitFail
-		}
-		go func() { errc <- gw.ServeQUIC(pc) }()
-	}
+	// AnyConnect over TLS, and on the same port number over UDP QUIC
+	// (CONNECT-IP, R-P2) and DTLS (R-P5), unless disable_udp.
+	errc := make(chan error, 1)
+	go func() { errc <- gw.ServeTCPAndUDP(l) }()
 	stopc := make(chan time.Duration, 1)
 	sockPath, err := socketPath(*adminSock)
 	if err != nil {

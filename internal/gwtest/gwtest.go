@@ -89,19 +89,12 @@ func Start(t testing.TB, mod func(*tunnel.Config)) *Gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 2)
-	go func() { done <- g.Serve(l) }()
-	go func() { done <- g.ServeQUIC(pc) }()
+	done := make(chan error, 1)
+	go func() { done <- g.ServeTCPAndUDP(l) }()
 	t.Cleanup(func() {
 		_ = g.Close()
-		for range 2 {
-			if err := <-done; !errors.Is(err, tunnel.ErrClosed) {
-				t.Errorf("gateway serve: %v", err)
-			}
+		if err := <-done; !errors.Is(err, tunnel.ErrClosed) {
+			t.Errorf("gateway serve: %v", err)
 		}
 	})
 	pin, _ := certutil.Pin(&cert)

@@ -1,0 +1,568 @@
+package tunnel
+
+// The DTLS adapter: AnyConnect's UDP data channel (R-P5, dtls.md). A DTLS
+// channel is not a connection of its own: it rides on a CSTP connection,
+// whose CONNECT negotiated its keys, and carries that connection's packets
+// while it lives. The session core sees one link (the CSTP one); packets
+// that fit the DTLS MTU go over UDP, the rest and every control message
+// over CSTP. DTLS dying leaves the session on CSTP.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/dtls/v3"
+
+	"github.com/underpass/underpass/internal/acdtls"
+	"github.com/underpass/underpass/internal/cstp"
+)
+
+// DTLSMode chooses how the gateway offers AnyConnect's DTLS channel.
+type DTLSMode int
+
+// DTLS modes (the config file's `dtls: auto|psk|legacy|off`).
+const (
+	// DTLSAuto offers PSK-NEGOTIATE (openconnect) when the CSTP
+	// connection can export keys (TLS 1.3), else legacy DTLS 1.2
+	// resumption (Cisco clients, openconnect on TLS 1.2).
+	DTLSAuto DTLSMode = iota
+	// DTLSPSK offers PSK-NEGOTIATE only.
+	DTLSPSK
+	// DTLSLegacy offers legacy resumption only.
+	DTLSLegacy
+	// DTLSOff never offers DTLS.
+	DTLSOff
+)
+
+func (m DTLSMode) acdtls() acdtls.Mode {
+	switch m {
+	case DTLSPSK:
+		return acdtls.ModePSK
+	case DTLSLegacy:
+		return acdtls.ModeLegacy
+	case DTLSOff:
+		return acdtls.ModeOff
+	}
+	return acdtls.ModeAuto
+}
+
+func (m DTLSMode) String() string { return m.acdtls().String() }
+
+// ParseDTLSMode parses "auto", "psk", "legacy" or "off" ("" is auto).
+func ParseDTLSMode(s string) (DTLSMode, error) {
+	m, err := acdtls.ParseMode(s)
+	if err != nil {
+		return 0, err
+	}
+	return map[acdtls.Mode]DTLSMode{acdtls.ModeAuto: DTLSAuto, acdtls.ModePSK: DTLSPSK,
+		acdtls.ModeLegacy: DTLSLegacy, acdtls.ModeOff: DTLSOff}[m], nil
+}
+
+const (
+	// dtlsHandshakeTimeout bounds one DTLS handshake: openconnect gives up
+	// on a handshake after a few seconds and retries; a peer with a wrong
+	// key gets no alert (pion drops bad records), so only a deadline ends
+	// it.
+	dtlsHandshakeTimeout = 10 * time.Second
+	// dtlsPendingPerLink caps the handshakes one CSTP connection may have
+	// in progress: openconnect runs one at a time; a second covers a NAT
+	// rebinding mid-handshake. More is an attack on the gateway's memory.
+	dtlsPendingPerLink = 2
+	// dtlsPeerQueue is how many datagrams may wait for one DTLS peer's
+	// reader: a burst of a fast client's packets while the reader injects
+	// into the stack. The excess drops (TCP inside retransmits).
+	dtlsPeerQueue = 512
+	// dtlsReadBuf is pion's own receive size: Conn.Read needs room for a
+	// whole record.
+	dtlsReadBuf = 8192
+	// dtlsDatagramBuf holds one UDP datagram for the DTLS server: a DTLS
+	// record of the largest tunnel packet (a 1500-byte path) with room.
+	// Larger datagrams are not DTLS records openconnect sends.
+	dtlsDatagramBuf = 2048
+)
+
+// dtlsOffer is what a CSTP connection negotiated for DTLS at CONNECT.
+type dtlsOffer struct {
+	params acdtls.Params
+	psk    []byte // PSK mode: the TLS exporter's 32 bytes
+	id     string // the ClientHello session_id that names this connection
+	mtu    int    // the largest IP packet sent over DTLS
+	base   int    // the path MTU estimate it derives from (X-CSTP-Base-MTU)
+}
+
+// dtlsChannel is a live DTLS connection of a CSTP link.
+type dtlsChannel struct {
+	conn   *dtls.Conn
+	peer   *dtlsPeer
+	lastRx atomic.Int64 // unix nanos of the last record from the client
+	once   sync.Once
+}
+
+func (ch *dtlsChannel) close() {
+	ch.once.Do(func() { _ = ch.conn.Close() })
+}
+
+// negotiateDTLS picks the DTLS mode for a CONNECT on a CSTP connection,
+// or returns nil when the client stays on CSTP: no DTLS socket served, the
+// mode is off, UDP is disabled, or the client offered nothing usable.
+func (g *Gateway) negotiateDTLS(r *http.Request) *dtlsOffer {
+	c := g.conf()
+	if c.DisableUDP || c.DTLS == DTLSOff || g.dtlsPort.Load() == 0 {
+		return nil
+	}
+	// PSK-NEGOTIATE needs the TLS exporter, which Go offers on TLS 1.3
+	// (and on 1.2 only with Extended Master Secret, which openconnect
+	// does not send): never GODEBUG=tlsunsafeekm in a library.
+	var psk []byte
+	if r.TLS != nil {
+		if k, err := r.TLS.ExportKeyingMaterial(acdtls.PSKExporterLabel, nil, acdtls.PSKLen); err == nil {
+			psk = k
+		}
+	}
+	p, ok := acdtls.Negotiate(c.DTLS.acdtls(), acdtls.ParseOffer(r.Header), psk != nil)
+	if !ok {
+		return nil
+	}
+	o := &dtlsOffer{params: p, psk: psk}
+	if p.PSK {
+		o.id = string(p.AppID)
+	} else {
+		o.id = string(p.SessionID[:])
+	}
+	base := acdtls.DefaultBaseMTU
+	if v, err := parsePositive(r.Header.Get("X-CSTP-Base-MTU")); err == nil && v >= MinMTU && v < base {
+		base = v
+	}
+	ca := clientAddr(r)
+	o.base = base
+	o.mtu = acdtls.MTU(base, ca.Addr().Is6() && !ca.Addr().Is4In6(), false, p)
+	return o
+}
+
+// dtlsHeaders adds the X-DTLS-* CONNECT response headers for o.
+func (g *Gateway) dtlsHeaders(o *dtlsOffer, h func(k, v string)) {
+	c := g.conf()
+	h("X-DTLS-Port", fmt.Sprint(g.dtlsPort.Load()))
+	h("X-DTLS-DPD", fmt.Sprint(int(c.DPD/time.Second)))
+	h("X-DTLS-Keepalive", fmt.Sprint(int(c.Keepalive/time.Second)))
+	h("X-DTLS-MTU", fmt.Sprint(o.mtu))
+	o.params.Headers(h) // last: the cipher-suite header that wins
+}
+
+// parsePositive parses a positive decimal integer header value.
+func parsePositive(s string) (int, error) {
+	var v int
+	if _, err := fmt.Sscan(s, &v); err != nil || v <= 0 {
+		return 0, errors.New("not a positive integer")
+	}
+	return v, nil
+}
+
+// offerDTLS makes t's DTLS offer findable by the session_id of the
+// client's ClientHello, until t ends.
+func (g *Gateway) offerDTLS(t *cstpLink, o *dtlsOffer) {
+	t.dtlsOffer = o
+	g.dtlsMu.Lock()
+	g.dtlsIDs[o.id] = t
+	g.dtlsMu.Unlock()
+}
+
+// withdrawDTLS closes t's DTLS channel and forgets its offer.
+func (g *Gateway) withdrawDTLS(t *cstpLink) {
+	if t.dtlsOffer == nil {
+		return
+	}
+	g.dtlsMu.Lock()
+	if g.dtlsIDs[t.dtlsOffer.id] == t {
+		delete(g.dtlsIDs, t.dtlsOffer.id)
+	}
+	g.dtlsMu.Unlock()
+	if ch := t.dtls.Swap(nil); ch != nil {
+		ch.close()
+	}
+}
+
+func (g *Gateway) dtlsLink(id []byte) *cstpLink {
+	g.dtlsMu.Lock()
+	defer g.dtlsMu.Unlock()
+	return g.dtlsIDs[string(id)]
+}
+
+// ServeDTLS serves AnyConnect DTLS on pc until Close or Shutdown, then
+// returns ErrClosed; it closes pc. CSTP clients are told this socket's
+// port (X-DTLS-Port; the first one served). ServeTCPAndUDP calls it on the
+// DTLS side of the shared UDP port.
+//
+// Datagrams from an address without a DTLS connection are dropped before
+// any state is made unless they are a ClientHello naming a live CSTP
+// connection's offer (dtls.md §5), and pion keeps the HelloVerifyRequest
+// cookie exchange, so a spoofed source gets no amplification.
+func (g *Gateway) ServeDTLS(pc net.PacketConn) error {
+	c := g.conf()
+	switch {
+	case c.DisableUDP:
+		pc.Close()
+		return errors.New("tunnel: UDP is disabled in the configuration")
+	case c.DTLS == DTLSOff:
+		pc.Close()
+		return errors.New("tunnel: DTLS is off in the configuration")
+	}
+	ap, err := netip.ParseAddrPort(pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		return fmt.Errorf("tunnel: DTLS socket address: %w", err)
+	}
+	g.mu.Lock()
+	if g.closed || g.draining {
+		g.mu.Unlock()
+		pc.Close()
+		return ErrClosed
+	}
+	g.udpPCs = append(g.udpPCs, pc)
+	g.mu.Unlock()
+	g.dtlsPort.CompareAndSwap(0, int32(ap.Port()))
+	if uc, ok := pc.(interface{ SetReadBuffer(int) error }); ok {
+		// Bursts of a fast client (and of many) outrun the default 208 KiB
+		// socket buffer; quic-go sizes its own the same way.
+		_ = uc.SetReadBuffer(dtlsSocketBuffer)
+	}
+	s := &dtlsServer{g: g, pc: pc, peers: make(map[netip.AddrPort]*dtlsPeer)}
+	err = s.serve()
+	s.closeAll()
+	s.wg.Wait()
+	if g.ctx.Err() != nil || g.isDraining() || errors.Is(err, net.ErrClosed) {
+		return ErrClosed
+	}
+	return err
+}
+
+// dtlsSocketBuffer is the DTLS socket's receive buffer: 7 MiB, what
+// quic-go asks for its own socket (the kernel caps it at rmem_max).
+const dtlsSocketBuffer = 7 << 20
+
+// dtlsServer demultiplexes one DTLS socket by source address.
+type dtlsServer struct {
+	g  *Gateway
+	pc net.PacketConn
+	wg sync.WaitGroup
+
+	mu    sync.Mutex
+	peers map[netip.AddrPort]*dtlsPeer
+
+	drops atomic.Uint64 // datagrams dropped without state (unknown, hostile)
+}
+
+func (s *dtlsServer) serve() error {
+	buf := make([]byte, dtlsDatagramBuf)
+	for {
+		n, from, err := s.pc.ReadFrom(buf)
+		if err != nil {
+			return err
+		}
+		ua, ok := from.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		src := ua.AddrPort()
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		s.mu.Lock()
+		p := s.peers[src]
+		s.mu.Unlock()
+		if p != nil {
+			p.deliver(buf[:n])
+			continue
+		}
+		s.accept(src, from, buf[:n])
+	}
+}
+
+// accept starts a handshake for a ClientHello that names a live offer.
+// Anything else is dropped before state is made.
+func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
+	id, ok := acdtls.ClientHelloSessionID(d)
+	if !ok {
+		s.drops.Add(1)
+		return
+	}
+	t := s.g.dtlsLink(id)
+	if t == nil || t.dtlsPending.Add(1) > dtlsPendingPerLink {
+		if t != nil {
+			t.dtlsPending.Add(-1)
+		}
+		s.drops.Add(1)
+		return
+	}
+	p := &dtlsPeer{s: s, addr: src, raddr: from, in: make(chan []byte, dtlsPeerQueue), closed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	p.deliver(d)
+	s.mu.Lock()
+	s.peers[src] = p
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.handshake(t, p, append([]byte(nil), d...))
+	}()
+}
+
+// handshake runs the DTLS handshake for t's offer on p and, on success,
+// makes the connection t's DTLS channel (replacing an older one: a new
+// ClientHello from a known session replaces its DTLS connection, as in
+// ocserv) and reads it until it ends.
+func (s *dtlsServer) handshake(t *cstpLink, p *dtlsPeer, hello []byte) {
+	g := s.g
+	o := t.dtlsOffer
+	opts, err := o.params.ServerOptions(o.psk, hello, g.log)
+	if err != nil {
+		t.dtlsPending.Add(-1)
+		p.Close()
+		return
+	}
+	conn, err := dtls.ServerWithOptions(p, p.raddr, opts...)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(g.ctx, dtlsHandshakeTimeout)
+		err = conn.HandshakeContext(ctx)
+		cancel()
+	}
+	t.dtlsPending.Add(-1)
+	if err != nil {
+		g.log.Debug("dtls handshake failed", "session", t.s.id, "client", p.addr, "err", err)
+		if conn != nil {
+			_ = conn.Close()
+		}
+		p.Close()
+		return
+	}
+	ch := &dtlsChannel{conn: conn, peer: p}
+	ch.lastRx.Store(time.Now().UnixNano())
+	select {
+	case <-t.done: // the CSTP connection ended meanwhile
+		ch.close()
+		return
+	default:
+	}
+	if old := t.dtls.Swap(ch); old != nil {
+		old.close()
+	}
+	st, _ := conn.ConnectionState()
+	g.log.Info("dtls up", "session", t.s.id, "client", p.addr, "psk", o.params.PSK, "suite", st.CipherSuiteID, "mtu", o.mtu)
+	g.dtlsUp.Add(1)
+	t.readDTLS(ch)
+	t.dtls.CompareAndSwap(ch, nil)
+	ch.close()
+}
+
+func (s *dtlsServer) remove(p *dtlsPeer) {
+	s.mu.Lock()
+	if s.peers[p.addr] == p {
+		delete(s.peers, p.addr)
+	}
+	s.mu.Unlock()
+}
+
+func (s *dtlsServer) closeAll() {
+	s.mu.Lock()
+	ps := make([]*dtlsPeer, 0, len(s.peers))
+	for _, p := range s.peers {
+		ps = append(ps, p)
+	}
+	s.mu.Unlock()
+	for _, p := range ps {
+		p.Close()
+	}
+}
+
+// readDTLS reads the client's DTLS records until the channel ends: DATA
+// into the stack, a DPD request answered with the same payload over DTLS
+// (openconnect's MTU probe pads it to the tunnel MTU and needs the echo,
+// dtls.md §7), keepalives only count as heard.
+func (t *cstpLink) readDTLS(ch *dtlsChannel) {
+	s := t.s
+	buf := make([]byte, dtlsReadBuf)
+	for {
+		n, err := ch.conn.Read(buf)
+		if err != nil {
+			return
+		}
+		typ, payload, err := acdtls.ParseRecord(buf[:n])
+		if err != nil {
+			continue
+		}
+		ch.lastRx.Store(time.Now().UnixNano())
+		switch typ {
+		case cstp.Data:
+			t.g.dtlsPacketsIn.Add(1)
+			s.bytesIn.Add(uint64(len(payload)))
+			_ = t.port.Inject(payload)
+		case cstp.DPDReq:
+			buf[0] = byte(cstp.DPDResp)
+			_, _ = ch.conn.Write(buf[:n])
+		}
+	}
+}
+
+// writeDTLS sends pk over t's DTLS channel if there is one and pk fits
+// its MTU; false means send it over CSTP. A failed write retires the
+// channel: the session carries on over CSTP.
+func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
+	ch := t.dtls.Load()
+	if ch == nil || len(ip) > t.dtlsOffer.mtu {
+		return false
+	}
+	rec := frame[len(frame)-len(ip)-acdtls.RecordHeaderLen:]
+	rec[0] = byte(cstp.Data)
+	if _, err := ch.conn.Write(rec); err != nil {
+		t.g.log.Info("dtls down; continuing over CSTP", "session", t.s.id, "err", err)
+		if t.dtls.CompareAndSwap(ch, nil) {
+			ch.close()
+		}
+		return false
+	}
+	t.g.dtlsPacketsOut.Add(1)
+	return true
+}
+
+// probeDTLS runs the DTLS channel's DPD: a request after DPD of silence,
+// and the channel retired after 2.5 DPD (the session stays on CSTP).
+func (t *cstpLink) probeDTLS() {
+	ch := t.dtls.Load()
+	if ch == nil {
+		return
+	}
+	silent := time.Since(time.Unix(0, ch.lastRx.Load()))
+	switch {
+	case silent > deadPeerAfter(t.cfg.DPD):
+		t.g.log.Info("dtls dead; continuing over CSTP", "session", t.s.id, "silent", silent.Round(time.Second))
+		if t.dtls.CompareAndSwap(ch, nil) {
+			ch.close()
+		}
+	case silent > t.cfg.DPD:
+		_, _ = ch.conn.Write([]byte{byte(cstp.DPDReq)})
+	}
+}
+
+// dtlsPeer is one client address's view of the DTLS socket: the
+// net.PacketConn pion runs its connection on. Datagrams arrive from the
+// server's reader; writes go straight to the socket.
+type dtlsPeer struct {
+	s     *dtlsServer
+	addr  netip.AddrPort
+	raddr net.Addr
+
+	in     chan []byte
+	closed chan struct{}
+	once   sync.Once
+
+	dmu      sync.Mutex
+	deadline time.Time
+	wake     chan struct{} // poked when the read deadline changes
+}
+
+var dtlsBufs = sync.Pool{New: func() any { b := make([]byte, dtlsDatagramBuf); return &b }}
+
+func (p *dtlsPeer) deliver(d []byte) {
+	bp := dtlsBufs.Get().(*[]byte)
+	b := append((*bp)[:0], d...)
+	select {
+	case p.in <- b:
+	default:
+		dtlsBufs.Put(bp)
+	}
+}
+
+// ReadFrom returns the next datagram from the peer.
+func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
+	for {
+		p.dmu.Lock()
+		dl := p.deadline
+		p.dmu.Unlock()
+		var (
+			timeout <-chan time.Time
+			tm      *time.Timer
+		)
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return 0, nil, errDeadline
+			}
+			tm = time.NewTimer(d)
+			timeout = tm.C
+		}
+		var (
+			n   int
+			err error
+			got bool
+		)
+		select {
+		case d := <-p.in:
+			n, got = copy(b, d), true
+			d = d[:cap(d)]
+			dtlsBufs.Put(&d)
+		case <-p.closed:
+			err = net.ErrClosed
+		case <-timeout:
+			err = errDeadline
+		case <-p.wake: // the deadline moved: look again
+		}
+		if tm != nil {
+			tm.Stop()
+		}
+		if got {
+			return n, p.raddr, nil
+		}
+		if err != nil {
+			return 0, nil, err
+		}
+	}
+}
+
+// errDeadline is a net.Error timeout, as net.PacketConn promises.
+var errDeadline = deadlineError{}
+
+type deadlineError struct{}
+
+func (deadlineError) Error() string   { return "i/o timeout" }
+func (deadlineError) Timeout() bool   { return true }
+func (deadlineError) Temporary() bool { return true }
+
+func (p *dtlsPeer) WriteTo(b []byte, _ net.Addr) (int, error) {
+	select {
+	case <-p.closed:
+		return 0, net.ErrClosed
+	default:
+	}
+	return p.s.pc.WriteTo(b, p.raddr)
+}
+
+// Close forgets the peer; its next datagram is a stranger's again.
+func (p *dtlsPeer) Close() error {
+	p.once.Do(func() {
+		close(p.closed)
+		p.s.remove(p)
+	})
+	return nil
+}
+
+func (p *dtlsPeer) LocalAddr() net.Addr { return p.s.pc.LocalAddr() }
+
+func (p *dtlsPeer) SetDeadline(t time.Time) error { return p.SetReadDeadline(t) }
+
+func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
+	p.dmu.Lock()
+	p.deadline = t
+	p.dmu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// SetWriteDeadline: writes to a UDP socket do not block for long.
+func (p *dtlsPeer) SetWriteDeadline(time.Time) error { return nil }
