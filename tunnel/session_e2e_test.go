@@ -3,15 +3,24 @@ package tunnel_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
+	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testenv"
@@ -96,6 +105,7 @@ func (e *corpEcho) udpSources() []string {
 	for k := range e.udpPeers {
 		out = append(out, k)
 	}
+	slices.Sort(out)
 	return out
 }
 
@@ -216,55 +226,19 @@ func TestSessionContinuity(t *testing.T) {
 	// DPD 2 s: openconnect declares the gateway dead after 2 DPD (4 s),
 	// the gateway the client after 2.5 DPD (5 s); a 10 s blackout trips
 	// both. Grace 60 s keeps the session through it.
-	gw, listen := sessionGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
+	gw, listen := udpGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
 		c.DPD = 2 * time.Second
 		c.ReconnectGrace = time.Minute
 	})
 	opts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
 
-	t.Run("flows survive reconnects", func(t *testing.T) {
-		s := testenv.Openconnect(t, tp.Client, opts)
-		defer s.Close()
-		f := openFlows(t, ctx, tp, echo)
-		f.exchange(t, 10*time.Second)
-		udpBefore := echo.udpSources()
-
-		// openconnect's own reconnect: a new TLS connection, same cookie.
-		if err := s.Reconnect(); err != nil {
-			t.Fatal(err)
-		}
-		if err := s.WaitScriptReason("reconnect", 1, 30*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		f.exchange(t, 20*time.Second)
-		t.Logf("script runs after SIGUSR2: %v", s.ScriptReasons())
-
-		// A 10 s blackout of the client's link: both sides declare the
-		// other dead, and openconnect reconnects once the link is back.
-		drop := []string{"-w", "-I", "OUTPUT", "-o", tp.ClientIf, "-j", "DROP"}
-		tp.Client.Run(t, "iptables", drop...)
-		time.Sleep(10 * time.Second)
-		drop[1] = "-D"
-		tp.Client.Run(t, "iptables", drop...)
-		if err := s.WaitScriptReason("reconnect", 2, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		t.Logf("script runs: %v", s.ScriptReasons())
-		f.exchange(t, 30*time.Second)
-
-		if got := echo.udpSources(); len(got) != 1 || len(udpBefore) != 1 || got[0] != udpBefore[0] {
-			t.Errorf("the UDP flow was re-created: corp saw sources %v, before %v", got, udpBefore)
-		}
-		if n := echo.endedCount(); n != 0 {
-			t.Errorf("%d TCP flows ended at the corp server, want 0", n)
-		}
-		if out := logs.String(); !strings.Contains(out, "reason=\"dead peer\"") {
-			t.Errorf("the gateway never declared the blacked-out client dead")
-		}
-		if len(gw.Sessions()) != 1 {
-			t.Errorf("sessions: %+v", gw.Sessions())
-		}
-	})
+	for _, dtls := range []bool{false, true} {
+		t.Run(fmt.Sprintf("flows survive reconnects (DTLS %v)", dtls), func(t *testing.T) {
+			o := opts
+			o.DTLS = dtls
+			flowsSurviveReconnects(t, ctx, tp, gw, echo, &logs, o)
+		})
+	}
 
 	t.Run("flows reset when the grace ends", func(t *testing.T) {
 		var glogs testenv.LogBuffer
@@ -408,5 +382,213 @@ func TestOpenconnectDTLS(t *testing.T) {
 				}
 			}
 		})
+	}
+
+	t.Run("QUIC on the same port while DTLS moves data", func(t *testing.T) {
+		s := testenv.Openconnect(t, tp.Client, opts)
+		defer s.Close()
+		f := openFlows(t, ctx, tp, echo)
+		stop := make(chan struct{})
+		errc := make(chan error, 1)
+		go func() { // keep the DTLS session busy meanwhile
+			defer close(errc)
+			msg := bytes.Repeat([]byte("x"), 1200)
+			buf := make([]byte, len(msg))
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_ = f.tcp.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := f.tcp.Write(msg); err != nil {
+					errc <- err
+					return
+				}
+				if _, err := io.ReadFull(f.tcp, buf); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+		before := gw.Stats().DTLSPacketsIn
+		// The Go client over QUIC, from the client namespace, to the same
+		// port: a session of its own, a TCP echo through it.
+		var c *tunnel.Client
+		err := tp.Client.Do(func() (err error) {
+			c, err = tunnel.Dial(ctx, tunnel.ClientConfig{Server: listen, Username: "alice", Password: "secret",
+				PinSHA256: cert.Pin, Transport: tunnel.TransportQUIC})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("tunnel.Client over QUIC: %v", err)
+		}
+		defer c.Close()
+		conn, err := c.DialContext(ctx, "tcp", echo.tcp.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write([]byte("over quic")); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, 9)
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != "over quic" {
+			t.Fatalf("echo over QUIC: %q %v", got, err)
+		}
+		conn.Close()
+		// connect-ip-go's own client on the same port.
+		if err := tp.Client.Do(func() error { return connectIPGoClient(ctx, listen, "alice", "secret") }); err != nil {
+			t.Fatalf("connect-ip-go client: %v", err)
+		}
+		close(stop)
+		if err := <-errc; err != nil {
+			t.Fatalf("the DTLS session's flow broke meanwhile: %v", err)
+		}
+		if gw.Stats().DTLSPacketsIn == before {
+			t.Errorf("the openconnect session moved no data over DTLS meanwhile")
+		}
+	})
+
+	t.Run("UDP blocked: CSTP only", func(t *testing.T) {
+		block := []string{"-w", "-I", "OUTPUT", "-p", "udp", "-d", testenv.GWAddr.String(), "-j", "DROP"}
+		tp.Client.Run(t, "iptables", block...)
+		defer func() { block[1] = "-D"; tp.Client.Run(t, "iptables", block...) }()
+		before := gw.Stats()
+		s := testenv.Openconnect(t, tp.Client, opts)
+		defer s.Close()
+		f := openFlows(t, ctx, tp, echo)
+		f.exchange(t, 10*time.Second)
+		if after := gw.Stats(); after.DTLSUp != before.DTLSUp || after.DTLSPacketsIn != before.DTLSPacketsIn {
+			t.Errorf("DTLS came up through a blocked UDP path: %+v", after)
+		}
+	})
+
+	t.Run("TLS 1.2 gateway: legacy resumption", func(t *testing.T) {
+		// The gateway hosted by an HTTPS server that stops at TLS 1.2:
+		// no exporter for PSK-NEGOTIATE, so openconnect's X-DTLS12 offer
+		// gets legacy resumption.
+		var glogs testenv.LogBuffer
+		g12, err := tunnel.New(tunnel.Config{
+			Certificate: mustLoad(t, cert), Authenticator: staticUser{"alice", "secret"},
+			SplitInclude: []netip.Prefix{testenv.CorpNet}, Dialer: nsDialer{tp.GW},
+			Logger: slog.New(slog.NewTextHandler(&glogs, nil)),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer g12.Close()
+		addr := testenv.GWAddr.String() + ":8443"
+		l, err := tp.GW.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: g12.Handler(), TLSConfig: &tls.Config{
+			Certificates: []tls.Certificate{*mustLoad(t, cert)}, MaxVersion: tls.VersionTLS12,
+			DynamicRecordSizingDisabled: true, NextProtos: []string{"http/1.1"},
+		}}
+		go srv.ServeTLS(l, "", "")
+		defer srv.Close()
+		pc, err := tp.GW.ListenPacket("udp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go g12.ServeDTLS(pc)
+		waitFor(t, 5*time.Second, "the DTLS server", func() bool { return dtlsServed(g12) })
+		o := opts
+		o.Server = addr
+		s := testenv.Openconnect(t, tp.Client, o)
+		defer s.Close()
+		waitFor(t, 15*time.Second, "DTLS to come up", func() bool { return g12.Stats().DTLSUp > 0 })
+		f := openFlows(t, ctx, tp, echo)
+		f.exchange(t, 10*time.Second)
+		if st := g12.Stats(); st.DTLSPacketsIn == 0 || st.DTLSPacketsOut == 0 {
+			t.Errorf("no data over DTLS: %+v", st)
+		}
+		for _, w := range []string{"(TLS1.2)", "X-DTLS-Session-ID", "X-DTLS12-CipherSuite", "Established DTLS connection"} {
+			if !strings.Contains(s.Log(), w) {
+				t.Errorf("openconnect's log lacks %q:\n%s", w, s.Proc.Tail(40))
+			}
+		}
+	})
+}
+
+// connectIPGoClient signs in with connect-ip-go's own client (Basic
+// credentials) and waits for its address assignment.
+func connectIPGoClient(ctx context.Context, addr, user, password string) error {
+	req, err := connectip.NewRequest(ctx, uritemplate.MustNew("https://"+addr+tunnel.ConnectIPPath))
+	if err != nil {
+		return err
+	}
+	req.Header().Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":"+password)))
+	tr := &connectip.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{http3.NextProtoH3}},
+		QUICConfig:      &quic.Config{EnableDatagrams: true, InitialPacketSize: 1350},
+	}
+	conn, rsp, err := tr.Dial(req)
+	if err != nil {
+		return fmt.Errorf("dial: %w (response %v)", err, rsp)
+	}
+	defer conn.Close()
+	as, err := conn.ReceiveAddressAssignment(ctx)
+	if err != nil || len(as) != 1 {
+		return fmt.Errorf("address assignment %v: %v", as, err)
+	}
+	return nil
+}
+
+// flowsSurviveReconnects: a TCP stream and a UDP exchange through the
+// tunnel carry on byte for byte across openconnect's SIGUSR2 reconnect and
+// a 10 s blackout of the client's link.
+func flowsSurviveReconnects(t *testing.T, ctx context.Context, tp *testenv.Topo, gw *tunnel.Gateway, echo *corpEcho, logs *testenv.LogBuffer, opts testenv.OCOptions) {
+	st0 := gw.Stats()
+	s := testenv.Openconnect(t, tp.Client, opts)
+	defer s.Close()
+
+	f := openFlows(t, ctx, tp, echo)
+	f.exchange(t, 10*time.Second)
+	udpBefore := echo.udpSources()
+	endedBefore := echo.endedCount()
+
+	// openconnect's own reconnect: a new TLS connection, same cookie.
+	if err := s.Reconnect(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WaitScriptReason("reconnect", 1, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.exchange(t, 20*time.Second)
+	t.Logf("script runs after SIGUSR2: %v", s.ScriptReasons())
+
+	// A 10 s blackout of the client's link: both sides declare the
+	// other dead, and openconnect reconnects once the link is back.
+	drop := []string{"-w", "-I", "OUTPUT", "-o", tp.ClientIf, "-j", "DROP"}
+	tp.Client.Run(t, "iptables", drop...)
+	time.Sleep(10 * time.Second)
+	drop[1] = "-D"
+	tp.Client.Run(t, "iptables", drop...)
+	if err := s.WaitScriptReason("reconnect", 2, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("script runs: %v", s.ScriptReasons())
+	f.exchange(t, 30*time.Second)
+
+	if got := echo.udpSources(); !slices.Equal(got, udpBefore) {
+		t.Errorf("the UDP flow was re-created: corp saw sources %v, before %v", got, udpBefore)
+	}
+	if n := echo.endedCount() - endedBefore; n != 0 {
+		t.Errorf("%d TCP flows ended at the corp server, want 0", n)
+	}
+	// DTLS comes back with the SIGUSR2 reconnect. After the blackout
+	// openconnect waits its DTLS attempt period (60 s) before trying
+	// again, so the flows carry on over CSTP meanwhile.
+	if st := gw.Stats(); opts.DTLS && (st.DTLSUp-st0.DTLSUp < 2 || st.DTLSPacketsIn == st0.DTLSPacketsIn) {
+		t.Errorf("DTLS did not come back after the reconnect: %d handshakes, %d packets in; openconnect:\n%s", st.DTLSUp-st0.DTLSUp, st.DTLSPacketsIn-st0.DTLSPacketsIn, s.Log())
+	}
+	if out := logs.String(); !strings.Contains(out, "reason=\"dead peer\"") {
+		t.Errorf("the gateway never declared the blacked-out client dead")
+	}
+	if len(gw.Sessions()) != 1 {
+		t.Errorf("sessions: %+v", gw.Sessions())
 	}
 }
