@@ -6,18 +6,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/authxml"
+	"github.com/underpass/underpass/internal/cstp"
 )
 
 // maxAuthBody bounds a sign-in request body: openconnect's XML messages are
@@ -352,7 +351,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	if o := g.negotiateDTLS(r); o != nil {
 		g.offerDTLS(t, o)
 	}
-	if _, err := conn.Write(g.connectResponse(s, addr, r, t.dtlsOffer)); err != nil {
+	if _, err := conn.Write(g.connectResponse(s, addr, t.dtlsOffer)); err != nil {
 		t.abort() // the data loop cleans up at once
 	} else {
 		g.telemetry(&t.linkBase, "connect", endNone, nil)
@@ -360,82 +359,40 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	t.run(t)
 }
 
-// connectResponse builds the CONNECT reply and its X-CSTP-* headers. It is
-// sent as one write, so it travels in its own TLS record ahead of the first
-// frame, as openconnect expects.
-func (g *Gateway) connectResponse(s *session, addr netip.Addr, r *http.Request, dtls *dtlsOffer) []byte {
+// connectResponse builds the CONNECT reply and its X-CSTP-* (and, with a
+// DTLS offer, X-DTLS-*) headers, through the one encoder the Go client's
+// parser shares (internal/cstp). It is sent as one write, so it travels in
+// its own TLS record ahead of the first frame, as openconnect expects.
+func (g *Gateway) connectResponse(s *session, addr netip.Addr, dtls *dtlsOffer) []byte {
 	c := g.conf()
-	var b strings.Builder
-	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
-	b.WriteString("HTTP/1.1 200 CONNECTED\r\n")
-	h("X-CSTP-Version", "1")
-	h("X-CSTP-Server-Name", "underpass")
-	h("X-CSTP-Address", addr.String())
-	h("X-CSTP-Netmask", netmask(c.Pool.Bits()))
-	for _, d := range c.DNS {
-		h("X-CSTP-DNS", d.String())
-	}
-	if len(c.SearchDomains) > 0 {
-		h("X-CSTP-Default-Domain", strings.Join(c.SearchDomains, " "))
-	}
 	inc, exc := g.policy.Load().Routes()
-	for _, p := range inc {
-		h("X-CSTP-Split-Include", routeString(p))
+	t := &cstp.Tunnel{
+		ServerName: "underpass", Address: addr, Netmask: c.Pool.Bits(),
+		DNS: c.DNS, DefaultDomain: c.SearchDomains,
+		SplitInclude: inc, SplitExclude: exc,
+		// Full tunnel: every name resolves through the gateway.
+		TunnelAllDNS: len(inc) == 0,
+		Keepalive:    c.Keepalive, DPD: c.DPD, IdleTimeout: c.IdleTimeout,
+		SessionTimeout: time.Until(s.expires), DisconnectedTimeout: c.ReconnectGrace,
+		MTU: c.MTU, BaseMTU: c.MTU,
+		Proxy:  cstp.Proxy{PACURL: c.Proxy.PACURL, Server: c.Proxy.Server, Exceptions: c.Proxy.Exclude},
+		Banner: c.Banner,
 	}
-	for _, p := range exc {
-		h("X-CSTP-Split-Exclude", routeString(p))
-	}
-	if len(inc) == 0 {
-		h("X-CSTP-Tunnel-All-DNS", "true")
-	} else if g.dns != nil && len(c.DNSProxy.Public) == 0 {
+	if len(inc) > 0 && g.dns != nil && len(c.DNSProxy.Public) == 0 {
 		// Split tunnel without a public resolver: the proxy refuses other
 		// names, so tell clients to send only the internal domains here.
-		for _, d := range g.dns.InternalDomains() {
-			h("X-CSTP-Split-DNS", d)
-		}
+		t.SplitDNS = g.dns.InternalDomains()
 	}
-	h("X-CSTP-Keepalive", strconv.Itoa(int(c.Keepalive/time.Second)))
-	h("X-CSTP-DPD", strconv.Itoa(int(c.DPD/time.Second)))
-	if c.IdleTimeout > 0 {
-		h("X-CSTP-Idle-Timeout", strconv.Itoa(int(c.IdleTimeout/time.Second)))
-	} else {
-		h("X-CSTP-Idle-Timeout", "none")
-	}
-	h("X-CSTP-Session-Timeout", strconv.Itoa(int(time.Until(s.expires)/time.Second)))
-	h("X-CSTP-Disconnected-Timeout", strconv.Itoa(int(c.ReconnectGrace/time.Second)))
-	h("X-CSTP-Rekey-Method", "none")
 	if dtls != nil {
 		// openconnect's tunnel MTU is the larger of the CSTP and DTLS
 		// ones, and a packet over the DTLS MTU fails the DTLS write
 		// (GnuTLS) and takes DTLS down: with DTLS the whole tunnel uses
 		// the DTLS MTU, as ocserv does. Bigger packets from the corporate
 		// side still fit CSTP.
-		h("X-CSTP-MTU", strconv.Itoa(min(c.MTU, dtls.mtu)))
-		h("X-CSTP-Base-MTU", strconv.Itoa(dtls.base))
-		g.dtlsHeaders(dtls, h)
-	} else {
-		h("X-CSTP-MTU", strconv.Itoa(c.MTU))
-		h("X-CSTP-Base-MTU", strconv.Itoa(c.MTU))
+		t.MTU, t.BaseMTU = min(c.MTU, dtls.mtu), dtls.base
+		t.DTLS = g.dtlsHeaders(dtls)
 	}
-	c.Proxy.headers(h)
-	if c.Banner != "" {
-		h("X-CSTP-Banner", c.Banner)
-	}
-	b.WriteString("\r\n")
-	return []byte(b.String())
-}
-
-// routeString formats an IPv4 route as openconnect likes it (a.b.c.d/m.m.m.m).
-func routeString(p netip.Prefix) string {
-	if p.Addr().Is4() {
-		return p.Addr().String() + "/" + netmask(p.Bits())
-	}
-	return p.String()
-}
-
-func netmask(bits int) string {
-	m := net.CIDRMask(bits, 32)
-	return net.IP(m).String()
+	return t.AppendResponse(nil)
 }
 
 // bufReader is what the tunnel reads frames from: the hijacked connection's

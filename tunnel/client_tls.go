@@ -3,6 +3,7 @@ package tunnel
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -10,9 +11,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/netip"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -225,9 +223,7 @@ type cstpParams struct {
 func (c *Client) cstpConnect(conn net.Conn, br *bufio.Reader) (cstpParams, error) {
 	req := c.newRequest(http.MethodConnect, "/CSCOSSLC/tunnel", nil)
 	req.Header.Set("Cookie", (&http.Cookie{Name: "webvpn", Value: c.getCookie()}).String())
-	req.Header.Set("X-CSTP-Version", "1")
-	req.Header.Set("X-CSTP-MTU", strconv.Itoa(clientMTU))
-	req.Header.Set("X-CSTP-Address-Type", "IPv4")
+	(&cstp.Request{MTU: clientMTU, IPv4: true}).SetHeaders(req.Header)
 	if err := req.Write(conn); err != nil {
 		return cstpParams{}, fmt.Errorf("tunnel: CONNECT: %w", err)
 	}
@@ -242,76 +238,16 @@ func (c *Client) cstpConnect(conn net.Conn, br *bufio.Reader) (cstpParams, error
 		}
 		return cstpParams{}, fmt.Errorf("tunnel: CONNECT refused (%d): %s", resp.StatusCode, reason)
 	}
-	return parseCSTPHeaders(resp.Header)
-}
-
-// parseCSTPHeaders reads the tunnel configuration from a CONNECT reply.
-func parseCSTPHeaders(h http.Header) (cstpParams, error) {
-	var p cstpParams
-	var err error
-	if p.addr, err = netip.ParseAddr(h.Get("X-CSTP-Address")); err != nil || !p.addr.Is4() {
-		return p, fmt.Errorf("tunnel: CONNECT reply: bad X-CSTP-Address %q", h.Get("X-CSTP-Address"))
-	}
-	if p.mtu, err = strconv.Atoi(h.Get("X-CSTP-MTU")); err != nil || p.mtu < MinMTU || p.mtu > MaxMTU {
-		return p, fmt.Errorf("tunnel: CONNECT reply: bad X-CSTP-MTU %q", h.Get("X-CSTP-MTU"))
-	}
-	secs := func(k string, def time.Duration) time.Duration {
-		if n, err := strconv.Atoi(h.Get(k)); err == nil && n > 0 {
-			return time.Duration(n) * time.Second
-		}
-		return def
-	}
-	p.dpd = secs("X-CSTP-DPD", DefaultDPD)
-	p.keepalive = secs("X-CSTP-Keepalive", DefaultKeepalive)
-	routes := func(k string) ([]netip.Prefix, error) {
-		var out []netip.Prefix
-		for _, v := range h.Values(k) {
-			pf, err := parseRoute(v)
-			if err != nil {
-				return nil, fmt.Errorf("tunnel: CONNECT reply: %s %q: %w", k, v, err)
-			}
-			out = append(out, pf)
-		}
-		return out, nil
-	}
-	if p.include, err = routes("X-CSTP-Split-Include"); err != nil {
-		return p, err
-	}
-	if p.exclude, err = routes("X-CSTP-Split-Exclude"); err != nil {
-		return p, err
-	}
-	for _, v := range h.Values("X-CSTP-DNS") {
-		if a, err := netip.ParseAddr(v); err == nil {
-			p.dns = append(p.dns, a)
-		}
-	}
-	p.search = strings.Fields(h.Get("X-CSTP-Default-Domain"))
-	p.banner = h.Get("X-CSTP-Banner")
-	return p, nil
-}
-
-// parseRoute reads "a.b.c.d/m.m.m.m" or "a.b.c.d/n".
-func parseRoute(v string) (netip.Prefix, error) {
-	addr, mask, ok := strings.Cut(v, "/")
-	if !ok {
-		return netip.Prefix{}, errors.New("want address/mask")
-	}
-	a, err := netip.ParseAddr(addr)
+	tun, err := cstp.ParseTunnel(resp.Header)
 	if err != nil {
-		return netip.Prefix{}, err
+		return cstpParams{}, fmt.Errorf("tunnel: CONNECT reply: %w", err)
 	}
-	if m, err := netip.ParseAddr(mask); err == nil {
-		ones, bits := net.IPMask(m.AsSlice()).Size()
-		if bits == 0 {
-			return netip.Prefix{}, errors.New("non-contiguous mask")
-		}
-		return netip.PrefixFrom(a, ones).Masked(), nil
-	}
-	n, err := strconv.Atoi(mask)
-	if err != nil || n < 0 || n > a.BitLen() {
-		return netip.Prefix{}, errors.New("bad prefix length")
-	}
-	return netip.PrefixFrom(a, n).Masked(), nil
+	var p cstpParams
+	p.addr, p.mtu = tun.Address, tun.MTU
+	p.dpd, p.keepalive = cmp.Or(tun.DPD, DefaultDPD), cmp.Or(tun.Keepalive, DefaultKeepalive)
+	p.include, p.exclude = tun.SplitInclude, tun.SplitExclude
+	p.dns, p.search, p.banner = tun.DNS, tun.DefaultDomain, tun.Banner
+	return p, nil
 }
 
 func (t *tlsTransport) writeFrame(f []byte, flush bool) error {

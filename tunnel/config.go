@@ -11,6 +11,7 @@ import (
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
+	"github.com/underpass/underpass/internal/cstp"
 	"github.com/underpass/underpass/internal/policy"
 	"github.com/underpass/underpass/netstack"
 )
@@ -28,10 +29,10 @@ const (
 	DefaultMTU = 16000
 	// MinMTU is the smallest tunnel MTU accepted: 1280 is the IPv6 minimum,
 	// and openconnect refuses IPv6 below it.
-	MinMTU = 1280
+	MinMTU = cstp.MinMTU
 	// MaxMTU is the largest MTU whose frame (8-byte header + packet) still
 	// fits one TLS record (16384 bytes), as openconnect requires.
-	MaxMTU = 16384 - 8
+	MaxMTU = cstp.MaxMTU
 	// DefaultSessionTimeout is R-C5's default: clients re-authenticate hourly.
 	DefaultSessionTimeout = time.Hour
 	// DefaultDPD is the dead-peer-detection interval pushed to clients: 30 s

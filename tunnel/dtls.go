@@ -137,8 +137,8 @@ func (g *Gateway) negotiateDTLS(r *http.Request) *dtlsOffer {
 		o.id = string(p.SessionID[:])
 	}
 	base := acdtls.DefaultBaseMTU
-	if v, err := parsePositive(r.Header.Get("X-CSTP-Base-MTU")); err == nil && v >= MinMTU && v < base {
-		base = v
+	if v := cstp.ParseRequest(r.Header).BaseMTU; v >= MinMTU && v < base {
+		base = v // the client knows its link is narrower
 	}
 	ca := clientAddr(r)
 	o.base = base
@@ -146,23 +146,21 @@ func (g *Gateway) negotiateDTLS(r *http.Request) *dtlsOffer {
 	return o
 }
 
-// dtlsHeaders adds the X-DTLS-* CONNECT response headers for o.
-func (g *Gateway) dtlsHeaders(o *dtlsOffer, h func(k, v string)) {
+// dtlsHeaders returns the X-DTLS-* part of the CONNECT response for o.
+func (g *Gateway) dtlsHeaders(o *dtlsOffer) *cstp.DTLS {
 	c := g.conf()
-	h("X-DTLS-Port", fmt.Sprint(g.dtlsPort.Load()))
-	h("X-DTLS-DPD", fmt.Sprint(int(c.DPD/time.Second)))
-	h("X-DTLS-Keepalive", fmt.Sprint(int(c.Keepalive/time.Second)))
-	h("X-DTLS-MTU", fmt.Sprint(o.mtu))
-	o.params.Headers(h) // last: the cipher-suite header that wins
-}
-
-// parsePositive parses a positive decimal integer header value.
-func parsePositive(s string) (int, error) {
-	var v int
-	if _, err := fmt.Sscan(s, &v); err != nil || v <= 0 {
-		return 0, errors.New("not a positive integer")
+	d := &cstp.DTLS{Port: int(g.dtlsPort.Load()), DPD: c.DPD, Keepalive: c.Keepalive, MTU: o.mtu}
+	if o.params.PSK {
+		d.AppID, d.CipherSuite = o.params.AppID, acdtls.PSKNegotiate
+	} else {
+		d.SessionID = o.params.SessionID[:]
+		if o.params.Suite.Header == acdtls.HeaderDTLS12CipherSuite {
+			d.CipherSuite12 = o.params.Suite.Name
+		} else {
+			d.CipherSuite = o.params.Suite.Name
+		}
 	}
-	return v, nil
+	return d
 }
 
 // offerDTLS makes t's DTLS offer findable by the session_id of the

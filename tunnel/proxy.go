@@ -112,17 +112,3 @@ func checkHostPort(hp string) error {
 	}
 	return checkDomain(host)
 }
-
-// headers returns the CONNECT response headers carrying p.
-func (p ProxySettings) headers(h func(k, v string)) {
-	if p.PACURL != "" {
-		// openconnect matches this header's case exactly (cstp.c).
-		h("X-CSTP-MSIE-Proxy-PAC-URL", p.PACURL)
-	}
-	if p.Server != "" {
-		h("X-CSTP-MSIE-Proxy-Server", p.Server)
-	}
-	if len(p.Exclude) > 0 {
-		h("X-CSTP-MSIE-Proxy-Exceptions", strings.Join(p.Exclude, ";"))
-	}
-}

@@ -1,10 +1,12 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
+
+	"github.com/underpass/underpass/internal/cstp"
 )
 
 // MaxRules is the most include plus exclude rules a site may have (SPEC
@@ -148,57 +150,16 @@ func ParsePrefixes(list string, ss []string) ([]netip.Prefix, []error) {
 	return out, errs
 }
 
-// parsePrefix parses one entry, returning a reason when it fails.
+// parsePrefix parses one entry with cstp.ParseRoute, the one parser of
+// routes and dotted netmasks, returning its reason when it fails.
 func parsePrefix(s string) (netip.Prefix, string) {
-	if s == "" {
-		return netip.Prefix{}, "empty entry"
-	}
-	addrPart, maskPart, hasMask := strings.Cut(s, "/")
-	a, err := netip.ParseAddr(addrPart)
+	p, err := cstp.ParseRoute(s)
 	if err != nil {
-		return netip.Prefix{}, "not an IP address or CIDR prefix"
-	}
-	if a.Zone() != "" {
-		return netip.Prefix{}, "an IPv6 zone is not allowed in a route"
-	}
-	if !hasMask {
-		return netip.PrefixFrom(a, a.BitLen()), ""
-	}
-	if strings.Contains(maskPart, ".") {
-		m, err := netip.ParseAddr(maskPart)
-		if err != nil || !m.Is4() {
-			return netip.Prefix{}, "netmask is not a dotted IPv4 address"
+		var re *cstp.RouteError
+		if errors.As(err, &re) {
+			return netip.Prefix{}, re.Reason
 		}
-		if !a.Is4() {
-			return netip.Prefix{}, "a dotted netmask needs an IPv4 address"
-		}
-		bits, ok := maskBits(m)
-		if !ok {
-			return netip.Prefix{}, fmt.Sprintf("netmask %s is not contiguous", m)
-		}
-		return netip.PrefixFrom(a, bits), ""
+		return netip.Prefix{}, err.Error()
 	}
-	// Plain decimal only: ParsePrefix would also reject "+8" or "08", but
-	// say why.
-	bits, err := strconv.Atoi(maskPart)
-	if err != nil || maskPart == "" || maskPart[0] < '0' || maskPart[0] > '9' || (len(maskPart) > 1 && maskPart[0] == '0') {
-		return netip.Prefix{}, "prefix length is not a decimal number"
-	}
-	if bits > a.BitLen() {
-		return netip.Prefix{}, fmt.Sprintf("prefix length %d exceeds %d", bits, a.BitLen())
-	}
-	return netip.PrefixFrom(a, bits), ""
-}
-
-// maskBits converts a dotted IPv4 netmask to a prefix length, reporting
-// whether it is contiguous (ones then zeros).
-func maskBits(m netip.Addr) (int, bool) {
-	b := m.As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	ones := 0
-	for v&(1<<31) != 0 {
-		v <<= 1
-		ones++
-	}
-	return ones, v == 0
+	return p, ""
 }
