@@ -149,17 +149,8 @@ func (g *Gateway) negotiateDTLS(r *http.Request) *dtlsOffer {
 // dtlsHeaders returns the X-DTLS-* part of the CONNECT response for o.
 func (g *Gateway) dtlsHeaders(o *dtlsOffer) *cstp.DTLS {
 	c := g.conf()
-	d := &cstp.DTLS{Port: int(g.dtlsPort.Load()), DPD: c.DPD, Keepalive: c.Keepalive, MTU: o.mtu}
-	if o.params.PSK {
-		d.AppID, d.CipherSuite = o.params.AppID, acdtls.PSKNegotiate
-	} else {
-		d.SessionID = o.params.SessionID[:]
-		if o.params.Suite.Header == acdtls.HeaderDTLS12CipherSuite {
-			d.CipherSuite12 = o.params.Suite.Name
-		} else {
-			d.CipherSuite = o.params.Suite.Name
-		}
-	}
+	d := o.params.Response()
+	d.Port, d.DPD, d.Keepalive, d.MTU = int(g.dtlsPort.Load()), c.DPD, c.Keepalive, o.mtu
 	return d
 }
 

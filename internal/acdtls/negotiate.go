@@ -2,13 +2,13 @@ package acdtls
 
 import (
 	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/pion/dtls/v3"
+	"github.com/underpass/underpass/internal/cstp"
 )
 
 // Mode is the gateway's DTLS policy, the config setting
@@ -55,14 +55,12 @@ func ParseMode(s string) (Mode, error) {
 	return 0, fmt.Errorf("acdtls: unknown dtls mode %q (want auto, psk, legacy or off)", s)
 }
 
-// CONNECT header names (dtls.md §1, §2). openconnect matches response
-// header names case-sensitively, so they are written exactly like this.
+// CONNECT header names (dtls.md §1, §2), as internal/cstp spells them
+// (openconnect matches response header names case-sensitively).
 const (
-	HeaderMasterSecret      = "X-DTLS-Master-Secret"
-	HeaderCipherSuite       = "X-DTLS-CipherSuite"
-	HeaderDTLS12CipherSuite = "X-DTLS12-CipherSuite"
-	HeaderAppID             = "X-DTLS-App-ID"
-	HeaderSessionID         = "X-DTLS-Session-ID"
+	HeaderMasterSecret      = cstp.HdrMasterSecret
+	HeaderCipherSuite       = cstp.HdrDTLSCipherSuite
+	HeaderDTLS12CipherSuite = cstp.HdrDTLS12CipherSuite
 )
 
 // PSKNegotiate is the X-DTLS-CipherSuite name of PSK-NEGOTIATE mode.
@@ -104,30 +102,14 @@ type Offer struct {
 // PSKNegotiate reports whether the client offered PSK-NEGOTIATE.
 func (o Offer) PSKNegotiate() bool { return slices.Contains(o.CipherSuites, PSKNegotiate) }
 
-// ParseOffer reads the DTLS headers of a CONNECT request (dtls.md §1).
-// Missing or malformed headers leave the matching field empty; it never
-// fails. Names are compared case-sensitively later on, as the clients send
-// them in upper case.
+// ParseOffer reads the DTLS headers of a CONNECT request (dtls.md §1)
+// through cstp.ParseRequest, the one request parser. Missing or malformed
+// headers leave the matching field empty; it never fails. Names are
+// compared case-sensitively later on, as the clients send them in upper
+// case.
 func ParseOffer(h http.Header) Offer {
-	var o Offer
-	if s := strings.TrimSpace(h.Get(HeaderMasterSecret)); len(s) == 2*MasterSecretLen {
-		if b, err := hex.DecodeString(s); err == nil {
-			o.MasterSecret = b
-		}
-	}
-	o.CipherSuites = splitList(h.Get(HeaderCipherSuite))
-	o.DTLS12CipherSuites = splitList(h.Get(HeaderDTLS12CipherSuite))
-	return o
-}
-
-func splitList(s string) []string {
-	var out []string
-	for name := range strings.SplitSeq(s, ":") {
-		if name = strings.TrimSpace(name); name != "" {
-			out = append(out, name)
-		}
-	}
-	return out
+	r := cstp.ParseRequest(h)
+	return Offer{MasterSecret: r.MasterSecret, CipherSuites: r.CipherSuites, DTLS12CipherSuites: r.CipherSuites12}
 }
 
 // Suite is the cipher suite decision sent in the CONNECT response.
@@ -249,32 +231,24 @@ func pickLegacy(prefs []legacySuite, offered []string) (legacySuite, bool) {
 	return legacySuite{}, false
 }
 
-// Headers writes the mode-specific CONNECT response headers through add,
-// in this order (dtls.md §2):
-//
-//	PSK:    X-DTLS-App-ID: <64 hex digits>, X-DTLS-CipherSuite: PSK-NEGOTIATE
-//	legacy: X-DTLS-Session-ID: <64 hex digits>, then X-DTLS12-CipherSuite: <name>
-//	        or X-DTLS-CipherSuite: <OC-DTLS1_2-* name>
-//
-// Exactly one cipher-suite header is written, and it is the last one: the
-// caller must not add another X-DTLS-CipherSuite or X-DTLS12-CipherSuite
-// (openconnect obeys the last one it sees). The caller adds the rest of the
-// DTLS headers itself: X-DTLS-Port, X-DTLS-DPD, X-DTLS-Keepalive and
-// X-DTLS-MTU (see MTU); never X-DTLS-Content-Encoding nor a rekey header.
-// add must keep the names' case (openconnect matches them
-// case-sensitively), so it must not be http.Header.Add, which canonicalizes
-// "X-DTLS-App-ID" to "X-Dtls-App-Id". Nothing is written for the zero
-// Params. Hex digits are upper case, like the clients' own.
-func (p Params) Headers(add func(k, v string)) {
+// Response returns the mode part of the CONNECT response's X-DTLS-*
+// headers (dtls.md §2), for cstp.Tunnel.DTLS: PSK mode sets AppID and
+// CipherSuite PSK-NEGOTIATE; legacy mode sets SessionID and the chosen
+// name in CipherSuite12 (an X-DTLS12 name) or CipherSuite (an OC-DTLS1_2
+// name), so the one cipher-suite header sent is the one the client reads.
+// The caller sets Port, DPD, Keepalive and MTU (see MTU). nil for the zero
+// Params.
+func (p Params) Response() *cstp.DTLS {
 	switch {
 	case p.PSK:
-		add(HeaderAppID, strings.ToUpper(hex.EncodeToString(p.AppID)))
-	case p.Suite.Name != "":
-		add(HeaderSessionID, strings.ToUpper(hex.EncodeToString(p.SessionID[:])))
+		return &cstp.DTLS{AppID: p.AppID, CipherSuite: PSKNegotiate}
+	case p.Suite.Name == "":
+		return nil
+	case p.Suite.Header == HeaderDTLS12CipherSuite:
+		return &cstp.DTLS{SessionID: p.SessionID[:], CipherSuite12: p.Suite.Name}
 	default:
-		return
+		return &cstp.DTLS{SessionID: p.SessionID[:], CipherSuite: p.Suite.Name}
 	}
-	add(p.Suite.Header, p.Suite.Name)
 }
 
 // Per-datagram overheads of the DTLS data path, in bytes (dtls.md §8).

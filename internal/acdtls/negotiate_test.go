@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"encoding/hex"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/pion/dtls/v3"
+	"github.com/underpass/underpass/internal/cstp"
 )
 
 // Offers as the real clients send them (dtls.md §1).
@@ -175,32 +177,33 @@ func TestNegotiate(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			o := ParseOffer(tt.h)
 			p, ok := Negotiate(tt.mode, o, tt.canExport)
-			var got []string
-			p.Headers(func(k, v string) { got = append(got, k, v) })
+			d := p.Response()
 			switch tt.want {
 			case none:
-				if ok || p.PSK || p.Suite != (Suite{}) || len(got) != 0 {
-					t.Fatalf("want no DTLS, got ok=%v %+v headers %q", ok, p, got)
+				if ok || p.PSK || p.Suite != (Suite{}) || d != nil {
+					t.Fatalf("want no DTLS, got ok=%v %+v response %+v", ok, p, d)
 				}
 			case psk:
 				if !ok || !p.PSK || len(p.AppID) != AppIDLen || p.Suite != (Suite{Header: tt.header, Name: tt.value}) {
 					t.Fatalf("want PSK, got ok=%v %+v", ok, p)
 				}
-				want := []string{HeaderAppID, strings.ToUpper(hex.EncodeToString(p.AppID)), tt.header, tt.value}
-				if !equalStrings(got, want) {
-					t.Fatalf("headers %q, want %q", got, want)
+				if want := (cstp.DTLS{AppID: p.AppID, CipherSuite: tt.value}); d == nil || !reflect.DeepEqual(*d, want) {
+					t.Fatalf("response %+v, want %+v", d, want)
 				}
 			case legacy:
 				if !ok || p.PSK || p.Suite != (Suite{ID: tt.id, Header: tt.header, Name: tt.value}) ||
 					!bytes.Equal(p.MasterSecret, o.MasterSecret) || p.SessionID == ([32]byte{}) {
 					t.Fatalf("want legacy %v %s: %s, got ok=%v %+v", tt.id, tt.header, tt.value, ok, p)
 				}
-				want := []string{HeaderSessionID, strings.ToUpper(hex.EncodeToString(p.SessionID[:])), tt.header, tt.value}
-				if !equalStrings(got, want) {
-					t.Fatalf("headers %q, want %q", got, want)
+				want := cstp.DTLS{SessionID: p.SessionID[:], CipherSuite: tt.value}
+				if tt.header == HeaderDTLS12CipherSuite {
+					want = cstp.DTLS{SessionID: p.SessionID[:], CipherSuite12: tt.value}
 				}
-				if len(got[1]) != 64 {
-					t.Fatalf("session id %q is not 64 hex digits", got[1])
+				if d == nil || !reflect.DeepEqual(*d, want) {
+					t.Fatalf("response %+v, want %+v", d, want)
+				}
+				if len(d.SessionID) != cstp.SessionIDLen {
+					t.Fatalf("session id %x is not %d bytes", d.SessionID, cstp.SessionIDLen)
 				}
 			}
 		})
