@@ -170,6 +170,11 @@ type Config struct {
 	// otherwise; DTLSOff keeps AnyConnect clients on CSTP. DTLS runs only
 	// where the gateway serves it (ServeDTLS, ServeTCPAndUDP).
 	DTLS DTLSMode
+	// DTLSPort, if set, is the UDP port ServeTCPAndUDP serves DTLS on,
+	// apart from QUIC (which keeps the TCP port number). 0: DTLS shares
+	// the TCP port number with QUIC (RFC 9443 demultiplexing), as the
+	// reference product's firewall rule (UDP 443) expects.
+	DTLSPort int
 
 	// FlowLog, if set, receives one record per forwarded flow when it
 	// ends (the access log, R-O3). It runs on the flow's goroutine: keep it
@@ -248,6 +253,12 @@ func (c Config) Validate() error {
 
 	if c.Authenticator == nil {
 		add("authenticator: required")
+	}
+	if c.DTLS < DTLSAuto || c.DTLS > DTLSOff {
+		add("dtls: mode %d unknown (want DTLSAuto, DTLSPSK, DTLSLegacy or DTLSOff)", c.DTLS)
+	}
+	if c.DTLSPort < 0 || c.DTLSPort > 65535 {
+		add("dtls_port: %d out of range [0, 65535]", c.DTLSPort)
 	}
 	if c.MTU < MinMTU || c.MTU > MaxMTU {
 		add("mtu: %d out of range [%d, %d]", c.MTU, MinMTU, MaxMTU)

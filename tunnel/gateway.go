@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -220,43 +221,77 @@ func (g *Gateway) ListenAndServe() error {
 // binds the same port number over UDP for QUIC (CONNECT-IP) and DTLS
 // together (RFC 9443 first-byte demultiplexing: on Linux the kernel
 // steers each datagram to its socket, so quic-go keeps its own socket and
-// fast paths). DTLS is left out when Config.DTLS is DTLSOff. It returns
+// fast paths). DTLS is left out when Config.DTLS is DTLSOff, and gets a
+// socket of its own at Config.DTLSPort when that is set. It returns
 // ErrClosed after Close or Shutdown, or the first serving error; it closes
 // l and the UDP sockets.
 func (g *Gateway) ServeTCPAndUDP(l net.Listener) error {
 	if g.conf().DisableUDP {
 		return g.Serve(l)
 	}
-	m, err := udpmux.Listen(g.ctx, "udp", l.Addr().String())
-	if err != nil {
-		l.Close()
-		return fmt.Errorf("tunnel: listen udp: %w", err)
+	c := g.conf()
+	var (
+		quicPC, dtlsPC net.PacketConn
+		closers        []io.Closer
+	)
+	lport := 0
+	if ta, ok := l.Addr().(*net.TCPAddr); ok {
+		lport = ta.Port
 	}
-	if !m.Kernel() {
-		g.log.Info("udp: kernel steering unavailable; demultiplexing QUIC and DTLS in userspace")
+	if c.DTLS == DTLSOff || (c.DTLSPort != 0 && c.DTLSPort != lport) {
+		pc, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("tunnel: listen udp: %w", err)
+		}
+		quicPC, closers = pc, append(closers, pc)
+		if c.DTLS != DTLSOff {
+			host, _, _ := net.SplitHostPort(l.Addr().String())
+			if dtlsPC, err = net.ListenPacket("udp", net.JoinHostPort(host, strconv.Itoa(c.DTLSPort))); err != nil {
+				l.Close()
+				pc.Close()
+				return fmt.Errorf("tunnel: listen udp (dtls_port): %w", err)
+			}
+			closers = append(closers, dtlsPC)
+		}
+	} else {
+		m, err := udpmux.Listen(g.ctx, "udp", l.Addr().String())
+		if err != nil {
+			l.Close()
+			return fmt.Errorf("tunnel: listen udp: %w", err)
+		}
+		if !m.Kernel() {
+			g.log.Info("udp: kernel steering unavailable; demultiplexing QUIC and DTLS in userspace")
+		}
+		quicPC, dtlsPC, closers = m.QUIC(), m.DTLS(), []io.Closer{m}
 	}
 	serve := []func() error{
 		func() error { return g.Serve(l) },
-		func() error { return g.ServeQUIC(m.QUIC()) },
+		func() error { return g.ServeQUIC(quicPC) },
 	}
-	if g.conf().DTLS != DTLSOff {
-		serve = append(serve, func() error { return g.ServeDTLS(m.DTLS()) })
+	if dtlsPC != nil {
+		serve = append(serve, func() error { return g.ServeDTLS(dtlsPC) })
+	}
+	closeUDP := func() {
+		for _, c := range closers {
+			c.Close()
+		}
 	}
 	errc := make(chan error, len(serve))
 	for _, f := range serve {
 		go func() { errc <- f() }()
 	}
-	err = <-errc
+	err := <-errc
 	if !errors.Is(err, ErrClosed) { // a failure: stop the others too
 		l.Close()
-		m.Close()
+		closeUDP()
 	} // else the gateway stops them in order (QUIC after its going-away codes)
 	for range len(serve) - 1 {
 		if err2 := <-errc; errors.Is(err, ErrClosed) {
 			err = err2
 		}
 	}
-	m.Close()
+	closeUDP()
 	return err
 }
 

@@ -61,6 +61,7 @@ var restartFields = []restartField{
 	// The listeners are bound once.
 	{"listen", func(c *Config) any { return c.ListenAddr }, func(d, s *Config) { d.ListenAddr = s.ListenAddr }},
 	{"disable_udp", func(c *Config) any { return c.DisableUDP }, func(d, s *Config) { d.DisableUDP = s.DisableUDP }},
+	{"dtls", func(c *Config) any { return [2]any{c.DTLS, c.DTLSPort} }, func(d, s *Config) { d.DTLS, d.DTLSPort = s.DTLS, s.DTLSPort }},
 	// Live sessions hold addresses of the pool and the stack's MTU.
 	{"pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
 	{"mtu", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},

@@ -65,7 +65,9 @@ type File struct {
 	Log            LogConfig            `yaml:"log"`
 	DemoPage       *bool                `yaml:"demo_page"`
 	HostAddrs      []string             `yaml:"host_addrs"`
-	DisableUDP     bool                 `yaml:"disable_udp"` // TCP-only: no QUIC (R-P3)
+	DisableUDP     bool                 `yaml:"disable_udp"` // TCP-only: no QUIC, no DTLS (R-P3)
+	DTLS           string               `yaml:"dtls"`        // auto|psk|legacy|off (R-P5)
+	DTLSPort       int                  `yaml:"dtls_port"`   // 0: DTLS shares the listen port with QUIC
 	AdminHTTP      string               `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
 	SecretPath     string               `yaml:"secret_path"`
 	Proxy          ProxyFile            `yaml:"proxy"`
@@ -281,6 +283,15 @@ func Parse(name string, b []byte) (*Config, error) {
 	t.DNSProxy.NDots = f.DNSProxy.NDots
 	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
 	t.DisableUDP = f.DisableUDP
+	if m, err := tunnel.ParseDTLSMode(f.DTLS); err != nil {
+		bad("dtls", "%q: want auto, psk, legacy or off", f.DTLS)
+	} else {
+		t.DTLS = m
+	}
+	if f.DTLSPort < 0 || f.DTLSPort > 65535 {
+		bad("dtls_port", "%d: want 1-65535, or 0 for the listen port", f.DTLSPort)
+	}
+	t.DTLSPort = f.DTLSPort
 	t.MaxSessions = f.Limits.MaxSessions
 	c.AdminHTTP = f.AdminHTTP
 	if f.AdminHTTP != "" {

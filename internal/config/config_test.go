@@ -76,6 +76,8 @@ func TestParseErrors(t *testing.T) {
 		{"proxy pac and server", "proxy: {pac_url: \"http://w/p.pac\", server: \"p:1\"}\n", []string{"not both"}},
 		{"proxy bad pac scheme", "proxy: {pac_url: \"ftp://w/p.pac\"}\n", []string{"http or https"}},
 		{"bad secret path", "secret_path: vpn\n", []string{"secret_path"}},
+		{"bad dtls mode", "dtls: udp\n", []string{"gw.yaml:1: dtls", "auto, psk, legacy or off"}},
+		{"bad dtls port", "dtls_port: 70000\n", []string{"gw.yaml:1: dtls_port"}},
 		{"bad site check URL", "site: {check_url: \"gopher://x\"}\n", []string{"gw.yaml:1: site", "check_url"}},
 		{"bad site host", "site: {host: \"*.example\"}\n", []string{"gw.yaml:1: site", "host"}},
 		{"pfx and cert", "tls: {pfx: a.pfx, cert: a.crt, key: a.key}\n", []string{"pfx, or cert and key"}},
