@@ -244,8 +244,6 @@ type dtlsServer struct {
 
 	mu    sync.Mutex
 	peers map[netip.AddrPort]*dtlsPeer
-
-	drops atomic.Uint64 // datagrams dropped without state (unknown, hostile)
 }
 
 func (s *dtlsServer) serve() error {
@@ -277,7 +275,7 @@ func (s *dtlsServer) serve() error {
 func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 	id, ok := acdtls.ClientHelloSessionID(d)
 	if !ok {
-		s.drops.Add(1)
+		s.g.dtlsDropped.Add(1)
 		return
 	}
 	t := s.g.dtlsLink(id)
@@ -285,7 +283,7 @@ func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 		if t != nil {
 			t.dtlsPending.Add(-1)
 		}
-		s.drops.Add(1)
+		s.g.dtlsDropped.Add(1)
 		return
 	}
 	p := &dtlsPeer{s: s, addr: src, raddr: from, in: make(chan []byte, dtlsPeerQueue), closed: make(chan struct{}), wake: make(chan struct{}, 1)}
@@ -293,6 +291,7 @@ func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 	s.mu.Lock()
 	s.peers[src] = p
 	s.mu.Unlock()
+	s.g.dtlsPeers.Add(1)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -351,6 +350,7 @@ func (s *dtlsServer) remove(p *dtlsPeer) {
 	s.mu.Lock()
 	if s.peers[p.addr] == p {
 		delete(s.peers, p.addr)
+		s.g.dtlsPeers.Add(-1)
 	}
 	s.mu.Unlock()
 }
@@ -384,6 +384,7 @@ func (t *cstpLink) readDTLS(ch *dtlsChannel) {
 			continue
 		}
 		ch.lastRx.Store(time.Now().UnixNano())
+		t.heard() // the client is alive, whichever path it uses
 		switch typ {
 		case cstp.Data:
 			t.g.dtlsPacketsIn.Add(1)

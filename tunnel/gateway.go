@@ -70,6 +70,8 @@ type Gateway struct {
 	dtlsPort atomic.Int32         // the first DTLS socket's port (X-DTLS-Port); 0: no DTLS served
 
 	dtlsUp, dtlsPacketsIn, dtlsPacketsOut atomic.Uint64
+	dtlsDropped                           atomic.Uint64 // datagrams dropped before any state
+	dtlsPeers                             atomic.Int64  // source addresses with DTLS state now
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc

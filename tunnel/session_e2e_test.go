@@ -214,6 +214,7 @@ func (s staticUser) Authenticate(_ context.Context, c auth.Credentials) (*auth.I
 // resets them. A second client with the same cookie takes the session over
 // and the first one exits, without a reconnect storm.
 func TestSessionContinuity(t *testing.T) {
+	t.Parallel()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "openconnect", "ocproxy", "iptables")
 	tp := testenv.Topology(t)
@@ -341,6 +342,7 @@ func dtlsServed(gw *tunnel.Gateway) bool { return tunnel.DTLSPortForTest(gw) != 
 // DTLS (the gateway's DTLS counters); with UDP blocked it stays on CSTP
 // and works.
 func TestOpenconnectDTLS(t *testing.T) {
+	t.Parallel()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "openconnect", "iptables")
 	tp := testenv.Topology(t)

@@ -14,6 +14,8 @@ type Stats struct {
 	DTLSUp         uint64 // DTLS channels established (handshakes completed)
 	DTLSPacketsIn  uint64 // packets from clients that came over DTLS
 	DTLSPacketsOut uint64 // packets to clients sent over DTLS (the rest went over CSTP or QUIC)
+	DTLSDropped    uint64 // datagrams dropped before any state: not a ClientHello naming a live offer, or over the handshake cap
+	DTLSPeers      int64  // client addresses with DTLS state now (handshaking or up)
 	Stack          netstack.Stats
 }
 
@@ -27,6 +29,8 @@ func (g *Gateway) Stats() Stats {
 		DTLSUp:         g.dtlsUp.Load(),
 		DTLSPacketsIn:  g.dtlsPacketsIn.Load(),
 		DTLSPacketsOut: g.dtlsPacketsOut.Load(),
+		DTLSDropped:    g.dtlsDropped.Load(),
+		DTLSPeers:      g.dtlsPeers.Load(),
 	}
 	st.BytesIn, st.BytesOut = st.Stack.BytesIn, st.Stack.BytesOut
 	for _, s := range g.sessions.all() {
