@@ -17,6 +17,8 @@ import (
 
 const cstpHeaderLen = cstp.HeaderLen
 
+var errCompressed = errors.New("compressed frame, but compression was not negotiated")
+
 // cstpLink is one CSTP connection of a session: its reader feeds client
 // packets into the stack, the data loop writes the stack's packets back
 // as frames.

@@ -41,11 +41,13 @@ var ErrFull = errors.New("tunnel: gateway full")
 // ErrNoSession is returned for an unknown session id.
 var ErrNoSession = errors.New("tunnel: no such session")
 
-// Gateway terminates AnyConnect (CSTP over TLS) client sessions in one
-// userspace TCP/IP stack and re-originates their flows with host sockets.
+// Gateway terminates client sessions (AnyConnect over TLS with DTLS, and
+// CONNECT-IP over QUIC) in one userspace TCP/IP stack and re-originates
+// their flows with host sockets.
 //
-// Create one with New, then call ListenAndServe or Serve (several listeners
-// may be served at once), or mount Handler in an existing HTTPS server.
+// Create one with New, then call ListenAndServe or ServeTCPAndUDP (or
+// Serve, ServeQUIC and ServeDTLS for sockets of your own; several may be
+// served at once), or mount Handler in an existing HTTPS server.
 // Shutdown drains, Close stops at once; both are safe to call more than once.
 type Gateway struct {
 	// cur is the live configuration: Reload swaps it. Settings that need

@@ -14,8 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
-
-	"github.com/underpass/underpass/netstack"
 )
 
 // refusal is the answer to a connection the gateway will not tunnel: the
@@ -247,12 +245,3 @@ func (g *Gateway) telemetry(b *linkBase, op string, r EndReason, detail error) {
 	}
 	g.log.Info("telemetry", attrs...)
 }
-
-// portOf returns s's stack port (nil before its first connection).
-func (s *session) portOf() *netstack.Port {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.port
-}
-
-var errCompressed = errors.New("compressed frame, but compression was not negotiated")
