@@ -32,14 +32,24 @@ type answer struct {
 const noConnection = -1
 
 // cstpAnswer presents cookie in a CSTP CONNECT.
-func cstpAnswer(addr, cookie string) answer {
+func cstpAnswer(addr, cookie string) answer { return connectAnswer(addr, cookie, "") }
+
+// dtlsAnswer presents cookie in a CSTP CONNECT that asks for DTLS, as
+// openconnect does by default: the DTLS channel's keys come from this
+// CONNECT, so its answer is the DTLS channel's answer.
+func dtlsAnswer(addr, cookie string) answer {
+	return connectAnswer(addr, cookie, "X-DTLS-Master-Secret: "+strings.Repeat("AB", 48)+"\r\n"+
+		"X-DTLS-CipherSuite: PSK-NEGOTIATE:OC-DTLS1_2-AES128-GCM\r\n")
+}
+
+func connectAnswer(addr, cookie, extra string) answer {
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
 	if err != nil {
 		return answer{status: noConnection}
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c, "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: gw\r\nCookie: webvpn=%s\r\nX-CSTP-Version: 1\r\n\r\n", cookie)
+	fmt.Fprintf(c, "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: gw\r\nCookie: webvpn=%s\r\nX-CSTP-Version: 1\r\n%s\r\n", cookie, extra)
 	req, _ := http.NewRequest(http.MethodConnect, "https://gw/CSCOSSLC/tunnel", nil)
 	rsp, err := http.ReadResponse(bufio.NewReader(c), req)
 	if err != nil {
@@ -73,8 +83,8 @@ func connectIPAnswer(addr, cookie string) answer {
 
 // TestSameAnswerOnEveryTransport drives each situation of a resumed
 // session through CSTP and CONNECT-IP and expects one outcome: the
-// session core gives one answer per situation (DTLS rides on the CSTP
-// answer: its keys come from the CSTP CONNECT).
+// session core gives one answer per situation (DTLS's answer is the CSTP
+// CONNECT's that carries its offer: its keys come from there).
 func TestSameAnswerOnEveryTransport(t *testing.T) {
 	key := make([]byte, 32)
 	sealer := func() *auth.Sealer {
@@ -153,7 +163,7 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 			for _, tr := range []struct {
 				name string
 				ask  func(addr, cookie string) answer
-			}{{"CSTP", cstpAnswer}, {"CONNECT-IP", connectIPAnswer}} {
+			}{{"CSTP", cstpAnswer}, {"DTLS", dtlsAnswer}, {"CONNECT-IP", connectIPAnswer}} {
 				// Each transport meets the situation afresh (a denied
 				// resume ends the session, for one).
 				addr, cookie := tc.setup(t)
