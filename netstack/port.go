@@ -42,8 +42,8 @@ type Port struct {
 	// stack's shared goroutines again, until the queue is half empty.
 	stalled atomic.Bool
 	// parked is set while no transport drains the port (Park): sends
-	// never block, the queue keeps the newest-but-bounded backlog for the
-	// next transport, and the excess drops (TCP retransmits).
+	// never block, the queue keeps the first packets that fit for the
+	// next transport, and later ones drop (TCP retransmits).
 	parked atomic.Bool
 	// mu is read-held by every sender for the duration of its send, and
 	// write-held by Close before closing ch, so ch is never closed under a

@@ -343,13 +343,14 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 		sa, _ = netip.ParseAddrPort(la.String())
 	}
 	t := newCSTPLink(s, conn, brw.Reader)
+	t.dtlsOffer = g.negotiateDTLS(r) // before register: abort reads it
 	if !g.register(t, "tls", ca, sa) {
 		_, _ = io.WriteString(conn, "HTTP/1.1 401 Unauthorized\r\nX-Reason: session ended\r\nContent-Length: 0\r\n\r\n")
 		conn.Close()
 		return
 	}
-	if o := g.negotiateDTLS(r); o != nil {
-		g.offerDTLS(t, o)
+	if t.dtlsOffer != nil {
+		g.offerDTLS(t)
 	}
 	if _, err := conn.Write(g.connectResponse(s, addr, t.dtlsOffer)); err != nil {
 		t.abort() // the data loop cleans up at once

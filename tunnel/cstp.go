@@ -145,8 +145,9 @@ func (t *cstpLink) goodbye(r EndReason) {
 	if r == EndTakenOver {
 		code = cstp.ReasonTakenOver
 	}
+	// A second for the goodbye (flush would give a stuck client 2 DPD).
 	_ = t.conn.SetWriteDeadline(time.Now().Add(time.Second))
-	if t.writeControl(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(code, r.String()))) == nil {
-		_ = t.flush()
+	if t.writeControl(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(code, r.String()))) == nil && t.bc != nil {
+		_ = t.bc.Flush()
 	}
 }

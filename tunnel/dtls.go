@@ -4,8 +4,9 @@ package tunnel
 // channel is not a connection of its own: it rides on a CSTP connection,
 // whose CONNECT negotiated its keys, and carries that connection's packets
 // while it lives. The session core sees one link (the CSTP one); packets
-// that fit the DTLS MTU go over UDP, the rest and every control message
-// over CSTP. DTLS dying leaves the session on CSTP.
+// that fit the DTLS MTU go over UDP, the rest over CSTP, and so does
+// DISCONNECT (openconnect ignores it over DTLS); DTLS's own DPD and the
+// MTU probe's echo stay on DTLS. DTLS dying leaves the session on CSTP.
 
 import (
 	"context"
@@ -154,13 +155,17 @@ func (g *Gateway) dtlsHeaders(o *dtlsOffer) *cstp.DTLS {
 	return d
 }
 
-// offerDTLS makes t's DTLS offer findable by the session_id of the
-// client's ClientHello, until t ends.
-func (g *Gateway) offerDTLS(t *cstpLink, o *dtlsOffer) {
-	t.dtlsOffer = o
+// offerDTLS makes t's DTLS offer (set before t registered) findable by
+// the session_id of the client's ClientHello, until t ends.
+func (g *Gateway) offerDTLS(t *cstpLink) {
 	g.dtlsMu.Lock()
-	g.dtlsIDs[o.id] = t
+	g.dtlsIDs[t.dtlsOffer.id] = t
 	g.dtlsMu.Unlock()
+	select {
+	case <-t.done: // t ended already: its withdraw may have run before the offer
+		g.withdrawDTLS(t)
+	default:
+	}
 }
 
 // withdrawDTLS closes t's DTLS channel and forgets its offer.
@@ -292,10 +297,11 @@ func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 	s.peers[src] = p
 	s.mu.Unlock()
 	s.g.dtlsPeers.Add(1)
+	hello := append([]byte(nil), d...) // d is the reader's buffer, reused at once
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		s.handshake(t, p, append([]byte(nil), d...))
+		s.handshake(t, p, hello)
 	}()
 }
 
@@ -337,6 +343,14 @@ func (s *dtlsServer) handshake(t *cstpLink, p *dtlsPeer, hello []byte) {
 	}
 	if old := t.dtls.Swap(ch); old != nil {
 		old.close()
+	}
+	select {
+	case <-t.done: // it ended between the check above and the swap
+		if t.dtls.CompareAndSwap(ch, nil) {
+			ch.close()
+		}
+		return
+	default:
 	}
 	st, _ := conn.ConnectionState()
 	g.log.Info("dtls up", "session", t.s.id, "client", p.addr, "psk", o.params.PSK, "suite", st.CipherSuiteID, "mtu", o.mtu)

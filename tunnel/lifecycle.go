@@ -131,7 +131,7 @@ func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool
 		old, ended := s.link, s.ended
 		if old == nil && !ended {
 			g.mu.Lock()
-			if g.closed {
+			if g.closed || g.draining { // Shutdown stops links once: none may start after
 				g.mu.Unlock()
 				s.mu.Unlock()
 				close(b.finished)
@@ -156,8 +156,17 @@ func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool
 		}
 		g.log.Info("session taken over", "session", s.id, "user", s.ident.User,
 			"old_client_ip", old.base().clientAddr.Addr(), "client_ip", ca.Addr(), "transport", transport)
-		old.base().stopWith(EndTakenOver)
-		<-old.base().finished
+		ob := old.base()
+		ob.stopWith(EndTakenOver)
+		// Its writer says goodbye; a client that does not take it within
+		// a second (a dead peer, a stuck write) is cut off, as in
+		// endSession.
+		select {
+		case <-ob.finished:
+		case <-time.After(time.Second):
+			old.abort()
+			<-ob.finished
+		}
 	}
 }
 
@@ -190,16 +199,20 @@ func (g *Gateway) unregister(l link, r EndReason, detail error) {
 // gateway is only going away, its flows are reset and its address returns
 // to the pool.
 func (g *Gateway) endSession(s *session, r EndReason) {
-	if !g.sessions.remove(s) {
+	// ended first: prepare refuses an ended session, so no address or
+	// port is leased after the values read here.
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
 		return
 	}
-	if r != EndGoingAway {
-		g.revoke(s)
-	}
-	s.mu.Lock()
 	s.ended = true
 	l, port, addr := s.link, s.port, s.addr
 	s.mu.Unlock()
+	g.sessions.remove(s)
+	if r != EndGoingAway {
+		g.revoke(s)
+	}
 	if l != nil {
 		// Let the writer say goodbye; a client that does not take it
 		// within a second is cut off.

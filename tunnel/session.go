@@ -155,7 +155,11 @@ func (t *sessionTable) lookupAddr(a netip.Addr) *session {
 }
 
 // remove drops s from every index; it reports whether s was present.
+// Call it after s is marked ended (its address no longer changes).
 func (t *sessionTable) remove(s *session) bool {
+	s.mu.Lock() // before t.mu: prepare holds s.mu while it calls setAddr
+	addr := s.addr
+	s.mu.Unlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.byID[s.id] != s {
@@ -163,8 +167,8 @@ func (t *sessionTable) remove(s *session) bool {
 	}
 	delete(t.byCookie, s.cookieKey)
 	delete(t.byID, s.id)
-	if s.addr.IsValid() && t.byAddr[s.addr] == s {
-		delete(t.byAddr, s.addr)
+	if addr.IsValid() && t.byAddr[addr] == s {
+		delete(t.byAddr, addr)
 	}
 	return true
 }
