@@ -31,6 +31,7 @@ type cstpLink struct {
 	dtlsOffer   *dtlsOffer                  // nil: no DTLS for this connection
 	dtls        atomic.Pointer[dtlsChannel] // the live DTLS channel, nil while on CSTP only
 	dtlsPending atomic.Int32                // DTLS handshakes in progress
+	dtlsBuf     []byte                      // the data loop's record buffer (writeDTLS, probeDTLS)
 }
 
 func newCSTPLink(s *session, conn net.Conn, br bufReader) *cstpLink {
@@ -145,8 +146,8 @@ func (t *cstpLink) goodbye(r EndReason) {
 	if r == EndTakenOver {
 		code = cstp.ReasonTakenOver
 	}
-	// A second for the goodbye (flush would give a stuck client 2 DPD).
-	_ = t.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	// flush would give a stuck client 2 DPD; the goodbye gets less.
+	_ = t.conn.SetWriteDeadline(time.Now().Add(goodbyeTimeout))
 	if t.writeControl(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(code, r.String()))) == nil && t.bc != nil {
 		_ = t.bc.Flush()
 	}

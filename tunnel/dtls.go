@@ -100,10 +100,27 @@ type dtlsOffer struct {
 
 // dtlsChannel is a live DTLS connection of a CSTP link.
 type dtlsChannel struct {
-	conn   *dtls.Conn
-	peer   *dtlsPeer
+	conn *dtls.Conn
+	peer *dtlsPeer
+	// rec, when set, seals and opens the data records instead of pion's
+	// Conn (acdtls.Record: no goroutine or allocation per record); pion
+	// still gets every other record (alerts, handshake retransmissions).
+	rec    *acdtls.Record
 	lastRx atomic.Int64 // unix nanos of the last record from the client
 	once   sync.Once
+}
+
+// send writes one AnyConnect DTLS message (type byte + payload) to the
+// client: sealed into *buf by the record layer when it runs the channel
+// (the caller owns buf: one per goroutine), else through pion.
+func (ch *dtlsChannel) send(buf *[]byte, msg []byte) error {
+	if ch.rec == nil {
+		_, err := ch.conn.Write(msg)
+		return err
+	}
+	*buf = ch.rec.Seal((*buf)[:0], msg)
+	_, err := ch.peer.s.pc.WriteTo(*buf, ch.peer.raddr)
+	return err
 }
 
 func (ch *dtlsChannel) close() {
@@ -291,7 +308,8 @@ func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 		s.g.dtlsDropped.Add(1)
 		return
 	}
-	p := &dtlsPeer{s: s, addr: src, raddr: from, in: make(chan []byte, dtlsPeerQueue), closed: make(chan struct{}), wake: make(chan struct{}, 1)}
+	p := &dtlsPeer{s: s, addr: src, raddr: from, in: make(chan []byte, dtlsPeerQueue), fastIn: make(chan []byte, dtlsPeerQueue),
+		closed: make(chan struct{}), wake: make(chan struct{}, 1)}
 	p.deliver(d)
 	s.mu.Lock()
 	s.peers[src] = p
@@ -335,6 +353,11 @@ func (s *dtlsServer) handshake(t *cstpLink, p *dtlsPeer, hello []byte) {
 	}
 	ch := &dtlsChannel{conn: conn, peer: p}
 	ch.lastRx.Store(time.Now().UnixNano())
+	if rec, err := acdtls.NewServerRecord(conn); err == nil {
+		ch.rec = rec
+	} else if !errors.Is(err, acdtls.ErrSuite) {
+		g.log.Debug("dtls: record layer unavailable; pion carries the data", "session", t.s.id, "err", err)
+	}
 	select {
 	case <-t.done: // the CSTP connection ended meanwhile
 		ch.close()
@@ -353,8 +376,17 @@ func (s *dtlsServer) handshake(t *cstpLink, p *dtlsPeer, hello []byte) {
 	default:
 	}
 	st, _ := conn.ConnectionState()
-	g.log.Info("dtls up", "session", t.s.id, "client", p.addr, "psk", o.params.PSK, "suite", st.CipherSuiteID, "mtu", o.mtu)
+	g.log.Info("dtls up", "session", t.s.id, "client", p.addr, "psk", o.params.PSK, "suite", st.CipherSuiteID, "mtu", o.mtu,
+		"record_layer", ch.rec != nil)
 	g.dtlsUp.Add(1)
+	if ch.rec != nil {
+		p.fast.Store(true) // from now on data records come to openFast
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			t.openFast(ch)
+		}()
+	}
 	t.readDTLS(ch)
 	t.dtls.CompareAndSwap(ch, nil)
 	ch.close()
@@ -381,33 +413,69 @@ func (s *dtlsServer) closeAll() {
 	}
 }
 
-// readDTLS reads the client's DTLS records until the channel ends: DATA
-// into the stack, a DPD request answered with the same payload over DTLS
-// (openconnect's MTU probe pads it to the tunnel MTU and needs the echo,
-// dtls.md §7), keepalives only count as heard.
+// readDTLS reads the client's DTLS records through pion until the
+// channel ends: all of them, or with the record layer only what it leaves
+// to pion (alerts, handshake retransmissions; pion handles those itself).
 func (t *cstpLink) readDTLS(ch *dtlsChannel) {
-	s := t.s
 	buf := make([]byte, dtlsReadBuf)
+	var out []byte
 	for {
 		n, err := ch.conn.Read(buf)
 		if err != nil {
 			return
 		}
-		typ, payload, err := acdtls.ParseRecord(buf[:n])
-		if err != nil {
-			continue
+		t.handleDTLS(ch, buf[:n], &out)
+	}
+}
+
+// openFast opens the data records the peer's datagrams carry (the record
+// layer's reader), until the channel ends. A datagram that is not
+// application data of the current epoch goes to pion.
+func (t *cstpLink) openFast(ch *dtlsChannel) {
+	p := ch.peer
+	var out []byte
+	for {
+		var d []byte
+		select {
+		case d = <-p.fastIn:
+		case <-p.closed:
+			return
 		}
-		ch.lastRx.Store(time.Now().UnixNano())
-		t.heard() // the client is alive, whichever path it uses
-		switch typ {
-		case cstp.Data:
-			t.g.dtlsPacketsIn.Add(1)
-			s.bytesIn.Add(uint64(len(payload)))
-			_ = t.port.Inject(payload)
-		case cstp.DPDReq:
-			buf[0] = byte(cstp.DPDResp)
-			_, _ = ch.conn.Write(buf[:n])
+		for rest := d; len(rest) > 0; {
+			cur := rest
+			msg, next, err := ch.rec.Open(cur)
+			switch {
+			case err == nil:
+				t.handleDTLS(ch, msg, &out)
+			case errors.Is(err, acdtls.ErrNotAppData):
+				p.toPion(cur) // this record on; earlier ones were opened in place
+				next = nil
+			}
+			rest = next
 		}
+		putDatagram(d)
+	}
+}
+
+// handleDTLS acts on one AnyConnect DTLS message from the client: DATA
+// into the stack, a DPD request answered with the same payload over DTLS
+// (openconnect's MTU probe pads it to the tunnel MTU and needs the echo,
+// dtls.md §7), the rest only counts as heard. msg may be modified.
+func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, out *[]byte) {
+	typ, payload, err := acdtls.ParseRecord(msg)
+	if err != nil {
+		return
+	}
+	ch.lastRx.Store(time.Now().UnixNano())
+	t.heard() // the client is alive, whichever path it uses
+	switch typ {
+	case cstp.Data:
+		t.g.dtlsPacketsIn.Add(1)
+		t.s.bytesIn.Add(uint64(len(payload)))
+		_ = t.port.Inject(payload)
+	case cstp.DPDReq:
+		msg[0] = byte(cstp.DPDResp)
+		_ = ch.send(out, msg)
 	}
 }
 
@@ -419,9 +487,9 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 	if ch == nil || len(ip) > t.dtlsOffer.mtu {
 		return false
 	}
-	rec := frame[len(frame)-len(ip)-acdtls.RecordHeaderLen:]
-	rec[0] = byte(cstp.Data)
-	if _, err := ch.conn.Write(rec); err != nil {
+	msg := frame[len(frame)-len(ip)-acdtls.RecordHeaderLen:]
+	msg[0] = byte(cstp.Data)
+	if err := ch.send(&t.dtlsBuf, msg); err != nil {
 		t.g.log.Info("dtls down; continuing over CSTP", "session", t.s.id, "err", err)
 		if t.dtls.CompareAndSwap(ch, nil) {
 			ch.close()
@@ -447,7 +515,7 @@ func (t *cstpLink) probeDTLS() {
 			ch.close()
 		}
 	case silent > t.cfg.DPD:
-		_, _ = ch.conn.Write([]byte{byte(cstp.DPDReq)})
+		_ = ch.send(&t.dtlsBuf, []byte{byte(cstp.DPDReq)})
 	}
 }
 
@@ -459,7 +527,9 @@ type dtlsPeer struct {
 	addr  netip.AddrPort
 	raddr net.Addr
 
-	in     chan []byte
+	in     chan []byte // datagrams for pion (ReadFrom)
+	fastIn chan []byte // application-data datagrams for the record layer (openFast)
+	fast   atomic.Bool // the record layer runs this peer's channel
 	closed chan struct{}
 	once   sync.Once
 
@@ -470,7 +540,25 @@ type dtlsPeer struct {
 
 var dtlsBufs = sync.Pool{New: func() any { b := make([]byte, dtlsDatagramBuf); return &b }}
 
+// deliver queues a copy of datagram d for the peer: application data to
+// the record layer once it runs the channel (first byte 23, RFC 6347
+// §4.1), everything else to pion. A full queue drops it.
 func (p *dtlsPeer) deliver(d []byte) {
+	q := p.in
+	if p.fast.Load() && len(d) > 0 && d[0] == 23 {
+		q = p.fastIn
+	}
+	bp := dtlsBufs.Get().(*[]byte)
+	b := append((*bp)[:0], d...)
+	select {
+	case q <- b:
+	default:
+		dtlsBufs.Put(bp)
+	}
+}
+
+// toPion hands pion a copy of d (a record the record layer leaves to it).
+func (p *dtlsPeer) toPion(d []byte) {
 	bp := dtlsBufs.Get().(*[]byte)
 	b := append((*bp)[:0], d...)
 	select {
@@ -478,6 +566,12 @@ func (p *dtlsPeer) deliver(d []byte) {
 	default:
 		dtlsBufs.Put(bp)
 	}
+}
+
+// putDatagram returns a delivered datagram's buffer to the pool.
+func putDatagram(d []byte) {
+	d = d[:cap(d)]
+	dtlsBufs.Put(&d)
 }
 
 // ReadFrom returns the next datagram from the peer.
@@ -506,8 +600,7 @@ func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
 		select {
 		case d := <-p.in:
 			n, got = copy(b, d), true
-			d = d[:cap(d)]
-			dtlsBufs.Put(&d)
+			putDatagram(d)
 		case <-p.closed:
 			err = net.ErrClosed
 		case <-timeout:

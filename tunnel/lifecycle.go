@@ -156,17 +156,7 @@ func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool
 		}
 		g.log.Info("session taken over", "session", s.id, "user", s.ident.User,
 			"old_client_ip", old.base().clientAddr.Addr(), "client_ip", ca.Addr(), "transport", transport)
-		ob := old.base()
-		ob.stopWith(EndTakenOver)
-		// Its writer says goodbye; a client that does not take it within
-		// a second (a dead peer, a stuck write) is cut off, as in
-		// endSession.
-		select {
-		case <-ob.finished:
-		case <-time.After(time.Second):
-			old.abort()
-			<-ob.finished
-		}
+		stopAndWait(old, EndTakenOver)
 	}
 }
 
@@ -194,6 +184,24 @@ func (g *Gateway) unregister(l link, r EndReason, detail error) {
 	g.wg.Done()
 }
 
+// goodbyeTimeout is how long a connection's writer gets to tell its client
+// why it ends before the connection is cut: a live client takes a frame in
+// milliseconds; a dead peer or a stuck write never does.
+const goodbyeTimeout = time.Second
+
+// stopAndWait stops l for r and waits until it has finished, cutting it
+// off if its goodbye takes longer than goodbyeTimeout.
+func stopAndWait(l link, r EndReason) {
+	b := l.base()
+	b.stopWith(r)
+	select {
+	case <-b.finished:
+	case <-time.After(goodbyeTimeout):
+		l.abort()
+		<-b.finished
+	}
+}
+
 // endSession removes s for good: its connection is told why (when the
 // reason says the client must stop), its cookie stops working unless the
 // gateway is only going away, its flows are reset and its address returns
@@ -214,16 +222,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 		g.revoke(s)
 	}
 	if l != nil {
-		// Let the writer say goodbye; a client that does not take it
-		// within a second is cut off.
-		b := l.base()
-		b.stopWith(r)
-		select {
-		case <-b.finished:
-		case <-time.After(time.Second):
-			l.abort()
-			<-b.finished
-		}
+		stopAndWait(l, r)
 	}
 	if port != nil {
 		port.Close() // resets the session's flows

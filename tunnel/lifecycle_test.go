@@ -77,11 +77,7 @@ func TestTakeoverCutsOffAStuckConnection(t *testing.T) {
 // the offer is set before the connection registers).
 func TestDTLSOfferAndWithdrawConcurrently(t *testing.T) {
 	g := newBareGateway(t)
-	s, _, _ := g.newSession(&auth.Identity{User: "alice"}, "ua", netip.MustParseAddrPort("192.0.2.1:1"))
-	srv, cli := net.Pipe()
-	defer cli.Close()
-	l := newCSTPLink(s, srv, bufio.NewReader(srv))
-	l.g, l.done = g, make(chan struct{})
+	l := unregisteredLink(t, g)
 	l.dtlsOffer = &dtlsOffer{id: "x"}
 	close(l.done) // ended
 	var wg sync.WaitGroup
@@ -92,6 +88,21 @@ func TestDTLSOfferAndWithdrawConcurrently(t *testing.T) {
 	if g.dtlsLink([]byte("x")) != nil {
 		t.Error("an ended connection's DTLS offer is still published")
 	}
+}
+
+// unregisteredLink is a CSTP connection of a new session that was never
+// registered: enough to publish and withdraw a DTLS offer.
+func unregisteredLink(t *testing.T, g *Gateway) *cstpLink {
+	t.Helper()
+	s, _, err := g.newSession(&auth.Identity{User: "alice"}, "ua", netip.MustParseAddrPort("192.0.2.1:1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, cli := net.Pipe()
+	t.Cleanup(func() { cli.Close() })
+	l := newCSTPLink(s, srv, bufio.NewReader(srv))
+	l.g, l.done = g, make(chan struct{})
+	return l
 }
 
 // feedPC hands ServeDTLS a fixed list of datagrams, then blocks until Close.
@@ -140,11 +151,7 @@ func clientHello(sid []byte) []byte {
 // must work on its own copy (the race detector catches a shared one).
 func TestDTLSAcceptCopiesTheClientHello(t *testing.T) {
 	g := newBareGateway(t)
-	s, _, _ := g.newSession(&auth.Identity{User: "alice"}, "ua", netip.MustParseAddrPort("192.0.2.1:1"))
-	srv, cli := net.Pipe()
-	defer cli.Close()
-	l := newCSTPLink(s, srv, bufio.NewReader(srv))
-	l.g, l.done = g, make(chan struct{})
+	l := unregisteredLink(t, g)
 	sid := make([]byte, 32)
 	sid[0] = 7
 	l.dtlsOffer = &dtlsOffer{id: string(sid), psk: make([]byte, 32), mtu: 1400}

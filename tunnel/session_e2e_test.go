@@ -50,31 +50,19 @@ func startCorpEcho(t *testing.T, tp *testenv.Topo, port int) *corpEcho {
 		t.Fatal(err)
 	}
 	e.tcp, e.udp = addr, addr
-	var wg sync.WaitGroup
-	t.Cleanup(func() { l.Close(); pc.Close(); wg.Wait() })
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(2 * time.Minute)) // the longest scenario, with room
-				_, err := io.Copy(c, c)
-				if err == nil {
-					err = io.EOF
-				}
-				e.mu.Lock()
-				e.ended[c.RemoteAddr().String()] = err
-				e.mu.Unlock()
-			}()
+	testenv.ServeListener(t, l, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Minute)) // the longest scenario, with room
+		_, err := io.Copy(c, c)
+		if err == nil {
+			err = io.EOF
 		}
-	}()
+		e.mu.Lock()
+		e.ended[c.RemoteAddr().String()] = err
+		e.mu.Unlock()
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		buf := make([]byte, 2048)

@@ -60,6 +60,14 @@ func serveTCP(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ServeListener(t, l, handle)
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// ServeListener runs handle for each connection l accepts until the test
+// ends; cleanup closes l and waits for every handler. Each connection is
+// closed when its handler returns.
+func ServeListener(t testing.TB, l net.Listener, handle func(net.Conn)) {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { l.Close(); wg.Wait() })
 	wg.Add(1)
@@ -78,5 +86,4 @@ func serveTCP(t testing.TB, handle func(net.Conn)) netip.AddrPort {
 			}()
 		}
 	}()
-	return netip.MustParseAddrPort(l.Addr().String())
 }
