@@ -29,7 +29,7 @@ import (
 
 // DTLS 1.2 AEAD record layout (RFC 6347 §4.1, RFC 5288 §3).
 const (
-	explicitNonceLen = 8  // per-record part of the GCM nonce, sent in clear
+	explicitNonceLen = 8 // per-record part of the GCM nonce, sent in clear
 	gcmTagLen        = 16
 	// RecordOverhead is what a sealed record adds to its plaintext.
 	RecordOverhead = recordHeaderLen + explicitNonceLen + gcmTagLen
@@ -69,8 +69,8 @@ type Record struct {
 	sendSalt, recvSalt [4]byte
 	epoch              uint16
 	seq                atomic.Uint64 // next outbound sequence number
-	window             uint64 // bit i: sequence number top-i seen
-	top                uint64 // highest sequence number opened
+	window             uint64        // bit i: sequence number top-i seen
+	top                uint64        // highest sequence number opened
 	seen               bool
 }
 
