@@ -32,6 +32,7 @@ type cstpLink struct {
 	dtls        atomic.Pointer[dtlsChannel] // the live DTLS channel, nil while on CSTP only
 	dtlsPending atomic.Int32                // DTLS handshakes in progress
 	dtlsBuf     []byte                      // the data loop's record buffer (writeDTLS, probeDTLS)
+	dtlsOut     *dtlsBatch                  // records sealed by the data loop, sent at flush
 }
 
 func newCSTPLink(s *session, conn net.Conn, br bufReader) *cstpLink {
@@ -110,6 +111,7 @@ func (t *cstpLink) writeControl(f []byte) error {
 // flush sends batched records, giving a stuck client two DPD intervals to
 // take them before the connection is declared dead.
 func (t *cstpLink) flush() error {
+	t.flushDTLS()
 	if t.bc == nil {
 		return nil
 	}

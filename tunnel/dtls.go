@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 
 	"github.com/underpass/underpass/internal/acdtls"
 	"github.com/underpass/underpass/internal/cstp"
@@ -244,7 +246,7 @@ func (g *Gateway) ServeDTLS(pc net.PacketConn) error {
 		// socket buffer; quic-go sizes its own the same way.
 		_ = uc.SetReadBuffer(dtlsSocketBuffer)
 	}
-	s := &dtlsServer{g: g, pc: pc, peers: make(map[netip.AddrPort]*dtlsPeer)}
+	s := &dtlsServer{g: g, pc: pc, bio: newBatchIO(pc), peers: make(map[netip.AddrPort]*dtlsPeer)}
 	err = s.serve()
 	s.closeAll()
 	s.wg.Wait()
@@ -264,32 +266,81 @@ type dtlsServer struct {
 	pc net.PacketConn
 	wg sync.WaitGroup
 
+	bio batchIO // nil: one datagram a system call
+
 	mu    sync.Mutex
 	peers map[netip.AddrPort]*dtlsPeer
 }
 
 func (s *dtlsServer) serve() error {
+	if s.bio != nil {
+		// recvmmsg: up to dtlsIOBatch datagrams a system call.
+		msgs := make([]ipv4.Message, dtlsIOBatch)
+		for i := range msgs {
+			msgs[i].Buffers = [][]byte{make([]byte, dtlsDatagramBuf)}
+		}
+		for {
+			n, err := s.bio.ReadBatch(msgs, 0)
+			if err != nil {
+				return err
+			}
+			for _, m := range msgs[:n] {
+				s.dispatch(m.Buffers[0][:m.N], m.Addr)
+			}
+		}
+	}
 	buf := make([]byte, dtlsDatagramBuf)
 	for {
 		n, from, err := s.pc.ReadFrom(buf)
 		if err != nil {
 			return err
 		}
-		ua, ok := from.(*net.UDPAddr)
-		if !ok {
-			continue
-		}
-		src := ua.AddrPort()
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		s.mu.Lock()
-		p := s.peers[src]
-		s.mu.Unlock()
-		if p != nil {
-			p.deliver(buf[:n])
-			continue
-		}
-		s.accept(src, from, buf[:n])
+		s.dispatch(buf[:n], from)
 	}
+}
+
+// dispatch hands datagram d from the client at from to its peer, or to
+// accept. d is the reader's buffer: whoever keeps it copies it.
+func (s *dtlsServer) dispatch(d []byte, from net.Addr) {
+	ua, ok := from.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	src := ua.AddrPort()
+	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+	s.mu.Lock()
+	p := s.peers[src]
+	s.mu.Unlock()
+	if p != nil {
+		p.deliver(d)
+		return
+	}
+	s.accept(src, from, d)
+}
+
+// dtlsIOBatch is how many datagrams one recvmmsg or sendmmsg moves: the
+// data loop's writeBatch, so one flush is one system call.
+const dtlsIOBatch = writeBatch
+
+// batchIO is the recvmmsg/sendmmsg view of a UDP socket
+// (golang.org/x/net: ipv4.PacketConn or ipv6.PacketConn, one Message
+// type for both).
+type batchIO interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+// newBatchIO returns pc's batch view, or nil for a socket that is not a
+// *net.UDPConn (the userspace demultiplexer's).
+func newBatchIO(pc net.PacketConn) batchIO {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		return nil
+	}
+	if la, ok := uc.LocalAddr().(*net.UDPAddr); ok && la.IP.To4() == nil {
+		return ipv6.NewPacketConn(uc) // also a dual-stack [::] socket
+	}
+	return ipv4.NewPacketConn(uc)
 }
 
 // accept starts a handshake for a ClientHello that names a live offer.
@@ -489,6 +540,12 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 	}
 	msg := frame[len(frame)-len(ip)-acdtls.RecordHeaderLen:]
 	msg[0] = byte(cstp.Data)
+	if ch.rec != nil && ch.peer.s.bio != nil {
+		// Sealed now, sent with the rest of the batch at flush (sendmmsg).
+		t.dtlsOut = t.dtlsOut.add(ch, msg)
+		t.g.dtlsPacketsOut.Add(1)
+		return true
+	}
 	if err := ch.send(&t.dtlsBuf, msg); err != nil {
 		t.g.log.Info("dtls down; continuing over CSTP", "session", t.s.id, "err", err)
 		if t.dtls.CompareAndSwap(ch, nil) {
@@ -663,3 +720,75 @@ func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
 
 // SetWriteDeadline: writes to a UDP socket do not block for long.
 func (p *dtlsPeer) SetWriteDeadline(time.Time) error { return nil }
+
+// dtlsBatch holds a data loop's sealed records until flush: one sendmmsg
+// for up to writeBatch packets. Pooled: a link holds one only between a
+// DTLS write and the flush after it.
+type dtlsBatch struct {
+	ch    *dtlsChannel // the channel the records were sealed for
+	msgs  []ipv4.Message
+	bufs  [][]byte // msgs[i].Buffers = bufs[i : i+1]
+	arena []byte   // the records, back to back; never grows (room for writeBatch)
+}
+
+// dtlsMaxRecord bounds one sealed record: the largest DTLS MTU (a 1500
+// path, dtls.md §8), the type byte and the record overhead, with room.
+const dtlsMaxRecord = 1600
+
+var dtlsBatches = sync.Pool{New: func() any {
+	return &dtlsBatch{
+		msgs:  make([]ipv4.Message, 0, writeBatch),
+		bufs:  make([][]byte, writeBatch),
+		arena: make([]byte, 0, writeBatch*dtlsMaxRecord),
+	}
+}}
+
+// add seals msg for ch into the batch (taking one from the pool when b is
+// nil) and returns it. The caller flushes before writeBatch records.
+func (b *dtlsBatch) add(ch *dtlsChannel, msg []byte) *dtlsBatch {
+	if b == nil {
+		b = dtlsBatches.Get().(*dtlsBatch)
+	}
+	if b.ch != nil && b.ch != ch || len(b.msgs) == cap(b.msgs) || cap(b.arena)-len(b.arena) < len(msg)+acdtls.RecordOverhead {
+		b.send() // another channel, or full: send what is there first
+	}
+	b.ch = ch
+	off := len(b.arena)
+	b.arena = ch.rec.Seal(b.arena, msg)
+	i := len(b.msgs)
+	b.bufs[i] = b.arena[off:]
+	b.msgs = append(b.msgs, ipv4.Message{Buffers: b.bufs[i : i+1], Addr: ch.peer.raddr})
+	return b
+}
+
+// send writes the batch's records (sendmmsg, repeated until all are out)
+// and empties it. An error is the channel's: its caller retires it.
+func (b *dtlsBatch) send() error {
+	var err error
+	for ms := b.msgs; len(ms) > 0 && err == nil; {
+		var n int
+		n, err = b.ch.peer.s.bio.WriteBatch(ms, 0)
+		ms = ms[n:]
+	}
+	clear(b.bufs)
+	b.msgs, b.arena, b.ch = b.msgs[:0], b.arena[:0], nil
+	return err
+}
+
+// flushDTLS sends the data loop's batched DTLS records and returns the
+// batch to the pool; a failed send retires the channel (CSTP carries on).
+func (t *cstpLink) flushDTLS() {
+	b := t.dtlsOut
+	if b == nil {
+		return
+	}
+	t.dtlsOut = nil
+	ch := b.ch
+	if err := b.send(); err != nil && ch != nil {
+		t.g.log.Info("dtls down; continuing over CSTP", "session", t.s.id, "err", err)
+		if t.dtls.CompareAndSwap(ch, nil) {
+			ch.close()
+		}
+	}
+	dtlsBatches.Put(b)
+}
