@@ -55,6 +55,12 @@ func NewCollector(src Source) *Collector {
 		{d("policy_drops_total", "Client packets to destinations outside the routes (answered)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropNotAllowed) }},
 		{d("spoofed_drops_total", "Client packets whose source was not the session's address."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropSpoofed) }},
 		{d("stalled_drops_total", "Packets dropped because a client stopped reading."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropBlocked) }},
+		{d("parked_drops_total", "Packets for clients between connections dropped past their queue (TCP retransmits them)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropParked) }},
+		{d("dtls_handshakes_total", "AnyConnect DTLS channels established."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSUp) }},
+		{d("dtls_received_packets_total", "IP packets received from clients over DTLS."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSPacketsIn) }},
+		{d("dtls_sent_packets_total", "IP packets sent to clients over DTLS."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSPacketsOut) }},
+		{d("dtls_dropped_datagrams_total", "UDP datagrams dropped before any DTLS state (not a ClientHello of a live session, or over the handshake cap)."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSDropped) }},
+		{d("dtls_peers", "Client addresses with DTLS state (handshaking or up)."), g, func(s *tunnel.Stats) float64 { return float64(s.DTLSPeers) }},
 	}}
 }
 
