@@ -237,7 +237,7 @@ func TestOpenconnectWithDex(t *testing.T) {
 	}
 }
 
-func mustLoad(t *testing.T, c *testenv.Cert) *tls.Certificate {
+func mustLoad(t testing.TB, c *testenv.Cert) *tls.Certificate {
 	t.Helper()
 	pair, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
 	if err != nil {

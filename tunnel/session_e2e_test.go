@@ -37,7 +37,7 @@ type corpEcho struct {
 	udpPeers map[string]int   // source addr:port the UDP echo saw -> datagrams
 }
 
-func startCorpEcho(t *testing.T, tp *testenv.Topo, port int) *corpEcho {
+func startCorpEcho(t testing.TB, tp *testenv.Topo, port int) *corpEcho {
 	t.Helper()
 	e := &corpEcho{ended: map[string]error{}, udpPeers: map[string]int{}}
 	addr := netip.AddrPortFrom(testenv.CorpAddr, uint16(port))
@@ -158,7 +158,7 @@ func (f *flows) exchange(t *testing.T, within time.Duration) {
 }
 
 // sessionGateway serves a gateway on GWAddr:port in the gw namespace.
-func sessionGateway(t *testing.T, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
+func sessionGateway(t testing.TB, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
 	t.Helper()
 	cfg := tunnel.Config{
 		Certificate:   mustLoad(t, cert),
@@ -290,7 +290,7 @@ func TestSessionContinuity(t *testing.T) {
 	})
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -305,7 +305,7 @@ func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) 
 // TCP, and QUIC and DTLS together on the same UDP port (the sockets are
 // made inside the namespace, so the library's ServeTCPAndUDP, which binds
 // in the calling process's namespace, is not used here).
-func udpGateway(t *testing.T, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
+func udpGateway(t testing.TB, tp *testenv.Topo, cert *testenv.Cert, port int, logs io.Writer, mod func(*tunnel.Config)) (*tunnel.Gateway, string) {
 	t.Helper()
 	gw, listen := sessionGateway(t, tp, cert, port, logs, mod)
 	var m *udpmux.Mux
