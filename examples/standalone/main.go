@@ -425,7 +425,7 @@ func serveDemoPage(gw *tunnel.Gateway) error {
 
 func printBanner(w io.Writer, listen, pin, user, pass string, gw *tunnel.Gateway) {
 	url := "https://" + listen
-	fmt.Fprintf(w, "Underpass gateway listening on %s (AnyConnect over TLS; QUIC CONNECT-IP on the same UDP port unless disabled)\n", listen)
+	fmt.Fprintf(w, "Underpass gateway listening on %s (AnyConnect over TLS; its DTLS and QUIC CONNECT-IP on the same UDP port unless disabled)\n", listen)
 	if user == "" {
 		fmt.Fprintf(w, "  server certificate: %s\n", pin)
 		return
