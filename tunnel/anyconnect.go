@@ -218,6 +218,7 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		return
 	}
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)
+	g.event(Event{Kind: EventSignIn, Session: s.id, User: id.User, ClientAddr: ca.Addr(), Transport: "tls"})
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
 	http.SetCookie(w, &http.Cookie{Name: "webvpn", Value: cookie, Secure: true, HttpOnly: true})
@@ -239,10 +240,12 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 		if errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable) {
 			if c.Bans != nil && c.Bans.AddFailure(ca.Addr(), 0) {
 				g.log.Warn("client banned", "client_ip", ca.Addr())
+				g.event(Event{Kind: EventBanned, ClientAddr: ca.Addr()})
 			}
 		}
 		g.signInFailures.Add(1)
 		g.log.Info("sign-in failed", "client_ip", ca.Addr(), "user", creds.Username, "err", err)
+		g.event(Event{Kind: EventSignInFailed, User: creds.Username, ClientAddr: ca.Addr(), Err: err})
 		return nil, err
 	}
 	if id.DeviceID == "" {

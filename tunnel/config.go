@@ -183,6 +183,12 @@ type Config struct {
 	FlowLog    func(FlowRecord)
 	FlowLogDNS bool
 
+	// Events, if set, receives the session core's typed records (sign-in,
+	// failed sign-in, ban, connect, disconnect, takeover, session end), on
+	// the goroutine where they happen: keep it quick. The log carries the
+	// same facts as text; Events is for programs.
+	Events func(Event)
+
 	// Logger receives structured logs. Default: silent.
 	Logger *slog.Logger
 }

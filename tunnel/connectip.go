@@ -267,6 +267,7 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		return nil, "", refuseInternal
 	}
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method, "transport", "quic")
+	g.event(Event{Kind: EventSignIn, Session: s.id, User: id.User, ClientAddr: ca.Addr(), Transport: "quic"})
 	return s, cookie, nil
 }
 

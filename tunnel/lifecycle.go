@@ -156,6 +156,7 @@ func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool
 		}
 		g.log.Info("session taken over", "session", s.id, "user", s.ident.User,
 			"old_client_ip", old.base().clientAddr.Addr(), "client_ip", ca.Addr(), "transport", transport)
+		g.event(Event{Kind: EventTakeover, Session: s.id, User: s.ident.User, ClientAddr: ca.Addr(), Transport: transport, Reason: EndTakenOver})
 		stopAndWait(old, EndTakenOver)
 	}
 }
@@ -233,6 +234,8 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),
 		"duration", time.Since(s.created).Round(time.Second))
+	g.event(Event{Kind: EventSessionEnd, Session: s.id, User: s.ident.User, Reason: r,
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load()})
 }
 
 // telemetry logs a connect or disconnect event (R-O3) with the fields an
@@ -247,13 +250,17 @@ func (g *Gateway) telemetry(b *linkBase, op string, r EndReason, detail error) {
 		"gateway_ip", g.gwAddr, "assigned_ip", assigned, "user", s.ident.User, "device_id", s.ident.DeviceID,
 		"user_agent", s.userAgent, "transport", b.transport,
 	}
+	e := Event{Kind: EventConnect, Session: s.id, User: s.ident.User, ClientAddr: b.clientAddr.Addr(), Transport: b.transport}
 	if op == "disconnect" {
 		reason := r.String()
 		if detail != nil {
 			reason += ": " + detail.Error()
 		}
-		attrs = append(attrs, "reason", reason, "bytes_in", s.bytesIn.Load()-b.in0, "bytes_out", s.bytesOut.Load()-b.out0,
+		e.Kind, e.Reason, e.Err = EventDisconnect, r, detail
+		e.BytesIn, e.BytesOut = s.bytesIn.Load()-b.in0, s.bytesOut.Load()-b.out0
+		attrs = append(attrs, "reason", reason, "bytes_in", e.BytesIn, "bytes_out", e.BytesOut,
 			"duration", time.Since(b.start).Round(time.Millisecond))
 	}
 	g.log.Info("telemetry", attrs...)
+	g.event(e)
 }

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/cstp"
 )
 
 // newBareGateway is a gateway that serves nothing: for driving the session
@@ -169,4 +171,39 @@ func TestDTLSAcceptCopiesTheClientHello(t *testing.T) {
 	waitFor(t, func() bool { return g.Stats().DTLSDropped >= 50 }, "the junk after the ClientHello to be read")
 	g.Close()
 	<-errc
+}
+
+// TestEventsHook: Config.Events receives the session core's typed records
+// in order: a sign-in, a connect, and on the client's logoff a disconnect
+// and the session's end, each with its EndReason.
+func TestEventsHook(t *testing.T) {
+	var mu sync.Mutex
+	var got []Event
+	g, addr := startGateway(t, func(c *Config) {
+		c.Events = func(e Event) { mu.Lock(); got = append(got, e); mu.Unlock() }
+	})
+	if ck, _ := signIn(t, addr, "alice", "wrong"); ck != "" {
+		t.Fatal("wrong password accepted")
+	}
+	tc := dial(t, addr, "alice", "secret")
+	if err := tc.writeFrame(cstp.Disconnect, cstp.DisconnectPayload(cstp.ReasonUserDisconnect, "")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(g.Sessions()) == 0 }, "the session to end")
+	mu.Lock()
+	defer mu.Unlock()
+	var kinds []EventKind
+	for _, e := range got {
+		kinds = append(kinds, e.Kind)
+		if e.Time.IsZero() || (e.Kind != EventSignInFailed && e.User != "alice") {
+			t.Errorf("event %+v", e)
+		}
+	}
+	want := []EventKind{EventSignInFailed, EventSignIn, EventConnect, EventDisconnect, EventSessionEnd}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("kinds %v, want %v", kinds, want)
+	}
+	if got[3].Reason != EndLogoff || got[4].Reason != EndLogoff || got[2].Transport != "tls" {
+		t.Errorf("disconnect %+v, session end %+v", got[3], got[4])
+	}
 }

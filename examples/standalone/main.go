@@ -215,6 +215,7 @@ func serve(args []string, stdout, stderr io.Writer) int {
 		return exitConfig
 	}
 	defer func() { id.Close() }()
+	cfg.Tunnel.Events = ring.Record // `underpass show events` reads the session core's typed records
 
 	gw, err := tunnel.New(cfg.Tunnel)
 	if err != nil {

@@ -68,6 +68,7 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 	// reload never pins a static certificate.
 	t.Certificate, t.GetCertificate = nil, running.Tunnel.GetCertificate
 	t.ListenAddr = running.Tunnel.ListenAddr // a -listen flag wins over the file, as at start
+	t.Events = running.Tunnel.Events
 	res, err := gw.Reload(t)
 	if err != nil {
 		id.Close()

@@ -1,14 +1,19 @@
 // Package events keeps the recent operator-relevant events of a running
-// gateway (sign-ins, failures, bans, connects, disconnects, session ends)
-// in a bounded ring, fed by tapping the gateway's slog records, so
-// `underpass show events` can answer "what just happened?".
+// gateway (sign-ins, failures, bans, connects, disconnects, takeovers,
+// session ends) in a bounded ring, so `underpass show events` can answer
+// "what just happened?". The gateway's come as typed records
+// (tunnel.Config.Events → Ring.Record); the daemon's own (reloads,
+// certificates) by tapping its slog records.
 package events
 
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/underpass/underpass/tunnel"
 )
 
 // DefaultSize is the ring's capacity: at a few hundred bytes an event,
@@ -60,11 +65,48 @@ func (r *Ring) List() []Event {
 	return append(append([]Event(nil), r.buf[r.next:]...), r.buf[:r.next]...)
 }
 
-// Recorded lists the log messages that become events.
+// Recorded lists the daemon's own log messages that become events (the
+// gateway's come typed, through Record).
 var Recorded = map[string]bool{
-	"telemetry": true, "sign-in": true, "sign-in failed": true, "client banned": true,
-	"session ended": true, "configuration reloaded": true, "certificate loaded": true,
+	"configuration reloaded": true, "certificate loaded": true,
 	"certificate staged": true, "staged certificate activated": true,
+}
+
+// Record adds one of the gateway's typed records (tunnel.Config.Events),
+// under the names its log lines use: "telemetry" with op=connect or
+// op=disconnect, "sign-in", "sign-in failed", "client banned", "session
+// taken over", "session ended". No log text is parsed.
+func (r *Ring) Record(e tunnel.Event) {
+	ev := Event{Time: e.Time, Level: slog.LevelInfo.String(), Msg: e.Kind.String(), Attrs: map[string]string{}}
+	set := func(k, v string) {
+		if v != "" {
+			ev.Attrs[k] = v
+		}
+	}
+	switch e.Kind {
+	case tunnel.EventConnect, tunnel.EventDisconnect:
+		ev.Msg = "telemetry"
+		set("op", e.Kind.String())
+	case tunnel.EventBanned:
+		ev.Level = slog.LevelWarn.String()
+	}
+	set("session", e.Session)
+	set("user", e.User)
+	if e.ClientAddr.IsValid() {
+		set("client_ip", e.ClientAddr.String())
+	}
+	set("transport", e.Transport)
+	if e.Reason != 0 {
+		set("reason", e.Reason.String())
+	}
+	if e.Err != nil {
+		set("err", e.Err.Error())
+	}
+	if e.Kind == tunnel.EventDisconnect || e.Kind == tunnel.EventSessionEnd {
+		set("bytes_in", strconv.FormatUint(e.BytesIn, 10))
+		set("bytes_out", strconv.FormatUint(e.BytesOut, 10))
+	}
+	r.Add(ev)
 }
 
 // Tap returns a slog.Handler that passes every record to next and copies
