@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/underpass/underpass/internal/acdtls"
 	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/udpmux"
 )
 
 // DTLSMode chooses how the gateway offers AnyConnect's DTLS channel.
@@ -360,7 +362,7 @@ func (s *dtlsServer) accept(src netip.AddrPort, from net.Addr, d []byte) {
 		return
 	}
 	p := &dtlsPeer{s: s, addr: src, raddr: from, in: make(chan []byte, dtlsPeerQueue), fastIn: make(chan []byte, dtlsPeerQueue),
-		closed: make(chan struct{}), wake: make(chan struct{}, 1)}
+		closed: make(chan struct{}), rd: udpmux.NewDeadline()}
 	p.deliver(d)
 	s.mu.Lock()
 	s.peers[src] = p
@@ -590,21 +592,26 @@ type dtlsPeer struct {
 	closed chan struct{}
 	once   sync.Once
 
-	dmu      sync.Mutex
-	deadline time.Time
-	wake     chan struct{} // poked when the read deadline changes
+	rd *udpmux.Deadline
 }
 
 var dtlsBufs = sync.Pool{New: func() any { b := make([]byte, dtlsDatagramBuf); return &b }}
 
 // deliver queues a copy of datagram d for the peer: application data to
-// the record layer once it runs the channel (first byte 23, RFC 6347
-// §4.1), everything else to pion. A full queue drops it.
+// the record layer once it runs the channel, everything else to pion.
 func (p *dtlsPeer) deliver(d []byte) {
-	q := p.in
-	if p.fast.Load() && len(d) > 0 && d[0] == 23 {
-		q = p.fastIn
+	if p.fast.Load() && len(d) > 0 && d[0] == dtlsContentAppData {
+		p.queue(p.fastIn, d)
+		return
 	}
+	p.queue(p.in, d)
+}
+
+// toPion hands pion a copy of d (a record the record layer leaves to it).
+func (p *dtlsPeer) toPion(d []byte) { p.queue(p.in, d) }
+
+// queue puts a pooled copy of d on q; a full queue drops it.
+func (p *dtlsPeer) queue(q chan []byte, d []byte) {
 	bp := dtlsBufs.Get().(*[]byte)
 	b := append((*bp)[:0], d...)
 	select {
@@ -614,16 +621,9 @@ func (p *dtlsPeer) deliver(d []byte) {
 	}
 }
 
-// toPion hands pion a copy of d (a record the record layer leaves to it).
-func (p *dtlsPeer) toPion(d []byte) {
-	bp := dtlsBufs.Get().(*[]byte)
-	b := append((*bp)[:0], d...)
-	select {
-	case p.in <- b:
-	default:
-		dtlsBufs.Put(bp)
-	}
-}
+// dtlsContentAppData is the DTLS content type of application data (RFC
+// 6347 §4.1, as in TLS: 23): the first byte of a datagram of data records.
+const dtlsContentAppData = 23
 
 // putDatagram returns a delivered datagram's buffer to the pool.
 func putDatagram(d []byte) {
@@ -631,59 +631,27 @@ func putDatagram(d []byte) {
 	dtlsBufs.Put(&d)
 }
 
-// ReadFrom returns the next datagram from the peer.
+// ReadFrom returns the next datagram from the peer: os.ErrDeadlineExceeded
+// (a timeout net.Error) after the read deadline, net.ErrClosed after Close.
 func (p *dtlsPeer) ReadFrom(b []byte) (int, net.Addr, error) {
-	for {
-		p.dmu.Lock()
-		dl := p.deadline
-		p.dmu.Unlock()
-		var (
-			timeout <-chan time.Time
-			tm      *time.Timer
-		)
-		if !dl.IsZero() {
-			d := time.Until(dl)
-			if d <= 0 {
-				return 0, nil, errDeadline
-			}
-			tm = time.NewTimer(d)
-			timeout = tm.C
-		}
-		var (
-			n   int
-			err error
-			got bool
-		)
-		select {
-		case d := <-p.in:
-			n, got = copy(b, d), true
-			putDatagram(d)
-		case <-p.closed:
-			err = net.ErrClosed
-		case <-timeout:
-			err = errDeadline
-		case <-p.wake: // the deadline moved: look again
-		}
-		if tm != nil {
-			tm.Stop()
-		}
-		if got {
-			return n, p.raddr, nil
-		}
-		if err != nil {
-			return 0, nil, err
-		}
+	select { // like a socket, fail once the deadline has passed even if data waits
+	case <-p.closed:
+		return 0, nil, net.ErrClosed
+	case <-p.rd.Expired():
+		return 0, nil, os.ErrDeadlineExceeded
+	default:
+	}
+	select {
+	case d := <-p.in:
+		n := copy(b, d)
+		putDatagram(d)
+		return n, p.raddr, nil
+	case <-p.closed:
+		return 0, nil, net.ErrClosed
+	case <-p.rd.Expired():
+		return 0, nil, os.ErrDeadlineExceeded
 	}
 }
-
-// errDeadline is a net.Error timeout, as net.PacketConn promises.
-var errDeadline = deadlineError{}
-
-type deadlineError struct{}
-
-func (deadlineError) Error() string   { return "i/o timeout" }
-func (deadlineError) Timeout() bool   { return true }
-func (deadlineError) Temporary() bool { return true }
 
 func (p *dtlsPeer) WriteTo(b []byte, _ net.Addr) (int, error) {
 	select {
@@ -708,13 +676,7 @@ func (p *dtlsPeer) LocalAddr() net.Addr { return p.s.pc.LocalAddr() }
 func (p *dtlsPeer) SetDeadline(t time.Time) error { return p.SetReadDeadline(t) }
 
 func (p *dtlsPeer) SetReadDeadline(t time.Time) error {
-	p.dmu.Lock()
-	p.deadline = t
-	p.dmu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	p.rd.Set(t)
 	return nil
 }
 

@@ -88,8 +88,8 @@ func newFallback(c net.PacketConn) *fallback {
 			f:      f,
 			queue:  make(chan datagram, queueLen),
 			closed: make(chan struct{}),
-			rd:     newDeadline(),
-			wd:     newDeadline(),
+			rd:     NewDeadline(),
+			wd:     NewDeadline(),
 		}
 	}
 	f.wg.Add(1)
@@ -170,7 +170,7 @@ type view struct {
 	queue     chan datagram
 	closeOnce sync.Once
 	closed    chan struct{}
-	rd, wd    *deadline
+	rd, wd    *Deadline
 }
 
 var _ net.PacketConn = (*view)(nil)
@@ -190,7 +190,7 @@ func (v *view) ReadFrom(p []byte) (int, net.Addr, error) {
 	select {
 	case <-v.closed:
 		return 0, nil, v.opErr("read", nil, net.ErrClosed)
-	case <-v.rd.expired():
+	case <-v.rd.Expired():
 		return 0, nil, v.opErr("read", nil, os.ErrDeadlineExceeded)
 	default:
 	}
@@ -199,7 +199,7 @@ func (v *view) ReadFrom(p []byte) (int, net.Addr, error) {
 		return v.deliver(p, d)
 	case <-v.closed:
 		return 0, nil, v.opErr("read", nil, net.ErrClosed)
-	case <-v.rd.expired():
+	case <-v.rd.Expired():
 		return 0, nil, v.opErr("read", nil, os.ErrDeadlineExceeded)
 	case <-v.f.done:
 		if errors.Is(v.f.err, net.ErrClosed) {
@@ -228,7 +228,7 @@ func (v *view) WriteTo(p []byte, addr net.Addr) (int, error) {
 	select {
 	case <-v.closed:
 		return 0, v.opErr("write", addr, net.ErrClosed)
-	case <-v.wd.expired():
+	case <-v.wd.Expired():
 		return 0, v.opErr("write", addr, os.ErrDeadlineExceeded)
 	default:
 	}
@@ -250,18 +250,18 @@ func (v *view) Close() error {
 func (v *view) LocalAddr() net.Addr { return v.f.laddr }
 
 func (v *view) SetDeadline(t time.Time) error {
-	v.rd.set(t)
-	v.wd.set(t)
+	v.rd.Set(t)
+	v.wd.Set(t)
 	return nil
 }
 
 func (v *view) SetReadDeadline(t time.Time) error {
-	v.rd.set(t)
+	v.rd.Set(t)
 	return nil
 }
 
 func (v *view) SetWriteDeadline(t time.Time) error {
-	v.wd.set(t)
+	v.wd.Set(t)
 	return nil
 }
 
@@ -292,51 +292,6 @@ func (v *view) SyscallConn() (syscall.RawConn, error) {
 		return nil, v.opErr("raw", nil, errors.ErrUnsupported)
 	}
 	return c.SyscallConn()
-}
-
-// deadline is a resettable deadline whose expiry is a closed channel, so a
-// blocked select can wait on it. The zero time means no deadline.
-type deadline struct {
-	mu    sync.Mutex
-	timer *time.Timer
-	fired chan struct{} // closed once the deadline has passed
-}
-
-func newDeadline() *deadline {
-	return &deadline{fired: make(chan struct{})}
-}
-
-func (d *deadline) set(t time.Time) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.timer != nil && !d.timer.Stop() {
-		<-d.fired // the timer has fired: wait until its func closed fired
-	}
-	d.timer = nil
-	passed := isDone(d.fired)
-	if t.IsZero() {
-		if passed {
-			d.fired = make(chan struct{})
-		}
-		return
-	}
-	if dur := time.Until(t); dur > 0 {
-		if passed {
-			d.fired = make(chan struct{})
-		}
-		fired := d.fired
-		d.timer = time.AfterFunc(dur, func() { close(fired) })
-		return
-	}
-	if !passed {
-		close(d.fired)
-	}
-}
-
-func (d *deadline) expired() <-chan struct{} {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.fired
 }
 
 func isDone(c chan struct{}) bool {
