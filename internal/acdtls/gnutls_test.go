@@ -14,21 +14,20 @@ import (
 	"time"
 
 	"github.com/pion/dtls/v3"
+	"github.com/underpass/underpass/internal/testenv"
 )
 
 // TestGnuTLSPSKInterop runs GnuTLS's gnutls-cli (the TLS library of
-// Debian's openconnect) as a DTLS 1.2 PSK client against ServerOptions, if
-// it is installed (package gnutls-bin). gnutls-cli is not openconnect: it
+// Debian's openconnect) as a DTLS 1.2 PSK client against ServerOptions
+// (package gnutls-bin). gnutls-cli is not openconnect: it
 // puts no App-ID in the session_id and its extensions differ, but the
 // handshake code, suite order and cookie exchange are GnuTLS's. With DTLS
 // 1.0 enabled it sends the 0xfeff record version openconnect sends.
 func TestGnuTLSPSKInterop(t *testing.T) {
-	cli, err := exec.LookPath("gnutls-cli")
+	testenv.RequireTool(t, "gnutls-cli") // scripts/deps.sh installs gnutls-bin; missing under CI=true fails
+	cli, err := testenv.LookTool("gnutls-cli")
 	if err != nil {
-		t.Skip("gnutls-cli not installed")
-	}
-	if testing.Short() {
-		t.Skip("short")
+		t.Fatal(err)
 	}
 	tests := []struct {
 		name      string

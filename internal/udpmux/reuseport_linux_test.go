@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/underpass/underpass/internal/testenv"
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 )
@@ -152,4 +153,12 @@ func rcvBuf(t testing.TB, c net.PacketConn) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// loopbackOnlyNetns makes a network namespace holding only lo for this
+// test and returns a runner of socket-creating functions inside it
+// (testenv.Netns.Do): sockets made there stay there. Needs root; under
+// CI=true its absence fails the test.
+func loopbackOnlyNetns(t *testing.T) func(func() error) error {
+	return testenv.NewNetns(t, "udpmux").Do
 }
