@@ -363,6 +363,13 @@ func (s *Server) lookup(ctx context.Context, set *upstreamSet, name string, qtyp
 	s.stats.cacheMisses.Add(1)
 	k := string(key)
 	m, err := s.flight(ctx, k, func(ctx context.Context) (*dns.Msg, error) {
+		// A flight for this key may have finished, and cached its answer,
+		// between the cache check above and this flight's start: look
+		// again before asking upstream (the miss above becomes a hit).
+		if m := s.cacheGet(key, cd); m != nil {
+			s.stats.cacheMisses.Add(^uint64(0))
+			return m, nil
+		}
 		resp, err := s.forward(ctx, set, name, qtype, dns.ClassINET, do, cd)
 		if err != nil {
 			return nil, err
