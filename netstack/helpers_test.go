@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,7 +77,11 @@ type client struct {
 	ep   *channel.Endpoint
 	wg   sync.WaitGroup
 	stop context.CancelFunc
+	// largest is the size of the largest IP packet the gateway sent.
+	largest atomic.Int64
 }
+
+func (c *client) maxSize() int { return int(c.largest.Load()) }
 
 func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	t.Helper()
@@ -100,15 +105,19 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &client{st: st, port: port, ep: ep, stop: cancel}
 	c.wg.Add(2)
-	go func() { // client -> gateway
+	go func() { // client -> gateway, through a Batch like the tunnel's readers
 		defer c.wg.Done()
+		b := port.NewBatch()
 		for {
-			pkt := ep.ReadContext(ctx)
+			pkt := ep.Read()
 			if pkt == nil {
-				return
+				b.Flush()
+				if pkt = ep.ReadContext(ctx); pkt == nil {
+					return
+				}
 			}
 			v := pkt.ToView()
-			port.Inject(v.AsSlice())
+			port.InjectBatch(b, v.AsSlice())
 			v.Release()
 			pkt.DecRef()
 		}
@@ -117,6 +126,9 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 		defer c.wg.Done()
 		for pk := range port.Packets() {
 			f := pk.Frame()[testHeadroom:]
+			if n := int64(len(f)); n > c.largest.Load() {
+				c.largest.Store(n)
+			}
 			proto := ipv4.ProtocolNumber
 			if f[0]>>4 == 6 {
 				proto = ipv6.ProtocolNumber

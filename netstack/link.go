@@ -2,8 +2,11 @@ package netstack
 
 import (
 	"net/netip"
+
 	"sync/atomic"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -99,29 +102,61 @@ func (s *Stack) writeOut(pkt *stack.PacketBuffer) {
 		s.stats.dropNoPort.Add(1)
 		return
 	}
+	if pkt.GSOOptions.Type != stack.GSONone {
+		s.writeSegments(p, pkt)
+		return
+	}
 	size := pkt.Size()
 	pk := s.pools.get(p.headroom + size)
 	if pk == nil {
 		s.stats.dropTooBig.Add(1)
 		return
 	}
-	buf := pk.buf[p.headroom : p.headroom+size]
-	vl, off := pkt.AsViewList()
-	n := 0
-	for v := vl.Front(); v != nil && n < size; v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		n += copy(buf[n:], b[off:])
-		off = 0
-	}
+	r := newPacketReader(pkt)
+	n := r.read(pk.buf[p.headroom : p.headroom+size])
 	pk.n = p.headroom + n
+	s.sendOut(p, pk, n)
+}
+
+// sendOut queues pk, which carries an n-byte IP packet, to p.
+func (s *Stack) sendOut(p *Port, pk *Packet, n int) {
 	if p.send(pk, true) {
 		s.stats.packetsOut.Add(1)
 		s.stats.bytesOut.Add(uint64(n))
 	}
+}
+
+// packetReader reads a PacketBuffer's bytes (headers, then payload) in
+// order, view by view, without flattening it first.
+type packetReader struct {
+	v   *buffer.View
+	off int
+}
+
+func newPacketReader(pkt *stack.PacketBuffer) packetReader {
+	vl, off := pkt.AsViewList()
+	return packetReader{v: vl.Front(), off: off}
+}
+
+// skip moves the reader n bytes on.
+func (r *packetReader) skip(n int) { r.off += n }
+
+// read fills dst from the reader's position; it returns less than len(dst)
+// only at the packet's end.
+func (r *packetReader) read(dst []byte) int {
+	n := 0
+	for r.v != nil && n < len(dst) {
+		b := r.v.AsSlice()
+		if r.off >= len(b) {
+			r.off -= len(b)
+			r.v = r.v.Next()
+			continue
+		}
+		c := copy(dst[n:], b[r.off:])
+		n += c
+		r.off += c
+	}
+	return n
 }
 
 // blockTimer returns a channel that fires after MaxWriteBlock, or nil.

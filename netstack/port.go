@@ -229,7 +229,12 @@ func (p *Port) send(pk *Packet, block bool) bool {
 // (destination refused by policy or another session's address); for
 // ErrNotAllowed the client is answered at once on this port: a TCP RST, or
 // an ICMP destination-unreachable (administratively prohibited).
-func (p *Port) Inject(pkt []byte) error {
+func (p *Port) Inject(pkt []byte) error { return p.InjectBatch(nil, pkt) }
+
+// InjectBatch is Inject through b: a TCP segment may be held in b, to be
+// coalesced with the next ones of its flow, until b.Flush. A nil b
+// delivers at once, like Inject.
+func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 	s := p.s
 	if p.closed.Load() {
 		return ErrClosed
@@ -266,7 +271,17 @@ func (p *Port) Inject(pkt []byte) error {
 		return ErrNotAllowed
 	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip.pkt)})
-	if s.link.deliver(ip.proto, pb) {
+	pb.NetworkProtocolNumber = ip.proto
+	// The tunnel (TLS, DTLS or QUIC) authenticated the packet, so checksums
+	// are not verified (see tunnelLink.Capabilities); GRO reads this flag.
+	pb.RXChecksumValidated = true
+	var ok bool
+	if b != nil {
+		ok = b.enqueue(pb)
+	} else {
+		ok = s.link.deliver(ip.proto, pb)
+	}
+	if ok {
 		s.stats.packetsIn.Add(1)
 		s.stats.bytesIn.Add(uint64(len(ip.pkt)))
 	}

@@ -59,7 +59,14 @@ func (t *cstpLink) read() (EndReason, error) {
 	}
 	r := cstp.NewReader(t.br, cstp.MaxRecordPayload)
 	s := t.s
+	// Data frames go to the stack through one Batch (GRO), flushed before
+	// a read that may block: what one TLS read brought in is coalesced.
+	b := t.port.NewBatch()
+	defer b.Flush()
 	for {
+		if t.br.Buffered() == 0 {
+			b.Flush()
+		}
 		typ, payload, err := r.Next()
 		if err != nil {
 			if errors.Is(err, io.EOF) {
@@ -71,7 +78,7 @@ func (t *cstpLink) read() (EndReason, error) {
 		switch typ {
 		case cstp.Data:
 			s.bytesIn.Add(uint64(len(payload)))
-			_ = t.port.Inject(payload) // rejects are answered or counted by the stack
+			_ = t.port.InjectBatch(b, payload) // rejects are answered or counted by the stack
 		case cstp.DPDReq:
 			select {
 			case t.ctrl <- cstp.AppendFrame(nil, cstp.DPDResp, payload):
