@@ -27,6 +27,7 @@ import (
 	"github.com/underpass/underpass/internal/acdtls"
 	"github.com/underpass/underpass/internal/cstp"
 	"github.com/underpass/underpass/internal/udpmux"
+	"github.com/underpass/underpass/netstack"
 )
 
 // DTLSMode chooses how the gateway offers AnyConnect's DTLS channel.
@@ -249,6 +250,9 @@ func (g *Gateway) ServeDTLS(pc net.PacketConn) error {
 		_ = uc.SetReadBuffer(dtlsSocketBuffer)
 	}
 	s := &dtlsServer{g: g, pc: pc, bio: newBatchIO(pc), peers: make(map[netip.AddrPort]*dtlsPeer)}
+	if uc, ok := pc.(*net.UDPConn); ok && s.bio != nil {
+		s.gso.Store(udpGSOSupported(uc))
+	}
 	err = s.serve()
 	s.closeAll()
 	s.wg.Wait()
@@ -269,6 +273,9 @@ type dtlsServer struct {
 	wg sync.WaitGroup
 
 	bio batchIO // nil: one datagram a system call
+	// gso: the kernel segments UDP for this socket (UDP_SEGMENT); off for
+	// good after a device refused it (dtlsBatch.sendSegmented).
+	gso atomic.Bool
 
 	mu    sync.Mutex
 	peers map[netip.AddrPort]*dtlsPeer
@@ -477,29 +484,38 @@ func (t *cstpLink) readDTLS(ch *dtlsChannel) {
 		if err != nil {
 			return
 		}
-		t.handleDTLS(ch, buf[:n], &out)
+		t.handleDTLS(ch, buf[:n], nil, &out)
 	}
 }
 
 // openFast opens the data records the peer's datagrams carry (the record
 // layer's reader), until the channel ends. A datagram that is not
-// application data of the current epoch goes to pion.
+// application data of the current epoch goes to pion. Data packets go to
+// the stack through one netstack.Batch, flushed whenever no datagram is
+// waiting, so a burst's TCP segments are coalesced (GRO) without delay.
 func (t *cstpLink) openFast(ch *dtlsChannel) {
 	p := ch.peer
 	var out []byte
+	b := t.port.NewBatch()
+	defer b.Flush()
 	for {
 		var d []byte
 		select {
 		case d = <-p.fastIn:
-		case <-p.closed:
-			return
+		default:
+			b.Flush()
+			select {
+			case d = <-p.fastIn:
+			case <-p.closed:
+				return
+			}
 		}
 		for rest := d; len(rest) > 0; {
 			cur := rest
 			msg, next, err := ch.rec.Open(cur)
 			switch {
 			case err == nil:
-				t.handleDTLS(ch, msg, &out)
+				t.handleDTLS(ch, msg, b, &out)
 			case errors.Is(err, acdtls.ErrNotAppData):
 				p.toPion(cur) // this record on; earlier ones were opened in place
 				next = nil
@@ -514,7 +530,7 @@ func (t *cstpLink) openFast(ch *dtlsChannel) {
 // into the stack, a DPD request answered with the same payload over DTLS
 // (openconnect's MTU probe pads it to the tunnel MTU and needs the echo,
 // dtls.md §7), the rest only counts as heard. msg may be modified.
-func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, out *[]byte) {
+func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, b *netstack.Batch, out *[]byte) {
 	typ, payload, err := acdtls.ParseRecord(msg)
 	if err != nil {
 		return
@@ -525,7 +541,7 @@ func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, out *[]byte) {
 	case cstp.Data:
 		t.g.dtlsPacketsIn.Add(1)
 		t.s.bytesIn.Add(uint64(len(payload)))
-		_ = t.port.Inject(payload)
+		_ = t.port.InjectBatch(b, payload)
 	case cstp.DPDReq:
 		msg[0] = byte(cstp.DPDResp)
 		_ = ch.send(out, msg)
@@ -686,22 +702,48 @@ func (p *dtlsPeer) SetWriteDeadline(time.Time) error { return nil }
 // dtlsBatch holds a data loop's sealed records until flush: one sendmmsg
 // for up to writeBatch packets. Pooled: a link holds one only between a
 // DTLS write and the flush after it.
+//
+// With UDP segmentation offload (UDP_SEGMENT, see dtlsServer.gso), runs
+// of equal-sized records, which is what a bulk TCP flow's MSS-sized
+// packets seal to, leave as one sendmmsg message each, cut into datagrams
+// by the kernel: the per-datagram trip through the kernel's UDP and IP
+// output (most of a DTLS download's gateway CPU) is made once per run.
 type dtlsBatch struct {
 	ch    *dtlsChannel // the channel the records were sealed for
 	msgs  []ipv4.Message
 	bufs  [][]byte // msgs[i].Buffers = bufs[i : i+1]
 	arena []byte   // the records, back to back; never grows (room for writeBatch)
+
+	// segmented sends: runs[k] is one message of records first[k]...
+	runs    []ipv4.Message
+	runBufs [][]byte
+	first   []int
+	oob     []byte
 }
 
 // dtlsMaxRecord bounds one sealed record: the largest DTLS MTU (a 1500
 // path, dtls.md §8), the type byte and the record overhead, with room.
 const dtlsMaxRecord = 1600
 
+const (
+	// gsoMaxSegments is how many datagrams one segmented send may carry:
+	// the kernel's UDP_MAX_SEGMENTS (64 before Linux 6.9, 128 since).
+	gsoMaxSegments = 64
+	// gsoMaxBytes bounds a segmented send's payload: until the kernel cuts
+	// it, it is one UDP datagram, so it must fit an IPv4 total length
+	// (65535 − 20 IP − 8 UDP).
+	gsoMaxBytes = 65507
+)
+
 var dtlsBatches = sync.Pool{New: func() any {
 	return &dtlsBatch{
-		msgs:  make([]ipv4.Message, 0, writeBatch),
-		bufs:  make([][]byte, writeBatch),
-		arena: make([]byte, 0, writeBatch*dtlsMaxRecord),
+		msgs:    make([]ipv4.Message, 0, writeBatch),
+		bufs:    make([][]byte, writeBatch),
+		arena:   make([]byte, 0, writeBatch*dtlsMaxRecord),
+		runs:    make([]ipv4.Message, 0, writeBatch),
+		runBufs: make([][]byte, writeBatch),
+		first:   make([]int, 0, writeBatch),
+		oob:     make([]byte, 0, writeBatch*udpSegmentSpace),
 	}
 }}
 
@@ -727,14 +769,70 @@ func (b *dtlsBatch) add(ch *dtlsChannel, msg []byte) *dtlsBatch {
 // and empties it. An error is the channel's: its caller retires it.
 func (b *dtlsBatch) send() error {
 	var err error
-	for ms := b.msgs; len(ms) > 0 && err == nil; {
+	ms := b.msgs
+	if len(ms) > 1 && b.ch.peer.s.gso.Load() {
+		ms = b.sendSegmented()
+	}
+	for len(ms) > 0 && err == nil {
 		var n int
 		n, err = b.ch.peer.s.bio.WriteBatch(ms, 0)
 		ms = ms[n:]
 	}
 	clear(b.bufs)
+	clear(b.runBufs)
 	b.msgs, b.arena, b.ch = b.msgs[:0], b.arena[:0], nil
 	return err
+}
+
+// sendSegmented sends the batch as runs of equal-sized records, one
+// segmented message a run, and returns the records it could not send
+// that way: none, or (after an error) the rest, for one datagram each. A
+// device that cannot segment (gsoUnsupported) switches segmentation off
+// for the socket; any other error (a record over the path MTU, say) is
+// left to the plain send to meet again.
+func (b *dtlsBatch) sendSegmented() []ipv4.Message {
+	s := b.ch.peer.s
+	b.planRuns()
+	for k := 0; k < len(b.runs); {
+		n, err := s.bio.WriteBatch(b.runs[k:], 0)
+		k += n
+		if err != nil && k < len(b.runs) {
+			if gsoUnsupported(err) && s.gso.CompareAndSwap(true, false) {
+				s.g.log.Info("dtls: UDP segmentation offload unavailable; one datagram a record", "err", err)
+			}
+			return b.msgs[b.first[k]:]
+		}
+	}
+	return nil
+}
+
+// planRuns cuts the batch into runs: records of one size, the last
+// possibly shorter, at most gsoMaxSegments and gsoMaxBytes; one message
+// each in b.runs, with a UDP_SEGMENT option when it holds more than one.
+func (b *dtlsBatch) planRuns() {
+	b.runs, b.first, b.oob = b.runs[:0], b.first[:0], b.oob[:0]
+	for i := 0; i < len(b.msgs); {
+		size := len(b.bufs[i])
+		j, total := i+1, size
+		for j < len(b.msgs) && j-i < gsoMaxSegments && len(b.bufs[j]) <= size && total+len(b.bufs[j]) <= gsoMaxBytes {
+			total += len(b.bufs[j])
+			j++
+			if len(b.bufs[j-1]) < size {
+				break // only a run's last datagram may be shorter
+			}
+		}
+		k := len(b.runs)
+		b.runBufs[k] = b.bufs[i][:total] // records i..j-1 lie back to back in the arena
+		m := ipv4.Message{Buffers: b.runBufs[k : k+1], Addr: b.ch.peer.raddr}
+		if j-i > 1 {
+			off := len(b.oob)
+			b.oob = appendUDPSegment(b.oob, size)
+			m.OOB = b.oob[off:]
+		}
+		b.runs = append(b.runs, m)
+		b.first = append(b.first, i)
+		i = j
+	}
 }
 
 // flushDTLS sends the data loop's batched DTLS records and returns the
