@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/dextest"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/dextest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // TestRealDex runs sign-in against a real OIDC provider (Dex): password

@@ -52,6 +52,10 @@ type Port struct {
 
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
+
+	// traffic counts the packets this port carried each way; Stack.Stats
+	// sums the ports', Close retires them into the stack's totals.
+	traffic portTraffic
 }
 
 // flow is a forwarded flow that Port.Close aborts.
@@ -125,6 +129,9 @@ func (p *Port) Close() error {
 		return nil
 	}
 	s := p.s
+	// The port's counts leave the map (which Stats walks) and enter the
+	// retired totals in one step, so no snapshot misses them.
+	s.stats.mu.Lock()
 	s.mu.Lock()
 	old := *s.ports.Load()
 	if old[p.addr] == p {
@@ -134,6 +141,8 @@ func (p *Port) Close() error {
 		s.ports.Store(&m)
 	}
 	s.mu.Unlock()
+	s.stats.retired.take(&p.traffic)
+	s.stats.mu.Unlock()
 
 	close(p.done) // blocked senders give up
 	p.mu.Lock()   // wait for senders to leave
@@ -257,8 +266,7 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		return ErrSpoofed
 	}
 	if ip.isEchoRequest() && !s.isLocal(ip.dst) && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
-		s.stats.packetsIn.Add(1)
-		s.stats.bytesIn.Add(uint64(len(ip.pkt)))
+		p.countIn(len(ip.pkt))
 		return nil
 	}
 	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !s.isLocal(ip.dst)) {
@@ -282,8 +290,7 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		ok = s.link.deliver(ip.proto, pb)
 	}
 	if ok {
-		s.stats.packetsIn.Add(1)
-		s.stats.bytesIn.Add(uint64(len(ip.pkt)))
+		p.countIn(len(ip.pkt))
 	}
 	pb.DecRef()
 	return nil

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // echoServer is testenv.EchoServer reached as the "remote" host far

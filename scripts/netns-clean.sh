@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Removes network namespaces that internal/testenv left behind when a test
+# Removes network namespaces that internal/testinfra/testenv left behind when a test
 # process crashed or was killed before its cleanup ran. Only names in
 # testenv's exact format (up-LABEL-XXXXXX: up to 8 [a-z0-9], 6 hex digits) are
 # considered: other tools use "up-" names too (e.g. a podman e2e netns

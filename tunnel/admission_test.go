@@ -102,7 +102,7 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 	}{
 		{"resume denied by policy", func(t *testing.T) (string, string) {
 			var deny atomic.Bool
-			_, addr := startDualGateway(t, func(c *Config) {
+			_, addr := startGateway(t, func(c *Config) {
 				c.Policy = auth.PolicyFunc(func(context.Context, *auth.Identity) error {
 					if deny.Load() {
 						return &auth.DeniedError{Reason: "removed from vpn-users"}
@@ -115,7 +115,7 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 			return addr, cookie
 		}, answer{http.StatusUnauthorized, "access denied: removed from vpn-users"}},
 		{"revoked cookie", func(t *testing.T) (string, string) {
-			g, addr := startDualGateway(t, func(c *Config) { c.Sealer = sealer() })
+			g, addr := startGateway(t, func(c *Config) { c.Sealer = sealer() })
 			cookie, _ := signIn(t, addr, "alice", "secret")
 			for _, s := range g.Sessions() {
 				if err := g.Disconnect(s.ID); err != nil {
@@ -125,23 +125,22 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 			return addr, cookie
 		}, answer{http.StatusUnauthorized, refuseBadCookie.reason}},
 		{"banned address", func(t *testing.T) (string, string) {
-			g, addr := startDualGateway(t, func(c *Config) {
-				c.Bans = auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
-			})
+			bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
+			_, addr := startGateway(t, func(c *Config) { c.Bans = bans })
 			cookie, _ := signIn(t, addr, "alice", "secret")
 			for range 3 {
 				if ck, _ := signIn(t, addr, "alice", "wrong"); ck != "" {
 					t.Fatal("wrong password accepted")
 				}
 			}
-			if len(g.Bans()) != 1 {
-				t.Fatalf("bans: %+v", g.Bans())
+			if len(bans.List()) != 1 {
+				t.Fatalf("bans: %+v", bans.List())
 			}
 			return addr, cookie
 		}, answer{status: noConnection}},
 		{"gateway full", func(t *testing.T) (string, string) {
-			_, addrA := startDualGateway(t, func(c *Config) { c.Sealer = sealer() })
-			_, addrB := startDualGateway(t, func(c *Config) { c.Sealer = sealer(); c.MaxSessions = 1 })
+			_, addrA := startGateway(t, func(c *Config) { c.Sealer = sealer() })
+			_, addrB := startGateway(t, func(c *Config) { c.Sealer = sealer(); c.MaxSessions = 1 })
 			cookie, _ := signIn(t, addrA, "alice", "secret")           // sealed at A
 			if ck, _ := signIn(t, addrB, "bob", "hunter2"); ck == "" { // B is now full
 				t.Fatal("sign-in at B failed")
@@ -149,7 +148,7 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 			return addrB, cookie
 		}, answer{http.StatusServiceUnavailable, refuseFull.reason}},
 		{"drain", func(t *testing.T) (string, string) {
-			g, addr := startDualGateway(t, nil)
+			g, addr := startGateway(t, nil)
 			cookie, _ := signIn(t, addr, "alice", "secret")
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()

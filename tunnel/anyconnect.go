@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/authxml"
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/authxml"
+	"github.com/underpass/underpass/internal/core/cstp"
 )
 
 // maxAuthBody bounds a sign-in request body: openconnect's XML messages are
@@ -365,7 +365,7 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 
 // connectResponse builds the CONNECT reply and its X-CSTP-* (and, with a
 // DTLS offer, X-DTLS-*) headers, through the one encoder the Go client's
-// parser shares (internal/cstp). It is sent as one write, so it travels in
+// parser shares (internal/core/cstp). It is sent as one write, so it travels in
 // its own TLS record ahead of the first frame, as openconnect expects.
 func (g *Gateway) connectResponse(s *session, addr netip.Addr, dtls *dtlsOffer) []byte {
 	c := g.conf()

@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // tokens is a test authenticator for bearer tokens: token -> user.
@@ -168,23 +168,22 @@ func TestPolicyAtSignInAndResume(t *testing.T) {
 }
 
 func TestBansRefuseBeforeTLS(t *testing.T) {
-	g, addr := startGateway(t, func(c *Config) {
-		c.Bans = auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
-	})
+	ban := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
+	_, addr := startGateway(t, func(c *Config) { c.Bans = ban })
 	for i := 0; i < 3; i++ {
 		if c, _ := signIn(t, addr, "alice", "wrong"); c != "" {
 			t.Fatal("wrong password accepted")
 		}
 	}
-	if bans := g.Bans(); len(bans) != 1 || bans[0].Addr.String() != "127.0.0.1" {
+	if bans := ban.List(); len(bans) != 1 || bans[0].Addr.String() != "127.0.0.1" {
 		t.Fatalf("bans: %+v", bans)
 	}
 	if c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true}); err == nil {
 		c.Close()
 		t.Fatal("banned address completed a TLS handshake")
 	}
-	if !g.LiftBan(mustAddr("127.0.0.1")) {
-		t.Fatal("LiftBan")
+	if !ban.Lift(mustAddr("127.0.0.1")) {
+		t.Fatal("Lift")
 	}
 	if c, body := signIn(t, addr, "alice", "secret"); c == "" {
 		t.Fatalf("after lifting the ban: %s", body)

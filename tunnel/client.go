@@ -221,27 +221,26 @@ func Dial(ctx context.Context, cfg ClientConfig) (*Client, error) {
 }
 
 func newClient(cfg ClientConfig) (*Client, error) {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var errs fieldErrs
 	host, port, path, err := parseServer(cfg.Server)
 	if err != nil {
-		add("server: %v", err)
+		errs.add("Server", "%v", err)
 	}
 	if cfg.TokenSource == nil && cfg.Username == "" && cfg.Certificate == nil {
-		add("credentials: set TokenSource, Username/Password or Certificate")
+		errs.add("Username", "no credentials: set TokenSource, Username and Password, or Certificate")
 	}
 	switch cfg.Fingerprint {
 	case "", FingerprintGo, FingerprintChrome, FingerprintFirefox, FingerprintIOS, FingerprintAndroid:
 	default:
-		add("fingerprint: %q: want go, chrome, firefox, ios or android", cfg.Fingerprint)
+		errs.add("Fingerprint", "%q: want go, chrome, firefox, ios or android", cfg.Fingerprint)
 	}
 	if cfg.Transport < TransportAuto || cfg.Transport > TransportTLS {
-		add("transport: %d: unknown", cfg.Transport)
+		errs.add("Transport", "%d: unknown", cfg.Transport)
 	}
 	var pin []byte
 	if cfg.PinSHA256 != "" {
 		if pin, err = parsePin(cfg.PinSHA256); err != nil {
-			add("pin: %v", err)
+			errs.add("PinSHA256", "%v", err)
 		}
 	}
 	if len(errs) > 0 {
@@ -515,8 +514,8 @@ func (c *Client) Transport() string {
 }
 
 // Routes returns the networks the gateway routes for this client (include
-// minus exclude; an empty include means everything) and the DNS servers
-// and search domains it pushed.
+// minus exclude; an empty include means everything). DNS has the pushed
+// DNS servers and search domains.
 func (c *Client) Routes() (include, exclude []netip.Prefix) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

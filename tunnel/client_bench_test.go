@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // allocsPerPacket reports heap allocations of the whole process (client
@@ -36,9 +36,9 @@ func allocsPerPacket(b *testing.B, g *Gateway, fn func()) {
 func BenchmarkClient(b *testing.B) {
 	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
 		b.Run(mode.String(), func(b *testing.B) {
-			g, addr := startDualGateway(b, nil)
+			g, addr := startGateway(b, nil)
 			c := dialClient(b, addr, func(cc *ClientConfig) { cc.Transport = mode })
-			dst := corp(testenv.SinkServer(b)).String()
+			dst := testenv.LoopCorp(testenv.SinkServer(b)).String()
 			chunk := make([]byte, 128<<10)
 
 			for _, flows := range []int{1, 16} {
@@ -78,7 +78,7 @@ func BenchmarkClient(b *testing.B) {
 			}
 
 			b.Run("rtt64", func(b *testing.B) {
-				echo := corp(testenv.EchoServer(b))
+				echo := testenv.LoopCorp(testenv.EchoServer(b))
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
 				conn, err := c.DialContext(ctx, "tcp", echo.String())

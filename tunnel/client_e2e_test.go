@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,8 +18,8 @@ import (
 	utls "github.com/refraction-networking/utls"
 
 	"github.com/underpass/underpass/dnsproxy"
-	"github.com/underpass/underpass/internal/certutil"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // corpDNS serves the corporate zone on loopback: echo.corp.example (and so
@@ -72,9 +73,11 @@ func udpEcho(t testing.TB) netip.AddrPort {
 	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
-// startDualGateway serves TCP (AnyConnect) and, unless disabled, UDP
-// (QUIC) on the same loopback port.
-func startDualGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
+// startGateway serves a gateway for the package's tests: TCP (AnyConnect)
+// and, unless disabled, UDP (QUIC, DTLS) on one loopback port; users alice
+// and bob; testenv's loopback corporate network routed; a DNS proxy that
+// asks a corporate DNS server on loopback. mod adjusts the config.
+func startGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
 	t.Helper()
 	up := corpDNS(t)
 	g, err := New(func() Config {
@@ -84,9 +87,9 @@ func startDualGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
 			SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
 			SplitExclude:  []netip.Prefix{netip.MustParsePrefix("198.18.200.0/24")},
 			HostAddrs:     []netip.Addr{netip.MustParseAddr("198.18.1.7")}, // stands in for the gateway host
-			Dialer:        corpDialer{},
+			Dialer:        testenv.LoopCorpDialer{},
 			DNS:           []netip.Addr{netip.MustParseAddr("10.0.0.53")},
-			SearchDomains: []string{"corp.example"},
+			SearchDomains: []string{"corp.example", "example.net"},
 			DNSProxy:      dnsproxyUpstream(up),
 			DPD:           2 * time.Second,
 		}
@@ -163,7 +166,7 @@ func TestClientOverQUICAndTLS(t *testing.T) {
 	uecho := udpEcho(t)
 	for _, mode := range []TransportMode{TransportQUIC, TransportTLS, TransportAuto} {
 		t.Run(mode.String(), func(t *testing.T) {
-			g, addr := startDualGateway(t, nil)
+			g, addr := startGateway(t, nil)
 			c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = mode })
 			want := map[TransportMode]string{TransportQUIC: "quic", TransportTLS: "tls", TransportAuto: "quic"}[mode]
 			if c.Transport() != want {
@@ -264,7 +267,7 @@ func TestClientOverQUICAndTLS(t *testing.T) {
 // library itself drops such packets on the client).
 func TestClientEnforcedWhenRoutesIgnored(t *testing.T) {
 	echo := testenv.EchoServer(t)
-	_, addr := startDualGateway(t, nil)
+	_, addr := startGateway(t, nil)
 	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportTLS; cc.ignoreRoutes = true })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -279,7 +282,7 @@ func TestClientEnforcedWhenRoutesIgnored(t *testing.T) {
 }
 
 func TestClientDisableUDPForcesTLS(t *testing.T) {
-	_, addr := startDualGateway(t, func(c *Config) { c.DisableUDP = true })
+	_, addr := startGateway(t, func(c *Config) { c.DisableUDP = true })
 	c := dialClient(t, addr, func(cc *ClientConfig) { cc.QUICFallback = time.Second })
 	if c.Transport() != "tls" {
 		t.Errorf("transport %q, want tls", c.Transport())
@@ -298,7 +301,7 @@ func TestClientRevokedCredentialEndsSession(t *testing.T) {
 	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
 		t.Run(mode.String(), func(t *testing.T) {
 			var base Config
-			g, addr := startDualGateway(t, func(c *Config) { base = *c })
+			g, addr := startGateway(t, func(c *Config) { base = *c })
 			c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = mode })
 			next := base
 			next.Authenticator = passwords{"bob": "hunter2"} // alice revoked
@@ -325,7 +328,7 @@ func TestClientRevokedCredentialEndsSession(t *testing.T) {
 }
 
 func TestClientWrongPassword(t *testing.T) {
-	_, addr := startDualGateway(t, nil)
+	_, addr := startGateway(t, nil)
 	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, err := Dial(ctx, ClientConfig{Server: addr, Username: "alice", Password: "nope", PinSHA256: testPin(t), Transport: mode})
@@ -343,6 +346,13 @@ func TestClientConfigErrors(t *testing.T) {
 	if !errors.As(err, &ce) || len(ce.Errs) != 4 {
 		t.Fatalf("want 4 problems (server, credentials, fingerprint, pin), got %v", err)
 	}
+	for _, e := range ce.Errs {
+		var fe *FieldError
+		if !errors.As(e, &fe) {
+			t.Fatalf("problem %q is not a *FieldError", e)
+		}
+		checkConfigField(t, reflect.TypeFor[ClientConfig](), fe.Field)
+	}
 }
 
 // TestFingerprints: every ClientHello fingerprint completes a handshake and
@@ -350,7 +360,7 @@ func TestClientConfigErrors(t *testing.T) {
 // hosting the gateway's Handler; a TLS 1.1-only client is refused.
 func TestFingerprints(t *testing.T) {
 	echo := testenv.EchoServer(t)
-	g, addr := startDualGateway(t, nil)
+	g, addr := startGateway(t, nil)
 	// A TLS 1.2-only HTTPS server hosting the gateway (embedding).
 	l12, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -26,7 +26,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/cstp"
 )
 
 // testClient is a minimal AnyConnect client for tests and benchmarks: the

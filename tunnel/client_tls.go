@@ -17,8 +17,8 @@ import (
 
 	utls "github.com/refraction-networking/utls"
 
-	"github.com/underpass/underpass/internal/authxml"
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/authxml"
+	"github.com/underpass/underpass/internal/core/cstp"
 	"github.com/underpass/underpass/netstack"
 )
 

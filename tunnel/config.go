@@ -11,8 +11,9 @@ import (
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
-	"github.com/underpass/underpass/internal/cstp"
-	"github.com/underpass/underpass/internal/policy"
+	"github.com/underpass/underpass/internal/core/cstp"
+	"github.com/underpass/underpass/internal/core/dnsname"
+	"github.com/underpass/underpass/internal/core/policy"
 	"github.com/underpass/underpass/netstack"
 )
 
@@ -193,7 +194,47 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// ConfigError lists every problem found in a Config.
+// FieldError is one problem with one Config field. Field is the Go
+// field's name, dotted into nested structs ("MTU", "SearchDomains",
+// "Proxy.Exclude"); Index is the element of a slice field, or -1 for the
+// field as a whole. Err says what is wrong (for route rules, a
+// *policy.RuleError). A program with its own config syntax maps Field to
+// its own spelling; the underpass binary's config file does that with a
+// table (internal/daemon/config).
+type FieldError struct {
+	Field string
+	Index int
+	Err   error
+}
+
+func (e *FieldError) Error() string {
+	var re *policy.RuleError
+	if errors.As(e.Err, &re) {
+		return re.Error() // names its list and element itself
+	}
+	if e.Index >= 0 {
+		return fmt.Sprintf("%s[%d]: %v", e.Field, e.Index, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", e.Field, e.Err)
+}
+
+// Unwrap returns Err.
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// fieldErrs collects FieldErrors.
+type fieldErrs []error
+
+// add records a problem with field as a whole.
+func (fe *fieldErrs) add(field, format string, args ...any) {
+	*fe = append(*fe, &FieldError{Field: field, Index: -1, Err: fmt.Errorf(format, args...)})
+}
+
+// addAt records a problem with element i of field.
+func (fe *fieldErrs) addAt(field string, i int, format string, args ...any) {
+	*fe = append(*fe, &FieldError{Field: field, Index: i, Err: fmt.Errorf(format, args...)})
+}
+
+// ConfigError lists every problem found in a Config, each a *FieldError.
 type ConfigError struct {
 	Errs []error
 }
@@ -251,63 +292,64 @@ func (c Config) withDefaults() Config {
 }
 
 // Validate reports every problem in c (after defaults) at once, as a
-// *ConfigError, or nil.
+// *ConfigError of *FieldError values, or nil.
 func (c Config) Validate() error {
 	c = c.withDefaults()
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var errs fieldErrs
 
 	if c.Authenticator == nil {
-		add("authenticator: required")
+		errs.add("Authenticator", "required")
 	}
 	if c.DTLS < DTLSAuto || c.DTLS > DTLSOff {
-		add("dtls: mode %d unknown (want DTLSAuto, DTLSPSK, DTLSLegacy or DTLSOff)", c.DTLS)
+		errs.add("DTLS", "mode %d unknown (want DTLSAuto, DTLSPSK, DTLSLegacy or DTLSOff)", c.DTLS)
 	}
 	if c.DTLSPort < 0 || c.DTLSPort > 65535 {
-		add("dtls_port: %d out of range [0, 65535]", c.DTLSPort)
+		errs.add("DTLSPort", "%d out of range [0, 65535]", c.DTLSPort)
 	}
 	if c.MTU < MinMTU || c.MTU > MaxMTU {
-		add("mtu: %d out of range [%d, %d]", c.MTU, MinMTU, MaxMTU)
+		errs.add("MTU", "%d out of range [%d, %d]", c.MTU, MinMTU, MaxMTU)
 	}
 	if !c.Pool.Addr().Is4() {
-		add("pool: %s: must be an IPv4 prefix", c.Pool)
+		errs.add("Pool", "%s: must be an IPv4 prefix", c.Pool)
 	} else if c.Pool.Bits() > 30 {
-		add("pool: %s: too small (need at least a /30: network, gateway, one client, broadcast)", c.Pool)
+		errs.add("Pool", "%s: too small (need at least a /30: network, gateway, one client, broadcast)", c.Pool)
 	} else if c.Pool != c.Pool.Masked() {
-		add("pool: %s: host bits set (did you mean %s?)", c.Pool, c.Pool.Masked())
+		errs.add("Pool", "%s: host bits set (did you mean %s?)", c.Pool, c.Pool.Masked())
 	}
 	for i, a := range c.DNS {
 		if !a.IsValid() || a.IsUnspecified() {
-			add("dns[%d]: %v: not a usable address", i, a)
+			errs.addAt("DNS", i, "%v: not a usable address", a)
 		}
 	}
 	for i, d := range c.SearchDomains {
-		if err := checkDomain(d); err != nil {
-			add("search_domains[%d]: %q: %v", i, d, err)
+		if err := dnsname.Check(d); err != nil {
+			errs.addAt("SearchDomains", i, "%q: %v", d, err)
 		}
 	}
 	for _, d := range []struct {
 		name string
 		v    time.Duration
-	}{{"dpd", c.DPD}, {"keepalive", c.Keepalive}, {"session_timeout", c.SessionTimeout}, {"reconnect_grace", c.ReconnectGrace}} {
+	}{{"DPD", c.DPD}, {"Keepalive", c.Keepalive}, {"SessionTimeout", c.SessionTimeout}, {"ReconnectGrace", c.ReconnectGrace}} {
 		if d.v < time.Second {
-			add("%s: %v: must be at least 1s", d.name, d.v)
+			errs.add(d.name, "%v: must be at least 1s", d.v)
 		}
 	}
 	if c.MaxSessions < 0 {
-		add("limits.max_sessions: %d: must not be negative (0: no limit)", c.MaxSessions)
+		errs.add("MaxSessions", "%d: must not be negative (0: no limit)", c.MaxSessions)
 	}
 	if c.IdleTimeout < 0 {
-		add("idle_timeout: %v: must not be negative (0 disables it)", c.IdleTimeout)
+		errs.add("IdleTimeout", "%v: must not be negative (0 disables it)", c.IdleTimeout)
 	}
 	if strings.ContainsAny(c.Banner, "\r\n") {
-		add("banner: must be a single line (it travels in an HTTP header)")
+		errs.add("Banner", "must be a single line (it travels in an HTTP header)")
 	}
-	errs = append(errs, policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool)...)
+	for _, err := range policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool) {
+		errs = append(errs, ruleFieldError(err))
+	}
 	errs = append(errs, c.Proxy.validate()...)
 	if p := c.SecretPath; p != "" && (!strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") ||
 		strings.ContainsAny(p, " ?#%\t\r\n")) {
-		add("secret_path: %q: want a path like /vpn-4f9c (leading '/', no trailing '/', no query)", p)
+		errs.add("SecretPath", "%q: want a path like /vpn-4f9c (leading '/', no trailing '/', no query)", p)
 	}
 	if len(errs) == 0 {
 		return nil
@@ -315,24 +357,22 @@ func (c Config) Validate() error {
 	return &ConfigError{Errs: errs}
 }
 
-// checkDomain accepts a DNS name made of LDH labels.
-func checkDomain(d string) error {
-	d = strings.TrimSuffix(d, ".")
-	if d == "" {
-		return errors.New("empty domain")
+// ruleFieldError places a route rule's problem (a *policy.RuleError) on
+// the Config field its list came from, naming the list by that field.
+func ruleFieldError(err error) error {
+	var re *policy.RuleError
+	if !errors.As(err, &re) {
+		return &FieldError{Field: "SplitInclude", Index: -1, Err: err}
 	}
-	if len(d) > 253 {
-		return errors.New("longer than 253 characters")
+	r := *re
+	switch re.List {
+	case "include":
+		r.List = "SplitInclude"
+		return &FieldError{Field: r.List, Index: r.Index, Err: &r}
+	case "exclude":
+		r.List = "SplitExclude"
+		return &FieldError{Field: r.List, Index: r.Index, Err: &r}
+	default: // "pool": the pool overlaps include rule Index
+		return &FieldError{Field: "Pool", Index: -1, Err: &r}
 	}
-	for _, l := range strings.Split(d, ".") {
-		if l == "" || len(l) > 63 {
-			return fmt.Errorf("label %q: must be 1 to 63 characters", l)
-		}
-		for _, r := range l {
-			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-				return fmt.Errorf("label %q: only letters, digits and '-' allowed", l)
-			}
-		}
-	}
-	return nil
 }

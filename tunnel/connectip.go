@@ -96,11 +96,6 @@ func (g *Gateway) quicConfig() *quic.Config {
 
 var errBanned = errors.New("tunnel: address banned for failed sign-ins")
 
-// ConnectIPHandler returns the HTTP/3 handler for CONNECT-IP, for mounting
-// in an existing http3.Server (with EnableDatagrams and, ideally,
-// ConnContext: QUICConnContext). Other requests are answered 404.
-func (g *Gateway) ConnectIPHandler() http.Handler { return g.newHandler(nil) }
-
 // ServeQUIC serves HTTP/3 with CONNECT-IP on pc until Close or Shutdown,
 // then returns ErrClosed. It closes pc.
 func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
@@ -123,7 +118,7 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 		tc.MinVersion = tls.VersionTLS13 // QUIC is TLS 1.3 only
 		tc.NextProtos = []string{http3.NextProtoH3}
 		g.h3 = &http3.Server{
-			Handler:         g.ConnectIPHandler(),
+			Handler:         g.handler,
 			TLSConfig:       tc,
 			QUICConfig:      g.quicConfig(),
 			EnableDatagrams: true,

@@ -23,7 +23,7 @@ import (
 // gateway and exchanges UDP packets with a corporate host through it.
 func TestConnectIPGoClientInterop(t *testing.T) {
 	uecho := udpEcho(t)
-	_, addr := startDualGateway(t, nil)
+	_, addr := startGateway(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -76,7 +76,7 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 	dcs, err := conn.ReceiveDNSConfiguration(ctx)
 	if err != nil || len(dcs) != 1 || len(dcs[0].Nameservers) != 1 ||
 		!slices.Equal(dcs[0].Nameservers[0].IPv4Addresses, []netip.Addr{netip.MustParseAddr("10.0.0.53")}) ||
-		!slices.Equal(dcs[0].SearchDomains, []string{"corp.example"}) {
+		!slices.Equal(dcs[0].SearchDomains, []string{"corp.example", "example.net"}) {
 		t.Errorf("DNS configuration %+v, %v", dcs, err)
 	}
 

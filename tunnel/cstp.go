@@ -11,7 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/cstp"
 	"github.com/underpass/underpass/netstack"
 )
 

@@ -15,8 +15,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
-	"github.com/underpass/underpass/internal/cstp"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/core/cstp"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 func TestTCPThroughTunnel(t *testing.T) {
@@ -27,7 +27,7 @@ func TestTCPThroughTunnel(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := tc.dialTCP(ctx, corp(echo))
+	c, err := tc.dialTCP(ctx, testenv.LoopCorp(echo))
 	if err != nil {
 		t.Fatalf("dial echo through tunnel: %v", err)
 	}
@@ -54,7 +54,7 @@ func TestTCPThroughTunnel(t *testing.T) {
 // timeout.
 func TestRefusedDestinationsFailFast(t *testing.T) {
 	echo := testenv.EchoServer(t)
-	_, addr := startGateway(t, func(c *Config) { c.HostAddrs = []netip.Addr{corp(echo).Addr()} })
+	_, addr := startGateway(t, func(c *Config) { c.HostAddrs = []netip.Addr{testenv.LoopCorp(echo).Addr()} })
 	tc := dial(t, addr, "alice", "secret")
 	tc.startStack(16000)
 
@@ -65,10 +65,10 @@ func TestRefusedDestinationsFailFast(t *testing.T) {
 	closedAP := netip.MustParseAddrPort(closed.Addr().String())
 	closed.Close()
 	for _, dst := range []netip.AddrPort{
-		corp(closedAP), // refused upstream
+		testenv.LoopCorp(closedAP),                 // refused upstream
 		netip.MustParseAddrPort("198.18.200.1:80"), // in the exclude route
 		netip.MustParseAddrPort("198.51.100.7:80"), // outside the include routes
-		corp(echo), // the gateway host itself (HostAddrs), under a broad include
+		testenv.LoopCorp(echo),                     // the gateway host itself (HostAddrs), under a broad include
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		start := time.Now()
@@ -200,7 +200,7 @@ func BenchmarkTunnelTCP(b *testing.B) {
 			tc.startStack(16000)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			c, err := tc.dialTCP(ctx, corp(netip.MustParseAddrPort(l.Addr().String())))
+			c, err := tc.dialTCP(ctx, testenv.LoopCorp(netip.MustParseAddrPort(l.Addr().String())))
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -24,9 +24,9 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
-	"github.com/underpass/underpass/internal/acdtls"
-	"github.com/underpass/underpass/internal/cstp"
-	"github.com/underpass/underpass/internal/udpmux"
+	"github.com/underpass/underpass/internal/core/acdtls"
+	"github.com/underpass/underpass/internal/core/cstp"
+	"github.com/underpass/underpass/internal/core/udpmux"
 	"github.com/underpass/underpass/netstack"
 )
 
@@ -539,7 +539,7 @@ func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, b *netstack.Batch, ou
 	t.heard() // the client is alive, whichever path it uses
 	switch typ {
 	case cstp.Data:
-		t.g.dtlsPacketsIn.Add(1)
+		t.g.countDTLSIn(t.s)
 		t.s.bytesIn.Add(uint64(len(payload)))
 		_ = t.port.InjectBatch(b, payload)
 	case cstp.DPDReq:
@@ -561,7 +561,7 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 	if ch.rec != nil && ch.peer.s.bio != nil {
 		// Sealed now, sent with the rest of the batch at flush (sendmmsg).
 		t.dtlsOut = t.dtlsOut.add(ch, msg)
-		t.g.dtlsPacketsOut.Add(1)
+		t.g.countDTLSOut(t.s)
 		return true
 	}
 	if err := ch.send(&t.dtlsBuf, msg); err != nil {
@@ -571,7 +571,7 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 		}
 		return false
 	}
-	t.g.dtlsPacketsOut.Add(1)
+	t.g.countDTLSOut(t.s)
 	return true
 }
 

@@ -17,8 +17,8 @@ import (
 	"github.com/pion/dtls/v3"
 	"github.com/pion/dtls/v3/pkg/protocol/handshake"
 
-	"github.com/underpass/underpass/internal/acdtls"
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/acdtls"
+	"github.com/underpass/underpass/internal/core/cstp"
 )
 
 // sniffPC records what a DTLS client sends.
@@ -155,7 +155,7 @@ func (d *dtlsClient) ping(t *testing.T, g *Gateway, seq uint16) {
 // throughout.
 func TestDTLSHostileUDP(t *testing.T) {
 	t.Parallel()
-	g, addr := startDualGateway(t, func(c *Config) { c.DTLS = DTLSPSK })
+	g, addr := startGateway(t, func(c *Config) { c.DTLS = DTLSPSK })
 	d := connectDTLS(t, addr)
 	d.ping(t, g, 1)
 	sent := d.pc.datagrams()
@@ -262,7 +262,7 @@ func received(c *net.UDPConn) int {
 // 2.5 DPD intervals and the session carries on over CSTP.
 func TestDTLSDeadFallsBackToCSTP(t *testing.T) {
 	t.Parallel()
-	g, addr := startDualGateway(t, nil) // DPD 2 s
+	g, addr := startGateway(t, nil) // DPD 2 s
 	d := connectDTLS(t, addr)
 	d.ping(t, g, 1)
 	// Silent from now on, without a close_notify alert: the UDP socket

@@ -17,12 +17,13 @@ const (
 	EventDisconnect                        // a connection ended; Reason says why
 	EventTakeover                          // a newer connection took the session over
 	EventSessionEnd                        // the session ended; Reason says why
+	EventReload                            // Reload applied a configuration; Applied and NeedRestart say what changed
 )
 
 var eventKindText = [...]string{
 	EventSignIn: "sign-in", EventSignInFailed: "sign-in failed", EventBanned: "client banned",
 	EventConnect: "connect", EventDisconnect: "disconnect", EventTakeover: "session taken over",
-	EventSessionEnd: "session ended",
+	EventSessionEnd: "session ended", EventReload: "configuration reloaded",
 }
 
 func (k EventKind) String() string {
@@ -47,6 +48,9 @@ type Event struct {
 	// BytesIn and BytesOut are IP bytes from and to the client: of the
 	// connection (disconnect) or of the session (session end).
 	BytesIn, BytesOut uint64
+	// Applied and NeedRestart are a reload's ReloadResult: Config field
+	// names.
+	Applied, NeedRestart []string
 }
 
 // event delivers e to Config.Events, if set, stamped with the time.

@@ -12,7 +12,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/core/certutil"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -73,8 +73,8 @@ func ExampleConfig_Validate() {
 	fmt.Println(err)
 	// Output:
 	// tunnel: invalid config (4 problems):
-	//   - authenticator: required
-	//   - mtu: 100 out of range [1280, 16376]
-	//   - include[0] 0.0.0.0/0: network address 0.0.0.0 covers the default route: for a full tunnel use no include rules
+	//   - Authenticator: required
+	//   - MTU: 100 out of range [1280, 16376]
+	//   - SplitInclude[0] 0.0.0.0/0: network address 0.0.0.0 covers the default route: for a full tunnel use no include rules
 	//   - pool 169.254.0.0/16: client address pool overlaps include[0] 0.0.0.0/0
 }

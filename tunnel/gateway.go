@@ -19,9 +19,9 @@ import (
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
-	"github.com/underpass/underpass/internal/ippool"
-	"github.com/underpass/underpass/internal/policy"
-	"github.com/underpass/underpass/internal/udpmux"
+	"github.com/underpass/underpass/internal/core/ippool"
+	"github.com/underpass/underpass/internal/core/policy"
+	"github.com/underpass/underpass/internal/core/udpmux"
 	"github.com/underpass/underpass/netstack"
 )
 
@@ -71,9 +71,14 @@ type Gateway struct {
 	dtlsIDs  map[string]*cstpLink // ClientHello session_id -> the CSTP connection that offered it
 	dtlsPort atomic.Int32         // the first DTLS socket's port (X-DTLS-Port); 0: no DTLS served
 
-	dtlsUp, dtlsPacketsIn, dtlsPacketsOut atomic.Uint64
-	dtlsDropped                           atomic.Uint64 // datagrams dropped before any state
-	dtlsPeers                             atomic.Int64  // source addresses with DTLS state now
+	dtlsUp      atomic.Uint64 // DTLS handshakes completed
+	dtlsDropped atomic.Uint64 // datagrams dropped before any state
+	dtlsPeers   atomic.Int64  // source addresses with DTLS state now
+	// statsMu serialises Stats with endSession's removal of a session
+	// from the table and the move of its DTLS packet counts (counted per
+	// session: see session.dtlsIn) into dtlsRetired.
+	statsMu     sync.Mutex
+	dtlsRetired struct{ in, out uint64 } // packets; guarded by statsMu
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -197,14 +202,14 @@ func (g *Gateway) conf() *Config { return g.cur.Load() }
 // services started with Listen there, and it answers ping.
 func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
 
-// Handler returns the http.Handler for the AnyConnect endpoints (sign-in and
-// CONNECT), for mounting in an existing HTTPS server. Every other request is
-// answered 404. The hosting server must terminate TLS with
-// DynamicRecordSizingDisabled set, or openconnect may drop frames.
+// Handler returns the gateway's http.Handler: Mount(nil), which answers
+// every request that is not the VPN's 404.
 func (g *Gateway) Handler() http.Handler { return g.handler }
 
-// Mount returns a handler that serves the VPN's endpoints and passes every
-// other request to next, so an existing website keeps its answers. Use it
+// Mount returns a handler that serves the VPN's endpoints (AnyConnect
+// sign-in and CONNECT over HTTP/1.1, CONNECT-IP over HTTP/3) and passes
+// every other request to next (nil: 404), so an existing website keeps its
+// answers. Use it
 // as the Handler of an HTTPS server (AnyConnect: TLS with
 // DynamicRecordSizingDisabled and HTTP/1.1) and of an http3.Server
 // (CONNECT-IP: EnableDatagrams, ConnContext QUICConnContext). Set
@@ -427,21 +432,6 @@ func (g *Gateway) Disconnect(id string) error {
 	}
 	g.endSession(s, EndOperator)
 	return nil
-}
-
-// Bans lists the source addresses currently refused for failed sign-ins
-// (nil without Config.Bans).
-func (g *Gateway) Bans() []auth.Ban {
-	if g.conf().Bans == nil {
-		return nil
-	}
-	return g.conf().Bans.List()
-}
-
-// LiftBan lets a banned address sign in again; it reports whether it was
-// banned.
-func (g *Gateway) LiftBan(a netip.Addr) bool {
-	return g.conf().Bans != nil && g.conf().Bans.Lift(a)
 }
 
 // revoke remembers an ended session id until its cookie would have expired,

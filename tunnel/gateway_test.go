@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -15,8 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/certutil"
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/core/cstp"
 )
 
 func TestMain(m *testing.M) {
@@ -25,30 +28,6 @@ func TestMain(m *testing.M) {
 		// transports close asynchronously.
 		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
 	)
-}
-
-// corpDialer stands in for the corporate network: the tests' "corporate"
-// hosts live in 198.18.0.0/16 (RFC 2544 test range) and are served by
-// listeners on loopback, so 198.18.x.y:port is dialed as 127.0.0.1:port.
-// (Loopback itself cannot be a tunnel destination: a TCP/IP stack drops
-// packets from 127/8 arriving on a real interface as martians.)
-type corpDialer struct{}
-
-func (corpDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	ap, err := netip.ParseAddrPort(address)
-	if err != nil {
-		return nil, err
-	}
-	if netip.MustParsePrefix("198.18.0.0/16").Contains(ap.Addr()) {
-		address = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
-	}
-	var d net.Dialer
-	return d.DialContext(ctx, network, address)
-}
-
-// corp maps a loopback listener address to its corporate stand-in.
-func corp(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), ap.Port())
 }
 
 // passwords is a test authenticator: user -> password.
@@ -76,65 +55,32 @@ var testCert = func() *tls.Certificate {
 	return &pair
 }()
 
-// startGateway serves a gateway on a loopback port; mod adjusts the config.
-func startGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
-	t.Helper()
-	cfg := Config{
-		Certificate:   testCert,
-		Authenticator: passwords{"alice": "secret", "bob": "hunter2"},
-		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
-		SplitExclude:  []netip.Prefix{netip.MustParsePrefix("198.18.200.0/24")},
-		Dialer:        corpDialer{},
-		DNS:           []netip.Addr{netip.MustParseAddr("10.0.0.53")},
-		SearchDomains: []string{"corp.example", "example.net"},
-		DPD:           2 * time.Second,
-	}
-	if mod != nil {
-		mod(&cfg)
-	}
-	g, err := New(cfg)
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- g.Serve(l) }()
-	t.Cleanup(func() {
-		if err := g.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := <-done; !errors.Is(err, ErrClosed) {
-			t.Errorf("Serve returned %v, want ErrClosed", err)
-		}
-	})
-	return g, l.Addr().String()
-}
-
 func TestConfigValidate(t *testing.T) {
 	base := Config{Authenticator: passwords{}}
 	tests := []struct {
 		name string
 		mod  func(*Config)
-		want []string // substrings, each must appear
+		want []string // the FieldErrors' fields, [index] where one is named, in order
 	}{
 		{"zero value is valid", func(*Config) {}, nil},
-		{"no authenticator", func(c *Config) { c.Authenticator = nil }, []string{"authenticator"}},
-		{"mtu too small", func(c *Config) { c.MTU = 500 }, []string{"mtu"}},
-		{"mtu too big", func(c *Config) { c.MTU = 20000 }, []string{"mtu"}},
-		{"pool v6", func(c *Config) { c.Pool = netip.MustParsePrefix("fd00::/64") }, []string{"pool"}},
-		{"pool too small", func(c *Config) { c.Pool = netip.MustParsePrefix("10.9.9.8/31") }, []string{"pool"}},
-		{"bad domain", func(c *Config) { c.SearchDomains = []string{"ok.example", "bad_domain"} }, []string{"search_domains[1]"}},
-		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"0.0.0.0"}},
-		{"pool overlaps include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")} }, []string{"overlap"}},
+		{"no authenticator", func(c *Config) { c.Authenticator = nil }, []string{"Authenticator"}},
+		{"mtu too small", func(c *Config) { c.MTU = 500 }, []string{"MTU"}},
+		{"mtu too big", func(c *Config) { c.MTU = 20000 }, []string{"MTU"}},
+		{"pool v6", func(c *Config) { c.Pool = netip.MustParsePrefix("fd00::/64") }, []string{"Pool"}},
+		{"pool too small", func(c *Config) { c.Pool = netip.MustParsePrefix("10.9.9.8/31") }, []string{"Pool"}},
+		{"bad domain", func(c *Config) { c.SearchDomains = []string{"ok.example", "bad_domain"} }, []string{"SearchDomains[1]"}},
+		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"SplitInclude[0]"}},
+		{"pool overlaps include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")} }, []string{"Pool"}},
+		{"dtls port", func(c *Config) { c.DTLSPort = 70000 }, []string{"DTLSPort"}},
+		{"proxy exclusion", func(c *Config) {
+			c.Proxy = ProxySettings{Server: "proxy.corp.example:8080", Exclude: []string{"ok.example", "con*oso.com"}}
+		}, []string{"Proxy.Exclude[1]"}},
 		{"many at once", func(c *Config) {
 			c.Authenticator = nil
 			c.MTU = 1
 			c.DPD = time.Millisecond
 			c.Banner = "two\nlines"
-		}, []string{"authenticator", "mtu", "dpd", "banner"}},
+		}, []string{"Authenticator", "MTU", "DPD", "Banner"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -151,13 +97,21 @@ func TestConfigValidate(t *testing.T) {
 			if !errors.As(err, &ce) {
 				t.Fatalf("want *ConfigError, got %v", err)
 			}
-			if len(ce.Errs) < len(tt.want) {
-				t.Errorf("got %d problems, want at least %d: %v", len(ce.Errs), len(tt.want), err)
-			}
-			for _, w := range tt.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error %q does not mention %q", err, w)
+			var got []string
+			for _, e := range ce.Errs {
+				var fe *FieldError
+				if !errors.As(e, &fe) {
+					t.Fatalf("problem %q is not a *FieldError", e)
 				}
+				checkConfigField(t, reflect.TypeFor[Config](), fe.Field)
+				if fe.Index >= 0 {
+					got = append(got, fmt.Sprintf("%s[%d]", fe.Field, fe.Index))
+				} else {
+					got = append(got, fe.Field)
+				}
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("fields %v, want %v (%v)", got, tt.want, err)
 			}
 		})
 	}
@@ -170,6 +124,32 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("want a 500-rule error, got %v", err)
 		}
 	})
+}
+
+// checkConfigField fails t unless field (dotted into nested structs) is
+// an exported field of typ: tunnel names Go fields, never a config file's
+// keys.
+func checkConfigField(t *testing.T, typ reflect.Type, field string) {
+	t.Helper()
+	for _, name := range strings.Split(field, ".") {
+		f, ok := typ.FieldByName(name)
+		if !ok || !f.IsExported() {
+			t.Errorf("%q does not name a field of %v", field, typ)
+			return
+		}
+		typ = f.Type
+	}
+}
+
+// TestReloadNamesAreFields: every setting ReloadResult can name is a
+// Config field.
+func TestReloadNamesAreFields(t *testing.T) {
+	for _, f := range liveFields {
+		checkConfigField(t, reflect.TypeFor[Config](), f.name)
+	}
+	for _, f := range restartFields {
+		checkConfigField(t, reflect.TypeFor[Config](), f.name)
+	}
 }
 
 func TestSignInAndConnect(t *testing.T) {

@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/dextest"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/dextest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -113,12 +113,13 @@ func TestOpenconnectWithDex(t *testing.T) {
 		return rules.Check(ctx, id)
 	})
 	var logs testenv.LogBuffer
+	bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
 	gw, err := tunnel.New(tunnel.Config{
 		Certificate:   mustLoad(t, cert),
 		Authenticator: auth.Chain{oidc, grant},
 		OfferBearer:   true,
 		Policy:        policy,
-		Bans:          auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute}),
+		Bans:          bans,
 		ClientCerts:   certs,
 		SplitInclude:  []netip.Prefix{testenv.CorpNet},
 		Dialer:        nsDialer{tp.GW},
@@ -217,14 +218,14 @@ func TestOpenconnectWithDex(t *testing.T) {
 				t.Fatal("wrong password accepted")
 			}
 		}
-		if bans := gw.Bans(); len(bans) != 1 || bans[0].Addr != testenv.ClientAddr {
-			t.Fatalf("bans %+v", bans)
+		if list := bans.List(); len(list) != 1 || list[0].Addr != testenv.ClientAddr {
+			t.Fatalf("bans %+v", list)
 		}
 		_, err := testenv.TryOpenconnect(t, tp.Client, opts(dextest.Alice.Email, dextest.Alice.Password))
 		if err == nil {
 			t.Fatal("banned client connected")
 		}
-		gw.LiftBan(testenv.ClientAddr)
+		bans.Lift(testenv.ClientAddr)
 	})
 	out := logs.String()
 	for _, s := range append(secrets, dextest.Alice.Password, dextest.Bob.Password) {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // BenchmarkOpenconnectLatencyUnderLoad measures what DTLS exists for:

@@ -218,7 +218,13 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	s.ended = true
 	l, port, addr := s.link, s.port, s.addr
 	s.mu.Unlock()
+	// The session's DTLS counts leave the table (which Stats walks) and
+	// enter the retired totals in one step, so no snapshot misses them.
+	g.statsMu.Lock()
 	g.sessions.remove(s)
+	s.retired.Store(true)
+	g.takeDTLS(s)
+	g.statsMu.Unlock()
 	if r != EndGoingAway {
 		g.revoke(s)
 	}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/cstp"
+	"github.com/underpass/underpass/internal/core/cstp"
 )
 
 // newBareGateway is a gateway that serves nothing: for driving the session

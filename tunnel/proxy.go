@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"github.com/underpass/underpass/internal/core/dnsname"
 )
 
 // ProxySettings is the web proxy configuration pushed to clients (R-C6):
@@ -39,44 +41,43 @@ func (p ProxySettings) IsZero() bool {
 
 // validate reports every problem of p.
 func (p ProxySettings) validate() []error {
-	var errs []error
-	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	var errs fieldErrs
 	if p.PACURL != "" && p.Server != "" {
-		add("proxy: set pac_url or server, not both")
+		errs.add("Proxy", "set PACURL or Server, not both")
 	}
 	if p.PACURL != "" {
 		u, err := url.Parse(p.PACURL)
 		switch {
 		case err != nil:
-			add("proxy.pac_url: %q: %v", p.PACURL, err)
+			errs.add("Proxy.PACURL", "%q: %v", p.PACURL, err)
 		case u.Scheme != "http" && u.Scheme != "https":
-			add("proxy.pac_url: %q: must be an http or https URL", p.PACURL)
+			errs.add("Proxy.PACURL", "%q: must be an http or https URL", p.PACURL)
 		case u.Host == "":
-			add("proxy.pac_url: %q: no host", p.PACURL)
+			errs.add("Proxy.PACURL", "%q: no host", p.PACURL)
 		}
 	}
 	if p.Server != "" {
 		if err := checkHostPort(p.Server); err != nil {
-			add("proxy.server: %q: %v", p.Server, err)
+			errs.add("Proxy.Server", "%q: %v", p.Server, err)
 		}
 	}
 	if len(p.Exclude) > 0 && p.PACURL == "" && p.Server == "" {
-		add("proxy.exclude: given without pac_url or server")
+		errs.add("Proxy.Exclude", "given without PACURL or Server")
 	}
 	if len(p.Exclude) > maxProxyExcludes {
-		add("proxy.exclude: %d entries, at most %d", len(p.Exclude), maxProxyExcludes)
+		errs.add("Proxy.Exclude", "%d entries, at most %d", len(p.Exclude), maxProxyExcludes)
 	}
 	for i, e := range p.Exclude {
-		if err := CheckProxyExclusion(e); err != nil {
-			add("proxy.exclude[%d]: %q: %v", i, e, err)
+		if err := checkProxyExclusion(e); err != nil {
+			errs.addAt("Proxy.Exclude", i, "%q: %v", e, err)
 		}
 	}
 	return errs
 }
 
-// CheckProxyExclusion validates one proxy exclusion entry (R-C6): an exact
+// checkProxyExclusion validates one proxy exclusion entry (R-C6): an exact
 // FQDN, a leading "*." wildcard, or an IPv4/IPv6 address.
-func CheckProxyExclusion(e string) error {
+func checkProxyExclusion(e string) error {
 	if e == "" {
 		return errors.New("empty entry")
 	}
@@ -93,7 +94,7 @@ func CheckProxyExclusion(e string) error {
 	if strings.Contains(name, "*") {
 		return errors.New("a wildcard is allowed only as a whole leading label (*.contoso.com); inner or trailing wildcards such as con*oso.com, contos*.com or contoso.* are not")
 	}
-	if err := checkDomain(name); err != nil {
+	if err := dnsname.Check(name); err != nil {
 		return err
 	}
 	return nil
@@ -110,5 +111,5 @@ func checkHostPort(hp string) error {
 	if _, err := netip.ParseAddr(host); err == nil {
 		return nil
 	}
-	return checkDomain(host)
+	return dnsname.Check(host)
 }

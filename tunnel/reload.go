@@ -1,13 +1,17 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 )
 
-// ReloadResult says what a Reload changed. Names are the config file's
-// spelling (split_include, pool, ...).
+// ReloadResult says what a Reload changed, by the names of Config's
+// fields ("SplitInclude", "MTU"; a pair set together is named by its
+// first: "DTLS" for DTLS and DTLSPort, "DNSProxy" for DNSProxy and
+// DisableDNSProxy, "FlowLog" for FlowLog and FlowLogDNS). A program with
+// its own config syntax maps them to its spelling, as it does FieldError.
 type ReloadResult struct {
 	// Applied lists changed settings now in force: for sign-ins,
 	// handshakes and tunnel connections from now on; route enforcement
@@ -35,50 +39,50 @@ type restartField struct {
 // Settings Reload can change. Function and interface values compare by
 // identity: a rebuilt authenticator counts as changed.
 var liveFields = []liveField{
-	{"tls.certificate", func(c *Config) any { return c.Certificate }},
-	{"tls.get_certificate", func(c *Config) any { return funcID(c.GetCertificate) }},
-	{"authenticator", func(c *Config) any { return c.Authenticator }},
-	{"offer_bearer", func(c *Config) any { return c.OfferBearer }},
-	{"policy", func(c *Config) any { return c.Policy }},
-	{"keep_session_past_token_expiry", func(c *Config) any { return c.KeepSessionPastTokenExpiry }},
-	{"search_domains", func(c *Config) any { return c.SearchDomains }},
-	{"split_include", func(c *Config) any { return c.SplitInclude }},
-	{"split_exclude", func(c *Config) any { return c.SplitExclude }},
-	{"dpd", func(c *Config) any { return c.DPD }},
-	{"keepalive", func(c *Config) any { return c.Keepalive }},
-	{"idle_timeout", func(c *Config) any { return c.IdleTimeout }},
-	{"session_timeout", func(c *Config) any { return c.SessionTimeout }},
-	{"reconnect_grace", func(c *Config) any { return c.ReconnectGrace }},
-	{"banner", func(c *Config) any { return c.Banner }},
-	{"limits.max_sessions", func(c *Config) any { return c.MaxSessions }},
-	{"proxy", func(c *Config) any { return c.Proxy }},
-	{"secret_path", func(c *Config) any { return c.SecretPath }},
-	{"log.access", func(c *Config) any { return [2]any{funcID(c.FlowLog), c.FlowLogDNS} }},
+	{"Certificate", func(c *Config) any { return c.Certificate }},
+	{"GetCertificate", func(c *Config) any { return funcID(c.GetCertificate) }},
+	{"Authenticator", func(c *Config) any { return c.Authenticator }},
+	{"OfferBearer", func(c *Config) any { return c.OfferBearer }},
+	{"Policy", func(c *Config) any { return c.Policy }},
+	{"KeepSessionPastTokenExpiry", func(c *Config) any { return c.KeepSessionPastTokenExpiry }},
+	{"SearchDomains", func(c *Config) any { return c.SearchDomains }},
+	{"SplitInclude", func(c *Config) any { return c.SplitInclude }},
+	{"SplitExclude", func(c *Config) any { return c.SplitExclude }},
+	{"DPD", func(c *Config) any { return c.DPD }},
+	{"Keepalive", func(c *Config) any { return c.Keepalive }},
+	{"IdleTimeout", func(c *Config) any { return c.IdleTimeout }},
+	{"SessionTimeout", func(c *Config) any { return c.SessionTimeout }},
+	{"ReconnectGrace", func(c *Config) any { return c.ReconnectGrace }},
+	{"Banner", func(c *Config) any { return c.Banner }},
+	{"MaxSessions", func(c *Config) any { return c.MaxSessions }},
+	{"Proxy", func(c *Config) any { return c.Proxy }},
+	{"SecretPath", func(c *Config) any { return c.SecretPath }},
+	{"FlowLog", func(c *Config) any { return [2]any{funcID(c.FlowLog), c.FlowLogDNS} }},
 }
 
 // Settings fixed at New, each with why.
 var restartFields = []restartField{
 	// The listeners are bound once.
-	{"listen", func(c *Config) any { return c.ListenAddr }, func(d, s *Config) { d.ListenAddr = s.ListenAddr }},
-	{"disable_udp", func(c *Config) any { return c.DisableUDP }, func(d, s *Config) { d.DisableUDP = s.DisableUDP }},
-	{"dtls", func(c *Config) any { return [2]any{c.DTLS, c.DTLSPort} }, func(d, s *Config) { d.DTLS, d.DTLSPort = s.DTLS, s.DTLSPort }},
+	{"ListenAddr", func(c *Config) any { return c.ListenAddr }, func(d, s *Config) { d.ListenAddr = s.ListenAddr }},
+	{"DisableUDP", func(c *Config) any { return c.DisableUDP }, func(d, s *Config) { d.DisableUDP = s.DisableUDP }},
+	{"DTLS", func(c *Config) any { return [2]any{c.DTLS, c.DTLSPort} }, func(d, s *Config) { d.DTLS, d.DTLSPort = s.DTLS, s.DTLSPort }},
 	// Live sessions hold addresses of the pool and the stack's MTU.
-	{"pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
-	{"mtu", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},
+	{"Pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
+	{"MTU", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},
 	// The DNS proxy listens on the DNS addresses inside the stack.
-	{"dns", func(c *Config) any { return c.DNS }, func(d, s *Config) { d.DNS = s.DNS }},
-	{"dns_proxy", func(c *Config) any { return dnsProxyKey(c) }, func(d, s *Config) {
+	{"DNS", func(c *Config) any { return c.DNS }, func(d, s *Config) { d.DNS = s.DNS }},
+	{"DNSProxy", func(c *Config) any { return dnsProxyKey(c) }, func(d, s *Config) {
 		d.DNSProxy, d.DisableDNSProxy = s.DNSProxy, s.DisableDNSProxy
 	}},
 	// Ban points and sealed cookies are state: replacing them would lift
 	// every ban or log every client out.
-	{"identity.bans", func(c *Config) any { return c.Bans }, func(d, s *Config) { d.Bans = s.Bans }},
-	{"identity.session_key", func(c *Config) any { return c.Sealer }, func(d, s *Config) { d.Sealer = s.Sealer }},
+	{"Bans", func(c *Config) any { return c.Bans }, func(d, s *Config) { d.Bans = s.Bans }},
+	{"Sealer", func(c *Config) any { return c.Sealer }, func(d, s *Config) { d.Sealer = s.Sealer }},
 	// The TLS configuration asks for client certificates or not.
-	{"identity.client_certs", func(c *Config) any { return c.ClientCerts }, func(d, s *Config) { d.ClientCerts = s.ClientCerts }},
-	{"dialer", func(c *Config) any { return c.Dialer }, func(d, s *Config) { d.Dialer = s.Dialer }},
-	{"host_addrs", func(c *Config) any { return c.HostAddrs }, func(d, s *Config) { d.HostAddrs = s.HostAddrs }},
-	{"logger", func(c *Config) any { return c.Logger }, func(d, s *Config) { d.Logger = s.Logger }},
+	{"ClientCerts", func(c *Config) any { return c.ClientCerts }, func(d, s *Config) { d.ClientCerts = s.ClientCerts }},
+	{"Dialer", func(c *Config) any { return c.Dialer }, func(d, s *Config) { d.Dialer = s.Dialer }},
+	{"HostAddrs", func(c *Config) any { return c.HostAddrs }, func(d, s *Config) { d.HostAddrs = s.HostAddrs }},
+	{"Logger", func(c *Config) any { return c.Logger }, func(d, s *Config) { d.Logger = s.Logger }},
 }
 
 // funcID makes a func comparable by identity.
@@ -134,10 +138,11 @@ func (g *Gateway) Reload(cfg Config) (ReloadResult, error) {
 		}
 	}
 	if next.Certificate == nil && next.GetCertificate == nil && (old.Certificate != nil || old.GetCertificate != nil) {
-		return ReloadResult{}, &ConfigError{Errs: []error{fmt.Errorf("tls: no certificate (a reload cannot remove it)")}}
+		return ReloadResult{}, &ConfigError{Errs: []error{&FieldError{Field: "Certificate", Index: -1,
+			Err: errors.New("none: a reload cannot remove the certificate")}}}
 	}
 	pol := g.policy.Load()
-	if slices.Contains(res.Applied, "split_include") || slices.Contains(res.Applied, "split_exclude") {
+	if slices.Contains(res.Applied, "SplitInclude") || slices.Contains(res.Applied, "SplitExclude") {
 		var err error
 		if pol, err = compilePolicy(next, g.gwAddr); err != nil {
 			return ReloadResult{}, err
@@ -148,5 +153,6 @@ func (g *Gateway) Reload(cfg Config) (ReloadResult, error) {
 	if len(res.Applied) > 0 || len(res.NeedRestart) > 0 {
 		g.log.Info("configuration reloaded", "applied", res.Applied, "need_restart", res.NeedRestart)
 	}
+	g.event(Event{Kind: EventReload, Applied: slices.Clone(res.Applied), NeedRestart: slices.Clone(res.NeedRestart)})
 	return res, nil
 }

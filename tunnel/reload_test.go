@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // TestReloadKeepsSessionsAndAppliesRoutes: a reload changes the routes and
@@ -38,7 +38,7 @@ func TestReloadKeepsSessionsAndAppliesRoutes(t *testing.T) {
 		_, err = io.ReadFull(conn, b)
 		return err
 	}
-	if err := echoOK(tc, corp(echo)); err != nil {
+	if err := echoOK(tc, testenv.LoopCorp(echo)); err != nil {
 		t.Fatalf("before reload: %v", err)
 	}
 
@@ -47,23 +47,37 @@ func TestReloadKeepsSessionsAndAppliesRoutes(t *testing.T) {
 	next.SplitExclude = []netip.Prefix{netip.MustParsePrefix("198.18.1.0/24")} // now covers the echo host
 	next.Banner = "reloaded"
 	next.Pool = netip.MustParsePrefix("169.254.0.0/17") // needs a restart
+	reloads := make(chan Event, 1)
+	next.Events = func(e Event) {
+		if e.Kind == EventReload {
+			reloads <- e
+		}
+	}
 	res, err := g.Reload(next)
 	if err != nil {
 		t.Fatalf("Reload: %v", err)
 	}
-	for _, f := range []string{"split_include", "split_exclude", "banner"} {
+	select {
+	case e := <-reloads:
+		if !slices.Equal(e.Applied, res.Applied) || !slices.Equal(e.NeedRestart, res.NeedRestart) {
+			t.Errorf("reload event %+v, want the ReloadResult %+v", e, res)
+		}
+	default:
+		t.Error("no EventReload")
+	}
+	for _, f := range []string{"SplitInclude", "SplitExclude", "Banner"} {
 		if !slices.Contains(res.Applied, f) {
 			t.Errorf("Applied %v lacks %s", res.Applied, f)
 		}
 	}
-	if !slices.Equal(res.NeedRestart, []string{"pool"}) {
-		t.Errorf("NeedRestart = %v, want [pool]", res.NeedRestart)
+	if !slices.Equal(res.NeedRestart, []string{"Pool"}) {
+		t.Errorf("NeedRestart = %v, want [Pool]", res.NeedRestart)
 	}
 	if len(g.Sessions()) != 1 || !g.Sessions()[0].Connected {
 		t.Fatalf("live session lost: %+v", g.Sessions())
 	}
 	// Enforcement binds the live session at once.
-	if err := echoOK(tc, corp(echo)); err == nil {
+	if err := echoOK(tc, testenv.LoopCorp(echo)); err == nil {
 		t.Error("excluded destination still reachable after reload")
 	}
 	other := netip.AddrPortFrom(netip.MustParseAddr("198.18.2.1"), echo.Port())
@@ -85,7 +99,7 @@ func TestReloadKeepsSessionsAndAppliesRoutes(t *testing.T) {
 
 	bad := next
 	bad.MTU = 1
-	if _, err := g.Reload(bad); err == nil || !strings.Contains(err.Error(), "mtu") {
+	if _, err := g.Reload(bad); err == nil || !strings.Contains(err.Error(), "MTU") {
 		t.Errorf("invalid reload: %v", err)
 	}
 	if g.conf().Banner != "reloaded" {
@@ -122,7 +136,7 @@ func TestStatsAndFlowLog(t *testing.T) {
 	tc.startStack(16000)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := tc.dialTCP(ctx, corp(echo))
+	conn, err := tc.dialTCP(ctx, testenv.LoopCorp(echo))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +157,7 @@ func TestStatsAndFlowLog(t *testing.T) {
 	mu.Lock()
 	r := recs[0]
 	mu.Unlock()
-	if r.User != "alice" || r.Proto != "tcp" || r.Dst != corp(echo) || r.Src.Addr() != tc.tunAddr ||
+	if r.User != "alice" || r.Proto != "tcp" || r.Dst != testenv.LoopCorp(echo) || r.Src.Addr() != tc.tunAddr ||
 		r.BytesUp != uint64(len(msg)) || r.BytesDown < uint64(len(msg)) {
 		t.Errorf("flow record %+v", r)
 	}
@@ -157,13 +171,13 @@ func TestProxySettingsValidate(t *testing.T) {
 		{ProxySettings{}, nil},
 		{ProxySettings{PACURL: "https://wpad.example/p.pac", Exclude: []string{"sub.contoso.com", "*.contoso.com", "10.0.0.1", "fd00::1", "[fd00::2]"}}, nil},
 		{ProxySettings{Server: "proxy.example:3128"}, nil},
-		{ProxySettings{Server: "proxy.example"}, []string{"proxy.server"}},
+		{ProxySettings{Server: "proxy.example"}, []string{"Proxy.Server"}},
 		{ProxySettings{Server: "proxy.example:0"}, []string{"port"}},
 		{ProxySettings{PACURL: "ftp://x/p.pac"}, []string{"http or https"}},
 		{ProxySettings{PACURL: "https://a/p", Server: "b:1"}, []string{"not both"}},
-		{ProxySettings{Exclude: []string{"a.example"}}, []string{"without pac_url or server"}},
+		{ProxySettings{Exclude: []string{"a.example"}}, []string{"without PACURL or Server"}},
 		{ProxySettings{Server: "p:1", Exclude: []string{"con*oso.com", "contos*.com", "contoso.*", "*.*.com", ""}},
-			[]string{"exclude[0]", "exclude[1]", "exclude[2]", "exclude[3]", "exclude[4]", "inner or trailing"}},
+			[]string{"Proxy.Exclude[0]", "Proxy.Exclude[1]", "Proxy.Exclude[2]", "Proxy.Exclude[3]", "Proxy.Exclude[4]", "inner or trailing"}},
 	}
 	for _, tt := range tests {
 		errs := tt.p.validate()
@@ -188,7 +202,7 @@ func TestProxySettingsValidate(t *testing.T) {
 // TestMaxSessions: past the cap, sign-ins are refused with a reason on
 // both transports; live sessions are not touched.
 func TestMaxSessions(t *testing.T) {
-	_, addr := startDualGateway(t, func(c *Config) { c.MaxSessions = 1 })
+	_, addr := startGateway(t, func(c *Config) { c.MaxSessions = 1 })
 	dialClient(t, addr, nil)
 	if _, body := signIn(t, addr, "bob", "hunter2"); !strings.Contains(body, "gateway is full") {
 		t.Errorf("TLS sign-in past the cap: %s", body)

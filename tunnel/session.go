@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/cpu"
+
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/netstack"
 )
@@ -43,7 +45,20 @@ type session struct {
 	created   time.Time
 	expires   time.Time
 
-	bytesIn, bytesOut atomic.Uint64
+	// The session's traffic counters, each written by one side of its
+	// data loop: the in side by the readers (CSTP, DTLS, QUIC), the out
+	// side by the writer; the pads keep the two sides, and the fields
+	// below, on separate cache lines. dtlsIn and dtlsOut count packets
+	// over DTLS (Gateway.Stats sums them over sessions); bytes are IP
+	// bytes.
+	_                 cpu.CacheLinePad
+	bytesIn, dtlsIn   atomic.Uint64
+	_                 cpu.CacheLinePad
+	bytesOut, dtlsOut atomic.Uint64
+	_                 cpu.CacheLinePad
+	// retired is set when endSession moved dtlsIn and dtlsOut into the
+	// gateway's totals; a packet counted after that moves its count too.
+	retired atomic.Bool
 
 	mu         sync.Mutex
 	addr       netip.Addr

@@ -23,8 +23,8 @@ import (
 	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/testenv"
-	"github.com/underpass/underpass/internal/udpmux"
+	"github.com/underpass/underpass/internal/core/udpmux"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
 

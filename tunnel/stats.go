@@ -1,6 +1,9 @@
 package tunnel
 
-import "github.com/underpass/underpass/netstack"
+import (
+	"github.com/underpass/underpass/dnsproxy"
+	"github.com/underpass/underpass/netstack"
+)
 
 // Stats is a snapshot of the gateway's counters, for health checks and
 // metrics. Counters are totals since New; they only grow.
@@ -17,6 +20,9 @@ type Stats struct {
 	DTLSDropped    uint64 // datagrams dropped before any state: not a ClientHello naming a live offer, or over the handshake cap
 	DTLSPeers      int64  // client addresses with DTLS state now (handshaking or up)
 	Stack          netstack.Stats
+	// DNS is the in-tunnel DNS proxy's counters; zero when the proxy is
+	// off (Config.DisableDNSProxy, or no Config.DNS).
+	DNS dnsproxy.Stats
 }
 
 // Stats returns the current counters. It walks the session table, so call
@@ -27,13 +33,18 @@ func (g *Gateway) Stats() Stats {
 		SignInFailures: g.signInFailures.Load(),
 		Stack:          g.stack.Stats(),
 		DTLSUp:         g.dtlsUp.Load(),
-		DTLSPacketsIn:  g.dtlsPacketsIn.Load(),
-		DTLSPacketsOut: g.dtlsPacketsOut.Load(),
 		DTLSDropped:    g.dtlsDropped.Load(),
 		DTLSPeers:      g.dtlsPeers.Load(),
 	}
 	st.BytesIn, st.BytesOut = st.Stack.BytesIn, st.Stack.BytesOut
+	if g.dns != nil {
+		st.DNS = g.dns.Stats()
+	}
+	g.statsMu.Lock()
+	st.DTLSPacketsIn, st.DTLSPacketsOut = g.dtlsRetired.in, g.dtlsRetired.out
 	for _, s := range g.sessions.all() {
+		st.DTLSPacketsIn += s.dtlsIn.Load()
+		st.DTLSPacketsOut += s.dtlsOut.Load()
 		st.Sessions++
 		s.mu.Lock()
 		if s.link != nil {
@@ -41,5 +52,37 @@ func (g *Gateway) Stats() Stats {
 		}
 		s.mu.Unlock()
 	}
+	g.statsMu.Unlock()
 	return st
+}
+
+// countDTLSIn records a packet from s's client over DTLS.
+func (g *Gateway) countDTLSIn(s *session) {
+	s.dtlsIn.Add(1)
+	g.retireLate(s)
+}
+
+// countDTLSOut records a packet to s's client over DTLS.
+func (g *Gateway) countDTLSOut(s *session) {
+	s.dtlsOut.Add(1)
+	g.retireLate(s)
+}
+
+// retireLate moves a count made after endSession retired s (its link was
+// still running) into the retired totals. endSession sets s.retired
+// before it takes s's counts, so a count its take missed sees the flag
+// here (atomics are sequentially consistent).
+func (g *Gateway) retireLate(s *session) {
+	if s.retired.Load() {
+		g.statsMu.Lock()
+		g.takeDTLS(s)
+		g.statsMu.Unlock()
+	}
+}
+
+// takeDTLS moves s's DTLS packet counts into the retired totals, each
+// count exactly once. The caller holds statsMu.
+func (g *Gateway) takeDTLS(s *session) {
+	g.dtlsRetired.in += s.dtlsIn.Swap(0)
+	g.dtlsRetired.out += s.dtlsOut.Swap(0)
 }

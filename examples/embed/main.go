@@ -28,7 +28,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/core/certutil"
 	"github.com/underpass/underpass/netstack"
 	"github.com/underpass/underpass/tunnel"
 )

@@ -19,9 +19,9 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/certutil"
-	"github.com/underpass/underpass/internal/gwtest"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
 

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // The rootless Podman end-to-end test (SPEC R-O5, issue 6): as an

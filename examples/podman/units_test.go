@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // unitFile is a parsed systemd/quadlet unit: section -> key -> values in

@@ -15,8 +15,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/underpass/underpass/internal/gwtest"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -4,15 +4,15 @@ import (
 	"log/slog"
 	"path/filepath"
 
-	"github.com/underpass/underpass/internal/certstore"
-	"github.com/underpass/underpass/internal/config"
-	"github.com/underpass/underpass/internal/outbound"
+	"github.com/underpass/underpass/internal/daemon/certstore"
+	"github.com/underpass/underpass/internal/daemon/config"
+	"github.com/underpass/underpass/internal/daemon/outbound"
 )
 
 // startCertStore serves the configured certificate through a store that
 // follows file changes and staged imports (R-T3); the gateway asks it on
-// every handshake.
-func startCertStore(cfg *config.Config, logger *slog.Logger) (*certstore.Store, error) {
+// every handshake. events receives its typed records (show events).
+func startCertStore(cfg *config.Config, logger *slog.Logger, events func(certstore.Event)) (*certstore.Store, error) {
 	dir, err := stateDir()
 	if err != nil {
 		return nil, err
@@ -24,6 +24,7 @@ func startCertStore(cfg *config.Config, logger *slog.Logger) (*certstore.Store, 
 	st, err := certstore.New(certstore.Config{
 		Roots:  roots,
 		Source: cfg.CertSource, StateDir: filepath.Join(dir, "staged-cert"), Host: cfg.Site.Host, Logger: logger,
+		Events: events,
 	})
 	if err != nil {
 		return nil, err

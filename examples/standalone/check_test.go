@@ -12,7 +12,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/underpass/underpass/internal/certutil"
+	"github.com/underpass/underpass/internal/core/certutil"
 )
 
 func TestCheckCert(t *testing.T) {

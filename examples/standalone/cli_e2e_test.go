@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/admin"
-	"github.com/underpass/underpass/internal/certutil"
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/daemon/admin"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // TestEmbeddedDefault follows the README: `underpass serve` with no flags,

@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/underpass/underpass/internal/certstore"
-	"github.com/underpass/underpass/internal/config"
-	"github.com/underpass/underpass/internal/health"
-	"github.com/underpass/underpass/internal/metrics"
-	"github.com/underpass/underpass/internal/outbound"
+	"github.com/underpass/underpass/internal/daemon/certstore"
+	"github.com/underpass/underpass/internal/daemon/config"
+	"github.com/underpass/underpass/internal/daemon/health"
+	"github.com/underpass/underpass/internal/daemon/metrics"
+	"github.com/underpass/underpass/internal/daemon/outbound"
 	"github.com/underpass/underpass/tunnel"
 )
 

@@ -8,14 +8,14 @@ import (
 	"os"
 	"time"
 
-	"github.com/underpass/underpass/internal/config"
+	"github.com/underpass/underpass/internal/daemon/config"
 	"github.com/underpass/underpass/tunnel"
 )
 
 // prepare completes a loaded configuration for the gateway: logger,
 // access log and the identity section's authenticators. The returned
-// identity must be closed when replaced or at exit.
-func prepare(cfg *config.Config, logger *slog.Logger) (*config.Identity, error) {
+// release must be called when the identity is replaced or at exit.
+func prepare(cfg *config.Config, logger *slog.Logger) (release func(), err error) {
 	t := &cfg.Tunnel
 	t.Logger = logger
 	if cfg.Log.Access > 0 {
@@ -36,29 +36,20 @@ func prepare(cfg *config.Config, logger *slog.Logger) (*config.Identity, error) 
 	}
 	ictx, cancel := context.WithTimeout(context.Background(), idpTimeout)
 	defer cancel()
-	id, err := cfg.BuildIdentity(ictx, logger)
-	if err != nil {
-		return nil, err
-	}
-	t.Authenticator, t.OfferBearer, t.Bans, t.ClientCerts, t.Sealer = id.Authenticator, id.OfferBearer, id.Bans, id.ClientCerts, id.Sealer
-	t.KeepSessionPastTokenExpiry = id.KeepSessionPastTokenExpiry
-	if id.Policy != nil {
-		t.Policy = id.Policy
-	}
-	return id, nil
+	return cfg.BuildIdentity(ictx, logger)
 }
 
 // reload re-reads the config file and applies it to the running gateway
 // (SIGHUP, R-C7): live sessions stay; settings that need a restart are
 // reported. On any error the running configuration is kept. It returns
-// the new identity (the caller closes the old one), or nil.
-func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slog.Logger) *config.Identity {
+// the new identity's release (the caller releases the old one), or nil.
+func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slog.Logger) (release func()) {
 	cfg, err := config.Load(file)
 	if err != nil {
 		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
 		return nil
 	}
-	id, err := prepare(cfg, logger)
+	release, err = prepare(cfg, logger)
 	if err != nil {
 		logger.Error("reload: identity rejected; keeping the running configuration", "err", err)
 		return nil
@@ -71,15 +62,15 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 	t.Events = running.Tunnel.Events
 	res, err := gw.Reload(t)
 	if err != nil {
-		id.Close()
+		release()
 		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
 		return nil
 	}
 	if len(res.NeedRestart) > 0 {
-		logger.Warn("reload: these settings take effect only after a restart", "settings", res.NeedRestart)
+		logger.Warn("reload: these settings take effect only after a restart", "settings", config.Keys(res.NeedRestart))
 	}
-	logger.Info("reload: applied", "settings", res.Applied)
-	return id
+	logger.Info("reload: applied", "settings", config.Keys(res.Applied))
+	return release
 }
 
 // configPoll is how often the config file is checked for edits: cheap

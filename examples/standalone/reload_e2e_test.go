@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // waitLog waits until the gateway's output contains s.

@@ -17,7 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/underpass/underpass/internal/testenv"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

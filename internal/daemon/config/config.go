@@ -1,0 +1,501 @@
+// Package config reads the gateway's YAML configuration file.
+//
+// Decoding is strict (unknown keys are errors) and validation reports every
+// problem at once, each with its file:line, so an operator fixes a file in
+// one pass. The result is a tunnel.Config plus the settings that only the
+// standalone binary uses.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+
+	"github.com/underpass/underpass/internal/core/dnsname"
+
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/core/policy"
+	"github.com/underpass/underpass/internal/daemon/health"
+	"github.com/underpass/underpass/internal/daemon/outbound"
+	"github.com/underpass/underpass/tunnel"
+)
+
+// maxFileSize bounds a config file: real ones are a few KiB, even with 500
+// route rules; anything larger is a mistake (a binary, a log).
+const maxFileSize = 4 << 20
+
+// File is the YAML document.
+type File struct {
+	Listen string `yaml:"listen"`
+	TLS    struct {
+		Cert            string `yaml:"cert"`
+		Key             string `yaml:"key"`
+		PFX             string `yaml:"pfx"`
+		PFXPasswordFile string `yaml:"pfx_password_file"`
+		ExtraRootsDir   string `yaml:"extra_roots_dir"` // more trusted CAs for outbound TLS (R-T4)
+	} `yaml:"tls"`
+	Site SiteFile `yaml:"site"`
+	// Health overrides the health thresholds (R-O2); keys left out keep
+	// their defaults.
+	Health         map[string]yaml.Node `yaml:"health"`
+	Pool           string               `yaml:"pool"`
+	DNS            []string             `yaml:"dns"`
+	SearchDomains  []string             `yaml:"search_domains"`
+	SplitInclude   []string             `yaml:"split_include"`
+	SplitExclude   []string             `yaml:"split_exclude"`
+	MTU            int                  `yaml:"mtu"`
+	DPD            Duration             `yaml:"dpd"`
+	Keepalive      Duration             `yaml:"keepalive"`
+	IdleTimeout    Duration             `yaml:"idle_timeout"`
+	SessionTimeout Duration             `yaml:"session_timeout"`
+	ReconnectGrace Duration             `yaml:"reconnect_grace"`
+	Banner         string               `yaml:"banner"`
+	DNSProxy       DNSProxy             `yaml:"dns_proxy"`
+	Identity       *IdentityFile        `yaml:"identity"`
+	Users          []User               `yaml:"users"`
+	Log            LogConfig            `yaml:"log"`
+	DemoPage       *bool                `yaml:"demo_page"`
+	HostAddrs      []string             `yaml:"host_addrs"`
+	DisableUDP     bool                 `yaml:"disable_udp"` // TCP-only: no QUIC, no DTLS (R-P3)
+	DTLS           string               `yaml:"dtls"`        // auto|psk|legacy|off (R-P5)
+	DTLSPort       int                  `yaml:"dtls_port"`   // 0: DTLS shares the listen port with QUIC
+	AdminHTTP      string               `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
+	SecretPath     string               `yaml:"secret_path"`
+	Proxy          ProxyFile            `yaml:"proxy"`
+	Limits         struct {
+		MaxSessions int `yaml:"max_sessions"` // 0: the pool's size
+	} `yaml:"limits"`
+}
+
+// DNSProxy configures the in-tunnel DNS proxy (see tunnel.Config.DNSProxy).
+type DNSProxy struct {
+	Disable   bool     `yaml:"disable"`   // forward DNS like any other flow
+	Upstreams []string `yaml:"upstreams"` // default: the dns addresses
+	Public    []string `yaml:"public"`    // resolvers for non-internal names; none: REFUSED
+	Domains   []string `yaml:"domains"`   // extra internal domains besides search_domains
+	NDots     int      `yaml:"ndots"`
+	Timeout   Duration `yaml:"timeout"`
+}
+
+// User is a static lab user with a bcrypt password hash.
+type User struct {
+	Name         string   `yaml:"name"`
+	PasswordHash string   `yaml:"password_hash"`
+	Groups       []string `yaml:"groups"`
+}
+
+// LogConfig selects the log level and format.
+type LogConfig struct {
+	Level  string `yaml:"level"`  // debug, info (default), warn, error
+	Format string `yaml:"format"` // text (default) or json
+	// Access is the per-flow access log: 0 off, 1 flows, 2 flows and DNS
+	// queries (R-O3).
+	Access int `yaml:"access"`
+}
+
+// Duration is a time.Duration written as "30s", "5m", "1h".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (examples: 30s, 5m, 1h)", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Tunnel   tunnel.Config
+	Users    []User
+	Log      LogConfig
+	DemoPage bool
+	// AdminHTTP is the admin listener's address (metrics and probes).
+	AdminHTTP string
+	// CertSource names the configured certificate files (zero: generated).
+	CertSource certutil.Source
+	// CertWarnings are the R-T2 warnings about the configured certificate.
+	CertWarnings []string
+	Site         SiteFile
+	// ExtraRootsDir holds extra trusted root CAs for outbound TLS.
+	ExtraRootsDir string
+	// Health are the health thresholds (defaults plus the file's keys).
+	Health health.Thresholds
+	// IdentityFile is the identity section as written; BuildIdentity
+	// turns it into authenticators, policy, bans and a cookie sealer.
+	IdentityFile *IdentityFile
+	dir          string // the config file's directory, for relative paths
+}
+
+// mustYAML re-encodes a decoded section (always encodable).
+func mustYAML(v any) []byte {
+	b, _ := yaml.Marshal(v)
+	return b
+}
+
+// SiteFile is the site section (R-S1).
+type SiteFile struct {
+	Name     string `yaml:"name"`
+	Host     string `yaml:"host"`      // public FQDN or IP clients dial; the certificate must cover it
+	CheckURL string `yaml:"check_url"` // internal-network check (R-S3)
+}
+
+// ProxyFile is the proxy section: settings pushed to clients (R-C6).
+type ProxyFile struct {
+	PACURL  string   `yaml:"pac_url"`
+	Server  string   `yaml:"server"`
+	Exclude []string `yaml:"exclude"`
+}
+
+// rel resolves a path from the config file against the file's directory.
+func (c *Config) rel(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
+
+// Error lists every problem in a file, each prefixed with file:line.
+type Error struct {
+	File     string
+	Problems []string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("config %s: %d problem(s):\n  %s", e.File, len(e.Problems), strings.Join(e.Problems, "\n  "))
+}
+
+// Load reads and validates the file at path. Relative paths inside it
+// (certificate files) are resolved against the file's directory.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxFileSize {
+		return nil, &Error{File: path, Problems: []string{fmt.Sprintf("file larger than %d bytes", maxFileSize)}}
+	}
+	return Parse(path, b)
+}
+
+// Parse validates a YAML document; name is used in messages and to resolve
+// relative paths.
+func Parse(name string, b []byte) (*Config, error) {
+	e := &Error{File: name}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		e.Problems = append(e.Problems, yamlMsg(name, err)...)
+		return nil, e
+	}
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		e.Problems = append(e.Problems, yamlMsg(name, err)...)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, e
+		}
+		// Unknown keys or wrong types: report them and keep validating
+		// what did decode, so one pass lists every problem.
+		f = File{}
+		_ = yaml.Unmarshal(b, &f)
+	}
+	lines := keyLines(&root)
+	at := func(key string) string {
+		if l, ok := lines[key]; ok {
+			return fmt.Sprintf("%s:%d: %s", name, l, key)
+		}
+		return fmt.Sprintf("%s: %s", name, key)
+	}
+	bad := func(key, format string, args ...any) {
+		e.Problems = append(e.Problems, at(key)+": "+fmt.Sprintf(format, args...))
+	}
+
+	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage,
+		IdentityFile: f.Identity, dir: filepath.Dir(name)}
+	t := &c.Tunnel
+	t.ListenAddr = f.Listen
+	if f.Pool != "" {
+		p, err := netip.ParsePrefix(f.Pool)
+		if err != nil {
+			bad("pool", "%v", err)
+		}
+		t.Pool = p
+	}
+	for i, s := range f.DNS {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("dns[%d]", i), "%q is not an IP address", s)
+			continue
+		}
+		t.DNS = append(t.DNS, a)
+	}
+	for i, s := range f.HostAddrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			bad(fmt.Sprintf("host_addrs[%d]", i), "%q is not an IP address", s)
+			continue
+		}
+		t.HostAddrs = append(t.HostAddrs, a)
+	}
+	t.SearchDomains = f.SearchDomains
+	var perrs []error
+	t.SplitInclude, perrs = policy.ParsePrefixes("split_include", f.SplitInclude)
+	for _, err := range perrs {
+		bad("split_include", "%v", err)
+	}
+	t.SplitExclude, perrs = policy.ParsePrefixes("split_exclude", f.SplitExclude)
+	for _, err := range perrs {
+		bad("split_exclude", "%v", err)
+	}
+	t.MTU = f.MTU
+	t.DPD = time.Duration(f.DPD)
+	t.Keepalive = time.Duration(f.Keepalive)
+	t.IdleTimeout = time.Duration(f.IdleTimeout)
+	t.SessionTimeout = time.Duration(f.SessionTimeout)
+	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
+	t.Banner = f.Banner
+	t.DisableDNSProxy = f.DNSProxy.Disable
+	t.DNSProxy.Upstreams = f.DNSProxy.Upstreams
+	t.DNSProxy.Public = f.DNSProxy.Public
+	t.DNSProxy.Domains = f.DNSProxy.Domains
+	t.DNSProxy.NDots = f.DNSProxy.NDots
+	t.DNSProxy.Timeout = time.Duration(f.DNSProxy.Timeout)
+	t.DisableUDP = f.DisableUDP
+	if m, err := tunnel.ParseDTLSMode(f.DTLS); err != nil {
+		bad("dtls", "%q: want auto, psk, legacy or off", f.DTLS)
+	} else {
+		t.DTLS = m
+	}
+	if f.DTLSPort < 0 || f.DTLSPort > 65535 {
+		bad("dtls_port", "%d: want 1-65535, or 0 for the listen port", f.DTLSPort)
+	}
+	t.DTLSPort = f.DTLSPort
+	t.MaxSessions = f.Limits.MaxSessions
+	c.AdminHTTP = f.AdminHTTP
+	if f.AdminHTTP != "" {
+		if _, _, err := net.SplitHostPort(f.AdminHTTP); err != nil {
+			bad("admin_http", "%q: want host:port (e.g. 127.0.0.1:8444)", f.AdminHTTP)
+		}
+	}
+	t.SecretPath = f.SecretPath
+	t.Proxy = tunnel.ProxySettings{PACURL: f.Proxy.PACURL, Server: f.Proxy.Server, Exclude: f.Proxy.Exclude}
+	if f.Log.Access < 0 || f.Log.Access > 2 {
+		bad("log", "access %d: want 0 (off), 1 (flows) or 2 (flows and DNS)", f.Log.Access)
+	}
+
+	switch f.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		bad("log", "level %q: want debug, info, warn or error", f.Log.Level)
+	}
+	switch f.Log.Format {
+	case "", "text", "json":
+	default:
+		bad("log", "format %q: want text or json", f.Log.Format)
+	}
+	seen := map[string]bool{}
+	for i, u := range f.Users {
+		k := fmt.Sprintf("users[%d]", i)
+		switch {
+		case u.Name == "":
+			bad("users", "%s: name is required", k)
+		case seen[u.Name]:
+			bad("users", "%s: duplicate user %q", k, u.Name)
+		}
+		seen[u.Name] = true
+		if !strings.HasPrefix(u.PasswordHash, "$2") {
+			bad("users", "%s: password_hash must be a bcrypt hash ($2a$/$2b$/$2y$...)", k)
+		}
+	}
+
+	validateIdentity(f.Identity, c.rel, bad)
+	c.Site = f.Site
+	if d := c.rel(f.TLS.ExtraRootsDir); d != "" {
+		if _, err := outbound.Roots(d); err != nil {
+			bad("tls", "extra_roots_dir: %v", err)
+		}
+		c.ExtraRootsDir = d
+	}
+	c.Health = health.DefaultThresholds
+	if len(f.Health) > 0 {
+		dec := yaml.NewDecoder(bytes.NewReader(mustYAML(f.Health)))
+		dec.KnownFields(true)
+		if err := dec.Decode(&c.Health); err != nil {
+			bad("health", "%v", err)
+		}
+	}
+	if f.Site.CheckURL != "" {
+		if u, err := url.Parse(f.Site.CheckURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("site", "check_url %q: want an http or https URL", f.Site.CheckURL)
+		}
+	}
+	if h := f.Site.Host; h != "" {
+		if _, err := netip.ParseAddr(h); err != nil && dnsname.Check(h) != nil || strings.Contains(h, "*") {
+			bad("site", "host %q: want the public FQDN or IP address clients dial", h)
+		}
+	}
+	src := certutil.Source{CertFile: c.rel(f.TLS.Cert), KeyFile: c.rel(f.TLS.Key), PFXFile: c.rel(f.TLS.PFX)}
+	switch {
+	case src.PFXFile != "" && (src.CertFile != "" || src.KeyFile != ""):
+		bad("tls", "set pfx, or cert and key, not both")
+	case (src.CertFile == "") != (src.KeyFile == ""):
+		bad("tls", "set both cert and key, or neither (a self-signed certificate is generated)")
+	case src.CertFile != "" || src.PFXFile != "":
+		if f.TLS.PFXPasswordFile != "" {
+			pw, err := certutil.ReadPasswordFile(c.rel(f.TLS.PFXPasswordFile))
+			if err != nil {
+				bad("tls", "pfx_password_file: %v", err)
+			}
+			src.PFXPassword = pw
+		}
+		cert, err := src.Load()
+		if err != nil {
+			bad("tls", "%v", err)
+			break
+		}
+		r := certutil.Check(cert, f.Site.Host, nil, time.Now())
+		for _, m := range r.Errors {
+			bad("tls", "certificate: %s", m)
+		}
+		c.CertWarnings = r.Warnings
+		t.Certificate = cert
+		c.CertSource = src
+	}
+
+	// Whole-config rules (ranges, routes); the authenticator is supplied
+	// by the caller, so do not report it missing here.
+	if err := t.Validate(); err != nil {
+		var ce *tunnel.ConfigError
+		if errors.As(err, &ce) {
+			for _, pe := range ce.Errs {
+				var fe *tunnel.FieldError
+				if errors.As(pe, &fe) && fe.Field == "Authenticator" {
+					continue
+				}
+				key, msg := fieldProblem(pe)
+				if l, ok := lines[strings.SplitN(key, ".", 2)[0]]; ok {
+					e.Problems = append(e.Problems, fmt.Sprintf("%s:%d: %s", name, l, msg))
+				} else {
+					e.Problems = append(e.Problems, fmt.Sprintf("%s: %s", name, msg))
+				}
+			}
+		}
+	}
+	if len(e.Problems) > 0 {
+		return nil, e
+	}
+	return c, nil
+}
+
+// tunnelKeys maps tunnel.Config's field names, as tunnel.FieldError and
+// tunnel.ReloadResult give them, to this file's keys. Fields the file
+// cannot set (Dialer, Logger, Events, ...) are missing: Key returns those
+// unchanged.
+var tunnelKeys = map[string]string{
+	"ListenAddr": "listen", "Certificate": "tls", "GetCertificate": "tls",
+	"Pool": "pool", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
+	"SplitInclude": "split_include", "SplitExclude": "split_exclude",
+	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout",
+	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "Banner": "banner",
+	"MaxSessions": "limits.max_sessions", "DisableUDP": "disable_udp", "DTLS": "dtls", "DTLSPort": "dtls_port",
+	"DNSProxy": "dns_proxy", "HostAddrs": "host_addrs", "SecretPath": "secret_path", "FlowLog": "log.access",
+	"Proxy": "proxy", "Proxy.PACURL": "proxy.pac_url", "Proxy.Server": "proxy.server", "Proxy.Exclude": "proxy.exclude",
+	"Authenticator": "identity", "OfferBearer": "identity.oidc.offer_bearer", "Policy": "identity.policy",
+	"KeepSessionPastTokenExpiry": "identity.keep_session_past_token_expiry", "Bans": "identity.bans",
+	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs",
+}
+
+// Key returns the config file's key for a tunnel.Config field name, or
+// the name itself for a field the file cannot set.
+func Key(field string) string {
+	if k, ok := tunnelKeys[field]; ok {
+		return k
+	}
+	return field
+}
+
+// Keys maps Key over fields.
+func Keys(fields []string) []string {
+	out := make([]string, len(fields))
+	for i, f := range fields {
+		out[i] = Key(f)
+	}
+	return out
+}
+
+// fieldProblem renders one problem tunnel found in the Config built
+// from the file, in the file's spelling: the key it belongs to and the
+// message ("split_include[2] 10.1.2.3/8: host bits set ...").
+func fieldProblem(err error) (key, msg string) {
+	var fe *tunnel.FieldError
+	if !errors.As(err, &fe) {
+		return "", err.Error()
+	}
+	key = Key(fe.Field)
+	var re *policy.RuleError
+	switch {
+	case errors.As(fe.Err, &re) && re.List == "pool": // "pool" is also the key
+		return key, re.Error()
+	case errors.As(fe.Err, &re):
+		r := *re
+		r.List = key
+		return key, r.Error()
+	case fe.Index >= 0:
+		return key, fmt.Sprintf("%s[%d]: %v", key, fe.Index, fe.Err)
+	default:
+		return key, fmt.Sprintf("%s: %v", key, fe.Err)
+	}
+}
+
+// keyLines maps each top-level key to its line.
+func keyLines(root *yaml.Node) map[string]int {
+	out := map[string]int{}
+	if root.Kind != yaml.DocumentNode || len(root.Content) == 0 {
+		return out
+	}
+	m := root.Content[0]
+	if m.Kind != yaml.MappingNode {
+		return out
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		out[m.Content[i].Value] = m.Content[i].Line
+	}
+	return out
+}
+
+// yamlMsg turns a yaml error into file:line messages.
+func yamlMsg(name string, err error) []string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		out := make([]string, 0, len(te.Errors))
+		for _, m := range te.Errors {
+			out = append(out, name+": "+m)
+		}
+		return out
+	}
+	return []string{name + ": " + err.Error()}
+}

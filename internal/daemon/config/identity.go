@@ -1,0 +1,225 @@
+package config
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/daemon/outbound"
+)
+
+// IdentityFile is the `identity:` section: how clients sign in and who is
+// admitted. Every part is optional; the top-level `users:` (static lab
+// users) work alongside.
+type IdentityFile struct {
+	OIDC                       *OIDCFile   `yaml:"oidc"`
+	ClientCerts                *CertsFile  `yaml:"client_certs"`
+	Policy                     *PolicyFile `yaml:"policy"`
+	Bans                       *BansFile   `yaml:"bans"`
+	SessionKey                 string      `yaml:"session_key"` // base64, 32 bytes: sealed site-wide cookies
+	KeepSessionPastTokenExpiry bool        `yaml:"keep_session_past_token_expiry"`
+}
+
+// OIDCFile configures token sign-in at the organisation's IdP.
+type OIDCFile struct {
+	Issuer        string   `yaml:"issuer"`
+	Audiences     []string `yaml:"audiences"` // default: client_id
+	ClientID      string   `yaml:"client_id"`
+	ClientSecret  string   `yaml:"client_secret"`
+	Scopes        []string `yaml:"scopes"`
+	GroupsClaim   string   `yaml:"groups_claim"`
+	EmailClaim    string   `yaml:"email_claim"`
+	DeviceIDClaim string   `yaml:"device_id_claim"`
+	PasswordGrant bool     `yaml:"password_grant"` // usernames and passwords are checked at the IdP
+	OfferBearer   *bool    `yaml:"offer_bearer"`   // default true: openconnect --token-mode=oidc
+}
+
+// CertsFile configures client-certificate sign-in.
+type CertsFile struct {
+	CA           string   `yaml:"ca"` // PEM bundle of the CAs that issue device certificates
+	Required     bool     `yaml:"required"`
+	IdentityFrom []string `yaml:"identity_from"` // upn, email, cn
+}
+
+// PolicyFile is the access policy.
+type PolicyFile struct {
+	AllowUsers    []string        `yaml:"allow_users"`
+	AllowGroups   []string        `yaml:"allow_groups"`
+	DenyUsers     []string        `yaml:"deny_users"`
+	DenyGroups    []string        `yaml:"deny_groups"`
+	RequireClaims []ClaimRuleFile `yaml:"require_claims"`
+}
+
+// ClaimRuleFile requires a token claim to hold one of Values.
+type ClaimRuleFile struct {
+	Claim  string   `yaml:"claim"`
+	Values []string `yaml:"values"`
+	Reason string   `yaml:"reason"`
+}
+
+// BansFile tunes ban points for failed sign-ins.
+type BansFile struct {
+	Threshold int      `yaml:"threshold"`
+	BanFor    Duration `yaml:"ban_for"`
+	Decay     Duration `yaml:"decay"`
+}
+
+// validateIdentity reports the section's problems (no network is used).
+func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, format string, args ...any)) {
+	if f == nil {
+		return
+	}
+	if o := f.OIDC; o != nil {
+		if u, err := url.Parse(o.Issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("identity", "oidc.issuer %q: want the IdP's issuer URL", o.Issuer)
+		}
+		if o.ClientID == "" {
+			bad("identity", "oidc.client_id: required (the gateway's application ID)")
+		}
+		if o.PasswordGrant && o.ClientSecret == "" {
+			bad("identity", "oidc.password_grant needs oidc.client_secret")
+		}
+	}
+	if c := f.ClientCerts; c != nil {
+		if c.CA == "" {
+			bad("identity", "client_certs.ca: required")
+		} else if b, err := os.ReadFile(rel(c.CA)); err != nil {
+			bad("identity", "client_certs.ca: %v", err)
+		} else if _, err := auth.LoadCertPool(b); err != nil {
+			bad("identity", "client_certs.ca: %v", err)
+		}
+		for _, s := range c.IdentityFrom {
+			if s != "upn" && s != "email" && s != "cn" {
+				bad("identity", "client_certs.identity_from: %q: want upn, email or cn", s)
+			}
+		}
+	}
+	if p := f.Policy; p != nil {
+		for i, r := range p.RequireClaims {
+			if r.Claim == "" || len(r.Values) == 0 {
+				bad("identity", "policy.require_claims[%d]: claim and values are required", i)
+			}
+		}
+	}
+	if b := f.Bans; b != nil && (b.Threshold < 0 || b.BanFor < 0 || b.Decay < 0) {
+		bad("identity", "bans: threshold, ban_for and decay must not be negative")
+	}
+	if f.SessionKey != "" {
+		if _, err := auth.ParseSealerKey(f.SessionKey); err != nil {
+			bad("identity", "session_key: %v", err)
+		}
+	}
+}
+
+// BuildIdentity makes the identity section's authenticators, access
+// policy, bans and sealer and sets them in c.Tunnel (Authenticator,
+// OfferBearer, Policy when the section has one, Bans, ClientCerts, Sealer,
+// KeepSessionPastTokenExpiry). It contacts the IdP (OIDC discovery), so it
+// takes a ctx. release stops what it started (the OIDC key refresher):
+// call it when the gateway no longer uses these, after a reload replaced
+// them or at exit. On error c.Tunnel is unchanged.
+func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release func(), err error) {
+	id := &c.Tunnel
+	built := *id // filled here, copied into c.Tunnel only on success
+	var closers []func()
+	release = func() {
+		for _, f := range closers {
+			f()
+		}
+	}
+	defer func() {
+		if err != nil {
+			release()
+			release = nil
+			return
+		}
+		*id = built
+	}()
+	out := &built
+	out.Authenticator, out.OfferBearer, out.Bans, out.ClientCerts, out.Sealer = nil, false, nil, nil, nil
+	out.KeepSessionPastTokenExpiry = false
+	var chain auth.Chain
+	f := c.IdentityFile
+	if f != nil && f.OIDC != nil {
+		o := f.OIDC
+		aud := o.Audiences
+		if len(aud) == 0 {
+			aud = []string{o.ClientID}
+		}
+		hc, err := outbound.Client(c.ExtraRootsDir)
+		if err != nil {
+			return nil, fmt.Errorf("identity.oidc: %w", err)
+		}
+		v, err := auth.NewOIDC(ctx, auth.OIDCConfig{
+			HTTPClient: hc,
+			Issuer:     o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
+			GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim, Logger: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("identity.oidc: %w", err)
+		}
+		closers = append(closers, v.Close)
+		chain = append(chain, v)
+		if o.PasswordGrant {
+			pg, err := v.PasswordGrant()
+			if err != nil {
+				return nil, fmt.Errorf("identity.oidc.password_grant: %w", err)
+			}
+			chain = append(chain, pg)
+		}
+		out.OfferBearer = o.OfferBearer == nil || *o.OfferBearer
+	}
+	if len(c.Users) > 0 || len(chain) == 0 {
+		users := make([]auth.StaticUser, 0, len(c.Users))
+		for _, u := range c.Users {
+			users = append(users, auth.StaticUser{Name: u.Name, Hash: u.PasswordHash, Groups: u.Groups})
+		}
+		su, err := auth.NewStaticUsers(users)
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, su)
+	}
+	out.Authenticator = chain
+	if f == nil {
+		return release, nil
+	}
+	if cf := f.ClientCerts; cf != nil {
+		b, err := os.ReadFile(c.rel(cf.CA))
+		if err == nil {
+			var pool *x509.CertPool
+			if pool, err = auth.LoadCertPool(b); err == nil {
+				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom})
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("identity.client_certs: %w", err)
+		}
+	}
+	if p := f.Policy; p != nil {
+		r := &auth.Rules{AllowUsers: p.AllowUsers, AllowGroups: p.AllowGroups, DenyUsers: p.DenyUsers, DenyGroups: p.DenyGroups}
+		for _, cr := range p.RequireClaims {
+			r.RequireClaims = append(r.RequireClaims, auth.ClaimRule{Claim: cr.Claim, Values: cr.Values, Reason: cr.Reason})
+		}
+		out.Policy = r
+	}
+	if bf := f.Bans; bf != nil {
+		out.Bans = auth.NewBans(auth.BanConfig{Threshold: bf.Threshold, BanFor: time.Duration(bf.BanFor), Decay: time.Duration(bf.Decay)})
+	}
+	if f.SessionKey != "" {
+		key, err := auth.ParseSealerKey(f.SessionKey)
+		if err == nil {
+			out.Sealer, err = auth.NewSealer(nil, key)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("identity.session_key: %w", err)
+		}
+	}
+	out.KeepSessionPastTokenExpiry = f.KeepSessionPastTokenExpiry
+	return release, nil
+}

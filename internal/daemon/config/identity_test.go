@@ -1,0 +1,112 @@
+package config
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/testinfra/dextest"
+)
+
+func TestIdentityValidation(t *testing.T) {
+	tests := []struct {
+		name, doc string
+		want      []string
+	}{
+		{"bad issuer", "identity: {oidc: {issuer: 'not a url', client_id: gw}}\n", []string{"gw.yaml:1: identity", "oidc.issuer"}},
+		{"no client id", "identity: {oidc: {issuer: 'https://idp.example'}}\n", []string{"client_id"}},
+		{"password grant without secret", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, password_grant: true}}\n", []string{"client_secret"}},
+		{"missing CA", "identity: {client_certs: {ca: nope.pem}}\n", []string{"client_certs.ca", "nope.pem"}},
+		{"bad identity_from", "identity: {client_certs: {ca: ca.pem, identity_from: [upn, sid]}}\n", []string{`"sid"`}},
+		{"claim rule", "identity: {policy: {require_claims: [{claim: compliant}]}}\n", []string{"require_claims[0]"}},
+		{"negative bans", "identity: {bans: {threshold: -1}}\n", []string{"bans"}},
+		{"bad session key", "identity: {session_key: short}\n", []string{"session_key"}},
+		{"unknown key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, colour: blue}}\n", []string{"colour"}},
+	}
+	dir := t.TempDir()
+	ca, _, err := certutil.SelfSigned([]string{"ca"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse(filepath.Join(dir, "gw.yaml"), []byte(tt.doc))
+			var ce *Error
+			if !errors.As(err, &ce) {
+				t.Fatalf("want *Error, got %v", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not mention %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+	ok := fmt.Sprintf("identity:\n  client_certs: {ca: ca.pem, identity_from: [email]}\n  session_key: %q\n  policy: {allow_groups: [vpn-users]}\n  bans: {threshold: 10, ban_for: 5m}\n", auth.GenerateSealerKey())
+	c, err := Parse(filepath.Join(dir, "gw.yaml"), []byte(ok))
+	if err != nil {
+		t.Fatalf("valid identity section: %v", err)
+	}
+	release, err := c.BuildIdentity(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	id := &c.Tunnel
+	if id.ClientCerts == nil || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
+		t.Fatalf("identity not built: %+v", id)
+	}
+}
+
+// TestIdentityWithDex builds the OIDC sign-in from a config file against a
+// real IdP: Alice signs in with her password at the IdP, Bob is denied by
+// the policy, a wrong password is a wrong password.
+func TestIdentityWithDex(t *testing.T) {
+	d := dextest.Start(t)
+	doc := fmt.Sprintf(`identity:
+  oidc: {issuer: %q, client_id: %q, client_secret: %q, scopes: [openid, email, groups, profile], password_grant: true}
+  policy: {allow_groups: [vpn-users]}
+`, d.Issuer, d.ClientID, d.ClientSecret)
+	c, err := Parse("gw.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	release, err := c.BuildIdentity(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	id := &c.Tunnel
+	if !id.OfferBearer {
+		t.Error("OIDC should offer bearer sign-in by default")
+	}
+	alice, err := id.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: dextest.Alice.Password})
+	if err != nil {
+		t.Fatalf("alice: %v", err)
+	}
+	if err := id.Policy.Check(ctx, alice); err != nil {
+		t.Fatalf("alice denied: %v", err)
+	}
+	bob, err := id.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Bob.Email, Password: dextest.Bob.Password})
+	if err != nil {
+		t.Fatalf("bob: %v", err)
+	}
+	if err := id.Policy.Check(ctx, bob); !errors.Is(err, auth.ErrDenied) {
+		t.Fatalf("bob: %v, want denied", err)
+	}
+	if _, err := id.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: "wrong"}); !errors.Is(err, auth.ErrInvalidCredentials) {
+		t.Fatalf("wrong password: %v", err)
+	}
+}

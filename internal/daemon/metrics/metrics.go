@@ -1,0 +1,120 @@
+// Package metrics exposes a running gateway to operators (R-O2): a
+// Prometheus collector over tunnel.Gateway.Stats, and the admin HTTP
+// handler with /metrics, /healthz and /readyz. It reads the gateway's
+// counters at scrape time, so it adds nothing to the data path.
+package metrics
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/underpass/underpass/tunnel"
+)
+
+// Source is what the collector reads; *tunnel.Gateway implements it.
+type Source interface {
+	Stats() tunnel.Stats
+}
+
+type metric struct {
+	desc *prometheus.Desc
+	kind prometheus.ValueType
+	val  func(*tunnel.Stats) float64
+}
+
+// Collector is a prometheus.Collector over a gateway's counters.
+type Collector struct {
+	src     Source
+	metrics []metric
+}
+
+// NewCollector returns a collector for src.
+func NewCollector(src Source) *Collector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("underpass_"+name, help, nil, nil)
+	}
+	c, g := prometheus.CounterValue, prometheus.GaugeValue
+	return &Collector{src: src, metrics: []metric{
+		{d("sessions", "Signed-in sessions (connected or within their reconnect grace)."), g, func(s *tunnel.Stats) float64 { return float64(s.Sessions) }},
+		{d("sessions_connected", "Sessions with a live tunnel connection."), g, func(s *tunnel.Stats) float64 { return float64(s.Connected) }},
+		{d("sign_ins_total", "Successful sign-ins."), c, func(s *tunnel.Stats) float64 { return float64(s.SignIns) }},
+		{d("sign_in_failures_total", "Refused sign-ins."), c, func(s *tunnel.Stats) float64 { return float64(s.SignInFailures) }},
+		{d("received_bytes_total", "IP bytes received from clients."), c, func(s *tunnel.Stats) float64 { return float64(s.BytesIn) }},
+		{d("sent_bytes_total", "IP bytes sent to clients."), c, func(s *tunnel.Stats) float64 { return float64(s.BytesOut) }},
+		{d("received_packets_total", "IP packets received from clients."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.PacketsIn) }},
+		{d("sent_packets_total", "IP packets sent to clients."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.PacketsOut) }},
+		{d("tcp_flows_active", "Forwarded TCP flows now."), g, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPActive) }},
+		{d("udp_flows_active", "Forwarded UDP flows now."), g, func(s *tunnel.Stats) float64 { return float64(s.Stack.UDPActive) }},
+		{d("tcp_flows_total", "Forwarded TCP flows established."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPFlows) }},
+		{d("udp_flows_total", "Forwarded UDP flows opened."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.UDPFlows) }},
+		{d("tcp_dial_failures_total", "Upstream TCP dials that failed (answered with RST)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPDialFailed) }},
+		{d("policy_drops_total", "Client packets to destinations outside the routes (answered)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropNotAllowed) }},
+		{d("spoofed_drops_total", "Client packets whose source was not the session's address."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropSpoofed) }},
+		{d("stalled_drops_total", "Packets dropped because a client stopped reading."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropBlocked) }},
+		{d("parked_drops_total", "Packets for clients between connections dropped past their queue (TCP retransmits them)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropParked) }},
+		{d("dtls_handshakes_total", "AnyConnect DTLS channels established."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSUp) }},
+		{d("dtls_received_packets_total", "IP packets received from clients over DTLS."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSPacketsIn) }},
+		{d("dtls_sent_packets_total", "IP packets sent to clients over DTLS."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSPacketsOut) }},
+		{d("dtls_dropped_datagrams_total", "UDP datagrams dropped before any DTLS state (not a ClientHello of a live session, or over the handshake cap)."), c, func(s *tunnel.Stats) float64 { return float64(s.DTLSDropped) }},
+		{d("dtls_peers", "Client addresses with DTLS state (handshaking or up)."), g, func(s *tunnel.Stats) float64 { return float64(s.DTLSPeers) }},
+		// The in-tunnel DNS proxy (tunnel.Stats.DNS; all zero when it is off).
+		{d("dns_queries_total", "DNS queries from clients to the in-tunnel DNS proxy."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.Queries) }},
+		{d("dns_cache_hits_total", "DNS lookups answered from the proxy's cache."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.CacheHits) }},
+		{d("dns_cache_misses_total", "DNS lookups the cache could not answer (asked upstream, or joined such a lookup)."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.CacheMisses) }},
+		{d("dns_deduplicated_lookups_total", "DNS lookups that joined an identical upstream lookup in flight."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.Deduplicated) }},
+		{d("dns_upstream_queries_total", "Exchanges with upstream DNS servers (UDP and TCP)."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.UpstreamQueries) }},
+		{d("dns_upstream_failures_total", "Exchanges with upstream DNS servers that failed (timeout, network error, bad reply)."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.UpstreamFailures) }},
+		{d("dns_dropped_queries_total", "DNS queries not answered at all (unparseable, a response, or over the in-flight limit)."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.Dropped) }},
+		{d("dns_formerr_responses_total", "DNS queries answered FORMERR."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.FormErr) }},
+		{d("dns_servfail_responses_total", "DNS queries answered SERVFAIL."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.ServFail) }},
+		{d("dns_refused_responses_total", "DNS queries answered REFUSED."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.Refused) }},
+		{d("dns_panics_total", "Internal errors the DNS proxy recovered from, dropping the query (a bug if non-zero)."), c, func(s *tunnel.Stats) float64 { return float64(s.DNS.Panics) }},
+		{d("dns_cache_entries", "Answers in the DNS proxy's cache."), g, func(s *tunnel.Stats) float64 { return float64(s.DNS.CacheEntries) }},
+		{d("dns_cache_bytes", "Estimated memory held by the DNS proxy's cache, in bytes."), g, func(s *tunnel.Stats) float64 { return float64(s.DNS.CacheBytes) }},
+	}}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, m := range c.metrics {
+		ch <- m.desc
+	}
+}
+
+// Collect implements prometheus.Collector: one Stats snapshot per scrape.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.src.Stats()
+	for _, m := range c.metrics {
+		ch <- prometheus.MustNewConstMetric(m.desc, m.kind, m.val(&s))
+	}
+}
+
+// Handler serves /metrics (the gateway's collector plus Go runtime and
+// process metrics), /healthz (the process answers) and /readyz (ready()
+// is nil: serving; else 503 with the reason). Mount it on a listener
+// separate from the VPN port, loopback by default.
+func Handler(src Source, ready func() error) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(src), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		err := ready()
+		body := map[string]any{"ready": err == nil}
+		if err != nil {
+			body["reason"] = err.Error()
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_ = json.NewEncoder(w).Encode(body)
+	})
+	return mux
+}

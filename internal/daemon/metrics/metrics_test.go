@@ -1,0 +1,273 @@
+package metrics
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"go.uber.org/goleak"
+
+	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
+	"github.com/underpass/underpass/tunnel"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+}
+
+// scrape fetches /metrics and parses it as Prometheus text format.
+func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("/metrics is not Prometheus text format: %v", err)
+	}
+	return fams
+}
+
+func value(t *testing.T, fams map[string]*dto.MetricFamily, name string) float64 {
+	t.Helper()
+	f, ok := fams[name]
+	if !ok || len(f.Metric) != 1 {
+		t.Fatalf("metric %s missing", name)
+	}
+	m := f.Metric[0]
+	if m.Counter != nil {
+		return m.Counter.GetValue()
+	}
+	return m.Gauge.GetValue()
+}
+
+// corpDNS serves the corporate zone on loopback until the test ends:
+// echo.corp.example -> 198.18.1.1, every other name NXDOMAIN.
+func corpDNS(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if len(q.Question) == 1 && q.Question[0].Name == "echo.corp.example." && q.Question[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR("echo.corp.example. 60 IN A 198.18.1.1") // 60 s: cached for the whole test
+			m.Answer = append(m.Answer, rr)
+		} else {
+			m.Rcode = dns.RcodeNameError
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// TestMetricsMoveWithTraffic: counters parse and grow when a client signs
+// in, resolves a name through the in-tunnel DNS proxy and moves data
+// through the gateway.
+func TestMetricsMoveWithTraffic(t *testing.T) {
+	up := corpDNS(t)
+	gw := gwtest.Start(t, func(c *tunnel.Config) {
+		c.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
+		c.DNSProxy.Upstreams = []string{up}
+		c.DNSProxy.Domains = []string{"corp.example"}
+	})
+	var notReady atomic.Pointer[error]
+	srv := httptest.NewServer(Handler(gw, func() error {
+		if e := notReady.Load(); e != nil {
+			return *e
+		}
+		return nil
+	}))
+	defer srv.Close()
+
+	before := scrape(t, srv.URL)
+	if v := value(t, before, "underpass_sessions"); v != 0 {
+		t.Errorf("sessions before = %v", v)
+	}
+	if _, ok := before["go_goroutines"]; !ok {
+		t.Error("runtime metrics missing")
+	}
+	dnsFamilies := []string{
+		"underpass_dns_queries_total", "underpass_dns_cache_hits_total", "underpass_dns_cache_misses_total",
+		"underpass_dns_deduplicated_lookups_total", "underpass_dns_upstream_queries_total",
+		"underpass_dns_upstream_failures_total", "underpass_dns_dropped_queries_total",
+		"underpass_dns_formerr_responses_total", "underpass_dns_servfail_responses_total",
+		"underpass_dns_refused_responses_total", "underpass_dns_panics_total",
+		"underpass_dns_cache_entries", "underpass_dns_cache_bytes",
+	}
+	for _, name := range dnsFamilies {
+		if v := value(t, before, name); v != 0 {
+			t.Errorf("%s = %v before any query", name, v)
+		}
+	}
+
+	echo := testenv.EchoServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c, err := tunnel.Dial(ctx, tunnel.ClientConfig{Server: gw.Addr, Username: gwtest.User, Password: gwtest.Password, PinSHA256: gw.Pin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// The same name twice: the first answer comes from upstream, the
+	// second from the proxy's cache.
+	for range 2 {
+		addrs, err := c.LookupNetIP(ctx, "echo.corp.example.")
+		if err != nil || len(addrs) != 1 || addrs[0] != netip.MustParseAddr("198.18.1.1") {
+			t.Fatalf("LookupNetIP through the tunnel = %v, %v", addrs, err)
+		}
+	}
+	conn, err := c.DialContext(ctx, "tcp", gwtest.Corp(echo).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := make([]byte, 200_000)
+	go conn.Write(msg)
+	if _, err := io.ReadFull(conn, make([]byte, len(msg))); err != nil {
+		t.Fatal(err)
+	}
+	after := scrape(t, srv.URL)
+	for _, tc := range []struct {
+		name string
+		min  float64
+	}{
+		{"underpass_sessions", 1}, {"underpass_sessions_connected", 1}, {"underpass_sign_ins_total", 1},
+		{"underpass_received_bytes_total", float64(len(msg))}, {"underpass_sent_bytes_total", float64(len(msg))},
+		{"underpass_tcp_flows_total", 1}, {"underpass_tcp_flows_active", 1},
+		{"underpass_dns_queries_total", 2}, {"underpass_dns_cache_misses_total", 1},
+		{"underpass_dns_upstream_queries_total", 1}, {"underpass_dns_cache_hits_total", 1},
+		{"underpass_dns_cache_entries", 1}, {"underpass_dns_cache_bytes", 1},
+	} {
+		if v := value(t, after, tc.name); v < tc.min {
+			t.Errorf("%s = %v after traffic, want >= %v", tc.name, v, tc.min)
+		}
+	}
+	conn.Close()
+
+	for _, tc := range []struct {
+		path   string
+		ready  error
+		status int
+		body   string
+	}{
+		{"/healthz", nil, 200, "ok"},
+		{"/readyz", nil, 200, `"ready":true`},
+		{"/readyz", errors.New("draining"), 503, `"reason":"draining"`},
+	} {
+		notReady.Store(&tc.ready)
+		resp, err := http.Get(srv.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.body) {
+			t.Errorf("%s: %d %q", tc.path, resp.StatusCode, b)
+		}
+	}
+}
+
+// zeroSource is a gateway that has seen nothing.
+type zeroSource struct{}
+
+func (zeroSource) Stats() tunnel.Stats { return tunnel.Stats{} }
+
+// readmeMetrics returns the metric families README.md's "## Metrics"
+// section documents, name -> type, from its table rows ("| `name` | type |
+// unit | meaning |").
+func readmeMetrics(t *testing.T) map[string]string {
+	t.Helper()
+	root, err := testenv.ModuleRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(b), "\n## Metrics\n")
+	if !ok {
+		t.Fatal(`README.md has no "## Metrics" section`)
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	out := make(map[string]string)
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue // not a table row naming a metric
+		}
+		name := strings.Trim(strings.TrimSpace(cells[1]), "`")
+		if _, dup := out[name]; dup {
+			t.Errorf("README.md lists %s twice", name)
+		}
+		out[name] = strings.TrimSpace(cells[2])
+	}
+	return out
+}
+
+// TestREADMEListsEveryMetric: README.md's Metrics section lists every
+// family /metrics exports (the gateway's collector and the runtime and
+// process collectors), with its type, and no gateway family that is gone.
+func TestREADMEListsEveryMetric(t *testing.T) {
+	documented := readmeMetrics(t)
+	srv := httptest.NewServer(Handler(zeroSource{}, func() error { return nil }))
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	collector := 0
+	for name, f := range fams {
+		typ := strings.ToLower(f.GetType().String())
+		doc, ok := documented[name]
+		switch {
+		case !ok:
+			t.Errorf("README.md's Metrics section does not list %s (%s: %s)", name, typ, f.GetHelp())
+		case doc != typ:
+			t.Errorf("README.md lists %s as a %s; /metrics exports a %s", name, doc, typ)
+		}
+		if strings.HasPrefix(name, "underpass_") {
+			collector++
+		}
+	}
+	descs := make(chan *prometheus.Desc)
+	go func() {
+		NewCollector(zeroSource{}).Describe(descs)
+		close(descs)
+	}()
+	n := 0
+	for range descs {
+		n++
+	}
+	if collector != n {
+		t.Errorf("/metrics exports %d underpass_ families; the collector describes %d", collector, n)
+	}
+	for name := range documented {
+		if strings.HasPrefix(name, "underpass_") && fams[name] == nil {
+			t.Errorf("README.md lists %s, which /metrics does not export", name)
+		}
+	}
+}
