@@ -428,5 +428,5 @@ func negotiatedVersion(c net.Conn) uint16 {
 func newEmbeddedServer(g *Gateway, tc *tls.Config) *http.Server {
 	tc.DynamicRecordSizingDisabled = true // one CSTP frame per TLS record
 	tc.NextProtos = []string{"http/1.1"}  // CONNECT needs HTTP/1.1 hijacking
-	return &http.Server{Handler: g.Handler(), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
+	return &http.Server{Handler: g.Mount(nil), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
 }

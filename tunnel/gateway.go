@@ -202,14 +202,10 @@ func (g *Gateway) conf() *Config { return g.cur.Load() }
 // services started with Listen there, and it answers ping.
 func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
 
-// Handler returns the gateway's http.Handler: Mount(nil), which answers
-// every request that is not the VPN's 404.
-func (g *Gateway) Handler() http.Handler { return g.handler }
-
 // Mount returns a handler that serves the VPN's endpoints (AnyConnect
 // sign-in and CONNECT over HTTP/1.1, CONNECT-IP over HTTP/3) and passes
 // every other request to next (nil: 404), so an existing website keeps its
-// answers. Use it
+// answers. It is the one way to get the gateway's http.Handler. Use it
 // as the Handler of an HTTPS server (AnyConnect: TLS with
 // DynamicRecordSizingDisabled and HTTP/1.1) and of an http3.Server
 // (CONNECT-IP: EnableDatagrams, ConnContext QUICConnContext). Set

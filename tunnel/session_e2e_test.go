@@ -474,7 +474,7 @@ func TestOpenconnectDTLS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		srv := &http.Server{Handler: g12.Handler(), TLSConfig: &tls.Config{
+		srv := &http.Server{Handler: g12.Mount(nil), TLSConfig: &tls.Config{
 			Certificates: []tls.Certificate{*mustLoad(t, cert)}, MaxVersion: tls.VersionTLS12,
 			DynamicRecordSizingDisabled: true, NextProtos: []string{"http/1.1"},
 		}}

@@ -201,42 +201,66 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse validates a YAML document; name is used in messages and to resolve
-// relative paths.
+// relative paths. Every problem is listed at once, in an *Error.
 func Parse(name string, b []byte) (*Config, error) {
-	e := &Error{File: name}
+	p := &parser{name: name, e: &Error{File: name}}
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
-		e.Problems = append(e.Problems, yamlMsg(name, err)...)
-		return nil, e
+		p.e.Problems = append(p.e.Problems, yamlMsg(name, err)...)
+		return nil, p.e
 	}
 	var f File
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		e.Problems = append(e.Problems, yamlMsg(name, err)...)
+		p.e.Problems = append(p.e.Problems, yamlMsg(name, err)...)
 		var te *yaml.TypeError
 		if !errors.As(err, &te) {
-			return nil, e
+			return nil, p.e
 		}
 		// Unknown keys or wrong types: report them and keep validating
 		// what did decode, so one pass lists every problem.
 		f = File{}
 		_ = yaml.Unmarshal(b, &f)
 	}
-	lines := keyLines(&root)
-	at := func(key string) string {
-		if l, ok := lines[key]; ok {
-			return fmt.Sprintf("%s:%d: %s", name, l, key)
-		}
-		return fmt.Sprintf("%s: %s", name, key)
-	}
-	bad := func(key, format string, args ...any) {
-		e.Problems = append(e.Problems, at(key)+": "+fmt.Sprintf(format, args...))
-	}
+	p.lines = keyLines(&root)
 
 	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage,
 		IdentityFile: f.Identity, dir: filepath.Dir(name)}
-	t := &c.Tunnel
+	p.addressing(&f, &c.Tunnel)
+	p.tunnelSettings(&f, c)
+	p.logAndUsers(&f)
+	validateIdentity(f.Identity, c.rel, p.bad)
+	p.siteAndHealth(&f, c)
+	p.certificate(&f, c)
+	p.tunnelProblems(&c.Tunnel)
+	if len(p.e.Problems) > 0 {
+		return nil, p.e
+	}
+	return c, nil
+}
+
+// parser is one Parse under way: the file's name, the line of each
+// top-level key, and the problems found so far.
+type parser struct {
+	name  string
+	lines map[string]int
+	e     *Error
+}
+
+// bad records a problem with key ("file:line: key: ...").
+func (p *parser) bad(key, format string, args ...any) {
+	at := fmt.Sprintf("%s: %s", p.name, key)
+	if l, ok := p.lines[key]; ok {
+		at = fmt.Sprintf("%s:%d: %s", p.name, l, key)
+	}
+	p.e.Problems = append(p.e.Problems, at+": "+fmt.Sprintf(format, args...))
+}
+
+// addressing reads the pool, DNS and host addresses, search domains and
+// split routes.
+func (p *parser) addressing(f *File, t *tunnel.Config) {
+	bad := p.bad
 	t.ListenAddr = f.Listen
 	if f.Pool != "" {
 		p, err := netip.ParsePrefix(f.Pool)
@@ -271,6 +295,12 @@ func Parse(name string, b []byte) (*Config, error) {
 	for _, err := range perrs {
 		bad("split_exclude", "%v", err)
 	}
+}
+
+// tunnelSettings reads the timers, the DNS proxy, UDP and DTLS, limits,
+// the admin listener, the secret path and the browser proxy.
+func (p *parser) tunnelSettings(f *File, c *Config) {
+	bad, t := p.bad, &c.Tunnel
 	t.MTU = f.MTU
 	t.DPD = time.Duration(f.DPD)
 	t.Keepalive = time.Duration(f.Keepalive)
@@ -303,6 +333,11 @@ func Parse(name string, b []byte) (*Config, error) {
 	}
 	t.SecretPath = f.SecretPath
 	t.Proxy = tunnel.ProxySettings{PACURL: f.Proxy.PACURL, Server: f.Proxy.Server, Exclude: f.Proxy.Exclude}
+}
+
+// logAndUsers checks the log section and the static users.
+func (p *parser) logAndUsers(f *File) {
+	bad := p.bad
 	if f.Log.Access < 0 || f.Log.Access > 2 {
 		bad("log", "access %d: want 0 (off), 1 (flows) or 2 (flows and DNS)", f.Log.Access)
 	}
@@ -332,7 +367,11 @@ func Parse(name string, b []byte) (*Config, error) {
 		}
 	}
 
-	validateIdentity(f.Identity, c.rel, bad)
+}
+
+// siteAndHealth reads the extra roots, health thresholds and site.
+func (p *parser) siteAndHealth(f *File, c *Config) {
+	bad := p.bad
 	c.Site = f.Site
 	if d := c.rel(f.TLS.ExtraRootsDir); d != "" {
 		if _, err := outbound.Roots(d); err != nil {
@@ -358,6 +397,12 @@ func Parse(name string, b []byte) (*Config, error) {
 			bad("site", "host %q: want the public FQDN or IP address clients dial", h)
 		}
 	}
+}
+
+// certificate loads and checks the configured certificate, if any (none:
+// the binary makes a self-signed one).
+func (p *parser) certificate(f *File, c *Config) {
+	bad, t := p.bad, &c.Tunnel
 	src := certutil.Source{CertFile: c.rel(f.TLS.Cert), KeyFile: c.rel(f.TLS.Key), PFXFile: c.rel(f.TLS.PFX)}
 	switch {
 	case src.PFXFile != "" && (src.CertFile != "" || src.KeyFile != ""):
@@ -386,8 +431,12 @@ func Parse(name string, b []byte) (*Config, error) {
 		c.CertSource = src
 	}
 
-	// Whole-config rules (ranges, routes); the authenticator is supplied
-	// by the caller, so do not report it missing here.
+}
+
+// tunnelProblems adds what tunnel.Config.Validate finds (ranges, routes),
+// in the file's spelling. The authenticator is supplied by the caller, so
+// it is not reported missing here.
+func (p *parser) tunnelProblems(t *tunnel.Config) {
 	if err := t.Validate(); err != nil {
 		var ce *tunnel.ConfigError
 		if errors.As(err, &ce) {
@@ -397,18 +446,14 @@ func Parse(name string, b []byte) (*Config, error) {
 					continue
 				}
 				key, msg := fieldProblem(pe)
-				if l, ok := lines[strings.SplitN(key, ".", 2)[0]]; ok {
-					e.Problems = append(e.Problems, fmt.Sprintf("%s:%d: %s", name, l, msg))
+				if l, ok := p.lines[strings.SplitN(key, ".", 2)[0]]; ok {
+					p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s:%d: %s", p.name, l, msg))
 				} else {
-					e.Problems = append(e.Problems, fmt.Sprintf("%s: %s", name, msg))
+					p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s: %s", p.name, msg))
 				}
 			}
 		}
 	}
-	if len(e.Problems) > 0 {
-		return nil, e
-	}
-	return c, nil
 }
 
 // tunnelKeys maps tunnel.Config's field names, as tunnel.FieldError and
