@@ -14,40 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	utls "github.com/refraction-networking/utls"
 
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/certutil"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
-
-// corpDNS serves the corporate zone on loopback: echo.corp.example (and so
-// the single label "echo" via the search list) -> 198.18.1.1.
-func corpDNS(t testing.TB) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if len(q.Question) == 1 && q.Question[0].Name == "echo.corp.example." && q.Question[0].Qtype == dns.TypeA {
-			rr, _ := dns.NewRR("echo.corp.example. 60 IN A 198.18.1.1")
-			m.Answer = append(m.Answer, rr)
-		} else if len(q.Question) == 1 && q.Question[0].Name != "echo.corp.example." {
-			m.Rcode = dns.RcodeNameError
-		}
-		_ = w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return pc.LocalAddr().String()
-}
 
 // udpEcho echoes UDP datagrams on loopback until the test ends.
 func udpEcho(t testing.TB) netip.AddrPort {
@@ -79,7 +51,7 @@ func udpEcho(t testing.TB) netip.AddrPort {
 // asks a corporate DNS server on loopback. mod adjusts the config.
 func startGateway(t testing.TB, mod func(*Config)) (*Gateway, string) {
 	t.Helper()
-	up := corpDNS(t)
+	up := testenv.LoopCorpDNS(t)
 	g, err := New(func() Config {
 		c := Config{
 			Certificate:   testCert,

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -60,38 +58,11 @@ func value(t *testing.T, fams map[string]*dto.MetricFamily, name string) float64
 	return m.Gauge.GetValue()
 }
 
-// corpDNS serves the corporate zone on loopback until the test ends:
-// echo.corp.example -> 198.18.1.1, every other name NXDOMAIN.
-func corpDNS(t *testing.T) string {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if len(q.Question) == 1 && q.Question[0].Name == "echo.corp.example." && q.Question[0].Qtype == dns.TypeA {
-			rr, _ := dns.NewRR("echo.corp.example. 60 IN A 198.18.1.1") // 60 s: cached for the whole test
-			m.Answer = append(m.Answer, rr)
-		} else {
-			m.Rcode = dns.RcodeNameError
-		}
-		_ = w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go func() { _ = srv.ActivateAndServe() }()
-	<-started
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return pc.LocalAddr().String()
-}
-
 // TestMetricsMoveWithTraffic: counters parse and grow when a client signs
 // in, resolves a name through the in-tunnel DNS proxy and moves data
 // through the gateway.
 func TestMetricsMoveWithTraffic(t *testing.T) {
-	up := corpDNS(t)
+	up := testenv.LoopCorpDNS(t)
 	gw := gwtest.Start(t, func(c *tunnel.Config) {
 		c.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53")}
 		c.DNSProxy.Upstreams = []string{up}

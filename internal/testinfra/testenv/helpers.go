@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // LogBuffer is a goroutine-safe io.Writer for capturing logs in tests (for
@@ -114,4 +116,36 @@ func (LoopCorpDialer) DialContext(ctx context.Context, network, address string) 
 // LoopCorpNet (198.18.1.1, same port).
 func LoopCorp(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), ap.Port())
+}
+
+// LoopCorpDNS serves the loopback corporate zone over UDP on 127.0.0.1
+// until the test ends and returns its host:port: echo.corp.example (and
+// so the single label "echo" through a search list) has A 198.18.1.1
+// (TTL 60 s, cached for a whole test), no other record (NODATA); every
+// other name is NXDOMAIN.
+func LoopCorpDNS(t testing.TB) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		switch {
+		case len(q.Question) != 1:
+		case q.Question[0].Name != "echo.corp.example.":
+			m.Rcode = dns.RcodeNameError
+		case q.Question[0].Qtype == dns.TypeA:
+			rr, _ := dns.NewRR("echo.corp.example. 60 IN A 198.18.1.1")
+			m.Answer = append(m.Answer, rr)
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return pc.LocalAddr().String()
 }
