@@ -9,11 +9,18 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/underpass/underpass/internal/testinfra/testenv"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // echoServer is testenv.EchoServer reached as the "remote" host far
@@ -674,4 +681,98 @@ func TestParkedPort(t *testing.T) {
 	if s := gw.Stats(); s.DropParked != 6 {
 		t.Fatalf("DropParked %d after Unpark, want 6", s.DropParked)
 	}
+}
+
+// TestResetsPassThrough: a reset from either end reaches the other end as
+// a reset, as through a Linux router, never as an orderly close. The
+// server side is a kernel socket, so what it reads is what the kernel
+// reports for a peer's RST (ECONNRESET).
+func TestResetsPassThrough(t *testing.T) {
+	gw := newGW(t, nil)
+	c := newClient(t, gw, cliAddr, 0)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	dst := netip.AddrPortFrom(far, uint16(l.Addr().(*net.TCPAddr).Port))
+
+	t.Run("client resets", func(t *testing.T) {
+		var wq waiter.Queue
+		ep, terr := c.st.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+		if terr != nil {
+			t.Fatal(terr)
+		}
+		conn, err := connectEndpoint(ep, &wq, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		srv, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		_ = srv.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := conn.Write([]byte("half a request")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		if _, err := io.ReadFull(srv, buf[:len("half a request")]); err != nil {
+			t.Fatal(err)
+		}
+		ep.Abort() // SO_LINGER{1,0} and close: a RST
+		n, err := srv.Read(buf)
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("server read after the client's reset: %d bytes, %v; want ECONNRESET", n, err)
+		}
+	})
+	t.Run("server resets", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err := c.dialTCP(ctx, dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		srv, err := l.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := srv.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(conn, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		_ = srv.(*net.TCPConn).SetLinger(0)
+		srv.Close()
+		_, err = conn.Read(make([]byte, 1))
+		if err == nil || err == io.EOF || !strings.Contains(err.Error(), "reset") {
+			t.Fatalf("client read after the server's reset: %v; want a connection reset", err)
+		}
+	})
+}
+
+// connectEndpoint connects ep to dst and wraps it as a net.Conn.
+func connectEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, dst netip.AddrPort) (net.Conn, error) {
+	we, ch := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&we)
+	defer wq.EventUnregister(&we)
+	terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()})
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			ep.Close()
+			return nil, errors.New("connect: timeout")
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, errors.New(terr.String())
+	}
+	return gonet.NewTCPConn(wq, ep), nil
 }

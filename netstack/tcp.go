@@ -133,11 +133,18 @@ func (f *tcpFlow) halfDone() {
 	s.wg.Done()
 }
 
-// abort resets both sides (Port.Close, errors).
+// abort resets both sides (Port.Close, errors, a reset from either
+// side): the client gets a RST from the stack, and the upstream a RST
+// from the host socket (SO_LINGER 0), as a router would pass a reset on.
+// A client's reset must not reach the server as an orderly close: a
+// database or RPC server would take a half-sent request for a whole one.
 func (f *tcpFlow) abort(err error) {
 	f.once.Do(func() {
 		f.err = err
 		f.g.ep.Abort()
+		if l, ok := f.h.conn.(interface{ SetLinger(sec int) error }); ok {
+			_ = l.SetLinger(0) // close sends RST (a custom Dialer's conn may not offer this: it then closes)
+		}
 		f.h.conn.Close()
 	})
 }
