@@ -39,8 +39,8 @@ type Config struct {
 	Dialer Dialer
 	// DialTimeout bounds an upstream TCP connect; 0 means 10s.
 	DialTimeout time.Duration
-	// UDPIdleTimeout closes a UDP flow after this long without traffic in
-	// either direction; 0 means 60s.
+	// UDPIdleTimeout closes a UDP flow (its mapping) after this long
+	// without traffic in either direction; 0 means DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
 	// Allow reports whether a client may send to dst (route policy). nil
 	// allows all. Attached session addresses, unspecified, multicast and
@@ -88,6 +88,12 @@ const (
 	// a busy gateway open >100 connections/s to destinations that take the
 	// whole 10s dial timeout.
 	DefaultMaxInFlight = 1024
+	// DefaultUDPIdleTimeout is how long a UDP flow lives without traffic:
+	// RFC 4787 REQ-5 asks a NAT for at least 2 minutes, and Linux's
+	// conntrack keeps an answered UDP flow 120 s
+	// (nf_conntrack_udp_timeout_stream), so an NTP, SIP or syslog flow
+	// silent for 90 s survives here as through a kernel gateway.
+	DefaultUDPIdleTimeout = 2 * time.Minute
 	// DefaultQueueLen is a port's outbound queue in packets when Attach is
 	// given 0: enough to absorb a burst of ACK-clocked segments from
 	// several flows (gVisor sends up to ~64 segments per burst) while
@@ -97,10 +103,9 @@ const (
 	// reserve this much so one pool serves every port.
 	MaxHeadroom = 64
 
-	defaultMTU            = 1500
-	defaultDialTimeout    = 10 * time.Second
-	defaultUDPIdleTimeout = 60 * time.Second
-	nicID                 = tcpip.NICID(1)
+	defaultMTU         = 1500
+	defaultDialTimeout = 10 * time.Second
+	nicID              = tcpip.NICID(1)
 )
 
 // gVisor TCP tuning. Buffers are allocated per segment on demand, so these
@@ -171,7 +176,7 @@ func New(cfg Config) (*Stack, error) {
 		cfg.DialTimeout = defaultDialTimeout
 	}
 	if cfg.UDPIdleTimeout <= 0 {
-		cfg.UDPIdleTimeout = defaultUDPIdleTimeout
+		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
 	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight

@@ -402,3 +402,30 @@ func newEmbeddedServer(g *Gateway, tc *tls.Config) *http.Server {
 	tc.NextProtos = []string{"http/1.1"}  // CONNECT needs HTTP/1.1 hijacking
 	return &http.Server{Handler: g.Mount(nil), TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second}
 }
+
+// TestUDPIdleTimeout: Config.UDPIdleTimeout reaches the stack's UDP
+// forwarder. With 1 s, a flow's mapping is gone within the 10 s wait;
+// with the 2-minute default it would still be there.
+func TestUDPIdleTimeout(t *testing.T) {
+	uecho := udpEcho(t)
+	g, addr := startGateway(t, func(c *Config) { c.UDPIdleTimeout = time.Second })
+	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportTLS })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	uc, err := c.DialContext(ctx, "udp", net.JoinHostPort("198.18.1.1", itoa(uecho.Port())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	_ = uc.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := uc.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := uc.Read(make([]byte, 16)); err != nil {
+		t.Fatal(err)
+	}
+	if n := g.Stats().Stack.UDPActive; n != 1 {
+		t.Fatalf("%d UDP flows active after an exchange, want 1", n)
+	}
+	waitFor(t, func() bool { return g.Stats().Stack.UDPActive == 0 }, "the idle UDP flow to end")
+}

@@ -118,6 +118,11 @@ type Config struct {
 	// IdleTimeout ends a session that moved no data for this long. Zero
 	// means no idle timeout.
 	IdleTimeout time.Duration
+	// UDPIdleTimeout ends a forwarded UDP flow (its mapping: the source
+	// port the gateway dialed from) after this long without traffic in
+	// either direction. Zero means netstack.DefaultUDPIdleTimeout, 2
+	// minutes (RFC 4787 REQ-5); at least 1s.
+	UDPIdleTimeout time.Duration
 	// SessionTimeout ends every session this long after sign-in; the
 	// client must sign in again. Default DefaultSessionTimeout.
 	SessionTimeout time.Duration
@@ -339,6 +344,9 @@ func (c Config) Validate() error {
 	}
 	if c.IdleTimeout < 0 {
 		errs.add("IdleTimeout", "%v: must not be negative (0 disables it)", c.IdleTimeout)
+	}
+	if c.UDPIdleTimeout != 0 && c.UDPIdleTimeout < time.Second {
+		errs.add("UDPIdleTimeout", "%v: must be at least 1s (0: %v)", c.UDPIdleTimeout, netstack.DefaultUDPIdleTimeout)
 	}
 	if strings.ContainsAny(c.Banner, "\r\n") {
 		errs.add("Banner", "must be a single line (it travels in an HTTP header)")

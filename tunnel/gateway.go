@@ -125,9 +125,10 @@ func New(cfg Config) (*Gateway, error) {
 	st, err := netstack.New(netstack.Config{
 		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Logger: cfg.Logger,
 		// Read per packet, so a Reload's new routes bind live sessions too.
-		Allow:         func(a netip.Addr) bool { return g.policy.Load().Allow(a) },
-		FlowLog:       g.flowLog,
-		MaxWriteBlock: stallLimit,
+		Allow:          func(a netip.Addr) bool { return g.policy.Load().Allow(a) },
+		FlowLog:        g.flowLog,
+		MaxWriteBlock:  stallLimit,
+		UDPIdleTimeout: cfg.UDPIdleTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: netstack: %w", err)

@@ -72,6 +72,7 @@ func TestConfigValidate(t *testing.T) {
 		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"SplitInclude[0]"}},
 		{"pool overlaps include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")} }, []string{"Pool"}},
 		{"dtls port", func(c *Config) { c.DTLSPort = 70000 }, []string{"DTLSPort"}},
+		{"udp idle timeout", func(c *Config) { c.UDPIdleTimeout = 10 * time.Millisecond }, []string{"UDPIdleTimeout"}},
 		{"proxy exclusion", func(c *Config) {
 			c.Proxy = ProxySettings{Server: "proxy.corp.example:8080", Exclude: []string{"ok.example", "con*oso.com"}}
 		}, []string{"Proxy.Exclude[1]"}},

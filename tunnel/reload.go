@@ -69,6 +69,8 @@ var restartFields = []restartField{
 	// Live sessions hold addresses of the pool and the stack's MTU.
 	{"Pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
 	{"MTU", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},
+	// The stack's UDP forwarder is configured once.
+	{"UDPIdleTimeout", func(c *Config) any { return c.UDPIdleTimeout }, func(d, s *Config) { d.UDPIdleTimeout = s.UDPIdleTimeout }},
 	// The DNS proxy listens on the DNS addresses inside the stack.
 	{"DNS", func(c *Config) any { return c.DNS }, func(d, s *Config) { d.DNS = s.DNS }},
 	{"DNSProxy", func(c *Config) any { return dnsProxyKey(c) }, func(d, s *Config) {

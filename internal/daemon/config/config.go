@@ -58,6 +58,7 @@ type File struct {
 	DPD            Duration             `yaml:"dpd"`
 	Keepalive      Duration             `yaml:"keepalive"`
 	IdleTimeout    Duration             `yaml:"idle_timeout"`
+	UDPIdleTimeout Duration             `yaml:"udp_idle_timeout"` // 0: 2 minutes
 	SessionTimeout Duration             `yaml:"session_timeout"`
 	ReconnectGrace Duration             `yaml:"reconnect_grace"`
 	Banner         string               `yaml:"banner"`
@@ -305,6 +306,7 @@ func (p *parser) tunnelSettings(f *File, c *Config) {
 	t.DPD = time.Duration(f.DPD)
 	t.Keepalive = time.Duration(f.Keepalive)
 	t.IdleTimeout = time.Duration(f.IdleTimeout)
+	t.UDPIdleTimeout = time.Duration(f.UDPIdleTimeout)
 	t.SessionTimeout = time.Duration(f.SessionTimeout)
 	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
 	t.Banner = f.Banner
@@ -464,7 +466,7 @@ var tunnelKeys = map[string]string{
 	"ListenAddr": "listen", "Certificate": "tls", "GetCertificate": "tls",
 	"Pool": "pool", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
 	"SplitInclude": "split_include", "SplitExclude": "split_exclude",
-	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout",
+	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout", "UDPIdleTimeout": "udp_idle_timeout",
 	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "Banner": "banner",
 	"MaxSessions": "limits.max_sessions", "DisableUDP": "disable_udp", "DTLS": "dtls", "DTLSPort": "dtls_port",
 	"DNSProxy": "dns_proxy", "HostAddrs": "host_addrs", "SecretPath": "secret_path", "FlowLog": "log.access",

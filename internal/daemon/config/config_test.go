@@ -27,6 +27,7 @@ split_exclude: [198.19.0.128/25]
 mtu: 9000
 dpd: 45s
 idle_timeout: 30m
+udp_idle_timeout: 3m
 session_timeout: 2h
 users:
   - {name: alice, password_hash: "`+hash+`", groups: [staff]}
@@ -37,7 +38,7 @@ demo_page: false
 		t.Fatal(err)
 	}
 	tc := c.Tunnel
-	if tc.ListenAddr != "127.0.0.1:8443" || tc.Pool.String() != "10.77.0.0/24" || tc.MTU != 9000 ||
+	if tc.ListenAddr != "127.0.0.1:8443" || tc.Pool.String() != "10.77.0.0/24" || tc.MTU != 9000 || tc.UDPIdleTimeout != 3*time.Minute ||
 		tc.DPD != 45*time.Second || tc.IdleTimeout != 30*time.Minute || tc.SessionTimeout != 2*time.Hour ||
 		len(tc.SplitInclude) != 2 || tc.SplitInclude[1].String() != "10.1.0.0/16" || len(tc.SplitExclude) != 1 ||
 		len(c.Users) != 1 || c.Users[0].Groups[0] != "staff" || c.DemoPage || c.Log.Format != "json" {
@@ -122,6 +123,7 @@ func TestTunnelProblemsInFileSpelling(t *testing.T) {
 		{"proxy: {server: \"proxy.corp.example:8080\", exclude: [ok.example, \"con*oso.com\"]}\n",
 			"gw.yaml:1: proxy.exclude[1]: \"con*oso.com\"", "Proxy.Exclude"},
 		{"dtls_port: 70000\n", "gw.yaml:1: dtls_port: 70000 out of range", "DTLSPort"},
+		{"udp_idle_timeout: 10ms\n", "gw.yaml:1: udp_idle_timeout: 10ms: must be at least 1s", "UDPIdleTimeout"},
 	}
 	for _, tt := range tests {
 		_, err := Parse("gw.yaml", []byte(tt.doc))
