@@ -53,6 +53,10 @@ type Port struct {
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
 
+	// dialing counts this port's upstream TCP dials in flight
+	// (Config.MaxInFlightPerPort).
+	dialing atomic.Int32
+
 	// traffic counts the packets this port carried each way; Stack.Stats
 	// sums the ports', Close retires them into the stack's totals.
 	traffic portTraffic

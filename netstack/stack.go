@@ -60,6 +60,11 @@ type Config struct {
 	// once; further SYNs are ignored (the client retransmits). 0 means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxInFlightPerPort caps one port's (one client's) share of those
+	// attempts, so a client scanning a black-holed network cannot take
+	// every slot from the others; its further SYNs are ignored too and
+	// counted (Stats.TCPDialCapped). 0 means DefaultMaxInFlightPerPort.
+	MaxInFlightPerPort int
 	// MaxWriteBlock, if positive, bounds how long the stack blocks on a full
 	// port queue before dropping the packet; the port then counts as
 	// stalled and drops without blocking until its queue is half empty, so
@@ -88,6 +93,11 @@ const (
 	// a busy gateway open >100 connections/s to destinations that take the
 	// whole 10s dial timeout.
 	DefaultMaxInFlight = 1024
+	// DefaultMaxInFlightPerPort is a quarter of DefaultMaxInFlight: far
+	// above what one device opens at once (a browser keeps a few dozen
+	// connections), and a scanning client leaves three quarters of the
+	// slots to everyone else.
+	DefaultMaxInFlightPerPort = DefaultMaxInFlight / 4
 	// DefaultUDPIdleTimeout is how long a UDP flow lives without traffic:
 	// RFC 4787 REQ-5 asks a NAT for at least 2 minutes, and Linux's
 	// conntrack keeps an answered UDP flow 120 s
@@ -180,6 +190,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxInFlightPerPort <= 0 {
+		cfg.MaxInFlightPerPort = DefaultMaxInFlightPerPort
 	}
 	log := cfg.Logger
 	if log == nil {

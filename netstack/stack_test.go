@@ -776,3 +776,64 @@ func connectEndpoint(ep tcpip.Endpoint, wq *waiter.Queue, dst netip.AddrPort) (n
 	}
 	return gonet.NewTCPConn(wq, ep), nil
 }
+
+// countingDialer hangs every dial until ctx ends, counting dials per
+// destination.
+type countingDialer struct {
+	mu    sync.Mutex
+	dials map[string]int // destination -> dials started
+}
+
+func (d *countingDialer) DialContext(ctx context.Context, _, address string) (net.Conn, error) {
+	d.mu.Lock()
+	d.dials[address]++
+	d.mu.Unlock()
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func (d *countingDialer) count(address string) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dials[address]
+}
+
+// TestDialCapPerPort: one client's SYNs to a black hole take at most
+// MaxInFlightPerPort dial slots; the rest are ignored and counted, and
+// another client's SYN is still dialed.
+func TestDialCapPerPort(t *testing.T) {
+	d := &countingDialer{dials: map[string]int{}}
+	gw := newGW(t, func(c *Config) {
+		c.Dialer = d
+		c.DialTimeout = 5 * time.Second
+		c.MaxInFlightPerPort = 4
+	})
+	a, err := gw.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := gw.Attach(netip.MustParseAddr("10.99.0.3"), testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	hole := netip.AddrPortFrom(far, 9) // every dial hangs: a black hole
+	other := netip.AddrPortFrom(far, 10)
+	for i := range 10 {
+		if err := a.Inject(tcpSYN(netip.AddrPortFrom(cliAddr, uint16(40000+i)), hole)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the scanning client's dials", func() bool { return d.count(hole.String()) == 4 && gw.Stats().TCPDialCapped == 6 })
+	if err := b.Inject(tcpSYN(netip.AddrPortFrom(netip.MustParseAddr("10.99.0.3"), 40000), other)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the other client's dial", func() bool { return d.count(other.String()) == 1 })
+	if n := d.count(hole.String()); n != 4 {
+		t.Errorf("%d dials for the scanning client, want 4", n)
+	}
+	if n := gw.Stats().TCPDialCapped; n != 6 {
+		t.Errorf("TCPDialCapped = %d, want 6", n)
+	}
+}

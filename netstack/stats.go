@@ -35,6 +35,7 @@ type Stats struct {
 	TCPFlows      uint64 // forwarded TCP flows established, total
 	UDPFlows      uint64 // forwarded UDP flows opened, total
 	TCPDialFailed uint64 // upstream TCP dials that failed (answered with RST)
+	TCPDialCapped uint64 // SYNs ignored: their port had Config.MaxInFlightPerPort dials in flight
 	UDPDialFailed uint64
 }
 
@@ -49,6 +50,7 @@ type counters struct {
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
+	tcpDialCapped                                           atomic.Uint64
 
 	// mu serialises Stats with the moves of a closed port's counts into
 	// retired (and Port.Close's removal of the port from the port map),
@@ -157,5 +159,6 @@ func (s *Stack) Stats() Stats {
 		TCPActive:    c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
+		TCPDialCapped: c.tcpDialCapped.Load(),
 	}
 }

@@ -66,9 +66,19 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.wg.Done()
 		return
 	}
+	if port.dialing.Add(1) > int32(s.cfg.MaxInFlightPerPort) {
+		// Over this client's share of the dial slots: ignore the SYN, as
+		// the global cap does (the client retransmits).
+		port.dialing.Add(-1)
+		s.stats.tcpDialCapped.Add(1)
+		r.Complete(false)
+		s.wg.Done()
+		return
+	}
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	conn, err := s.cfg.Dialer.DialContext(ctx, "tcp", dst.String())
 	cancel()
+	port.dialing.Add(-1)
 	if err != nil {
 		s.stats.tcpDialFailed.Add(1)
 		s.log.Debug("netstack: tcp dial failed", "src", src, "dst", dst, "err", err)

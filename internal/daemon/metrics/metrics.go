@@ -52,6 +52,7 @@ func NewCollector(src Source) *Collector {
 		{d("tcp_flows_total", "Forwarded TCP flows established."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPFlows) }},
 		{d("udp_flows_total", "Forwarded UDP flows opened."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.UDPFlows) }},
 		{d("tcp_dial_failures_total", "Upstream TCP dials that failed (answered with RST)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPDialFailed) }},
+		{d("tcp_dials_capped_total", "Client SYNs ignored because their session had its share of upstream dials in flight."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.TCPDialCapped) }},
 		{d("policy_drops_total", "Client packets to destinations outside the routes (answered)."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropNotAllowed) }},
 		{d("spoofed_drops_total", "Client packets whose source was not the session's address."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropSpoofed) }},
 		{d("stalled_drops_total", "Packets dropped because a client stopped reading."), c, func(s *tunnel.Stats) float64 { return float64(s.Stack.DropBlocked) }},
