@@ -269,11 +269,16 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.dropSpoofed.Add(1)
 		return ErrSpoofed
 	}
-	if ip.isEchoRequest() && !s.isLocal(ip.dst) && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
+	// Echo is the stack's to answer only at its own address. A listener's
+	// address (the DNS proxy's, say) owns just its port, as on a router
+	// that intercepts port 53: a ping there reaches the real host, so a
+	// dead DNS server does not seem alive.
+	own := ip.dst == s.cfg.Addr
+	if ip.isEchoRequest() && !own && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
 		p.countIn(len(ip.pkt))
 		return nil
 	}
-	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !s.isLocal(ip.dst)) {
+	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !own) {
 		// Echo is answered by the stack for its own addresses and
 		// forwarded (forwardEcho) to allowed destinations; never by
 		// gVisor's promiscuous NIC for other hosts, which would lie

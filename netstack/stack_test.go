@@ -180,6 +180,40 @@ func TestEchoForwarding(t *testing.T) {
 	if fold(sum(b[20:], 0)) != 0xffff || fold(sum(b[:20], 0)) != 0xffff {
 		t.Fatal("bad checksum")
 	}
+	// A listener's address (as the DNS proxy's) owns only its port: a
+	// ping there goes to the real host, not answered by the stack.
+	dnsAddr := netip.MustParseAddr("10.0.0.53")
+	pc, err := gw.ListenUDP(netip.AddrPortFrom(dnsAddr, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if err := p.Inject(echoRequest(cliAddr, dnsAddr, 8)); err != nil {
+		t.Fatalf("Inject to the listener address: %v", err)
+	}
+	select {
+	case dst := <-fp.got:
+		if dst != dnsAddr {
+			t.Fatalf("pinged %v, want the listener address %v", dst, dnsAddr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a ping to the listener address was not forwarded (answered by the stack?)")
+	}
+	if b := nextPacket(t, p, 2*time.Second); netip.AddrFrom4([4]byte(b[12:16])) != dnsAddr || b[20] != icmp4EchoReply {
+		t.Fatalf("bad echo reply from the listener address % x", b)
+	}
+	// The stack's own address is still answered by the stack.
+	if err := p.Inject(echoRequest(cliAddr, gwAddr, 9)); err != nil {
+		t.Fatalf("Inject to the gateway address: %v", err)
+	}
+	if b := nextPacket(t, p, 2*time.Second); netip.AddrFrom4([4]byte(b[12:16])) != gwAddr || b[20] != icmp4EchoReply {
+		t.Fatalf("bad echo reply from the gateway address % x", b)
+	}
+	select {
+	case dst := <-fp.got:
+		t.Fatalf("pinged %v for the gateway's own address", dst)
+	default:
+	}
 	// Not allowed by policy: refused, never pinged.
 	gw2 := newGW(t, func(c *Config) { c.Pinger = fp; c.Allow = func(netip.Addr) bool { return false } })
 	p2, err := gw2.Attach(cliAddr, testHeadroom, 0)
