@@ -256,7 +256,7 @@ func (g *Gateway) ServeTCPAndUDP(l net.Listener) error {
 			if dtlsPC, err = net.ListenPacket("udp", net.JoinHostPort(host, strconv.Itoa(c.DTLSPort))); err != nil {
 				l.Close()
 				pc.Close()
-				return fmt.Errorf("tunnel: listen udp (dtls_port): %w", err)
+				return fmt.Errorf("tunnel: listen udp (Config.DTLSPort): %w", err)
 			}
 			closers = append(closers, dtlsPC)
 		}
