@@ -121,7 +121,7 @@ func (s *Stack) writeOut(pkt *stack.PacketBuffer) {
 // sendOut queues pk, which carries an n-byte IP packet, to p.
 func (s *Stack) sendOut(p *Port, pk *Packet, n int) {
 	if p.send(pk, true) {
-		p.countOut(n)
+		p.traffic.AddOut(n)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/underpass/underpass/internal/core/tally"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -57,9 +58,10 @@ type Port struct {
 	// (Config.MaxInFlightPerPort).
 	dialing atomic.Int32
 
-	// traffic counts the packets this port carried each way; Stack.Stats
-	// sums the ports', Close retires them into the stack's totals.
-	traffic portTraffic
+	// traffic counts the packets this port carried each way (in: accepted
+	// by Inject; out: queued to the port); Stack.Stats sums the ports',
+	// Close retires them into the stack's totals.
+	traffic tally.Counters
 }
 
 // flow is a forwarded flow that Port.Close aborts.
@@ -135,18 +137,17 @@ func (p *Port) Close() error {
 	s := p.s
 	// The port's counts leave the map (which Stats walks) and enter the
 	// retired totals in one step, so no snapshot misses them.
-	s.stats.mu.Lock()
-	s.mu.Lock()
-	old := *s.ports.Load()
-	if old[p.addr] == p {
-		m := make(map[netip.Addr]*Port, len(old))
-		maps.Copy(m, old)
-		delete(m, p.addr)
-		s.ports.Store(&m)
-	}
-	s.mu.Unlock()
-	s.stats.retired.take(&p.traffic)
-	s.stats.mu.Unlock()
+	s.stats.traffic.Retire(&p.traffic, func() {
+		s.mu.Lock()
+		old := *s.ports.Load()
+		if old[p.addr] == p {
+			m := make(map[netip.Addr]*Port, len(old))
+			maps.Copy(m, old)
+			delete(m, p.addr)
+			s.ports.Store(&m)
+		}
+		s.mu.Unlock()
+	})
 
 	close(p.done) // blocked senders give up
 	p.mu.Lock()   // wait for senders to leave
@@ -275,7 +276,7 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 	// dead DNS server does not seem alive.
 	own := ip.dst == s.cfg.Addr
 	if ip.isEchoRequest() && !own && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
-		p.countIn(len(ip.pkt))
+		p.traffic.AddIn(len(ip.pkt))
 		return nil
 	}
 	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !own) {
@@ -299,7 +300,7 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		ok = s.link.deliver(ip.proto, pb)
 	}
 	if ok {
-		p.countIn(len(ip.pkt))
+		p.traffic.AddIn(len(ip.pkt))
 	}
 	pb.DecRef()
 	return nil

@@ -539,7 +539,7 @@ func (t *cstpLink) handleDTLS(ch *dtlsChannel, msg []byte, b *netstack.Batch, ou
 	t.heard() // the client is alive, whichever path it uses
 	switch typ {
 	case cstp.Data:
-		t.g.countDTLSIn(t.s)
+		t.s.dtls.AddIn(len(payload))
 		t.s.bytesIn.Add(uint64(len(payload)))
 		_ = t.port.InjectBatch(b, payload)
 	case cstp.DPDReq:
@@ -561,7 +561,7 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 	if ch.rec != nil && ch.peer.s.bio != nil {
 		// Sealed now, sent with the rest of the batch at flush (sendmmsg).
 		t.dtlsOut = t.dtlsOut.add(ch, msg)
-		t.g.countDTLSOut(t.s)
+		t.s.dtls.AddOut(len(ip))
 		return true
 	}
 	if err := ch.send(&t.dtlsBuf, msg); err != nil {
@@ -571,7 +571,7 @@ func (t *cstpLink) writeDTLS(ip []byte, frame []byte) bool {
 		}
 		return false
 	}
-	t.g.countDTLSOut(t.s)
+	t.s.dtls.AddOut(len(ip))
 	return true
 }
 

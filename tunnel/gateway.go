@@ -21,6 +21,7 @@ import (
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/core/policy"
+	"github.com/underpass/underpass/internal/core/tally"
 	"github.com/underpass/underpass/internal/core/udpmux"
 	"github.com/underpass/underpass/netstack"
 )
@@ -74,11 +75,10 @@ type Gateway struct {
 	dtlsUp      atomic.Uint64 // DTLS handshakes completed
 	dtlsDropped atomic.Uint64 // datagrams dropped before any state
 	dtlsPeers   atomic.Int64  // source addresses with DTLS state now
-	// statsMu serialises Stats with endSession's removal of a session
-	// from the table and the move of its DTLS packet counts (counted per
-	// session: see session.dtlsIn) into dtlsRetired.
-	statsMu     sync.Mutex
-	dtlsRetired struct{ in, out uint64 } // packets; guarded by statsMu
+	// dtlsTraffic holds ended sessions' DTLS packet counts (session.dtls):
+	// endSession retires a session's into it together with its removal
+	// from the table, so a Stats snapshot counts every packet once.
+	dtlsTraffic tally.Totals
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc

@@ -220,11 +220,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	s.mu.Unlock()
 	// The session's DTLS counts leave the table (which Stats walks) and
 	// enter the retired totals in one step, so no snapshot misses them.
-	g.statsMu.Lock()
-	g.sessions.remove(s)
-	s.retired.Store(true)
-	g.takeDTLS(s)
-	g.statsMu.Unlock()
+	g.dtlsTraffic.Retire(&s.dtls, func() { g.sessions.remove(s) })
 	if r != EndGoingAway {
 		g.revoke(s)
 	}

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/sys/cpu"
 
+	"github.com/underpass/underpass/internal/core/tally"
+
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/netstack"
 )
@@ -45,20 +47,17 @@ type session struct {
 	created   time.Time
 	expires   time.Time
 
-	// The session's traffic counters, each written by one side of its
-	// data loop: the in side by the readers (CSTP, DTLS, QUIC), the out
-	// side by the writer; the pads keep the two sides, and the fields
-	// below, on separate cache lines. dtlsIn and dtlsOut count packets
-	// over DTLS (Gateway.Stats sums them over sessions); bytes are IP
-	// bytes.
-	_                 cpu.CacheLinePad
-	bytesIn, dtlsIn   atomic.Uint64
-	_                 cpu.CacheLinePad
-	bytesOut, dtlsOut atomic.Uint64
-	_                 cpu.CacheLinePad
-	// retired is set when endSession moved dtlsIn and dtlsOut into the
-	// gateway's totals; a packet counted after that moves its count too.
-	retired atomic.Bool
+	// The session's IP byte counters, each written by one side of its
+	// data loop: bytesIn by the readers (CSTP, DTLS, QUIC), bytesOut by the
+	// writer; the pads keep the two, and the fields below, on separate
+	// cache lines.
+	_        cpu.CacheLinePad
+	bytesIn  atomic.Uint64
+	_        cpu.CacheLinePad
+	bytesOut atomic.Uint64
+	// dtls counts the packets that went over DTLS (Gateway.Stats sums
+	// them over sessions, plus those endSession retired).
+	dtls tally.Counters
 
 	mu         sync.Mutex
 	addr       netip.Addr

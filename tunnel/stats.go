@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"github.com/underpass/underpass/dnsproxy"
+	"github.com/underpass/underpass/internal/core/tally"
 	"github.com/underpass/underpass/netstack"
 )
 
@@ -40,49 +41,17 @@ func (g *Gateway) Stats() Stats {
 	if g.dns != nil {
 		st.DNS = g.dns.Stats()
 	}
-	g.statsMu.Lock()
-	st.DTLSPacketsIn, st.DTLSPacketsOut = g.dtlsRetired.in, g.dtlsRetired.out
-	for _, s := range g.sessions.all() {
-		st.DTLSPacketsIn += s.dtlsIn.Load()
-		st.DTLSPacketsOut += s.dtlsOut.Load()
-		st.Sessions++
-		s.mu.Lock()
-		if s.link != nil {
-			st.Connected++
+	dtls := g.dtlsTraffic.Sum(func(add func(*tally.Counters)) {
+		for _, s := range g.sessions.all() {
+			add(&s.dtls)
+			st.Sessions++
+			s.mu.Lock()
+			if s.link != nil {
+				st.Connected++
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
-	}
-	g.statsMu.Unlock()
+	})
+	st.DTLSPacketsIn, st.DTLSPacketsOut = dtls.PacketsIn, dtls.PacketsOut
 	return st
-}
-
-// countDTLSIn records a packet from s's client over DTLS.
-func (g *Gateway) countDTLSIn(s *session) {
-	s.dtlsIn.Add(1)
-	g.retireLate(s)
-}
-
-// countDTLSOut records a packet to s's client over DTLS.
-func (g *Gateway) countDTLSOut(s *session) {
-	s.dtlsOut.Add(1)
-	g.retireLate(s)
-}
-
-// retireLate moves a count made after endSession retired s (its link was
-// still running) into the retired totals. endSession sets s.retired
-// before it takes s's counts, so a count its take missed sees the flag
-// here (atomics are sequentially consistent).
-func (g *Gateway) retireLate(s *session) {
-	if s.retired.Load() {
-		g.statsMu.Lock()
-		g.takeDTLS(s)
-		g.statsMu.Unlock()
-	}
-}
-
-// takeDTLS moves s's DTLS packet counts into the retired totals, each
-// count exactly once. The caller holds statsMu.
-func (g *Gateway) takeDTLS(s *session) {
-	g.dtlsRetired.in += s.dtlsIn.Swap(0)
-	g.dtlsRetired.out += s.dtlsOut.Swap(0)
 }
