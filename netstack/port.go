@@ -272,18 +272,16 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 	}
 	// Echo is the stack's to answer only at its own address. A listener's
 	// address (the DNS proxy's, say) owns just its port, as on a router
-	// that intercepts port 53: a ping there reaches the real host, so a
-	// dead DNS server does not seem alive.
+	// that intercepts port 53: a ping there is forwarded to the real host
+	// (if the policy routes it), so a dead DNS server does not seem alive.
 	own := ip.dst == s.cfg.Addr
-	if ip.isEchoRequest() && !own && s.allowed(ip.dst) && s.forwardEcho(p, &ip) {
+	if ip.isEchoRequest() && !own && s.routable(ip.dst) && s.forwardEcho(p, &ip) {
 		p.traffic.AddIn(len(ip.pkt))
 		return nil
 	}
 	if !s.allowed(ip.dst) || (ip.isEchoRequest() && !own) {
-		// Echo is answered by the stack for its own addresses and
-		// forwarded (forwardEcho) to allowed destinations; never by
-		// gVisor's promiscuous NIC for other hosts, which would lie
-		// about reachability.
+		// Other echo is never answered by gVisor's promiscuous NIC,
+		// which would lie about reachability.
 		s.stats.dropNotAllowed.Add(1)
 		s.reject(p, &ip)
 		return ErrNotAllowed

@@ -339,11 +339,13 @@ func (s *Stack) isLocal(a netip.Addr) bool {
 	return ok
 }
 
-// allowed applies the forwarding policy to a client's destination.
-func (s *Stack) allowed(dst netip.Addr) bool {
-	if s.isLocal(dst) {
-		return true
-	}
+// allowed says whether a client may send to dst: the stack's own and
+// listeners' addresses, or a destination the forwarding policy routes.
+func (s *Stack) allowed(dst netip.Addr) bool { return s.isLocal(dst) || s.routable(dst) }
+
+// routable applies the forwarding policy to a destination beyond the
+// stack: what a packet to dst may be forwarded to the host network for.
+func (s *Stack) routable(dst netip.Addr) bool {
 	if dst.IsUnspecified() || dst.IsMulticast() || dst == broadcast4 || dst.Is4In6() {
 		return false
 	}

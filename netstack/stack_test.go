@@ -224,6 +224,16 @@ func TestEchoForwarding(t *testing.T) {
 	if err := p2.Inject(req); !errors.Is(err, ErrNotAllowed) {
 		t.Fatalf("Inject = %v, want ErrNotAllowed", err)
 	}
+	// Nor at a listener's address the policy does not route: the
+	// listener owns its port, not the host's reachability.
+	pc2, err := gw2.ListenUDP(netip.AddrPortFrom(dnsAddr, 53))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc2.Close()
+	if err := p2.Inject(echoRequest(cliAddr, dnsAddr, 10)); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("Inject to an unrouted listener address = %v, want ErrNotAllowed", err)
+	}
 	select {
 	case dst := <-fp.got:
 		t.Fatalf("pinged %v despite policy", dst)
