@@ -30,9 +30,6 @@ func (s *Stack) NewBatch() *Batch {
 	return b
 }
 
-// NewBatch returns an empty Batch for p's stack.
-func (p *Port) NewBatch() *Batch { return p.s.NewBatch() }
-
 // enqueue adds pkt to the batch; false if the link is detached (stack
 // closing).
 func (b *Batch) enqueue(pkt *stack.PacketBuffer) bool {

@@ -107,7 +107,7 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	c.wg.Add(2)
 	go func() { // client -> gateway, through a Batch like the tunnel's readers
 		defer c.wg.Done()
-		b := port.NewBatch()
+		b := gw.NewBatch()
 		for {
 			pkt := ep.Read()
 			if pkt == nil {

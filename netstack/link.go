@@ -2,12 +2,10 @@ package netstack
 
 import (
 	"net/netip"
-
 	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
-
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"

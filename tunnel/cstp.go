@@ -61,7 +61,7 @@ func (t *cstpLink) read() (EndReason, error) {
 	s := t.s
 	// Data frames go to the stack through one Batch (GRO), flushed before
 	// a read that may block: what one TLS read brought in is coalesced.
-	b := t.port.NewBatch()
+	b := t.g.stack.NewBatch()
 	defer b.Flush()
 	for {
 		if t.br.Buffered() == 0 {

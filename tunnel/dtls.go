@@ -496,7 +496,7 @@ func (t *cstpLink) readDTLS(ch *dtlsChannel) {
 func (t *cstpLink) openFast(ch *dtlsChannel) {
 	p := ch.peer
 	var out []byte
-	b := t.port.NewBatch()
+	b := t.g.stack.NewBatch()
 	defer b.Flush()
 	for {
 		var d []byte

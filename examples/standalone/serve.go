@@ -97,8 +97,8 @@ func (s *server) fail(code int, a ...any) int {
 }
 
 // loadConfig reads the config file (or builds the embedded default),
-// applies -listen and sets up logging: the event ring taps the logger,
-// and the standard log package goes through it.
+// applies -listen, makes the event ring and sets up logging: the standard
+// log package goes through the logger.
 func (s *server) loadConfig() int {
 	var err error
 	if s.flags.config != "" {

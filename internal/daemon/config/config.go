@@ -251,11 +251,17 @@ type parser struct {
 
 // bad records a problem with key ("file:line: key: ...").
 func (p *parser) bad(key, format string, args ...any) {
-	at := fmt.Sprintf("%s: %s", p.name, key)
-	if l, ok := p.lines[key]; ok {
-		at = fmt.Sprintf("%s:%d: %s", p.name, l, key)
+	p.problem(key, key+": "+fmt.Sprintf(format, args...))
+}
+
+// problem records msg at the line of top-level key lineKey, or at the
+// file when the file does not have that key.
+func (p *parser) problem(lineKey, msg string) {
+	if l, ok := p.lines[lineKey]; ok {
+		p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s:%d: %s", p.name, l, msg))
+		return
 	}
-	p.e.Problems = append(p.e.Problems, at+": "+fmt.Sprintf(format, args...))
+	p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s: %s", p.name, msg))
 }
 
 // addressing reads the pool, DNS and host addresses, search domains and
@@ -264,11 +270,11 @@ func (p *parser) addressing(f *File, t *tunnel.Config) {
 	bad := p.bad
 	t.ListenAddr = f.Listen
 	if f.Pool != "" {
-		p, err := netip.ParsePrefix(f.Pool)
+		pool, err := netip.ParsePrefix(f.Pool)
 		if err != nil {
 			bad("pool", "%v", err)
 		}
-		t.Pool = p
+		t.Pool = pool
 	}
 	for i, s := range f.DNS {
 		a, err := netip.ParseAddr(s)
@@ -448,11 +454,7 @@ func (p *parser) tunnelProblems(t *tunnel.Config) {
 					continue
 				}
 				key, msg := fieldProblem(pe)
-				if l, ok := p.lines[strings.SplitN(key, ".", 2)[0]]; ok {
-					p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s:%d: %s", p.name, l, msg))
-				} else {
-					p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s: %s", p.name, msg))
-				}
+				p.problem(strings.SplitN(key, ".", 2)[0], msg)
 			}
 		}
 	}

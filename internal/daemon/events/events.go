@@ -23,7 +23,8 @@ import (
 // 1000 events is under half a MiB and covers minutes of a busy gateway.
 const DefaultSize = 1000
 
-// Event is one recorded log record.
+// Event is one recorded event as `underpass show events` prints it: a
+// level, a message and attributes.
 type Event struct {
 	Time  time.Time         `json:"time"`
 	Level string            `json:"level"`
