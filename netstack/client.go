@@ -107,22 +107,10 @@ func NewClient(cfg ClientConfig) (*ClientStack, error) {
 }
 
 func (c *ClientStack) configure() error {
-	opts := []struct {
-		name string
-		opt  tcpip.SettableTransportProtocolOption
-	}{
-		{"sack", ptr(tcpip.TCPSACKEnabled(true))},
-		// The same caps as the gateway's stack: one flow can fill a fast
-		// path, an idle one holds nothing.
-		{"rcvbuf", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufMin, Default: tcpRcvBufDefault, Max: tcpBufMax}},
-		{"sndbuf", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufMin, Default: tcpSndBufDefault, Max: tcpBufMax}},
-		{"moderate", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
-		{"cc", ptr(tcpip.CongestionControlOption("cubic"))},
-	}
-	for _, o := range opts {
-		if err := c.st.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
-			return fmt.Errorf("netstack: tcp option %s: %v", o.name, err)
-		}
+	// The same TCP settings as the gateway's stack: one flow can fill a
+	// fast path, an idle one holds nothing.
+	if err := setTCPOptions(c.st); err != nil {
+		return err
 	}
 	if err := c.st.CreateNICWithOptions(nicID, c.link, stack.NICOptions{Name: "tunnel", QDisc: &clientQDisc{c}}); err != nil {
 		return fmt.Errorf("netstack: create NIC: %v", err)

@@ -67,3 +67,51 @@ func TestSegmentationOffload(t *testing.T) {
 	t.Logf("out: %d packets from %d TCP segments; in: %d packets as %d TCP segments; largest %d bytes",
 		st.PacketsOut, gs.TCP.SegmentsSent.Value(), st.PacketsIn, gs.TCP.ValidSegmentsReceived.Value(), c.maxSize())
 }
+
+// TestReceiveWindowGrows uploads through a flow and expects the gateway's
+// receive buffer for it to have grown past its initial size: receive
+// auto-tuning runs only if the relay reports what it read
+// (ModerateRecvBuf). Without that, the window a client may fill stays
+// ~128 KiB, which caps an upload at 128 KiB per round trip (20 Mbit/s at
+// 50 ms).
+func TestReceiveWindowGrows(t *testing.T) {
+	gw := newGW(t, nil)
+	c := newClient(t, gw, cliAddr, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := c.dialTCP(ctx, echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	const size = 16 << 20
+	done := make(chan error, 1)
+	go func() {
+		_, err := io.CopyN(io.Discard, conn, size)
+		done <- err
+	}()
+	if _, err := conn.Write(make([]byte, size)); err != nil {
+		t.Fatalf("write: %v (gateway %+v)", err, gw.Stats())
+	}
+	if err := <-done; err != nil {
+		cs := c.st.Stats()
+		t.Fatalf("read: %v (gateway %+v; client: %d segments retransmitted, %d timeouts)",
+			err, gw.Stats(), cs.TCP.Retransmits.Value(), cs.TCP.Timeouts.Value())
+	}
+	c.port.flowMu.Lock()
+	var bufs []int64
+	for f := range c.port.flows {
+		if tf, ok := f.(*tcpFlow); ok {
+			bufs = append(bufs, tf.g.ep.SocketOptions().GetReceiveBufferSize())
+		}
+	}
+	c.port.flowMu.Unlock()
+	if len(bufs) != 1 {
+		t.Fatalf("%d TCP flows on the port, want 1", len(bufs))
+	}
+	if bufs[0] <= tcpRcvBufDefault {
+		t.Errorf("receive buffer %d bytes after a %d-byte upload: auto-tuning never grew it from %d", bufs[0], size, tcpRcvBufDefault)
+	}
+	t.Logf("receive buffer: %d bytes", bufs[0])
+}

@@ -79,6 +79,9 @@ type client struct {
 	stop context.CancelFunc
 	// largest is the size of the largest IP packet the gateway sent.
 	largest atomic.Int64
+	// drop, when set, decides which gateway -> client packets (IP bytes)
+	// are lost on the way, as a lossy client link would lose them.
+	drop atomic.Pointer[func([]byte) bool]
 }
 
 func (c *client) maxSize() int { return int(c.largest.Load()) }
@@ -128,6 +131,10 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 			f := pk.Frame()[testHeadroom:]
 			if n := int64(len(f)); n > c.largest.Load() {
 				c.largest.Store(n)
+			}
+			if d := c.drop.Load(); d != nil && (*d)(f) {
+				pk.Release()
+				continue
 			}
 			proto := ipv4.ProtocolNumber
 			if f[0]>>4 == 6 {
