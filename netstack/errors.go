@@ -20,6 +20,8 @@ var (
 	ErrMalformed = errors.New("netstack: malformed packet")
 	// ErrTooBig reports a packet larger than the configured MTU.
 	ErrTooBig = errors.New("netstack: packet larger than MTU")
+	// ErrBadMTU reports a port MTU outside [576, Config.MTU] (Port.SetMTU).
+	ErrBadMTU = errors.New("netstack: port MTU out of range")
 	// ErrSpoofed reports a packet whose source is not the port's address.
 	ErrSpoofed = errors.New("netstack: source address is not the session's")
 	// ErrNotAllowed reports a packet to a destination the policy forbids

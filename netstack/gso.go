@@ -52,6 +52,13 @@ func (s *Stack) writeSegments(p *Port, pkt *stack.PacketBuffer) {
 	if mss <= 0 || mss > total {
 		mss = total
 	}
+	if mtu := p.linkMTU(); hlen+mss > mtu {
+		// Segments cut to this MSS would not fit the port (a flow that
+		// began on a bigger-MTU transport): tell the sender, as for any
+		// packet over the port's MTU (fragment.go); it resends smaller.
+		s.writeOversize(p, pkt, mtu)
+		return
+	}
 	var src, dst tcpip.Address
 	var id uint16
 	if v4 {

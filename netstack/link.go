@@ -105,6 +105,10 @@ func (s *Stack) writeOut(pkt *stack.PacketBuffer) {
 		return
 	}
 	size := pkt.Size()
+	if mtu := p.linkMTU(); size > mtu {
+		s.writeOversize(p, pkt, mtu)
+		return
+	}
 	pk := s.pools.get(p.headroom + size)
 	if pk == nil {
 		s.stats.dropTooBig.Add(1)

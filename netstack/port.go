@@ -54,6 +54,9 @@ type Port struct {
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
 
+	// mtu is the transport's MTU (SetMTU); 0: the stack's.
+	mtu atomic.Int32
+
 	// dialing counts this port's upstream TCP dials in flight
 	// (Config.MaxInFlightPerPort).
 	dialing atomic.Int32

@@ -18,10 +18,12 @@ const (
 
 	icmp4Unreach         = 3
 	icmp4CodePort        = 3
+	icmp4CodeFragNeeded  = 4 // RFC 1191: with the next-hop MTU
 	icmp4CodeAdminProhib = 13
 	icmp6Unreach         = 1
 	icmp6CodeAdminProhib = 1
 	icmp6CodePort        = 4
+	icmp6TooBig          = 2 // RFC 4443 3.2 Packet Too Big, with the MTU
 
 	ttl = 64
 	// icmp4Max and icmp6Max cap an ICMP error, as RFC 1812 4.3.2.3 and
@@ -116,40 +118,48 @@ func (s *Stack) sendReset(p *Port, ip *ipInfo) {
 	s.queueReject(p, pk)
 }
 
-// sendICMP4 queues an ICMPv4 error quoting orig.
+// sendICMP4 queues an ICMPv4 error quoting orig to the client.
 func (s *Stack) sendICMP4(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
-	q := min(len(orig), icmp4Max-20-8)
-	n := 20 + 8 + q
-	pk := s.pools.get(p.headroom + n)
-	if pk == nil {
-		return
+	if pk := s.icmpError(p, src, dst, typ, code, 0, orig); pk != nil {
+		s.queueReject(p, pk)
 	}
-	b := pk.buf[p.headroom : p.headroom+n]
-	writeIPHeader(b[:20], src, dst, protoICMP, 8+q)
-	m := b[20:]
-	m[0], m[1] = typ, code
-	clear(m[2:8])
-	copy(m[8:], orig[:q])
-	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	s.queueReject(p, pk)
 }
 
-// sendICMP6 queues an ICMPv6 error quoting orig.
+// sendICMP6 queues an ICMPv6 error quoting orig to the client.
 func (s *Stack) sendICMP6(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
-	q := min(len(orig), icmp6Max-40-8)
-	n := 40 + 8 + q
+	if pk := s.icmpError(p, src, dst, typ, code, 0, orig); pk != nil {
+		s.queueReject(p, pk)
+	}
+}
+
+// icmpError builds, in a packet with p's headroom, an ICMP error (ICMPv6
+// if src is IPv6) from src to dst: type, code, the 32-bit rest of header
+// (RFC 792: unused, or the next-hop MTU; RFC 4443: the MTU of a Packet Too
+// Big) and as much of orig as fits icmp4Max / icmp6Max. nil if no buffer.
+func (s *Stack) icmpError(p *Port, src, dst netip.Addr, typ, code byte, rest uint32, orig []byte) *Packet {
+	hl, max, proto := 20, icmp4Max, byte(protoICMP)
+	if src.Is6() {
+		hl, max, proto = 40, icmp6Max, protoICMPv6
+	}
+	q := min(len(orig), max-hl-8)
+	n := hl + 8 + q
 	pk := s.pools.get(p.headroom + n)
 	if pk == nil {
-		return
+		return nil
 	}
 	b := pk.buf[p.headroom : p.headroom+n]
-	writeIPHeader(b[:40], src, dst, protoICMPv6, 8+q)
-	m := b[40:]
-	m[0], m[1] = typ, code
-	clear(m[2:8])
+	pk.head = p.headroom
+	writeIPHeader(b[:hl], src, dst, proto, 8+q)
+	m := b[hl:]
+	m[0], m[1], m[2], m[3] = typ, code, 0, 0
+	binary.BigEndian.PutUint32(m[4:8], rest)
 	copy(m[8:], orig[:q])
-	binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
-	s.queueReject(p, pk)
+	if proto == protoICMP {
+		binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+	} else {
+		binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
+	}
+	return pk
 }
 
 // sendPortUnreachable tells the client that dst refused its UDP datagrams

@@ -188,12 +188,17 @@ func (e *epSide) read() (*[]byte, int, tcpip.Error) {
 	return b, res.Count, nil
 }
 
-// write writes all of data, waiting for send-buffer room.
+// write writes all of data, waiting for send-buffer room. It writes at
+// least once, so an empty UDP datagram is sent as one (a TCP endpoint
+// ignores an empty write).
 func (e *epSide) write(ctx context.Context, data []byte) error {
 	e.rd.Reset(data)
-	for e.rd.Len() > 0 {
+	for {
 		_, err := e.ep.Write(&e.rd, tcpip.WriteOptions{})
 		if err == nil {
+			if e.rd.Len() == 0 {
+				break
+			}
 			continue
 		}
 		if _, ok := err.(*tcpip.ErrWouldBlock); !ok {

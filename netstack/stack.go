@@ -165,6 +165,8 @@ type Stack struct {
 	stats  counters
 	echo   echoState
 	pinger Pinger // nil: pings to other hosts are refused
+
+	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
 }
 
 // New creates and starts a Stack.

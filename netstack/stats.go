@@ -28,6 +28,8 @@ type Stats struct {
 	Rejects        uint64 // RST / ICMP errors queued to clients
 	RejectsDropped uint64 // answers dropped because the port queue was full
 	WriteBlocked   uint64 // outbound writes that had to wait for queue room
+	Fragmented     uint64 // outbound IPv4 packets over their port's MTU, sent as fragments (Port.SetMTU)
+	TooBigAnswered uint64 // outbound packets over their port's MTU that could not be fragmented, answered to their sender with frag-needed / Packet Too Big
 
 	TCPActive     int64  // forwarded TCP flows now
 	UDPActive     int64  // forwarded UDP flows now
@@ -47,6 +49,7 @@ type counters struct {
 	dropNotAllowed, dropNoPort, dropPortClosed, dropBlocked atomic.Uint64
 	dropParked                                              atomic.Uint64
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
+	fragmented, tooBigAnswered                              atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
 	tcpDialCapped                                           atomic.Uint64
@@ -77,7 +80,8 @@ func (s *Stack) Stats() Stats {
 		DropParked: c.dropParked.Load(),
 		Rejects:    c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),
 		WriteBlocked: c.writeBlocked.Load(),
-		TCPActive:    c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
+		Fragmented:   c.fragmented.Load(), TooBigAnswered: c.tooBigAnswered.Load(),
+		TCPActive: c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
 		TCPDialCapped: c.tcpDialCapped.Load(),
