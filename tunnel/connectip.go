@@ -198,6 +198,10 @@ func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := &quicLink{conn: conn}
+	// A datagram of the 1350-byte QUIC packets quicConfig starts with
+	// carries a 1280-byte packet (RFC 9484 10.1); the client's stack uses
+	// the same MTU (quicMTU).
+	q.mtu = quicMTU
 	q.qc, _ = r.Context().Value(quicConnKey{}).(*quic.Conn)
 	q.s = s
 	var sa netip.AddrPort

@@ -143,6 +143,7 @@ func (g *Gateway) register(l link, transport string, ca, sa netip.AddrPort) bool
 			s.link = l
 			s.clientAddr = ca // the client may have moved (roaming)
 			b.port = s.port
+			_ = b.port.SetMTU(b.mtu) // 0 or quicMTU: within [576, Config.MTU >= MinMTU]
 			b.port.Unpark()
 			b.start = time.Now()
 			b.in0, b.out0 = s.bytesIn.Load(), s.bytesOut.Load()

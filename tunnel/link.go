@@ -61,6 +61,12 @@ type linkBase struct {
 	s         *session
 	port      *netstack.Port // the session's; set by register
 	transport string         // "tls", "dtls" or "quic", for telemetry
+	// mtu is the largest IP packet this connection carries to the client,
+	// set on the port while it drains it (netstack.Port.SetMTU: bigger
+	// ones are fragmented or refused as a router would); 0 is the stack's
+	// MTU (CSTP carries any packet the stack sends, and takes what DTLS
+	// cannot).
+	mtu int
 
 	ctrl chan []byte // control frames for the writer; nil without any
 
