@@ -478,7 +478,7 @@ func (c Config) validateSite() fieldErrs {
 		return errs
 	}
 	if s.ServerIndex < 0 || s.ServerIndex > max(s.Servers, 1) || (s.Servers == 0 && s.ServerIndex > 0) {
-		errs.add("Site.ServerIndex", "%d: want 1 to Site.Servers (%d), or 0 to derive it from the server name", s.ServerIndex, s.Servers)
+		errs.add("Site.ServerIndex", "%d: want 1 to the site's server count (%d), or 0 to derive it from the server name", s.ServerIndex, s.Servers)
 	}
 	if !c.Pool.Addr().Is4() || c.Pool.Bits() > 30 || c.Pool != c.Pool.Masked() {
 		return errs // reported as a Pool problem already
@@ -490,7 +490,7 @@ func (c Config) validateSite() fieldErrs {
 		errs.add("Site.Servers", "%d: more servers than client addresses in Pool %s (%d)", servers, c.Pool, n)
 	case c.MaxSessions > 0 && servers*c.MaxSessions > n:
 		// The pool is shared by the whole site: every server may be full at once.
-		errs.add("Pool", "%s holds %d client addresses, fewer than Site.Servers (%d) × MaxSessions (%d) = %d",
+		errs.add("Pool", "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
 			c.Pool, n, servers, c.MaxSessions, servers*c.MaxSessions)
 	}
 	return errs
