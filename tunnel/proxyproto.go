@@ -127,14 +127,17 @@ func (c *peerConn) settle() {
 		err = fmt.Errorf("tunnel: PROXY protocol: %w", err)
 	}
 	if err == nil {
-		if h := c.pc.ProxyHeader(); h != nil && h.Command.IsProxy() {
+		switch h := c.pc.ProxyHeader(); {
+		case h != nil && h.Command.IsProxy():
 			src, ok := h.SourceAddr.(*net.TCPAddr)
 			if !ok {
 				err = errUnusableProxyHdr
 			} else {
 				c.remote = src
 			}
-		} // LOCAL (a health check) or untrusted without a header: the socket's peer
+		case h != nil: // LOCAL: the balancer's own connection; its address never earns ban points
+			c.log.Debug("balancer health check", "peer_ip", c.peer)
+		} // untrusted without a header: the socket's peer
 	}
 	if err == nil {
 		ap, _ := netip.ParseAddrPort(c.remote.String())

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,6 +71,9 @@ backend site
 		fmt.Fprintf(&b, "    server s%d 127.0.0.1:%d check port %d\n", i, vpnPort+i, readyPort+i)
 	}
 	fmt.Fprintf(&b, "backend v1\n    server s2 127.0.0.1:%d send-proxy\n", vpnPort+2)
+	// Health checks on the VPN port itself, through the PROXY protocol
+	// (v2 LOCAL) and TLS: what a balancer without /readyz access does.
+	fmt.Fprintf(&b, "backend probe\n    server s1 127.0.0.1:%d check check-send-proxy check-ssl verify none inter 300ms fall 1 rise 1 send-proxy-v2\n", vpnPort+1)
 	return b.String()
 }
 
@@ -281,7 +286,19 @@ func TestSite(t *testing.T) {
 		s.start(t, n)
 	}
 	front := fmt.Sprintf("%s:443", testenv.GWAddr)
-	testenv.HAProxy(t, tp.GW, haproxyConfig(), front)
+	hap := testenv.HAProxy(t, tp.GW, haproxyConfig(), front)
+	// waitReady waits until HAProxy's checks see every server up.
+	waitReady := func(t *testing.T) {
+		t.Helper()
+		waitFor(t, 20*time.Second, "HAProxy to see every server up", func() bool {
+			up, err := hap.ServersUp("site")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(up) == siteServers && !slices.Contains(slices.Collect(maps.Values(up)), false)
+		})
+	}
+	waitReady(t)
 	// Uneven warm-up: every server hands its first client the first
 	// address of its stride; after this each one's next is different.
 	s.warm(t, ctx, 1, 2)
@@ -373,11 +390,17 @@ func TestSite(t *testing.T) {
 		}
 	})
 
-	// Wait until HAProxy sees both servers up again.
-	waitReady := func(t *testing.T) {
-		t.Helper()
-		time.Sleep(time.Second) // rise 2 × inter 300ms, with room
-	}
+	t.Run("the balancer's health checks pass and earn no ban points", func(t *testing.T) {
+		waitReady(t)
+		srv := s.servers[1]
+		waitFor(t, 20*time.Second, "HAProxy's LOCAL health checks on the VPN port", func() bool {
+			up, err := hap.ServersUp("probe")
+			return err == nil && up["s1"] && strings.Count(srv.logs.String(), "balancer health check") >= 3
+		})
+		if p := srv.bans.Points(netip.MustParseAddr("127.0.0.1")); p != 0 {
+			t.Fatalf("HAProxy's health checks earned %d ban points", p)
+		}
+	})
 
 	t.Run("PROXY v1 and v2 carry the client address", func(t *testing.T) {
 		waitReady(t)
