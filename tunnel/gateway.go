@@ -41,6 +41,20 @@ var ErrFull = errors.New("tunnel: gateway full")
 // ErrNoSession is returned for an unknown session id.
 var ErrNoSession = errors.New("tunnel: no such session")
 
+// leaser is what the session core needs of address leases: this server's
+// pool (*ippool.Pool). It is the seam where a site-wide lease store
+// (compare-and-swap leases shared by the servers of a site) will wrap the
+// local pool. Claim's errors wrap ippool.ErrTaken when another session
+// holds the address.
+type leaser interface {
+	// Allocate leases any address to a session key (at sign-in).
+	Allocate(key string) (netip.Addr, error)
+	// Claim leases the given address to a session key (a resume).
+	Claim(key string, a netip.Addr) error
+	// Release returns an address at the session's end.
+	Release(a netip.Addr)
+}
+
 // Gateway terminates client sessions (AnyConnect over TLS with DTLS, and
 // CONNECT-IP over QUIC) in one userspace TCP/IP stack and re-originates
 // their flows with host sockets.
@@ -58,7 +72,7 @@ type Gateway struct {
 
 	stack    *netstack.Stack
 	dns      *dnsproxy.Server // nil when disabled or no DNS addresses
-	pool     *ippool.Pool
+	pool     leaser
 	policy   atomic.Pointer[policy.Policy] // swapped by Reload
 	sessions *sessionTable
 	tlsConf  *tls.Config
