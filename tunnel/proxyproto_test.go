@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -78,9 +79,25 @@ func signInOn(t *testing.T, c *tls.Conn, user, pass string) (string, error) {
 
 func TestProxyProtocol(t *testing.T) {
 	bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
+	var (
+		evMu   sync.Mutex
+		events []Event
+	)
+	// seen reports whether an event of kind k came from client a.
+	seen := func(k EventKind, a netip.Addr) bool {
+		evMu.Lock()
+		defer evMu.Unlock()
+		for _, e := range events {
+			if e.Kind == k && e.ClientAddr == a {
+				return true
+			}
+		}
+		return false
+	}
 	g, addr := startGateway(t, func(c *Config) {
 		c.Bans = bans
 		c.ProxyProtocolFrom = []netip.Prefix{netip.PrefixFrom(balancerIP, 32)}
+		c.Events = func(e Event) { evMu.Lock(); events = append(events, e); evMu.Unlock() }
 	})
 
 	t.Run("v1 and v2 headers from the balancer name the client", func(t *testing.T) {
@@ -110,6 +127,10 @@ func TestProxyProtocol(t *testing.T) {
 			if !found {
 				t.Fatalf("v%d: no connected session from %v in %+v", tc.version, tc.client, g.Sessions())
 			}
+			// Telemetry (the connect record) and the sign-in name the client too.
+			if !seen(EventSignIn, tc.client.Addr()) || !seen(EventConnect, tc.client.Addr()) {
+				t.Fatalf("v%d: no sign-in and connect events from %v", tc.version, tc.client.Addr())
+			}
 			cc.Close()
 		}
 	})
@@ -121,6 +142,9 @@ func TestProxyProtocol(t *testing.T) {
 			if cookie, err := signInOn(t, c, "alice", "wrong"); err != nil || cookie != "" {
 				t.Fatalf("wrong password: %q %v", cookie, err)
 			}
+		}
+		if !seen(EventSignInFailed, victim.Addr()) || !seen(EventBanned, victim.Addr()) {
+			t.Fatalf("failed sign-in and ban events do not name the client %v", victim.Addr())
 		}
 		if !bans.Banned(victim.Addr()) {
 			t.Fatalf("client not banned: %+v", bans.List())
