@@ -127,10 +127,10 @@ func TestProxyProtocol(t *testing.T) {
 			if !found {
 				t.Fatalf("v%d: no connected session from %v in %+v", tc.version, tc.client, g.Sessions())
 			}
-			// Telemetry (the connect record) and the sign-in name the client too.
-			if !seen(EventSignIn, tc.client.Addr()) || !seen(EventConnect, tc.client.Addr()) {
-				t.Fatalf("v%d: no sign-in and connect events from %v", tc.version, tc.client.Addr())
-			}
+			// Telemetry (the connect record, logged just after the CONNECT
+			// reply) and the sign-in name the client too.
+			waitFor(t, func() bool { return seen(EventSignIn, tc.client.Addr()) && seen(EventConnect, tc.client.Addr()) },
+				fmt.Sprintf("v%d: sign-in and connect events from %v", tc.version, tc.client.Addr()))
 			cc.Close()
 		}
 	})

@@ -43,6 +43,18 @@ func HAProxy(t testing.TB, ns *Netns, config, listen string) *HAProxyProc {
 	if err := ns.WaitTCP(ctx, listen, p); err != nil {
 		t.Fatal(err)
 	}
+	// The admin socket may appear just after the TCP listeners (haproxy
+	// binds it under a temporary name and renames it).
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("testenv: haproxy admin socket %s never appeared; output:\n%s", sock, p.Tail(30))
+		case <-time.After(waitPoll):
+		}
+	}
 	return &HAProxyProc{Proc: p, Socket: sock}
 }
 
