@@ -16,10 +16,12 @@ STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.8.2}
 # iputils-ping: the e2e tests ping through the tunnel (not on a fresh image).
 # Podman and friends: the rootless deployment test (examples/podman).
 # chromium: the status page is rendered headless (internal/daemon/health).
+# haproxy: the load balancer in front of a site's servers (PROXY protocol,
+# failover; tunnel's site tests).
 PKGS=(openconnect ocproxy ocserv curl iproute2 iptables unbound dnsutils jq
 	gnutls-bin iperf3 python3 ca-certificates gcc libc6-dev iputils-ping
 	podman uidmap slirp4netns passt fuse-overlayfs runc catatonit
-	chromium)
+	chromium haproxy)
 OPTIONAL_PKGS=(dnsperf) # installed when the distribution has it (bookworm does)
 
 ci=false

@@ -212,6 +212,10 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 		g.writeForm(w, "Login failed: "+refuseFull.reason+".")
 		return
 	}
+	if errors.Is(err, errNoAddress) {
+		g.writeForm(w, "Login failed: "+refuseNoAddress.reason+".")
+		return
+	}
 	if err != nil {
 		g.log.Error("session", "err", err)
 		g.writeForm(w, "Login failed: internal error")
@@ -238,7 +242,7 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 	}
 	if err != nil {
 		if errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable) {
-			if c.Bans != nil && c.Bans.AddFailure(ca.Addr(), 0) {
+			if c.Bans != nil && !c.banExempt(ca.Addr()) && c.Bans.AddFailure(ca.Addr(), 0) {
 				g.log.Warn("client banned", "client_ip", ca.Addr())
 				g.event(Event{Kind: EventBanned, ClientAddr: ca.Addr()})
 			}
@@ -255,8 +259,11 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 	return id, nil
 }
 
-// newSession registers a signed-in identity and returns its cookie: a
-// sealed token when a Sealer is configured, else 256 random bits.
+// newSession registers a signed-in identity, leases its address and
+// returns its cookie: a sealed token carrying the address when a Sealer is
+// configured (so any server of the site resumes the session with the same
+// address), else 256 random bits. It returns ErrFull at MaxSessions and
+// errNoAddress when the pool is exhausted.
 func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string, error) {
 	now := time.Now()
 	exp := now.Add(g.conf().SessionTimeout)
@@ -264,12 +271,22 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		exp = id.Expiry
 	}
 	s := &session{id: newSessionID(), ident: id, userAgent: ua, created: now, expires: exp, clientAddr: ca, detached: now}
-	var cookie string
+	var sc *auth.SessionClaims
 	if g.conf().Sealer != nil {
-		sc := auth.NewSessionClaims(id, g.claimNames(), now, exp)
+		sc = auth.NewSessionClaims(id, g.claimNames(), now, exp)
 		s.id = sc.ID
-		var err error
+	}
+	a, err := g.pool.Allocate(s.id)
+	if err != nil {
+		g.log.Warn("no address for session", "session", s.id, "err", err)
+		return nil, "", errNoAddress
+	}
+	s.addr = a
+	var cookie string
+	if sc != nil {
+		sc.Address = a
 		if cookie, err = g.conf().Sealer.Seal(sc); err != nil {
+			g.pool.Release(a)
 			return nil, "", err
 		}
 		s.cookieKey = sha256.Sum256([]byte(cookie))
@@ -277,8 +294,10 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		cookie, s.cookieKey = newCookie()
 	}
 	if !g.sessions.add(s, g.conf().MaxSessions) {
+		g.pool.Release(a)
 		return nil, "", ErrFull
 	}
+	g.sessions.setAddr(s, a)
 	return s, cookie, nil
 }
 
@@ -293,7 +312,8 @@ func (g *Gateway) claimNames() []string {
 
 // resume finds the session a cookie belongs to: a live one, or (with a
 // Sealer) one sealed by any gateway of the site, which is re-created here
-// unless that would exceed Config.MaxSessions (ErrFull). It returns nil
+// unless that would exceed Config.MaxSessions (ErrFull); prepare then
+// claims the address sealed in the cookie. It returns nil
 // and no error for a cookie that names no session.
 func (g *Gateway) resume(cookie string) (*session, error) {
 	if s := g.sessions.byCookieValue(cookie); s != nil {
@@ -309,6 +329,7 @@ func (g *Gateway) resume(cookie string) (*session, error) {
 	s := &session{
 		id: sc.ID, cookieKey: sha256.Sum256([]byte(cookie)), ident: sc.Identity(),
 		created: sc.IssuedAt, expires: sc.Expiry, detached: time.Now(),
+		want: sc.Address, // claimed by prepare: the address stays the session's on every server
 	}
 	got := g.sessions.addOrGet(s, g.conf().MaxSessions)
 	if got == nil {

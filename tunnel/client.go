@@ -107,6 +107,11 @@ type ClientConfig struct {
 	// ReconnectTimeout bounds reconnect attempts after the connection is
 	// lost. Default DefaultReconnectTimeout.
 	ReconnectTimeout time.Duration
+	// Dialer opens the TCP connection of the TLS transport, at sign-in
+	// and at every reconnect: to leave through a given interface or
+	// network namespace, or a proxy. Default &net.Dialer{}. QUIC uses its
+	// own UDP socket.
+	Dialer netstack.Dialer
 	// Logger receives the client's logs. Default: silent.
 	Logger *slog.Logger
 

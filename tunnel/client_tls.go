@@ -45,7 +45,10 @@ func (t *tlsTransport) name() string { return "tls" }
 // configured ClientHello fingerprint.
 func (c *Client) dialTLS(ctx context.Context) (net.Conn, *batchConn, error) {
 	addr := net.JoinHostPort(c.host, c.port)
-	var d net.Dialer
+	var d netstack.Dialer = &net.Dialer{}
+	if c.cfg.Dialer != nil {
+		d = c.cfg.Dialer
+	}
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("tunnel: dial %s: %w", addr, err)

@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
@@ -13,6 +15,7 @@ import (
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/cstp"
 	"github.com/underpass/underpass/internal/core/dnsname"
+	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/core/policy"
 	"github.com/underpass/underpass/netstack"
 )
@@ -60,6 +63,19 @@ var DefaultPool = netip.MustParsePrefix("169.254.0.0/16")
 type Config struct {
 	// ListenAddr is the TCP address ListenAndServe binds. Default ":443".
 	ListenAddr string
+	// ProxyProtocolFrom lists the networks of trusted load balancers
+	// (HAProxy, nginx stream) in front of the TCP listener. A connection
+	// from them must open with a PROXY protocol header, v1 or v2 (the
+	// HAProxy PROXY protocol specification); one without is refused, and
+	// so is a header from any other address. The client address the
+	// header carries is the connection's address everywhere: the ban
+	// check before TLS, ban points, telemetry, the access log and
+	// Sessions. A header with the LOCAL command (v2) or UNKNOWN (v1), the
+	// balancer's own health check, keeps the balancer's address, which
+	// never earns ban points. Empty: no PROXY protocol, every peer is a
+	// client. QUIC and DTLS (UDP) do not carry it: balance them by source
+	// address or let clients reach the servers directly.
+	ProxyProtocolFrom []netip.Prefix
 
 	// Certificate is the TLS server certificate (full chain). Either it or
 	// GetCertificate is required to serve TLS.
@@ -81,8 +97,15 @@ type Config struct {
 	// cookie resumes a session. nil admits every authenticated identity.
 	Policy auth.Policy
 	// Bans, if set, earns failed sign-ins ban points per source IP; a
-	// banned IP is refused before any TLS work.
+	// banned IP is refused before any TLS work. Behind a load balancer the
+	// source is the client address the PROXY protocol carries (see
+	// ProxyProtocolFrom).
 	Bans *auth.Bans
+	// BanExempt lists networks whose failed sign-ins never earn ban
+	// points, as ocserv exempts local addresses: a reverse proxy on the
+	// same host, a monitoring probe. The networks in ProxyProtocolFrom are
+	// exempt as well: their own address only shows on their health checks.
+	BanExempt []netip.Prefix
 	// ClientCerts, if set, requests client certificates in the TLS
 	// handshake; a verified certificate signs the client in at once.
 	ClientCerts *auth.Certificates
@@ -133,8 +156,15 @@ type Config struct {
 	Banner string
 	// MaxSessions caps signed-in sessions; sign-ins past it are refused
 	// with "gateway full" (a load balancer sends the client elsewhere).
-	// 0: limited only by the pool.
+	// 0: limited only by the pool. In a site (Site.Servers set) the pool
+	// is shared, so Validate requires Site.Servers × MaxSessions addresses
+	// in it: R-C1's "a /16 serves 64,000 clients" is per server, and a /16
+	// serves 64,000 across the whole site.
 	MaxSessions int
+
+	// Site places the gateway in a site of several servers behind a load
+	// balancer, sharing Pool and the Sealer's key (R-S2).
+	Site Site
 
 	// DNSProxy tunes the in-tunnel DNS proxy that answers queries sent to
 	// the DNS addresses (UDP and TCP port 53): the gateway intercepts them
@@ -197,6 +227,33 @@ type Config struct {
 
 	// Logger receives structured logs. Default: silent.
 	Logger *slog.Logger
+}
+
+// Site describes this gateway's place among the servers of a site.
+// Every server of a site has the same Pool and Sealer key; a client whose
+// server dies reconnects through the balancer to another server, which
+// resumes its sealed cookie and claims the address sealed in it, so the
+// client keeps its address (openconnect 9.01 aborts a reconnect that
+// returns another one). The zero value is a single server.
+//
+// Each server hands out addresses of its own stride of the pool first: the
+// pool is split into Servers equal contiguous strides, and a server borrows
+// from the others only when its stride is full. So servers that sign
+// clients in at once do not hand out the same address; a borrowed address
+// may still collide with another server's session until the site store
+// leases addresses site-wide, and then the resume that finds it taken is
+// refused (503) rather than given another address.
+type Site struct {
+	// Servers is the number of servers in the site (the stride count).
+	// 0 or 1: the whole pool is this server's.
+	Servers int
+	// ServerIndex is this server's stride, 1 to Servers. 0: derived
+	// from ServerName (FNV-1a hash modulo Servers), so two servers may
+	// share a stride by chance; set it to be sure.
+	ServerIndex int
+	// ServerName names this server in its site. Default: the host name
+	// (os.Hostname).
+	ServerName string
 }
 
 // FieldError is one problem with one Config field. Field is the Go
@@ -292,6 +349,8 @@ func (c Config) withDefaults() Config {
 	c.SplitInclude = append([]netip.Prefix(nil), c.SplitInclude...)
 	c.SplitExclude = append([]netip.Prefix(nil), c.SplitExclude...)
 	c.HostAddrs = append([]netip.Addr(nil), c.HostAddrs...)
+	c.ProxyProtocolFrom = append([]netip.Prefix(nil), c.ProxyProtocolFrom...)
+	c.BanExempt = append([]netip.Prefix(nil), c.BanExempt...)
 	c.Proxy.Exclude = append([]string(nil), c.Proxy.Exclude...)
 	return c
 }
@@ -342,6 +401,20 @@ func (c Config) Validate() error {
 	if c.MaxSessions < 0 {
 		errs.add("MaxSessions", "%d: must not be negative (0: no limit)", c.MaxSessions)
 	}
+	errs = append(errs, c.validateSite()...)
+	for _, f := range []struct {
+		name string
+		v    []netip.Prefix
+	}{{"ProxyProtocolFrom", c.ProxyProtocolFrom}, {"BanExempt", c.BanExempt}} {
+		for i, p := range f.v {
+			switch {
+			case !p.IsValid():
+				errs.addAt(f.name, i, "%v: not a network", p)
+			case p != p.Masked():
+				errs.addAt(f.name, i, "%s: host bits set (did you mean %s?)", p, p.Masked())
+			}
+		}
+	}
 	if c.IdleTimeout < 0 {
 		errs.add("IdleTimeout", "%v: must not be negative (0 disables it)", c.IdleTimeout)
 	}
@@ -383,4 +456,61 @@ func ruleFieldError(err error) error {
 	default: // "pool": the pool overlaps include rule Index
 		return &FieldError{Field: "Pool", Index: -1, Err: &r}
 	}
+}
+
+// poolClients returns the number of client addresses in an IPv4 pool:
+// the prefix less network, broadcast and the gateway's own address,
+// capped at ippool.MaxAddrs.
+func poolClients(p netip.Prefix) int {
+	hostBits := 32 - p.Bits()
+	if hostBits >= 31 {
+		return ippool.MaxAddrs - 1
+	}
+	return min(1<<hostBits-2, ippool.MaxAddrs) - 1
+}
+
+// validateSite checks Site against the pool and MaxSessions.
+func (c Config) validateSite() fieldErrs {
+	var errs fieldErrs
+	s := c.Site
+	if s.Servers < 0 {
+		errs.add("Site.Servers", "%d: must not be negative (0: a single server)", s.Servers)
+		return errs
+	}
+	if s.ServerIndex < 0 || s.ServerIndex > max(s.Servers, 1) || (s.Servers == 0 && s.ServerIndex > 0) {
+		errs.add("Site.ServerIndex", "%d: want 1 to the site's server count (%d), or 0 to derive it from the server name", s.ServerIndex, s.Servers)
+	}
+	if !c.Pool.Addr().Is4() || c.Pool.Bits() > 30 || c.Pool != c.Pool.Masked() {
+		return errs // reported as a Pool problem already
+	}
+	n := poolClients(c.Pool)
+	servers := max(s.Servers, 1)
+	switch {
+	case servers > n:
+		errs.add("Site.Servers", "%d: more servers than client addresses in Pool %s (%d)", servers, c.Pool, n)
+	case c.MaxSessions > 0 && servers*c.MaxSessions > n:
+		// The pool is shared by the whole site: every server may be full at once.
+		errs.add("Pool", "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
+			c.Pool, n, servers, c.MaxSessions, servers*c.MaxSessions)
+	}
+	return errs
+}
+
+// stride returns the pool stride count and this server's stride
+// (0-based) for Site.
+func (s Site) stride() (count, own int) {
+	count = max(s.Servers, 1)
+	switch {
+	case s.ServerIndex > 0:
+		return count, s.ServerIndex - 1
+	case count == 1:
+		return 1, 0
+	}
+	name := s.ServerName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(name))
+	return count, int(h.Sum32() % uint32(count))
 }

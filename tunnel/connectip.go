@@ -261,6 +261,9 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
 		return nil, "", refuseFull
 	}
+	if errors.Is(err, errNoAddress) {
+		return nil, "", refuseNoAddress
+	}
 	if err != nil {
 		g.log.Error("session", "err", err)
 		return nil, "", refuseInternal

@@ -17,7 +17,6 @@ import (
 
 	"github.com/quic-go/quic-go/http3"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/core/policy"
@@ -42,6 +41,20 @@ var ErrFull = errors.New("tunnel: gateway full")
 // ErrNoSession is returned for an unknown session id.
 var ErrNoSession = errors.New("tunnel: no such session")
 
+// leaser is what the session core needs of address leases: this server's
+// pool (*ippool.Pool). It is the seam where a site-wide lease store
+// (compare-and-swap leases shared by the servers of a site) will wrap the
+// local pool. Claim's errors wrap ippool.ErrTaken when another session
+// holds the address.
+type leaser interface {
+	// Allocate leases any address to a session key (at sign-in).
+	Allocate(key string) (netip.Addr, error)
+	// Claim leases the given address to a session key (a resume).
+	Claim(key string, a netip.Addr) error
+	// Release returns an address at the session's end.
+	Release(a netip.Addr)
+}
+
 // Gateway terminates client sessions (AnyConnect over TLS with DTLS, and
 // CONNECT-IP over QUIC) in one userspace TCP/IP stack and re-originates
 // their flows with host sockets.
@@ -59,7 +72,7 @@ type Gateway struct {
 
 	stack    *netstack.Stack
 	dns      *dnsproxy.Server // nil when disabled or no DNS addresses
-	pool     *ippool.Pool
+	pool     leaser
 	policy   atomic.Pointer[policy.Policy] // swapped by Reload
 	sessions *sessionTable
 	tlsConf  *tls.Config
@@ -108,7 +121,8 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.HostAddrs = localAddrs()
 	}
 	gwAddr := cfg.Pool.Addr().Next() // first usable address of the pool
-	pool, err := ippool.New(cfg.Pool, gwAddr)
+	strides, own := cfg.Site.stride()
+	pool, err := ippool.NewStrided(cfg.Pool, strides, own, gwAddr)
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: pool: %w", err)
 	}
@@ -303,7 +317,9 @@ func (g *Gateway) ServeTCPAndUDP(l net.Listener) error {
 
 // Serve accepts TCP connections on l, terminates TLS and serves the
 // AnyConnect protocol until Close or Shutdown, then returns ErrClosed.
-// Serve closes l.
+// Before TLS, a banned client is refused and, with
+// Config.ProxyProtocolFrom set, the PROXY protocol header is read (see
+// there). Serve closes l.
 func (g *Gateway) Serve(l net.Listener) error {
 	if c := g.conf(); c.GetCertificate == nil && c.Certificate == nil {
 		l.Close()
@@ -316,44 +332,11 @@ func (g *Gateway) Serve(l net.Listener) error {
 		l.Close()
 		return ErrClosed
 	}
-	err := g.httpSrv.Serve(&tlsListener{Listener: l, conf: g.tlsConf, bans: g.conf().Bans, log: g.log})
+	err := g.httpSrv.Serve(&tlsListener{Listener: l, g: g, conf: g.tlsConf})
 	if errors.Is(err, http.ErrServerClosed) {
 		return ErrClosed
 	}
 	return err
-}
-
-// tlsListener wraps accepted connections in a batchConn under TLS, so the
-// tunnel can batch records into few socket writes.
-type tlsListener struct {
-	net.Listener
-	conf *tls.Config
-	bans *auth.Bans
-	log  *slog.Logger
-}
-
-func (l *tlsListener) Accept() (net.Conn, error) {
-	var c net.Conn
-	for {
-		var err error
-		if c, err = l.Listener.Accept(); err != nil {
-			return nil, err
-		}
-		if l.bans == nil {
-			break
-		}
-		ap, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-		if !l.bans.Banned(ap.Addr().Unmap()) {
-			break
-		}
-		// Refused before any TLS work: a banned address costs one accept.
-		l.log.Debug("refused banned client", "client_ip", ap.Addr())
-		c.Close()
-	}
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true) // frames are already batched; never wait for more
-	}
-	return tls.Server(newBatchConn(c), l.conf), nil
 }
 
 // Listen opens a listener for an in-tunnel service on the gateway's own

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
+
+	"github.com/underpass/underpass/internal/core/ippool"
 )
 
 // refusal is the answer to a connection the gateway will not tunnel: the
@@ -32,6 +34,12 @@ var (
 	refuseDraining  = &refusal{http.StatusServiceUnavailable, "gateway is shutting down"}
 	refuseFull      = &refusal{http.StatusServiceUnavailable, "the gateway is full; try again later"}
 	refuseNoAddress = &refusal{http.StatusServiceUnavailable, "no address available"}
+	// A resume whose address another live session holds on this server.
+	// 503, not 401: the client keeps its cookie and retries (through the
+	// balancer, possibly on another server); handing it another address
+	// instead would make openconnect 9.01 abort ("Reconnect gave different
+	// Legacy IP address").
+	refuseAddrTaken = &refusal{http.StatusServiceUnavailable, "this session's address is held by another session on this server"}
 	refuseInternal  = &refusal{http.StatusInternalServerError, "internal error"}
 )
 
@@ -83,8 +91,13 @@ func (g *Gateway) admitFrom(ca netip.AddrPort) *refusal {
 	return nil
 }
 
-// prepare leases s's address and attaches its stack port, once per
-// session: later connections reuse both, so flows outlive connections.
+// errNoAddress: the pool has no address left for a new session.
+var errNoAddress = errors.New("tunnel: no address available")
+
+// prepare leases s's address (unless sign-in did) and attaches its stack
+// port, once per session: later connections reuse both, so flows outlive
+// connections. A session resumed from a sealed cookie claims the address
+// the cookie carries, and is refused if that address is not free here.
 // The port stays parked until a link registers.
 func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	s.mu.Lock()
@@ -96,10 +109,9 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 		return s.addr, nil
 	}
 	if !s.addr.IsValid() {
-		a, err := g.pool.Allocate(s.id)
-		if err != nil {
-			g.log.Warn("no address for session", "session", s.id, "err", err)
-			return netip.Addr{}, refuseNoAddress
+		a, rf := g.lease(s)
+		if rf != nil {
+			return netip.Addr{}, rf
 		}
 		s.addr = a
 		g.sessions.setAddr(s, a)
@@ -114,6 +126,35 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	p.Park()
 	s.port = p
 	return s.addr, nil
+}
+
+// lease leases an address for s: the one its cookie carries (s.want), or
+// any when the cookie carries none (sealed before addresses were sealed).
+func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
+	if !s.want.IsValid() {
+		a, err := g.pool.Allocate(s.id)
+		if err != nil {
+			g.log.Warn("no address for session", "session", s.id, "err", err)
+			return netip.Addr{}, refuseNoAddress
+		}
+		return a, nil
+	}
+	err := g.pool.Claim(s.id, s.want)
+	switch {
+	case err == nil:
+		return s.want, nil
+	case errors.Is(err, ippool.ErrTaken):
+		other := g.sessions.lookupAddr(s.want)
+		attrs := []any{"session", s.id, "user", s.ident.User, "addr", s.want}
+		if other != nil {
+			attrs = append(attrs, "held_by", other.id, "held_by_user", other.ident.User)
+		}
+		g.log.Warn("resume refused: address held by another session", attrs...)
+		return netip.Addr{}, refuseAddrTaken
+	default: // not in this server's pool (a site whose servers disagree on Pool), or held otherwise
+		g.log.Warn("resume refused: cookie's address unusable here", "session", s.id, "user", s.ident.User, "addr", s.want, "err", err)
+		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "this session's address " + s.want.String() + " is not usable on this server"}
+	}
 }
 
 // register makes l the session's connection: a previous connection is

@@ -58,6 +58,9 @@ var liveFields = []liveField{
 	{"Proxy", func(c *Config) any { return c.Proxy }},
 	{"SecretPath", func(c *Config) any { return c.SecretPath }},
 	{"FlowLog", func(c *Config) any { return [2]any{funcID(c.FlowLog), c.FlowLogDNS} }},
+	// Read per connection and per failed sign-in.
+	{"ProxyProtocolFrom", func(c *Config) any { return c.ProxyProtocolFrom }},
+	{"BanExempt", func(c *Config) any { return c.BanExempt }},
 }
 
 // Settings fixed at New, each with why.
@@ -68,6 +71,8 @@ var restartFields = []restartField{
 	{"DTLS", func(c *Config) any { return [2]any{c.DTLS, c.DTLSPort} }, func(d, s *Config) { d.DTLS, d.DTLSPort = s.DTLS, s.DTLSPort }},
 	// Live sessions hold addresses of the pool and the stack's MTU.
 	{"Pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
+	// The pool's strides are cut once.
+	{"Site", func(c *Config) any { return c.Site }, func(d, s *Config) { d.Site = s.Site }},
 	{"MTU", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},
 	// The stack's UDP forwarder is configured once.
 	{"UDPIdleTimeout", func(c *Config) any { return c.UDPIdleTimeout }, func(d, s *Config) { d.UDPIdleTimeout = s.UDPIdleTimeout }},

@@ -59,8 +59,11 @@ type session struct {
 	// them over sessions, plus those endSession retired).
 	dtls tally.Counters
 
-	mu         sync.Mutex
-	addr       netip.Addr
+	mu   sync.Mutex
+	addr netip.Addr // leased: at sign-in, or by prepare on a resume
+	// want is the address a resumed sealed cookie carries: prepare claims
+	// exactly it, or refuses (a client must never get another address).
+	want       netip.Addr
 	clientAddr netip.AddrPort
 	// port is the session's attachment to the stack, from its first
 	// connection to its end: flows live here, so they outlive

@@ -68,13 +68,18 @@ type File struct {
 	Log            LogConfig            `yaml:"log"`
 	DemoPage       *bool                `yaml:"demo_page"`
 	HostAddrs      []string             `yaml:"host_addrs"`
-	DisableUDP     bool                 `yaml:"disable_udp"` // TCP-only: no QUIC, no DTLS (R-P3)
-	DTLS           string               `yaml:"dtls"`        // auto|psk|legacy|off (R-P5)
-	DTLSPort       int                  `yaml:"dtls_port"`   // 0: DTLS shares the listen port with QUIC
-	AdminHTTP      string               `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
-	SecretPath     string               `yaml:"secret_path"`
-	Proxy          ProxyFile            `yaml:"proxy"`
-	Limits         struct {
+	// ProxyProtocolFrom lists trusted load balancers' networks: the PROXY
+	// protocol header is required from them and refused from others.
+	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
+	// BanExempt lists networks whose failed sign-ins earn no ban points.
+	BanExempt  []string  `yaml:"ban_exempt"`
+	DisableUDP bool      `yaml:"disable_udp"` // TCP-only: no QUIC, no DTLS (R-P3)
+	DTLS       string    `yaml:"dtls"`        // auto|psk|legacy|off (R-P5)
+	DTLSPort   int       `yaml:"dtls_port"`   // 0: DTLS shares the listen port with QUIC
+	AdminHTTP  string    `yaml:"admin_http"`  // /metrics, /healthz, /readyz listener; "" = off
+	SecretPath string    `yaml:"secret_path"`
+	Proxy      ProxyFile `yaml:"proxy"`
+	Limits     struct {
 		MaxSessions int `yaml:"max_sessions"` // 0: the pool's size
 	} `yaml:"limits"`
 }
@@ -151,11 +156,17 @@ func mustYAML(v any) []byte {
 	return b
 }
 
-// SiteFile is the site section (R-S1).
+// SiteFile is the site section (R-S1, R-S2).
 type SiteFile struct {
 	Name     string `yaml:"name"`
 	Host     string `yaml:"host"`      // public FQDN or IP clients dial; the certificate must cover it
 	CheckURL string `yaml:"check_url"` // internal-network check (R-S3)
+	// Servers is the number of servers of the site (the pool's strides);
+	// ServerIndex is this server's stride, 1 to Servers (0: from a hash of
+	// ServerName); ServerName defaults to the host name. See tunnel.Site.
+	Servers     int    `yaml:"servers"`
+	ServerIndex int    `yaml:"server_index"`
+	ServerName  string `yaml:"server_name"`
 }
 
 // ProxyFile is the proxy section: settings pushed to clients (R-C6).
@@ -292,6 +303,8 @@ func (p *parser) addressing(f *File, t *tunnel.Config) {
 		}
 		t.HostAddrs = append(t.HostAddrs, a)
 	}
+	t.ProxyProtocolFrom = p.prefixes("proxy_protocol_from", f.ProxyProtocolFrom)
+	t.BanExempt = p.prefixes("ban_exempt", f.BanExempt)
 	t.SearchDomains = f.SearchDomains
 	var perrs []error
 	t.SplitInclude, perrs = policy.ParsePrefixes("split_include", f.SplitInclude)
@@ -302,6 +315,25 @@ func (p *parser) addressing(f *File, t *tunnel.Config) {
 	for _, err := range perrs {
 		bad("split_exclude", "%v", err)
 	}
+}
+
+// prefixes parses a list of networks (CIDR, or a bare address for one
+// host) under key.
+func (p *parser) prefixes(key string, ss []string) []netip.Prefix {
+	var out []netip.Prefix
+	for i, s := range ss {
+		pr, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				p.bad(key, "%s[%d]: %q is not a network (want a CIDR such as 10.0.0.0/24, or an address)", key, i, s)
+				continue
+			}
+			pr = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, pr)
+	}
+	return out
 }
 
 // tunnelSettings reads the timers, the DNS proxy, UDP and DTLS, limits,
@@ -381,6 +413,7 @@ func (p *parser) logAndUsers(f *File) {
 func (p *parser) siteAndHealth(f *File, c *Config) {
 	bad := p.bad
 	c.Site = f.Site
+	c.Tunnel.Site = tunnel.Site{Servers: f.Site.Servers, ServerIndex: f.Site.ServerIndex, ServerName: f.Site.ServerName}
 	if d := c.rel(f.TLS.ExtraRootsDir); d != "" {
 		if _, err := outbound.Roots(d); err != nil {
 			bad("tls", "extra_roots_dir: %v", err)
@@ -476,6 +509,8 @@ var tunnelKeys = map[string]string{
 	"Authenticator": "identity", "OfferBearer": "identity.oidc.offer_bearer", "Policy": "identity.policy",
 	"KeepSessionPastTokenExpiry": "identity.keep_session_past_token_expiry", "Bans": "identity.bans",
 	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs",
+	"ProxyProtocolFrom": "proxy_protocol_from", "BanExempt": "ban_exempt",
+	"Site": "site", "Site.Servers": "site.servers", "Site.ServerIndex": "site.server_index", "Site.ServerName": "site.server_name",
 }
 
 // Key returns the config file's key for a tunnel.Config field name, or

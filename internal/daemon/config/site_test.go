@@ -1,0 +1,68 @@
+package config
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/underpass/underpass/tunnel"
+)
+
+func TestSiteAndProxyProtocolKeys(t *testing.T) {
+	c, err := Parse("gw.yaml", []byte(`
+pool: 169.254.0.0/16
+limits: {max_sessions: 5000}
+site:
+  name: hq
+  servers: 3
+  server_index: 2
+  server_name: gw-b
+proxy_protocol_from: [10.0.9.0/24, 10.0.8.7]
+ban_exempt: [127.0.0.0/8]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.Tunnel
+	if tc.Site != (tunnel.Site{Servers: 3, ServerIndex: 2, ServerName: "gw-b"}) {
+		t.Fatalf("Site = %+v", tc.Site)
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.0.9.0/24"), netip.MustParsePrefix("10.0.8.7/32")}
+	if len(tc.ProxyProtocolFrom) != 2 || tc.ProxyProtocolFrom[0] != want[0] || tc.ProxyProtocolFrom[1] != want[1] {
+		t.Fatalf("ProxyProtocolFrom = %v", tc.ProxyProtocolFrom)
+	}
+	if len(tc.BanExempt) != 1 || tc.BanExempt[0] != netip.MustParsePrefix("127.0.0.0/8") {
+		t.Fatalf("BanExempt = %v", tc.BanExempt)
+	}
+}
+
+func TestSiteErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{"index past servers", "pool: 10.0.0.0/24\nsite:\n  servers: 2\n  server_index: 3\n", []string{"gw.yaml:2: site.server_index"}},
+		{"index without servers", "site: {server_index: 1}\n", []string{"gw.yaml:1: site.server_index"}},
+		{"negative servers", "site: {servers: -2}\n", []string{"gw.yaml:1: site.servers"}},
+		{"site overflows the pool", "pool: 10.0.0.0/24\nlimits: {max_sessions: 200}\nsite: {servers: 2}\n",
+			[]string{"gw.yaml:1: pool", "253 client addresses", "400"}},
+		{"R-C1 is per server", "limits: {max_sessions: 64000}\nsite: {servers: 2}\n", []string{"pool", "65533", "128000"}},
+		{"bad proxy network", "proxy_protocol_from: [10.0.0.0/24, balancer]\n", []string{"gw.yaml:1: proxy_protocol_from", "proxy_protocol_from[1]", "balancer"}},
+		{"proxy network host bits", "\nproxy_protocol_from: [10.0.0.9/24]\n", []string{"gw.yaml:2: proxy_protocol_from[0]", "10.0.0.0/24"}},
+		{"bad exempt network", "ban_exempt: [nope]\n", []string{"gw.yaml:1: ban_exempt", "nope"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("gw.yaml", []byte(tt.doc))
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
