@@ -53,6 +53,7 @@ type Port struct {
 
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
+	syns   map[synKey]uint32 // client SYNs' sequence numbers (noteSYN), under flowMu
 
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
@@ -288,6 +289,9 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.dropNotAllowed.Add(1)
 		s.reject(p, &ip)
 		return ErrNotAllowed
+	}
+	if ip.tproto == protoTCP {
+		p.noteSYN(ip.dst, ip.l4)
 	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip.pkt)})
 	pb.NetworkProtocolNumber = ip.proto

@@ -17,11 +17,15 @@ const (
 	tcpFlagACK = 0x10
 
 	icmp4Unreach         = 3
+	icmp4CodeNet         = 0
+	icmp4CodeHost        = 1
 	icmp4CodePort        = 3
 	icmp4CodeFragNeeded  = 4 // RFC 1191: with the next-hop MTU
 	icmp4CodeAdminProhib = 13
 	icmp6Unreach         = 1
+	icmp6CodeNoRoute     = 0
 	icmp6CodeAdminProhib = 1
+	icmp6CodeAddr        = 3
 	icmp6CodePort        = 4
 	icmp6TooBig          = 2 // RFC 4443 3.2 Packet Too Big, with the MTU
 

@@ -116,7 +116,6 @@ func TestTCPFailFast(t *testing.T) {
 		dst  netip.AddrPort
 	}{
 		{"refused", nil, refused},
-		{"dial timeout", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live},
 		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live},
 		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81)},
 	}
@@ -879,5 +878,54 @@ func TestDialCapPerPort(t *testing.T) {
 	}
 	if n := gw.Stats().TCPDialCapped; n != 6 {
 		t.Errorf("TCPDialCapped = %d, want 6", n)
+	}
+}
+
+// errDialer fails every dial with err.
+type errDialer struct{ err error }
+
+func (d errDialer) DialContext(context.Context, string, string) (net.Conn, error) { return nil, d.err }
+
+// TestDialFailureAnswers checks the client learns why a dial failed the way
+// a router would tell it: a refusal as a RST, an unreachable host or
+// network, or no answer at all, as ICMP unreachable (connect() then fails
+// with "no route to host" / "network is unreachable", not "refused").
+func TestDialFailureAnswers(t *testing.T) {
+	refused := netip.AddrPortFrom(far, freePort(t, "tcp"))
+	live := echoServer(t)
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		dst  netip.AddrPort
+		want string
+	}{
+		{"refused", nil, refused, "refused"},
+		{"no answer", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live, "no route to host"},
+		{"host unreachable", func(c *Config) { c.Dialer = errDialer{syscall.EHOSTUNREACH} }, live, "no route to host"},
+		{"net unreachable", func(c *Config) { c.Dialer = errDialer{syscall.ENETUNREACH} }, live, "network is unreachable"},
+		{"local firewall", func(c *Config) { c.Dialer = errDialer{syscall.EACCES} }, live, "no route to host"},
+		{"other failure", func(c *Config) { c.Dialer = errDialer{errors.New("proxy said no")} }, live, "refused"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			gw := newGW(t, tt.mod)
+			c := newClient(t, gw, cliAddr, 0)
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			conn, err := c.dialTCP(ctx, tt.dst)
+			if err == nil {
+				conn.Close()
+				t.Fatal("connected")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err = %v, want %q", err, tt.want)
+			}
+			c.port.flowMu.Lock()
+			n := len(c.port.syns)
+			c.port.flowMu.Unlock()
+			if n != 0 {
+				t.Errorf("%d SYNs still recorded after the dial ended", n)
+			}
+		})
 	}
 }

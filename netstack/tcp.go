@@ -82,11 +82,14 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		s.stats.tcpDialFailed.Add(1)
 		s.log.Debug("netstack: tcp dial failed", "src", src, "dst", dst, "err", err)
-		r.Complete(true)
+		// ICMP unreachable where a router would send one (dialerr.go),
+		// else a RST.
+		r.Complete(!s.answerDialFailure(port, src, dst, err))
 		s.flowLog("tcp", src, dst, time.Now(), 0, 0, err)
 		s.wg.Done()
 		return
 	}
+	port.takeSYN(src, dst) // only a failure quotes it
 	f := &tcpFlow{s: s, port: port, src: src, dst: dst, start: time.Now()}
 	f.g.wEntry, f.g.wCh = waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	f.g.wq.EventRegister(&f.g.wEntry)
