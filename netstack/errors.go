@@ -20,6 +20,9 @@ var (
 	ErrMalformed = errors.New("netstack: malformed packet")
 	// ErrTooBig reports a packet larger than the configured MTU.
 	ErrTooBig = errors.New("netstack: packet larger than MTU")
+	// ErrTTLExceeded reports a client packet whose TTL (hop limit) would
+	// reach 0 at the gateway; the client was sent ICMP time exceeded.
+	ErrTTLExceeded = errors.New("netstack: TTL exceeded in transit")
 	// ErrBadMTU reports a port MTU outside [576, Config.MTU] (Port.SetMTU).
 	ErrBadMTU = errors.New("netstack: port MTU out of range")
 	// ErrSpoofed reports a packet whose source is not the port's address.

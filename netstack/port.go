@@ -274,6 +274,15 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.dropSpoofed.Add(1)
 		return ErrSpoofed
 	}
+	if ip.ttl <= 1 && !s.isLocal(ip.dst) {
+		// A router forwards nothing whose TTL (hop limit) would reach 0,
+		// and says so (RFC 1812 5.3.1, RFC 4443 3.3): traceroute's first
+		// hop is the gateway. The hosts beyond are not: the stack
+		// re-originates each flow from its own socket.
+		s.stats.ttlExceeded.Add(1)
+		s.timeExceeded(p, &ip)
+		return ErrTTLExceeded
+	}
 	// Echo is the stack's to answer only at its own address. A listener's
 	// address (the DNS proxy's, say) owns just its port, as on a router
 	// that intercepts port 53: a ping there is forwarded to the real host
@@ -319,6 +328,7 @@ type ipInfo struct {
 	hdrLen   int
 	src, dst netip.Addr
 	tproto   uint8  // transport protocol (IPv6: the first next-header)
+	ttl      uint8  // TTL (IPv6: hop limit)
 	l4       []byte // transport header+payload; nil for non-first fragments
 }
 
@@ -346,7 +356,7 @@ func parseIP(b []byte) (ipInfo, error) {
 		}
 		b = b[:tot]
 		ip = ipInfo{pkt: b, proto: header.IPv4ProtocolNumber, hdrLen: ihl,
-			src: netip.AddrFrom4([4]byte(b[12:16])), dst: netip.AddrFrom4([4]byte(b[16:20])), tproto: b[9]}
+			src: netip.AddrFrom4([4]byte(b[12:16])), dst: netip.AddrFrom4([4]byte(b[16:20])), tproto: b[9], ttl: b[8]}
 		if binary.BigEndian.Uint16(b[6:8])&0x1fff == 0 {
 			ip.l4 = b[ihl:]
 		}
@@ -360,7 +370,7 @@ func parseIP(b []byte) (ipInfo, error) {
 		}
 		b = b[:tot]
 		ip = ipInfo{pkt: b, proto: header.IPv6ProtocolNumber, v6: true, hdrLen: header.IPv6MinimumSize,
-			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[6],
+			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[6], ttl: b[7],
 			l4: b[header.IPv6MinimumSize:]}
 	default:
 		return ip, ErrNotIP

@@ -28,6 +28,8 @@ const (
 	icmp6CodeAddr        = 3
 	icmp6CodePort        = 4
 	icmp6TooBig          = 2 // RFC 4443 3.2 Packet Too Big, with the MTU
+	icmp6TimeExceeded    = 3
+	icmp4TimeExceeded    = 11
 
 	ttl = 64
 	// icmp4Max and icmp6Max cap an ICMP error, as RFC 1812 4.3.2.3 and
@@ -53,6 +55,21 @@ func (s *Stack) reject(p *Port, ip *ipInfo) {
 		s.sendICMP6(p, ip.dst, ip.src, icmp6Unreach, icmp6CodeAdminProhib, ip.pkt)
 	} else {
 		s.sendICMP4(p, s.cfg.Addr, ip.src, icmp4Unreach, icmp4CodeAdminProhib, ip.pkt)
+	}
+}
+
+// timeExceeded answers a packet whose TTL ran out at the gateway: ICMP
+// time exceeded in transit (IPv4 type 11, IPv6 type 3; code 0) from the
+// gateway's address, quoting it. Nothing for ICMP errors (RFC 1812
+// 4.3.2.7) and non-first fragments.
+func (s *Stack) timeExceeded(p *Port, ip *ipInfo) {
+	if ip.l4 == nil || isICMPError(ip) || ip.dst.IsMulticast() || ip.dst == broadcast4 {
+		return
+	}
+	if ip.v6 {
+		s.sendICMP6(p, ip.dst, ip.src, icmp6TimeExceeded, 0, ip.pkt)
+	} else {
+		s.sendICMP4(p, s.cfg.Addr, ip.src, icmp4TimeExceeded, 0, ip.pkt)
 	}
 }
 

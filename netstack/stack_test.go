@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -289,6 +290,13 @@ func TestInjectDrops(t *testing.T) {
 		}},
 		{"broadcast, silently", udpPacket(src, netip.AddrPortFrom(broadcast4, 67), nil), ErrNotAllowed, nil},
 		{"echo to far -> prohibited", echoRequest(cliAddr, far, 1), ErrNotAllowed, func(b []byte) bool { return b[20] == 3 && b[21] == 13 }},
+		{"ttl 1 -> time exceeded from the gateway", withTTL(udpPacket(src, netip.AddrPortFrom(far, 33434), []byte("probe")), 1), ErrTTLExceeded, func(b []byte) bool {
+			return b[9] == protoICMP && netip.AddrFrom4([4]byte(b[12:16])) == gwAddr && b[20] == 11 && b[21] == 0 &&
+				fold(sum(b[20:], 0)) == 0xffff && netip.AddrFrom4([4]byte(b[28+16:28+20])) == far // quotes the probe
+		}},
+		{"ttl 0 to denied -> time exceeded first, as a router", withTTL(tcpSYN(src, netip.AddrPortFrom(denied, 80)), 0), ErrTTLExceeded, func(b []byte) bool {
+			return b[9] == protoICMP && b[20] == 11
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -312,7 +320,7 @@ func TestInjectDrops(t *testing.T) {
 		})
 	}
 	st := gw.Stats()
-	if st.DropSpoofed != 1 || st.DropNotAllowed != 6 || st.DropMalformed != 3 || st.DropNotIP != 1 || st.DropTooBig != 1 {
+	if st.DropSpoofed != 1 || st.DropNotAllowed != 6 || st.DropMalformed != 3 || st.DropNotIP != 1 || st.DropTooBig != 1 || st.TTLExceeded != 2 {
 		t.Fatalf("stats %+v", st)
 	}
 	// Session B never saw anything.
@@ -928,4 +936,13 @@ func TestDialFailureAnswers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withTTL returns a copy of the IPv4 packet b with TTL ttl.
+func withTTL(b []byte, ttl byte) []byte {
+	b = append([]byte(nil), b...)
+	b[8] = ttl
+	b[10], b[11] = 0, 0
+	binary.BigEndian.PutUint16(b[10:12], ^fold(sum(b[:20], 0)))
+	return b
 }

@@ -21,6 +21,7 @@ type Stats struct {
 	DropTooBig     uint64 // Inject: larger than MTU
 	DropSpoofed    uint64 // Inject: source is not the port's address
 	DropNotAllowed uint64 // Inject: destination refused by policy (answered)
+	TTLExceeded    uint64 // Inject: TTL / hop limit 1 or 0 for a forwarded destination (answered: time exceeded)
 	DropNoPort     uint64 // outbound: no port owns the destination
 	DropPortClosed uint64 // outbound: port closed while queueing
 	DropBlocked    uint64 // outbound: MaxWriteBlock expired
@@ -49,7 +50,7 @@ type counters struct {
 	dropNotAllowed, dropNoPort, dropPortClosed, dropBlocked atomic.Uint64
 	dropParked                                              atomic.Uint64
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
-	fragmented, tooBigAnswered                              atomic.Uint64
+	fragmented, tooBigAnswered, ttlExceeded                 atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
 	tcpDialCapped                                           atomic.Uint64
@@ -76,6 +77,7 @@ func (s *Stack) Stats() Stats {
 		DropNotIP: c.dropNotIP.Load(), DropMalformed: c.dropMalformed.Load(),
 		DropTooBig: c.dropTooBig.Load(), DropSpoofed: c.dropSpoofed.Load(),
 		DropNotAllowed: c.dropNotAllowed.Load(), DropNoPort: c.dropNoPort.Load(),
+		TTLExceeded:    c.ttlExceeded.Load(),
 		DropPortClosed: c.dropPortClosed.Load(), DropBlocked: c.dropBlocked.Load(),
 		DropParked: c.dropParked.Load(),
 		Rejects:    c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),

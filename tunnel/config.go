@@ -183,6 +183,12 @@ type Config struct {
 
 	// Dialer re-originates client flows. Default &net.Dialer{}.
 	Dialer netstack.Dialer
+	// Pinger forwards clients' ICMP echo requests to corporate hosts. nil
+	// means the host's own ping sockets (netstack.HostPinger) when Dialer
+	// is nil too; with a custom Dialer and no Pinger, pings to other hosts
+	// are refused (administratively prohibited), since the embedder owns
+	// the network path.
+	Pinger netstack.Pinger
 	// HostAddrs are the gateway host's own addresses, unreachable from
 	// clients unless an include route names them. Default: the addresses
 	// of every local interface at New.

@@ -137,7 +137,7 @@ func New(cfg Config) (*Gateway, error) {
 	g.cur.Store(&cfg)
 	g.policy.Store(pol)
 	st, err := netstack.New(netstack.Config{
-		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Logger: cfg.Logger,
+		Addr: gwAddr, MTU: cfg.MTU, Dialer: cfg.Dialer, Pinger: cfg.Pinger, Logger: cfg.Logger,
 		// Read per packet, so a Reload's new routes bind live sessions too.
 		Allow:          func(a netip.Addr) bool { return g.policy.Load().Allow(a) },
 		FlowLog:        g.flowLog,

@@ -88,6 +88,7 @@ var restartFields = []restartField{
 	// The TLS configuration asks for client certificates or not.
 	{"ClientCerts", func(c *Config) any { return c.ClientCerts }, func(d, s *Config) { d.ClientCerts = s.ClientCerts }},
 	{"Dialer", func(c *Config) any { return c.Dialer }, func(d, s *Config) { d.Dialer = s.Dialer }},
+	{"Pinger", func(c *Config) any { return c.Pinger }, func(d, s *Config) { d.Pinger = s.Pinger }},
 	{"HostAddrs", func(c *Config) any { return c.HostAddrs }, func(d, s *Config) { d.HostAddrs = s.HostAddrs }},
 	{"Logger", func(c *Config) any { return c.Logger }, func(d, s *Config) { d.Logger = s.Logger }},
 }
