@@ -52,7 +52,8 @@ type counters struct {
 	tcpDialCapped                                           atomic.Uint64
 
 	// traffic holds closed ports' packet counts; Port.Close retires a
-	// port's into it together with its removal from the port map, so a
+	// port's into it together with its removal from the port table (under
+	// the totals' lock, which Stats holds while it walks the table), so a
 	// snapshot counts every packet once: in its port or here.
 	traffic tally.Totals
 }
@@ -63,9 +64,7 @@ type counters struct {
 func (s *Stack) Stats() Stats {
 	c := &s.stats
 	t := c.traffic.Sum(func(add func(*tally.Counters)) {
-		for _, p := range *s.ports.Load() {
-			add(&p.traffic)
-		}
+		s.ports.each(func(p *Port) { add(&p.traffic) })
 	})
 	return Stats{
 		PacketsIn: t.PacketsIn, BytesIn: t.BytesIn,
