@@ -120,6 +120,8 @@ func TestTunnelProblemsInFileSpelling(t *testing.T) {
 		{"dns: [10.0.0.1]\nlimits: {max_sessions: -1}\n", "gw.yaml:2: limits.max_sessions: -1", "MaxSessions"},
 		{"search_domains: [ok.example, bad_domain]\n", "gw.yaml:1: search_domains[1]: \"bad_domain\"", "SearchDomains"},
 		{"split_include: [10.1.0.0/16, 0.0.0.0/1]\n", "gw.yaml:1: split_include[1] 0.0.0.0/1:", "SplitInclude"},
+		{"dns: [10.0.0.1]\nsplit_include: [10.0.0.0/8, 127.0.0.0/8]\n",
+			"gw.yaml:2: split_include[1] 127.0.0.0/8: loopback cannot be reached through the tunnel", "SplitInclude"},
 		{"proxy: {server: \"proxy.corp.example:8080\", exclude: [ok.example, \"con*oso.com\"]}\n",
 			"gw.yaml:1: proxy.exclude[1]: \"con*oso.com\"", "Proxy.Exclude"},
 		{"dtls_port: 70000\n", "gw.yaml:1: dtls_port: 70000 out of range", "DTLSPort"},
