@@ -164,6 +164,8 @@ type Stack struct {
 	stats  counters
 	echo   echoState
 	pinger Pinger // nil: pings to other hosts are refused
+
+	noFDLogged atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 
 // New creates and starts a Stack.

@@ -36,6 +36,11 @@ type Stats struct {
 	TCPDialFailed uint64 // upstream TCP dials that failed (answered with RST)
 	TCPDialCapped uint64 // SYNs ignored: their port had Config.MaxInFlightPerPort dials in flight
 	UDPDialFailed uint64
+	// DialNoFD counts the upstream dials (TCP and UDP, also in
+	// TCPDialFailed or UDPDialFailed) that failed for lack of file
+	// descriptors: EMFILE (the process's RLIMIT_NOFILE) or ENFILE (the
+	// system's table). Each forwarded flow holds one host socket.
+	DialNoFD uint64
 }
 
 // counters are the stack-wide counters. The atomics count events that are
@@ -49,7 +54,7 @@ type counters struct {
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
-	tcpDialCapped                                           atomic.Uint64
+	tcpDialCapped, dialNoFD                               atomic.Uint64
 
 	// traffic holds closed ports' packet counts; Port.Close retires a
 	// port's into it together with its removal from the port table (under
@@ -79,6 +84,6 @@ func (s *Stack) Stats() Stats {
 		TCPActive:    c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
-		TCPDialCapped: c.tcpDialCapped.Load(),
+		TCPDialCapped: c.tcpDialCapped.Load(), DialNoFD: c.dialNoFD.Load(),
 	}
 }

@@ -82,6 +82,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		s.stats.tcpDialFailed.Add(1)
 		s.log.Debug("netstack: tcp dial failed", "src", src, "dst", dst, "err", err)
+		s.dialFailed("tcp", err)
 		r.Complete(true)
 		s.flowLog("tcp", src, dst, time.Now(), 0, 0, err)
 		s.wg.Done()
