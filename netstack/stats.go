@@ -54,7 +54,7 @@ type counters struct {
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
-	tcpDialCapped, dialNoFD                               atomic.Uint64
+	tcpDialCapped, dialNoFD                                 atomic.Uint64
 
 	// traffic holds closed ports' packet counts; Port.Close retires a
 	// port's into it together with its removal from the port table (under
