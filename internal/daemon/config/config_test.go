@@ -193,11 +193,12 @@ func must(t *testing.T, err error) {
 }
 
 func TestHealthThresholds(t *testing.T) {
-	c, err := Parse("h.yaml", []byte("health: {cpu_warn: 80, latency_warn: 5ms}\n"))
+	c, err := Parse("h.yaml", []byte("health: {cpu_warn: 80, latency_warn: 5ms, fd_warn: 70}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Health.CPUWarn != 80 || c.Health.LatencyWarn != 5*time.Millisecond || c.Health.MaxConnections != 4990 {
+	if c.Health.CPUWarn != 80 || c.Health.LatencyWarn != 5*time.Millisecond || c.Health.MaxConnections != 4990 ||
+		c.Health.FDWarn != 70 || c.Health.FDBad != 95 {
 		t.Errorf("thresholds %+v", c.Health)
 	}
 	if _, err := Parse("h.yaml", []byte("health: {cpu_warm: 80}\n")); err == nil || !strings.Contains(err.Error(), "h.yaml:1: health") {
