@@ -1,36 +1,18 @@
 package netstack
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
-
-// syncBuffer is a bytes.Buffer a logger may write from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
 
 // TestDialNoFD runs the gateway with the process's open-files limit
 // lowered to a few descriptors above those already open, and opens TCP
@@ -40,7 +22,7 @@ func (w *syncBuffer) String() string {
 // client gets a prompt refusal, and one warning (rate-limited) goes to the
 // injected logger; a UDP flow refused likewise is counted too.
 func TestDialNoFD(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.LogBuffer
 	gw := newGW(t, func(c *Config) {
 		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	})
