@@ -105,8 +105,15 @@ func benchTCP(b *testing.B, mtu int, up bool) {
 // BenchmarkPacketPath is the gateway's own per-packet cost with nothing
 // else in the process: one ICMP echo request injected, one reply copied to
 // a pooled Packet, received and released. allocs/op is per packet pair.
-func BenchmarkPacketPath(b *testing.B) {
+func BenchmarkPacketPath(b *testing.B) { benchPacketPath(b, 0) }
+
+// BenchmarkPacketPathManyPorts is BenchmarkPacketPath with 20,000 other
+// ports attached: the per-packet port lookup at a full gateway's size.
+func BenchmarkPacketPathManyPorts(b *testing.B) { benchPacketPath(b, 20000) }
+
+func benchPacketPath(b *testing.B, others int) {
 	gw := newGW(b, nil)
+	attachN(b, gw, others)
 	p, err := gw.Attach(cliAddr, testHeadroom, 16)
 	if err != nil {
 		b.Fatal(err)
@@ -122,5 +129,43 @@ func BenchmarkPacketPath(b *testing.B) {
 		}
 		pk := <-p.Packets()
 		pk.Release()
+	}
+}
+
+// seqAddr is the i-th address of 10.100.0.0/16, clear of the other test
+// addresses (10.99.0.0/24); i < 65536.
+func seqAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 100, byte(i >> 8), byte(i)}) }
+
+// attachN attaches n ports (seqAddr 0..n-1) as sessions do (queue
+// length 0: DefaultQueueLen).
+func attachN(b *testing.B, gw *Stack, n int) {
+	b.Helper()
+	for i := range n {
+		if _, err := gw.Attach(seqAddr(i), testHeadroom, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAttachDetach is one session's connect plus disconnect (Attach,
+// then Port.Close) while n other ports stay attached: the port table's
+// cost per event must not grow with n. B/op includes the Port itself and
+// its DefaultQueueLen-slot queue (about 4.3 KiB).
+func BenchmarkAttachDetach(b *testing.B) {
+	for _, n := range []int{1000, 10000, 20000} {
+		b.Run(fmt.Sprintf("ports=%d", n), func(b *testing.B) {
+			gw := newGW(b, nil)
+			attachN(b, gw, n)
+			a := seqAddr(n)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				p, err := gw.Attach(a, testHeadroom, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				p.Close()
+			}
+		})
 	}
 }

@@ -3,7 +3,6 @@ package netstack
 import (
 	"encoding/binary"
 	"fmt"
-	"maps"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -68,6 +67,40 @@ type Port struct {
 	traffic tally.Counters
 }
 
+// portTable maps each attached address to its Port. The packet path looks
+// a port up for every outbound packet and for every new flow, lock-free;
+// Attach and Port.Close insert and delete one entry each, in time and
+// garbage independent of how many ports are attached (a copy-on-write map
+// cost 4.6 ms and 2.5 MiB per connect or disconnect at 20,000 sessions,
+// issue 14). sync.Map is a concurrent hash-trie since Go 1.24: Load takes
+// no lock, and a store locks only the trie node it changes.
+type portTable struct{ m sync.Map } // netip.Addr -> *Port
+
+func (t *portTable) get(a netip.Addr) *Port {
+	if v, ok := t.m.Load(a); ok {
+		return v.(*Port)
+	}
+	return nil
+}
+
+// add inserts p under its address; false if the address is taken.
+func (t *portTable) add(p *Port) bool {
+	_, taken := t.m.LoadOrStore(p.addr, p)
+	return !taken
+}
+
+// remove deletes p's entry if it is still p's (never a successor's).
+func (t *portTable) remove(p *Port) { t.m.CompareAndDelete(p.addr, p) }
+
+// each calls f for every attached port; f may close it. Ports attached
+// meanwhile may or may not be visited; each port is visited at most once.
+func (t *portTable) each(f func(*Port)) {
+	t.m.Range(func(_, v any) bool {
+		f(v.(*Port))
+		return true
+	})
+}
+
 // flow is a forwarded flow that Port.Close aborts.
 type flow interface{ abort(err error) }
 
@@ -99,14 +132,9 @@ func (s *Stack) Attach(addr netip.Addr, headroom, queueLen int) (*Port, error) {
 	if s.isLocal(addr) {
 		return nil, fmt.Errorf("%w: %v is a local address of the stack", ErrInvalidAddr, addr)
 	}
-	old := *s.ports.Load()
-	if _, ok := old[addr]; ok {
+	if !s.ports.add(p) {
 		return nil, fmt.Errorf("%w: %v", ErrAddrInUse, addr)
 	}
-	m := make(map[netip.Addr]*Port, len(old)+1)
-	maps.Copy(m, old)
-	m[addr] = p
-	s.ports.Store(&m)
 	return p, nil
 }
 
@@ -139,19 +167,9 @@ func (p *Port) Close() error {
 		return nil
 	}
 	s := p.s
-	// The port's counts leave the map (which Stats walks) and enter the
+	// The port's counts leave the table (which Stats walks) and enter the
 	// retired totals in one step, so no snapshot misses them.
-	s.stats.traffic.Retire(&p.traffic, func() {
-		s.mu.Lock()
-		old := *s.ports.Load()
-		if old[p.addr] == p {
-			m := make(map[netip.Addr]*Port, len(old))
-			maps.Copy(m, old)
-			delete(m, p.addr)
-			s.ports.Store(&m)
-		}
-		s.mu.Unlock()
-	})
+	s.stats.traffic.Retire(&p.traffic, func() { s.ports.remove(p) })
 
 	close(p.done) // blocked senders give up
 	p.mu.Lock()   // wait for senders to leave

@@ -149,14 +149,13 @@ type Stack struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// ports maps an attached address to its Port. Read lock-free on every
-	// packet (copy-on-write: Attach/Close are rare next to packets).
-	ports atomic.Pointer[map[netip.Addr]*Port]
+	// ports maps an attached address to its Port (see portTable).
+	ports portTable
 	// local holds addresses owned by the stack itself (Addr and listener
-	// addresses), copy-on-write like ports.
+	// addresses). Copy-on-write: listeners are few and set up at start.
 	local atomic.Pointer[map[netip.Addr]struct{}]
 
-	mu        sync.Mutex // guards the writers of ports/local, listeners, closed
+	mu        sync.Mutex // orders Attach against addLocal and Close; guards the writers of local, listeners, closed
 	closed    bool
 	listeners map[io.Closer]struct{}
 
@@ -167,6 +166,7 @@ type Stack struct {
 	pinger Pinger // nil: pings to other hosts are refused
 
 	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
+	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 
 // New creates and starts a Stack.
@@ -218,7 +218,6 @@ func New(cfg Config) (*Stack, error) {
 	if s.pinger == nil && hostNetwork {
 		s.pinger = HostPinger{}
 	}
-	s.ports.Store(&map[netip.Addr]*Port{})
 	s.local.Store(&map[netip.Addr]struct{}{cfg.Addr: {}})
 	s.link = &linkEndpoint{s: s}
 	s.link.mtu = uint32(cfg.MTU)
@@ -340,9 +339,7 @@ func (s *Stack) Close() error {
 	s.mu.Unlock()
 
 	s.cancel() // pending dials and waits end; forwarder handlers refuse (track fails)
-	for _, p := range *s.ports.Load() {
-		p.Close()
-	}
+	s.ports.each(func(p *Port) { p.Close() })
 	for _, l := range ls {
 		l.Close()
 	}
@@ -353,7 +350,7 @@ func (s *Stack) Close() error {
 }
 
 // lookup returns the port owning addr, or nil. Lock-free.
-func (s *Stack) lookup(a netip.Addr) *Port { return (*s.ports.Load())[a] }
+func (s *Stack) lookup(a netip.Addr) *Port { return s.ports.get(a) }
 
 func (s *Stack) isLocal(a netip.Addr) bool {
 	_, ok := (*s.local.Load())[a]

@@ -39,6 +39,11 @@ type Stats struct {
 	TCPDialFailed uint64 // upstream TCP dials that failed (answered with RST)
 	TCPDialCapped uint64 // SYNs ignored: their port had Config.MaxInFlightPerPort dials in flight
 	UDPDialFailed uint64
+	// DialNoFD counts the upstream dials (TCP and UDP, also in
+	// TCPDialFailed or UDPDialFailed) that failed for lack of file
+	// descriptors: EMFILE (the process's RLIMIT_NOFILE) or ENFILE (the
+	// system's table). Each forwarded flow holds one host socket.
+	DialNoFD uint64
 }
 
 // counters are the stack-wide counters. The atomics count events that are
@@ -53,10 +58,11 @@ type counters struct {
 	fragmented, tooBigAnswered, ttlExceeded                 atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
-	tcpDialCapped                                           atomic.Uint64
+	tcpDialCapped, dialNoFD                                 atomic.Uint64
 
 	// traffic holds closed ports' packet counts; Port.Close retires a
-	// port's into it together with its removal from the port map, so a
+	// port's into it together with its removal from the port table (under
+	// the totals' lock, which Stats holds while it walks the table), so a
 	// snapshot counts every packet once: in its port or here.
 	traffic tally.Totals
 }
@@ -67,9 +73,7 @@ type counters struct {
 func (s *Stack) Stats() Stats {
 	c := &s.stats
 	t := c.traffic.Sum(func(add func(*tally.Counters)) {
-		for _, p := range *s.ports.Load() {
-			add(&p.traffic)
-		}
+		s.ports.each(func(p *Port) { add(&p.traffic) })
 	})
 	return Stats{
 		PacketsIn: t.PacketsIn, BytesIn: t.BytesIn,
@@ -86,6 +90,6 @@ func (s *Stack) Stats() Stats {
 		TCPActive: c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
-		TCPDialCapped: c.tcpDialCapped.Load(),
+		TCPDialCapped: c.tcpDialCapped.Load(), DialNoFD: c.dialNoFD.Load(),
 	}
 }

@@ -82,6 +82,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	if err != nil {
 		s.stats.tcpDialFailed.Add(1)
 		s.log.Debug("netstack: tcp dial failed", "src", src, "dst", dst, "err", err)
+		s.dialFailed("tcp", err)
 		// ICMP unreachable where a router would send one (dialerr.go),
 		// else a RST.
 		r.Complete(!s.answerDialFailure(port, src, dst, err))

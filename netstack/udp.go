@@ -69,6 +69,7 @@ func (f *udpFlow) run() {
 	if err != nil {
 		s.stats.udpDialFailed.Add(1)
 		s.log.Debug("netstack: udp dial failed", "src", f.src, "dst", f.dst, "err", err)
+		s.dialFailed("udp", err)
 		f.g.ep.Close()
 		s.flowLog("udp", f.src, f.dst, f.start, 0, 0, err)
 		return

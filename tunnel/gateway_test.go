@@ -70,6 +70,11 @@ func TestConfigValidate(t *testing.T) {
 		{"pool too small", func(c *Config) { c.Pool = netip.MustParsePrefix("10.9.9.8/31") }, []string{"Pool"}},
 		{"bad domain", func(c *Config) { c.SearchDomains = []string{"ok.example", "bad_domain"} }, []string{"SearchDomains[1]"}},
 		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"SplitInclude[0]"}},
+		{"loopback include", func(c *Config) {
+			c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("127.0.0.0/8")}
+		}, []string{"SplitInclude[1]"}},
+		{"v6 loopback include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("::1/128")} }, []string{"SplitInclude[0]"}},
+		{"loopback exclude is fine", func(c *Config) { c.SplitExclude = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")} }, nil},
 		{"pool overlaps include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("169.254.0.0/16")} }, []string{"Pool"}},
 		{"dtls port", func(c *Config) { c.DTLSPort = 70000 }, []string{"DTLSPort"}},
 		{"udp idle timeout", func(c *Config) { c.UDPIdleTimeout = 10 * time.Millisecond }, []string{"UDPIdleTimeout"}},

@@ -102,6 +102,18 @@ func TestReloadKeepsSessionsAndAppliesRoutes(t *testing.T) {
 	if _, err := g.Reload(bad); err == nil || !strings.Contains(err.Error(), "MTU") {
 		t.Errorf("invalid reload: %v", err)
 	}
+	// A route the stack cannot serve is refused on reload as at start:
+	// loopback (policy.Validate), and nothing of that reload is applied.
+	loop := next
+	loop.Banner = "loopback"
+	loop.SplitInclude = append(slices.Clone(next.SplitInclude), netip.MustParsePrefix("127.0.0.0/8"))
+	if _, err := g.Reload(loop); err == nil || !strings.Contains(err.Error(), "SplitInclude[2]") ||
+		!strings.Contains(err.Error(), "loopback") {
+		t.Errorf("reload with a loopback include: %v", err)
+	}
+	if slices.Contains(g.conf().SplitInclude, netip.MustParsePrefix("127.0.0.0/8")) {
+		t.Errorf("loopback include accepted by reload: %v", g.conf().SplitInclude)
+	}
 	if g.conf().Banner != "reloaded" {
 		t.Error("a failed reload changed the config")
 	}

@@ -127,6 +127,8 @@ func statusCommand(fs *flag.FlagSet) runFunc {
 func printStatus(w io.Writer, st admin.Status) {
 	fmt.Fprintf(w, "listen\t%s\nuptime\t%s\nready\t%v\nsessions\t%d (%d connected)\nsign-ins\t%d ok, %d failed\nbytes\t%d in, %d out\nflows\t%d tcp, %d udp\n",
 		st.Listen, st.Uptime, st.Ready, st.Sessions, st.Connected, st.SignIns, st.Failures, st.BytesIn, st.BytesOut, st.TCPFlows, st.UDPFlows)
+	fmt.Fprintf(w, "file descriptors\t%d open, limit %d (hard %d), %d dials refused for lack of them\n",
+		st.OpenFDs, st.FDs.Soft, st.FDs.Hard, st.DialNoFD)
 	fmt.Fprintf(w, "certificate\t%s, expires %s\n", st.Certificate.Subject, st.Certificate.NotAfter.Format(time.DateOnly))
 	if s := st.Certificate.Staged; s != nil {
 		fmt.Fprintf(w, "staged certificate\t%s, effective %s\n", s.Subject, s.EffectiveAt.Local().Format(time.DateTime))

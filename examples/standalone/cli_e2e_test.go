@@ -63,13 +63,17 @@ func TestOperatorCLI(t *testing.T) {
 	s := testenv.Openconnect(t, e.tp.Client, e.opts(testenv.ModeOcproxy))
 
 	out, _, code := e.ctl(t, "status")
-	if code != 0 || !strings.Contains(out, "1 connected") {
+	if code != 0 || !strings.Contains(out, "1 connected") || !strings.Contains(out, "open, limit") {
 		t.Errorf("status: %d\n%s", code, out)
 	}
 	var st admin.Status
 	out, _, _ = e.ctl(t, "status", "--json")
 	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Connected != 1 || !st.Ready || st.Certificate.Pin != e.cert.Pin {
 		t.Errorf("status --json: %v %+v", err, st)
+	}
+	// The server runs with its soft descriptor limit raised to the hard one.
+	if st.FDs.Soft == 0 || st.FDs.Soft != st.FDs.Hard || st.OpenFDs <= 0 {
+		t.Errorf("status --json descriptors: limits %+v, %d open", st.FDs, st.OpenFDs)
 	}
 	var ss []tunnel.SessionInfo
 	out, _, _ = e.ctl(t, "show", "sessions", "--json")

@@ -20,6 +20,7 @@ import (
 	"github.com/underpass/underpass/internal/daemon/certstore"
 	"github.com/underpass/underpass/internal/daemon/config"
 	"github.com/underpass/underpass/internal/daemon/events"
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -69,7 +70,7 @@ type server struct {
 func serve(f *serveFlags, stdout, stderr io.Writer) int {
 	s := &server{flags: f, stdout: stdout, stderr: stderr}
 	defer s.cleanup()
-	for _, step := range []func() int{s.loadConfig, s.prepareIdentity, s.startGateway, s.startAdminSocket} {
+	for _, step := range []func() int{s.loadConfig, s.raiseFDLimit, s.prepareIdentity, s.startGateway, s.startAdminSocket} {
 		if code := step(); code != exitOK {
 			return code
 		}
@@ -119,6 +120,20 @@ func (s *server) loadConfig() int {
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug).Writer())
 	s.cfg.Tunnel.Logger = s.logger
+	return exitOK
+}
+
+// raiseFDLimit raises the soft file descriptor limit (RLIMIT_NOFILE) to
+// the hard one and logs both: each forwarded flow holds a descriptor, so
+// this limit caps the flows (README "File descriptors"). A failure is
+// logged, not fatal: the gateway serves within the limit it has.
+func (s *server) raiseFDLimit() int {
+	lim, err := fdlimit.Raise()
+	if err != nil {
+		s.logger.Warn("file descriptor limit not raised", "soft", lim.Soft, "hard", lim.Hard, "err", err)
+		return exitOK
+	}
+	s.logger.Info("file descriptor limit", "soft", lim.Soft, "hard", lim.Hard)
 	return exitOK
 }
 

@@ -125,8 +125,9 @@ func canonicalAll(ps []netip.Prefix) []netip.Prefix {
 //  4. the gateway host — loopback (127.0.0.0/8, ::1), link-local
 //     (169.254.0.0/16 incl. 169.254.169.254, fe80::/10) and HostAddrs —
 //     denied, unless an Include prefix names dst explicitly: it contains
-//     dst and lies inside dst's special range (e.g. 127.0.0.0/8 or
-//     169.254.169.254/32), or, for a HostAddrs address, is that address's
+//     dst and lies inside dst's special range (e.g. 169.254.169.254/32;
+//     Validate refuses such a prefix for loopback, which the stack cannot
+//     forward to), or, for a HostAddrs address, is that address's
 //     own /32 or /128. A broad include such as 10.0.0.0/8 does not open a
 //     host address 10.1.2.3: the operator must write 10.1.2.3/32.
 //     Such an address then goes on to rules 5-7;

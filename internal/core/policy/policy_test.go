@@ -52,7 +52,7 @@ func TestAllow(t *testing.T) {
 	split.Exclude = prefixes("10.9.0.0/16", "10.0.0.0/24", "fd00:9::/32")
 	named := base // 169.254.169.254 is named, so the pool must move
 	named.Pool, named.Gateway = mp("10.250.0.0/16"), ma("10.250.0.1")
-	named.Include = prefixes("127.0.0.0/8", "169.254.169.254/32", "192.0.2.10/32", "::1/128", "fe80::/10", "8.8.8.0/24")
+	named.Include = prefixes("126.0.0.0/7", "169.254.169.254/32", "192.0.2.10/32", "fe80::/10", "8.8.8.0/24")
 	named.Exclude = prefixes("127.0.0.128/25")
 	tests := []struct {
 		cfg  Config
@@ -90,16 +90,16 @@ func TestAllow(t *testing.T) {
 		{base, "host addr zone stripped", "fe80::1", false},
 		{split, "host addr under a broad include 10/8", "10.1.2.3", false},
 		{named, "host addr named by its /32", "192.0.2.10", true},
-		{named, "loopback named by 127.0.0.0/8", "127.0.0.5", true},
+		{named, "loopback under a broad include 126.0.0.0/7", "127.0.0.5", false},
+		{named, "the rest of that include", "126.1.2.3", true},
 		{split, "host addr not included", "192.0.2.10", false},
-		{named, "loopback named", "127.0.0.1", true},
-		{named, "loopback named but excluded", "127.0.0.200", false},
+		{named, "loopback excluded", "127.0.0.200", false},
 		{named, "metadata named", "169.254.169.254", true},
 		{named, "metadata neighbour not named", "169.254.169.253", false},
 		{named, "other client, named pool", "10.250.0.9", false},
 		{named, "named pool gateway", "10.250.0.1", true},
 		{named, "host addr named", "192.0.2.10", true},
-		{named, "v6 loopback named", "::1", true},
+		{named, "v6 loopback", "::1", false},
 		{named, "v6 link-local named", "fe80::99", true},
 		// 5-7. exclude, include
 		{base, "full tunnel", "8.8.8.8", true},
@@ -162,7 +162,7 @@ func TestAllowMatchesDecide(t *testing.T) {
 				if r.IntN(4) == 0 {
 					p = randPrefix6()
 				}
-				if seen[p] || p.Overlaps(c.Pool) {
+				if seen[p] || p.Overlaps(c.Pool) || dst == &c.Include && insideLoopback(p) {
 					continue
 				}
 				seen[p] = true
@@ -289,6 +289,49 @@ func TestValidateAllAtOnce(t *testing.T) {
 	}
 	if errs := Validate(nil, nil, netip.Prefix{}); len(errs) != 0 {
 		t.Errorf("empty: %v", errs)
+	}
+}
+
+// TestValidateLoopback: an include rule inside loopback is refused (the
+// stack drops packets to loopback as martians, so it could never work); a
+// broader rule that merely covers loopback, and any exclude, are fine.
+func TestValidateLoopback(t *testing.T) {
+	tests := []struct {
+		include, exclude string
+		refused          bool
+	}{
+		{include: "127.0.0.0/8", refused: true},
+		{include: "127.0.0.1/32", refused: true},
+		{include: "127.1.0.0/16", refused: true},
+		{include: "::1/128", refused: true},
+		{include: "::ffff:127.0.0.1/128", refused: true}, // and not canonical
+		{include: "126.0.0.0/7"},
+		{include: "10.0.0.0/8", exclude: "127.0.0.0/8"},
+		{include: "10.0.0.0/8", exclude: "::1/128"},
+		{include: "::2/128"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.include+"-"+tt.exclude, func(t *testing.T) {
+			var exclude []netip.Prefix
+			if tt.exclude != "" {
+				exclude = prefixes(tt.exclude)
+			}
+			var loopback *RuleError
+			for _, err := range Validate(prefixes(tt.include), exclude, mp("100.64.0.0/16")) {
+				var re *RuleError
+				if errors.As(err, &re) && strings.Contains(re.Reason, "loopback cannot be reached") {
+					loopback = re
+				} else if !strings.Contains(err.Error(), "canonical") {
+					t.Errorf("unexpected: %v", err)
+				}
+			}
+			if got := loopback != nil; got != tt.refused {
+				t.Fatalf("refused for loopback = %v (%v), want %v", got, loopback, tt.refused)
+			}
+			if loopback != nil && (loopback.List != "include" || loopback.Index != 0) {
+				t.Errorf("error on %s[%d], want include[0]", loopback.List, loopback.Index)
+			}
+		})
 	}
 }
 

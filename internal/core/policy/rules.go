@@ -54,6 +54,8 @@ func (e *RuleError) Error() string {
 //     10.0.0.0/8) or IPv4-mapped IPv6 (::ffff:10.0.0.0/104 should be
 //     10.0.0.0/8);
 //   - a duplicate within a list, or a prefix both included and excluded;
+//   - an include rule inside loopback (127.0.0.0/8, ::1/128): see
+//     insideLoopback;
 //   - the pool overlapping an include rule (List "pool", Index of the rule).
 //
 // An invalid pool is not reported here (the caller validates the pool
@@ -95,6 +97,10 @@ func Validate(include, exclude []netip.Prefix, pool netip.Prefix) []error {
 			}
 			if c != p {
 				add(l.name, i, p, "not in canonical form: write %s", c)
+			}
+			if l.name == "include" && insideLoopback(c) {
+				add(l.name, i, p, "loopback cannot be reached through the tunnel: to reach a service on the gateway host, "+
+					"include that host's own address as a /32 or /128 and have the service listen there")
 			}
 			if j, ok := first[c]; ok {
 				add(l.name, i, p, "duplicate of %s[%d]", l.name, j)
@@ -163,3 +169,22 @@ func parsePrefix(s string) (netip.Prefix, string) {
 	}
 	return p, ""
 }
+
+// insideLoopback reports whether the canonical prefix p lies inside
+// loopback (127.0.0.0/8 or ::1/128), so that it would name the gateway
+// host's loopback for Policy.Allow (rule 4). Such an include is refused:
+// every client packet to a loopback destination arrives at the gateway's
+// gVisor stack on a non-loopback NIC, which drops it as a martian (RFC 1122
+// 3.2.1.3 (g): 127/8 must not appear outside a host; RFC 4291 2.5.3 for
+// ::1), so the client's flow would hang without an answer. Left unnamed,
+// loopback stays denied and the client gets a prompt refusal (a RST or an
+// ICMP administratively-prohibited). A broader include (126.0.0.0/7, say)
+// is accepted: it does not name loopback, whose part of it stays denied.
+func insideLoopback(p netip.Prefix) bool {
+	return p.Bits() >= loopback4.Bits() && loopback4.Contains(p.Addr()) || p == loopback6
+}
+
+var (
+	loopback4 = netip.MustParsePrefix("127.0.0.0/8")
+	loopback6 = netip.MustParsePrefix("::1/128")
+)

@@ -22,6 +22,7 @@ import (
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/daemon/certstore"
 	"github.com/underpass/underpass/internal/daemon/events"
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -39,17 +40,23 @@ type Backend struct {
 
 // Status is the answer to `underpass status`.
 type Status struct {
-	Listen      string           `json:"listen"`
-	Uptime      string           `json:"uptime"`
-	Ready       bool             `json:"ready"`
-	Sessions    int              `json:"sessions"`
-	Connected   int              `json:"connected"`
-	SignIns     uint64           `json:"sign_ins"`
-	Failures    uint64           `json:"sign_in_failures"`
-	BytesIn     uint64           `json:"bytes_in"`
-	BytesOut    uint64           `json:"bytes_out"`
-	TCPFlows    int64            `json:"tcp_flows_active"`
-	UDPFlows    int64            `json:"udp_flows_active"`
+	Listen    string `json:"listen"`
+	Uptime    string `json:"uptime"`
+	Ready     bool   `json:"ready"`
+	Sessions  int    `json:"sessions"`
+	Connected int    `json:"connected"`
+	SignIns   uint64 `json:"sign_ins"`
+	Failures  uint64 `json:"sign_in_failures"`
+	BytesIn   uint64 `json:"bytes_in"`
+	BytesOut  uint64 `json:"bytes_out"`
+	TCPFlows  int64  `json:"tcp_flows_active"`
+	UDPFlows  int64  `json:"udp_flows_active"`
+	// FDs is the process's file descriptor limit (RLIMIT_NOFILE; each
+	// flow holds one descriptor), OpenFDs how many are open (-1:
+	// unknown), DialNoFD the dials refused for lack of them.
+	FDs         fdlimit.Limits   `json:"fd_limits"`
+	OpenFDs     int              `json:"open_fds"`
+	DialNoFD    uint64           `json:"dial_no_fd"`
 	Certificate certstore.Status `json:"certificate"`
 }
 
@@ -92,7 +99,12 @@ func Handler(b *Backend) http.Handler {
 		st := b.Gateway.Stats()
 		s := Status{Listen: b.Listen, Uptime: time.Since(b.Started).Round(time.Second).String(), Ready: b.Gateway.Ready() == nil,
 			Sessions: st.Sessions, Connected: st.Connected, SignIns: st.SignIns, Failures: st.SignInFailures,
-			BytesIn: st.BytesIn, BytesOut: st.BytesOut, TCPFlows: st.Stack.TCPActive, UDPFlows: st.Stack.UDPActive}
+			BytesIn: st.BytesIn, BytesOut: st.BytesOut, TCPFlows: st.Stack.TCPActive, UDPFlows: st.Stack.UDPActive,
+			DialNoFD: st.Stack.DialNoFD, OpenFDs: -1}
+		s.FDs, _ = fdlimit.Get()
+		if n, err := fdlimit.Open(); err == nil {
+			s.OpenFDs = n
+		}
 		if b.Certs != nil {
 			s.Certificate = b.Certs.Status()
 		}

@@ -13,6 +13,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
 )
 
@@ -76,6 +77,9 @@ func TestAPI(t *testing.T) {
 	var st Status
 	if err := c.Do("GET", "/v1/status", nil, &st); err != nil || !st.Ready || st.Sessions != 0 {
 		t.Errorf("status %+v %v", st, err)
+	}
+	if lim, err := fdlimit.Get(); err != nil || st.FDs != lim || st.FDs.Soft == 0 || st.OpenFDs <= 0 {
+		t.Errorf("status descriptors: limits %+v (getrlimit says %+v, %v), %d open", st.FDs, lim, err, st.OpenFDs)
 	}
 	var se *StatusError
 	for _, tc := range []struct {

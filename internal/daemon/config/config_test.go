@@ -120,6 +120,8 @@ func TestTunnelProblemsInFileSpelling(t *testing.T) {
 		{"dns: [10.0.0.1]\nlimits: {max_sessions: -1}\n", "gw.yaml:2: limits.max_sessions: -1", "MaxSessions"},
 		{"search_domains: [ok.example, bad_domain]\n", "gw.yaml:1: search_domains[1]: \"bad_domain\"", "SearchDomains"},
 		{"split_include: [10.1.0.0/16, 0.0.0.0/1]\n", "gw.yaml:1: split_include[1] 0.0.0.0/1:", "SplitInclude"},
+		{"dns: [10.0.0.1]\nsplit_include: [10.0.0.0/8, 127.0.0.0/8]\n",
+			"gw.yaml:2: split_include[1] 127.0.0.0/8: loopback cannot be reached through the tunnel", "SplitInclude"},
 		{"proxy: {server: \"proxy.corp.example:8080\", exclude: [ok.example, \"con*oso.com\"]}\n",
 			"gw.yaml:1: proxy.exclude[1]: \"con*oso.com\"", "Proxy.Exclude"},
 		{"dtls_port: 70000\n", "gw.yaml:1: dtls_port: 70000 out of range", "DTLSPort"},
@@ -191,11 +193,12 @@ func must(t *testing.T, err error) {
 }
 
 func TestHealthThresholds(t *testing.T) {
-	c, err := Parse("h.yaml", []byte("health: {cpu_warn: 80, latency_warn: 5ms}\n"))
+	c, err := Parse("h.yaml", []byte("health: {cpu_warn: 80, latency_warn: 5ms, fd_warn: 70}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Health.CPUWarn != 80 || c.Health.LatencyWarn != 5*time.Millisecond || c.Health.MaxConnections != 4990 {
+	if c.Health.CPUWarn != 80 || c.Health.LatencyWarn != 5*time.Millisecond || c.Health.MaxConnections != 4990 ||
+		c.Health.FDWarn != 70 || c.Health.FDBad != 95 {
 		t.Errorf("thresholds %+v", c.Health)
 	}
 	if _, err := Parse("h.yaml", []byte("health: {cpu_warm: 80}\n")); err == nil || !strings.Contains(err.Error(), "h.yaml:1: health") {

@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -48,6 +49,12 @@ type Thresholds struct {
 	DiskWarn       float64       `yaml:"disk_warn"` // percent used
 	DiskBad        float64       `yaml:"disk_bad"`
 	MaxMbps        float64       `yaml:"max_mbps"` // warning above (0: no limit)
+	// FDWarn and FDBad grade the forwarded flows (TCP and UDP, one host
+	// socket each) as a percentage of the soft file descriptor limit
+	// (RLIMIT_NOFILE): warning from FDWarn, unhealthy from FDBad; 0 means
+	// the default (80, 95). At the limit new flows are refused (a RST).
+	FDWarn float64 `yaml:"fd_warn"`
+	FDBad  float64 `yaml:"fd_bad"`
 }
 
 // DefaultThresholds are the reference system's figures (R-O2).
@@ -55,7 +62,19 @@ var DefaultThresholds = Thresholds{
 	MaxConnections: 4990, CPUWarn: 96, CPUBad: 100, MemWarn: 96, MemBad: 100,
 	LatencyWarn: 10 * time.Millisecond, LatencyBad: 20 * time.Millisecond,
 	CertWarnDays: 30, DiskWarn: 90, DiskBad: 98,
+	FDWarn: defaultFDWarn, FDBad: defaultFDBad,
 }
+
+const (
+	// defaultFDWarn: issue 14's warning point, early enough to raise the
+	// limit (a restart) before flows are refused.
+	defaultFDWarn = 80
+	// defaultFDBad: the limit also covers sessions' sockets, listeners and
+	// files, so flows alone never reach 100 %; at 95 % new flows are about
+	// to be refused, and /readyz fails so a load balancer sends new
+	// sessions elsewhere.
+	defaultFDBad = 95
+)
 
 // Defaults for Config, each with its reason.
 const (
@@ -79,7 +98,10 @@ type Config struct {
 	Dialer     interface {
 		DialContext(ctx context.Context, network, address string) (net.Conn, error)
 	} // the gateway's outbound path, for the latency probe; nil: net.Dialer
-	DiskPath   string // the state directory
+	DiskPath string // the state directory
+	// FDLimits reports the process's file descriptor limits; nil means
+	// fdlimit.Get (getrlimit).
+	FDLimits   func() (fdlimit.Limits, error)
 	Thresholds Thresholds
 	Interval   time.Duration
 	History    int
@@ -93,6 +115,7 @@ type Sample struct {
 	Memory      float64   `json:"memory"`  // percent
 	LatencyMs   float64   `json:"latency"` // -1: unknown
 	Mbps        float64   `json:"mbps"`
+	Flows       int64     `json:"flows"` // forwarded TCP and UDP flows
 }
 
 // Check is one graded line of the health table.
@@ -122,6 +145,8 @@ type Monitor struct {
 	internal  Level
 	internalV string
 	lastCheck time.Time
+	fd        fdlimit.Limits // at the last sample
+	fdErr     error
 }
 
 // New returns a monitor; call Run (or Sample) to fill it.
@@ -134,6 +159,15 @@ func New(cfg Config) *Monitor {
 	}
 	if cfg.Thresholds == (Thresholds{}) {
 		cfg.Thresholds = DefaultThresholds
+	}
+	if cfg.Thresholds.FDWarn <= 0 {
+		cfg.Thresholds.FDWarn = defaultFDWarn
+	}
+	if cfg.Thresholds.FDBad <= 0 {
+		cfg.Thresholds.FDBad = defaultFDBad
+	}
+	if cfg.FDLimits == nil {
+		cfg.FDLimits = fdlimit.Get
 	}
 	if cfg.HTTPClient == nil {
 		cfg.HTTPClient = &http.Client{Timeout: checkTimeout}
@@ -206,9 +240,11 @@ func (m *Monitor) Sample(ctx context.Context) {
 	cpu := processCPU()
 	lat := m.latency(ctx)
 	mem := memoryPercent()
+	fd, fdErr := m.cfg.FDLimits()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := Sample{Time: now, Connections: st.Connected, Memory: mem, LatencyMs: lat}
+	m.fd, m.fdErr = fd, fdErr
+	s := Sample{Time: now, Connections: st.Connected, Memory: mem, LatencyMs: lat, Flows: st.Stack.TCPActive + st.Stack.UDPActive}
 	if !m.lastAt.IsZero() {
 		dt := now.Sub(m.lastAt).Seconds()
 		if dt > 0 {
@@ -261,7 +297,7 @@ func (m *Monitor) History() []Sample {
 // Report grades the latest sample.
 func (m *Monitor) Report() Report {
 	m.mu.Lock()
-	s, internal, internalV, at := m.last, m.internal, m.internalV, m.lastAt
+	s, internal, internalV, at, fd, fdErr := m.last, m.internal, m.internalV, m.lastAt, m.fd, m.fdErr
 	m.mu.Unlock()
 	th := m.cfg.Thresholds
 	r := Report{Time: time.Now()}
@@ -286,6 +322,16 @@ func (m *Monitor) Report() Report {
 			l = Warning
 		}
 		add("Latency through the gateway", fmt.Sprintf("%.1f ms", s.LatencyMs), l)
+	}
+	switch {
+	case fdErr != nil:
+		add("File descriptors", "unknown: "+fdErr.Error(), Unknown)
+	case fd.Soft == 0:
+		add("File descriptors", "unknown (not sampled yet)", Unknown)
+	default:
+		pct := 100 * float64(s.Flows) / float64(fd.Soft)
+		add("File descriptors", fmt.Sprintf("%d flows, %.0f %% of the limit %d (hard %d)", s.Flows, pct, fd.Soft, fd.Hard),
+			gradePct(pct, th.FDWarn, th.FDBad))
 	}
 	if pct, free, err := diskUsed(m.cfg.DiskPath); err != nil {
 		add("Disk space", "unknown: "+err.Error(), Unknown)

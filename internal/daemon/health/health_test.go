@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -110,6 +112,51 @@ func TestReportRules(t *testing.T) {
 				if level(r, want).Name == "" {
 					t.Errorf("report lacks %s", want)
 				}
+			}
+		})
+	}
+}
+
+// flowGW reports forwarded flows.
+type flowGW struct{ tcp, udp int64 }
+
+func (f flowGW) Stats() tunnel.Stats {
+	var st tunnel.Stats
+	st.Stack.TCPActive, st.Stack.UDPActive = f.tcp, f.udp
+	return st
+}
+
+// TestFDCheck grades flows against the soft file descriptor limit:
+// warning from 80 %, unhealthy from 95 % (the defaults) or the configured
+// thresholds; unknown when the limit cannot be read.
+func TestFDCheck(t *testing.T) {
+	limit := func(soft uint64) func() (fdlimit.Limits, error) {
+		return func() (fdlimit.Limits, error) { return fdlimit.Limits{Soft: soft, Hard: 4 * soft}, nil }
+	}
+	for _, tc := range []struct {
+		name     string
+		tcp, udp int64
+		limits   func() (fdlimit.Limits, error)
+		th       Thresholds
+		want     Level
+		value    string
+	}{
+		{"idle", 0, 0, limit(1000), Thresholds{}, Healthy, "0 flows, 0 % of the limit 1000 (hard 4000)"},
+		{"just under 80 %", 700, 99, limit(1000), Thresholds{}, Healthy, "799 flows"},
+		{"80 % warns", 700, 100, limit(1000), Thresholds{}, Warning, "800 flows, 80 %"},
+		{"95 % is unhealthy", 900, 50, limit(1000), Thresholds{}, Unhealthy, "950 flows"},
+		{"configured", 500, 0, limit(1000), Thresholds{MaxConnections: 1, FDWarn: 50, FDBad: 60}, Warning, "500 flows"},
+		{"limit unreadable", 1, 0, func() (fdlimit.Limits, error) { return fdlimit.Limits{}, errors.New("no getrlimit") }, Thresholds{}, Unknown, "unknown: no getrlimit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := New(Config{Gateway: flowGW{tc.tcp, tc.udp}, FDLimits: tc.limits, Thresholds: tc.th, DiskPath: t.TempDir()})
+			if c := level(m.Report(), "File descriptors"); c.Level != Unknown {
+				t.Errorf("before a sample: %+v, want unknown", c)
+			}
+			m.Sample(context.Background())
+			c := level(m.Report(), "File descriptors")
+			if c.Level != tc.want || !strings.Contains(c.Value, tc.value) {
+				t.Errorf("%+v, want %s with %q", c, tc.want, tc.value)
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +21,7 @@ import (
 	"github.com/prometheus/common/model"
 	"go.uber.org/goleak"
 
+	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
@@ -160,6 +162,50 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.body) {
 			t.Errorf("%s: %d %q", tc.path, resp.StatusCode, b)
+		}
+	}
+}
+
+// fdSource is a gateway whose dials have failed for lack of descriptors.
+type fdSource struct{ noFD uint64 }
+
+func (s fdSource) Stats() tunnel.Stats {
+	var st tunnel.Stats
+	st.Stack.DialNoFD = s.noFD
+	return st
+}
+
+// TestFDMetrics: the descriptor limits are the process's (as getrlimit
+// reports them at scrape time) and the lack-of-descriptor dial failures
+// are the gateway's count. The soft limit is lowered below the hard one
+// for the test (and restored), so the two cannot be mistaken.
+func TestFDMetrics(t *testing.T) {
+	var orig syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &orig); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &orig); err != nil {
+			t.Errorf("restoring RLIMIT_NOFILE: %v", err)
+		}
+	}()
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &syscall.Rlimit{Cur: orig.Max - 1, Max: orig.Max}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(Handler(fdSource{noFD: 7}, func() error { return nil }))
+	defer srv.Close()
+	fams := scrape(t, srv.URL)
+	lim := fdlimit.Limits{Soft: orig.Max - 1, Hard: orig.Max}
+	for _, tc := range []struct {
+		name string
+		want float64
+	}{
+		{"underpass_dial_no_fd_total", 7},
+		{"underpass_fd_soft_limit", float64(lim.Soft)},
+		{"underpass_fd_hard_limit", float64(lim.Hard)},
+	} {
+		if v := value(t, fams, tc.name); v != tc.want {
+			t.Errorf("%s = %v, want %v", tc.name, v, tc.want)
 		}
 	}
 }
