@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -53,6 +54,9 @@ func (g *Gateway) newHandler(next http.Handler) http.Handler {
 				return
 			}
 			g.serveConnect(w, r)
+		case (r.Method == http.MethodGet || r.Method == http.MethodHead) && g.conf().SSO != nil && g.conf().SSO.Handles(r.URL.Path):
+			// The browser's steps of an SSO sign-in.
+			g.conf().SSO.ServeHTTP(w, r)
 		case r.Method == http.MethodPost && inSecret:
 			g.serveAuth(w, r, next)
 		case r.Method == http.MethodGet && inSecret && isAnyConnectClient(r):
@@ -128,6 +132,9 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	case msg.Type == "init" && g.conf().ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
 		creds.PeerCertificates = r.TLS.PeerCertificates
 		g.signIn(w, r, g.conf().ClientCerts, creds)
+	case msg.Type == "init" && g.conf().SSO != nil && msg.HasAuthMethod(auth.SSOCapability) &&
+		r.URL.Path != g.conf().SecretPath+passwordPath:
+		g.writeSSOForm(w, r)
 	case msg.Type == "init" && g.conf().OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
 		// openconnect 9 (http-auth.c): a client holding a token repeats
 		// the request with Authorization: Bearer; "fallback" lets one
@@ -138,12 +145,77 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 		w.Header()["X-HTTP-Auth-Support"] = []string{"fallback"}
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusUnauthorized)
+	case msg.Type == "auth-reply" && g.conf().SSO != nil && hasInput(msg, "sso-token"):
+		g.finishSSO(w, r, msg, creds)
 	case msg.Type == "auth-reply":
 		creds.Username, creds.Password = msg.Username(), msg.Password()
 		g.signIn(w, r, g.conf().Authenticator, creds)
 	default:
 		g.writeForm(w, "")
 	}
+}
+
+// passwordPath (under SecretPath) always offers the password form, beside
+// SSO at the root: openconnect 9.01 cannot choose between SSO and a
+// password inside one form (sso.md §6).
+const passwordPath = "/password"
+
+// strapHeader carries the client's STRAP DH public key (sso.md §1).
+const strapHeader = "X-AnyConnect-STRAP-DH-Pubkey"
+
+func hasInput(m *authxml.ClientMessage, name string) bool {
+	_, ok := m.Inputs[name]
+	return ok
+}
+
+// writeSSOForm answers an SSO-capable init with the SSO v2 form. A client
+// without a usable STRAP key cannot receive the token: it gets the
+// password form.
+func (g *Gateway) writeSSOForm(w http.ResponseWriter, r *http.Request) {
+	key, err := auth.ParseSTRAPKey(r.Header.Get(strapHeader))
+	if err != nil {
+		g.log.Info("sso: init without a usable STRAP key; offering the password form", "client_ip", clientAddr(r).Addr(), "err", err)
+		g.writeForm(w, "")
+		return
+	}
+	f, err := g.conf().SSO.Begin(key)
+	if err != nil {
+		g.log.Error("sso: begin", "err", err)
+		g.writeRefusal(w, "Login failed: internal error")
+		return
+	}
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.Header().Set("X-Transcend-Version", "1")
+	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
+		Title:   "Underpass sign-in",
+		Message: "Sign in with your browser.",
+		Action:  g.conf().SecretPath + formAction,
+		Opaque:  f.Opaque,
+		SSO: &authxml.SSOForm{
+			Login: f.LoginURL, LoginFinal: f.FinalURL,
+			TokenCookieName: "underpass_sso_token", ErrorCookieName: "underpass_sso_error",
+		},
+	}))
+}
+
+// finishSSO completes an SSO sign-in at the auth-reply; failures end it
+// with a refusal (no form), which openconnect prints before exiting.
+func (g *Gateway) finishSSO(w http.ResponseWriter, r *http.Request, msg *authxml.ClientMessage, creds auth.Credentials) {
+	sso := g.conf().SSO
+	a := auth.AuthenticatorFunc(func(ctx context.Context, _ auth.Credentials) (*auth.Identity, error) {
+		key, err := auth.ParseSTRAPKey(r.Header.Get(strapHeader))
+		if err != nil {
+			return nil, &auth.SSOError{Reason: "the client sent no usable STRAP key"}
+		}
+		return sso.Finish(ctx, key, html.UnescapeString(string(msg.Opaque)), msg.Inputs["sso-token"])
+	})
+	g.signInWith(w, r, a, creds, g.writeRefusal)
+}
+
+func (g *Gateway) writeRefusal(w http.ResponseWriter, reason string) {
+	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+	w.Header().Set("X-Transcend-Version", "1")
+	_, _ = w.Write(authxml.RenderRefusal("Underpass sign-in", reason))
 }
 
 // formReply reads the non-XML sign-in openconnect falls back to after an
@@ -191,30 +263,38 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 // creates the session and hands out its cookie. Failures are answered with
 // the form and a readable reason (a 401 would make openconnect give up).
 func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials) {
+	g.signInWith(w, r, a, creds, g.writeForm)
+}
+
+// signInWith is signIn with fail answering a refusal.
+func (g *Gateway) signInWith(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials, fail func(http.ResponseWriter, string)) {
 	ca := clientAddr(r)
 	id, err := g.authenticate(r.Context(), a, creds, ca)
 	if err != nil {
 		var denied *auth.DeniedError
+		var ssoErr *auth.SSOError
 		reason := "Login failed."
 		switch {
 		case errors.As(err, &denied):
 			reason = "Access denied: " + denied.Reason
+		case errors.As(err, &ssoErr):
+			reason = "Login failed: " + ssoErr.Reason
 		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
 		default: // the IdP is unreachable or misconfigured
 			reason = "Login failed: " + err.Error()
 		}
-		g.writeForm(w, reason)
+		fail(w, reason)
 		return
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
 	if errors.Is(err, ErrFull) {
 		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
-		g.writeForm(w, "Login failed: "+refuseFull.reason+".")
+		fail(w, "Login failed: "+refuseFull.reason+".")
 		return
 	}
 	if err != nil {
 		g.log.Error("session", "err", err)
-		g.writeForm(w, "Login failed: internal error")
+		fail(w, "Login failed: internal error")
 		return
 	}
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)

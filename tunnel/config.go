@@ -90,6 +90,13 @@ type Config struct {
 	// gateway sharing its key can resume without a new sign-in (R-S2).
 	// nil: opaque random cookies known only to this gateway.
 	Sealer *auth.Sealer
+	// SSO, if set, offers browser sign-in (SSO v2 external browser,
+	// openconnect --external-browser; shared/docs/sso.md) to every client
+	// whose init advertises it; others, and any client that posts to
+	// <SecretPath>/password, get the password form. Its browser endpoints
+	// are served under <SecretPath>/sso/. Set auth.SSOConfig.PublicURL to
+	// this gateway's public URL (with SecretPath).
+	SSO *auth.SSO
 	// KeepSessionPastTokenExpiry lets a token-based session run to
 	// SessionTimeout; by default it ends when the token expires.
 	KeepSessionPastTokenExpiry bool

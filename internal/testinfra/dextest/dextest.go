@@ -71,6 +71,9 @@ type Options struct {
 	ClientSecret string
 	// IDTokenTTL is Dex's expiry.idTokens (e.g. "1h"). Default Dex's 24h.
 	IDTokenTTL string
+	// RedirectURIs the client may use (browser sign-in: the gateway's
+	// <public URL>/sso/callback). Default http://127.0.0.1/callback.
+	RedirectURIs []string
 }
 
 // Dex is a running Dex server.
@@ -178,6 +181,10 @@ func (d *Dex) config(port int, o Options) ([]byte, error) {
 		UserID            string   `json:"userID"`
 		Groups            []string `json:"groups,omitempty"`
 	}
+	redirects := o.RedirectURIs
+	if len(redirects) == 0 {
+		redirects = []string{"http://127.0.0.1/callback"}
+	}
 	var pws []pw
 	for _, u := range o.Users {
 		h, err := bcrypt.GenerateFromPassword([]byte(u.Password), bcryptCost)
@@ -197,7 +204,7 @@ func (d *Dex) config(port int, o Options) ([]byte, error) {
 		"enablePasswordDB": true,
 		"staticClients": []any{map[string]any{
 			"id": o.ClientID, "secret": o.ClientSecret, "name": "Underpass gateway",
-			"redirectURIs": []string{"http://127.0.0.1/callback"},
+			"redirectURIs": redirects,
 		}},
 		"staticPasswords": pws,
 	}
