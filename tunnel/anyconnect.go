@@ -132,9 +132,6 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	case msg.Type == "init" && g.conf().ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
 		creds.PeerCertificates = r.TLS.PeerCertificates
 		g.signIn(w, r, g.conf().ClientCerts, creds)
-	case msg.Type == "init" && g.conf().SSO != nil && msg.HasAuthMethod(auth.SSOCapability) &&
-		r.URL.Path != g.conf().SecretPath+passwordPath:
-		g.writeSSOForm(w, r)
 	case msg.Type == "init" && g.conf().OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
 		// openconnect 9 (http-auth.c): a client holding a token repeats
 		// the request with Authorization: Bearer; "fallback" lets one
@@ -145,6 +142,12 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 		w.Header()["X-HTTP-Auth-Support"] = []string{"fallback"}
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusUnauthorized)
+	case msg.Type == "init" && g.conf().SSO != nil && msg.HasAuthMethod(auth.SSOCapability) &&
+		// After the Bearer offer: openconnect 9.01 sends
+		// X-Support-HTTP-Auth only in --token-mode, and such a client
+		// must get its 401 (the SSO form would start a browser).
+		r.URL.Path != g.conf().SecretPath+passwordPath:
+		g.writeSSOForm(w, r)
 	case msg.Type == "auth-reply" && g.conf().SSO != nil && hasInput(msg, "sso-token"):
 		g.finishSSO(w, r, msg, creds)
 	case msg.Type == "auth-reply":

@@ -197,7 +197,7 @@ func (c *ocSide) token(t *testing.T, listenerURL string) string {
 }
 
 // browser is an HTTP-only user agent: a cookie jar, the site name mapped
-// to one gateway (Target), and the client's listener never reached (its
+// to one gateway (target), and the client's listener never reached (its
 // URL is the result).
 type browser struct {
 	hc     *http.Client
@@ -232,7 +232,6 @@ func newBrowser(t *testing.T, target string) *browser {
 	return b
 }
 
-func (b *browser) to(addr string) { b.mu.Lock(); b.target = addr; b.mu.Unlock() }
 
 var formAction = regexp.MustCompile(`<form[^>]*action="([^"]*)"`)
 
@@ -406,6 +405,19 @@ func TestSSOInProcess(t *testing.T) {
 		_, m = oc.post(t, gw, "/auth", authxmlReply(dextest.Alice))
 		if m.Type != "complete" {
 			t.Fatalf("password sign-in beside SSO: %+v", m)
+		}
+	})
+	t.Run("a token-mode client still gets the Bearer offer", func(t *testing.T) {
+		req, _ := http.NewRequest(http.MethodPost, "https://"+gw+"/", strings.NewReader(fmt.Sprintf(ssoInit, ssoCaps)))
+		req.Header.Set("X-Aggregate-Auth", "1")
+		req.Header.Set("X-Support-HTTP-Auth", "true")
+		resp, err := newOCSide(t).hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "Bearer" {
+			t.Fatalf("%d %v", resp.StatusCode, resp.Header)
 		}
 	})
 	t.Run("garbage STRAP key gets the password form", func(t *testing.T) {
