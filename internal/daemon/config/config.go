@@ -475,7 +475,7 @@ var tunnelKeys = map[string]string{
 	"Proxy": "proxy", "Proxy.PACURL": "proxy.pac_url", "Proxy.Server": "proxy.server", "Proxy.Exclude": "proxy.exclude",
 	"Authenticator": "identity", "OfferBearer": "identity.oidc.offer_bearer", "Policy": "identity.policy",
 	"KeepSessionPastTokenExpiry": "identity.keep_session_past_token_expiry", "Bans": "identity.bans",
-	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs",
+	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs", "SSO": "identity.sso",
 }
 
 // Key returns the config file's key for a tunnel.Config field name, or
