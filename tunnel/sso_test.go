@@ -232,7 +232,6 @@ func newBrowser(t *testing.T, target string) *browser {
 	return b
 }
 
-
 var formAction = regexp.MustCompile(`<form[^>]*action="([^"]*)"`)
 
 // get fetches u, following redirects; it returns the last response's
