@@ -24,7 +24,10 @@ type SessionClaims struct {
 	ID       string         `json:"sid"`
 	User     string         `json:"u"`
 	Email    string         `json:"e,omitempty"`
+	Subject  string         `json:"s,omitempty"`
 	Groups   []string       `json:"g,omitempty"`
+	Roles    []string       `json:"r,omitempty"`
+	Overage  bool           `json:"go,omitempty"` // Identity.GroupsOverage
 	DeviceID string         `json:"d,omitempty"`
 	Method   string         `json:"m,omitempty"`
 	Address  netip.Addr     `json:"a,omitzero"` // assigned tunnel address
@@ -43,7 +46,10 @@ func NewSessionClaims(id *Identity, keepClaims []string, issued, expiry time.Tim
 		ID:          RandomID(),
 		User:        id.User,
 		Email:       id.Email,
+		Subject:     id.Subject,
 		Groups:      append([]string(nil), id.Groups...),
+		Roles:       append([]string(nil), id.Roles...),
+		Overage:     id.GroupsOverage,
 		DeviceID:    id.DeviceID,
 		Method:      id.Method,
 		IssuedAt:    issued,
@@ -64,13 +70,16 @@ func NewSessionClaims(id *Identity, keepClaims []string, issued, expiry time.Tim
 // Identity rebuilds the identity for a policy re-check on resume.
 func (sc *SessionClaims) Identity() *Identity {
 	return &Identity{
-		User:     sc.User,
-		Email:    sc.Email,
-		Groups:   append([]string(nil), sc.Groups...),
-		DeviceID: sc.DeviceID,
-		Claims:   sc.Claims,
-		Expiry:   sc.TokenExpiry,
-		Method:   sc.Method,
+		User:          sc.User,
+		Email:         sc.Email,
+		Subject:       sc.Subject,
+		Groups:        append([]string(nil), sc.Groups...),
+		Roles:         append([]string(nil), sc.Roles...),
+		GroupsOverage: sc.Overage,
+		DeviceID:      sc.DeviceID,
+		Claims:        sc.Claims,
+		Expiry:        sc.TokenExpiry,
+		Method:        sc.Method,
 	}
 }
 
