@@ -117,6 +117,9 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	}
 	ca := clientAddr(r)
 	creds := auth.Credentials{RemoteAddr: ca.Addr(), DeviceID: msg.DeviceID, UserAgent: r.UserAgent()}
+	if r.TLS != nil {
+		creds.PeerCertificates = r.TLS.PeerCertificates // the device check in device mode
+	}
 	switch {
 	case msg.Type == "logout":
 		if c, err := r.Cookie("webvpn"); err == nil {
@@ -129,8 +132,7 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	case bearerToken(r) != "":
 		creds.BearerToken = bearerToken(r)
 		g.signIn(w, r, g.conf().Authenticator, creds)
-	case msg.Type == "init" && g.conf().ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
-		creds.PeerCertificates = r.TLS.PeerCertificates
+	case msg.Type == "init" && g.conf().ClientCerts != nil && !g.conf().ClientCerts.DeviceMode() && len(creds.PeerCertificates) > 0:
 		g.signIn(w, r, g.conf().ClientCerts, creds)
 	case msg.Type == "init" && g.conf().OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
 		// openconnect 9 (http-auth.c): a client holding a token repeats
@@ -282,6 +284,8 @@ func (g *Gateway) signInWith(w http.ResponseWriter, r *http.Request, a auth.Auth
 			reason = "Access denied: " + denied.Reason
 		case errors.As(err, &ssoErr):
 			reason = "Login failed: " + ssoErr.Reason
+		case errors.Is(err, auth.ErrDeviceCertificate):
+			reason = "Login failed: a valid device certificate is required."
 		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
 		default: // the IdP is unreachable or misconfigured
 			reason = "Login failed: " + err.Error()
@@ -316,6 +320,14 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 	ctx, cancel := context.WithTimeout(ctx, authTimeout)
 	defer cancel()
 	id, err := a.Authenticate(ctx, creds)
+	if err == nil && c.ClientCerts != nil && c.ClientCerts.DeviceMode() {
+		// Device certificate AND user (R-A7): the certificate names the
+		// device, the user signed in above.
+		var dev string
+		if dev, err = c.ClientCerts.Device(creds.PeerCertificates); err == nil {
+			id.DeviceID = dev
+		}
+	}
 	if err == nil && c.Policy != nil {
 		err = c.Policy.Check(ctx, id)
 	}

@@ -63,6 +63,10 @@ type CertsFile struct {
 	CA           string   `yaml:"ca"` // PEM bundle of the CAs that issue device certificates
 	Required     bool     `yaml:"required"`
 	IdentityFrom []string `yaml:"identity_from"` // upn, email, cn
+	// Device: the certificate identifies the device (its CN becomes the
+	// device ID) and the user must still sign in (SSO, password or
+	// token); both must succeed. Off: a valid certificate alone signs in.
+	Device bool `yaml:"device"`
 }
 
 // PolicyFile is the access policy.
@@ -239,7 +243,7 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 		if err == nil {
 			var pool *x509.CertPool
 			if pool, err = auth.LoadCertPool(b); err == nil {
-				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom})
+				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom, Device: cf.Device})
 			}
 		}
 		if err != nil {

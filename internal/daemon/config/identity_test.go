@@ -63,7 +63,7 @@ func TestIdentityValidation(t *testing.T) {
 			}
 		})
 	}
-	ok := fmt.Sprintf("identity:\n  client_certs: {ca: ca.pem, identity_from: [email]}\n  session_key: %q\n  policy: {allow_groups: [vpn-users]}\n  bans: {threshold: 10, ban_for: 5m}\n", auth.GenerateSealerKey())
+	ok := fmt.Sprintf("identity:\n  client_certs: {ca: ca.pem, identity_from: [email], device: true}\n  session_key: %q\n  policy: {allow_groups: [vpn-users]}\n  bans: {threshold: 10, ban_for: 5m}\n", auth.GenerateSealerKey())
 	c, err := Parse(filepath.Join(dir, "gw.yaml"), []byte(ok))
 	if err != nil {
 		t.Fatalf("valid identity section: %v", err)
@@ -74,7 +74,7 @@ func TestIdentityValidation(t *testing.T) {
 	}
 	defer release()
 	id := &c.Tunnel
-	if id.ClientCerts == nil || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
+	if id.ClientCerts == nil || !id.ClientCerts.DeviceMode() || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
 		t.Fatalf("identity not built: %+v", id)
 	}
 }
