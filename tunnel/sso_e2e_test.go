@@ -68,8 +68,9 @@ func forwardTCP(t *testing.T, l net.Listener, addr string) {
 // --external-browser, where the browser is headless Chromium (driven by
 // internal/testinfra/ssobrowser) on Dex's real login page, and connects;
 // the session shows method "sso" and the IdP's user and groups. A user
-// outside the allowed groups gets the reason and exit status 1. The
-// password (/password) and bearer routes still work beside SSO.
+// outside the allowed groups, and a browser leg that arrives after the
+// login link expired, end openconnect with the reason and exit status 1.
+// The password (/password) and bearer routes still work beside SSO.
 func TestOpenconnectSSO(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "openconnect", "ocproxy", "curl", "chromium")
@@ -149,22 +150,46 @@ func TestOpenconnectSSO(t *testing.T) {
 		}
 		s.Close()
 	})
-	t.Run("user outside the allowed groups", func(t *testing.T) {
-		env, logFile := browserEnv(t, dextest.Bob)
-		octx, ocancel := context.WithTimeout(ctx, 2*time.Minute) // openconnect itself would wait forever
+	// refused runs openconnect --authenticate with the browser signing in
+	// as u and requires exit status 1 with want on stderr, within a bound
+	// (openconnect itself would wait forever for a browser leg).
+	refused := func(t *testing.T, server string, u dextest.User, want string) {
+		env, logFile := browserEnv(t, u)
+		octx, ocancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer ocancel()
 		cmd := tp.Client.Exec(octx, "openconnect", "--non-inter", "--servercert", cert.Pin, "--authenticate",
-			"--external-browser="+prog, "https://"+listen+"/")
+			"--external-browser="+prog, "https://"+server+"/")
 		cmd.Env = append(cmd.Env, env...)
 		var stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 		err := cmd.Run()
 		var ee *exec.ExitError
-		if octx.Err() != nil || !errors.As(err, &ee) || ee.ExitCode() != 1 ||
-			!strings.Contains(stderr.String(), "Access denied: your account is not in a group allowed to use this VPN") {
+		if octx.Err() != nil || !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), want) {
 			b, _ := os.ReadFile(logFile)
-			t.Fatalf("bob: %v (ctx %v)\nopenconnect:\n%s\nbrowser log:\n%s", err, octx.Err(), stderr.String(), b)
+			t.Fatalf("%v (ctx %v), want exit 1 and %q\nopenconnect:\n%s\nbrowser log:\n%s", err, octx.Err(), want, stderr.String(), b)
 		}
+	}
+	t.Run("user outside the allowed groups", func(t *testing.T) {
+		refused(t, listen, dextest.Bob, "Access denied: your account is not in a group allowed to use this VPN")
+	})
+	t.Run("expired browser leg", func(t *testing.T) {
+		// A second gateway whose login links expire before any browser
+		// can arrive: the refusal still reaches openconnect's listener.
+		quick, err := auth.NewSSO(auth.SSOConfig{OIDC: o, PublicURL: public + ":8443", Sealer: sealer, LoginTTL: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw2, err := tunnel.New(tunnel.Config{Certificate: mustLoad(t, cert), Authenticator: o, Sealer: sealer, SSO: quick, Dialer: nsDialer{tp.GW}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer gw2.Close()
+		l2, err := tp.GW.Listen("tcp", testenv.GWAddr.String()+":8443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go gw2.Serve(l2)
+		refused(t, testenv.GWAddr.String()+":8443", dextest.Alice, "Login failed: the sign-in link expired; start again")
 	})
 	t.Run("password beside SSO", func(t *testing.T) {
 		s := testenv.Openconnect(t, tp.Client, testenv.OCOptions{

@@ -64,25 +64,35 @@ func run(url string, log io.Writer) error {
 	defer bcancel()
 
 	fmt.Fprintf(log, "ssobrowser: open %s\n", url)
-	if err := chromedp.Do(bctx,
-		chromedp.Navigate(url),
-		chromedp.WaitVisible(chromedp.CSS(`input[name="login"]`)),
-		chromedp.SendKeys(chromedp.CSS(`input[name="login"]`), os.Getenv("UNDERPASS_SSO_USER")),
-		chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), os.Getenv("UNDERPASS_SSO_PASSWORD")),
-		chromedp.Submit(chromedp.CSS(`input[name="password"]`)),
-	); err != nil {
-		return fmt.Errorf("login page: %w", err)
+	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
+		return fmt.Errorf("open: %w", err)
 	}
-	// The IdP redirects to the gateway's callback, which sends the browser
-	// to the client's listener, which redirects to the "finished" page.
+	// Either the IdP's login page appears, or (a refusal before the IdP,
+	// e.g. an expired link) the gateway sends the browser straight to the
+	// client's listener, which redirects to the "finished" page.
+	signedIn := false
 	for {
 		loc, err := chromedp.Run(bctx, chromedp.Location())
 		if err != nil {
-			return fmt.Errorf("waiting for the finished page: %w", err)
+			return fmt.Errorf("waiting for the next page: %w", err)
 		}
 		if strings.Contains(loc, "/sso/done") {
 			fmt.Fprintf(log, "ssobrowser: finished at %s\n", loc)
 			return nil
+		}
+		if !signedIn {
+			form, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector('input[name="login"]') !== null`))
+			if err == nil && form {
+				if err := chromedp.Do(bctx,
+					chromedp.SendKeys(chromedp.CSS(`input[name="login"]`), os.Getenv("UNDERPASS_SSO_USER")),
+					chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), os.Getenv("UNDERPASS_SSO_PASSWORD")),
+					chromedp.Submit(chromedp.CSS(`input[name="password"]`)),
+				); err != nil {
+					return fmt.Errorf("login page: %w", err)
+				}
+				fmt.Fprintf(log, "ssobrowser: signed in at %s\n", loc)
+				signedIn = true
+			}
 		}
 		select {
 		case <-ctx.Done():
