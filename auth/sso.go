@@ -278,6 +278,10 @@ func (s *SSO) Finish(_ context.Context, key *STRAPKey, opaque, token string) (*I
 	return id, nil
 }
 
+// BasePath is PublicURL's path ("" or e.g. "/vpn-4f9c"): the browser
+// endpoints live under BasePath + "/sso/".
+func (s *SSO) BasePath() string { return s.base.Path }
+
 // Handles reports whether path is one of the browser endpoints
 // (<PublicURL path>/sso/...).
 func (s *SSO) Handles(path string) bool {
@@ -285,9 +289,10 @@ func (s *SSO) Handles(path string) bool {
 }
 
 // ServeHTTP serves the browser's steps: GET /sso/login, /sso/callback and
-// /sso/done under PublicURL's path.
+// /sso/done under PublicURL's path. Other methods are refused: a HEAD (a
+// link preview) must not use up a one-time login link.
 func (s *SSO) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	if r.Method != http.MethodGet {
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
 	}

@@ -54,7 +54,7 @@ func (g *Gateway) newHandler(next http.Handler) http.Handler {
 				return
 			}
 			g.serveConnect(w, r)
-		case (r.Method == http.MethodGet || r.Method == http.MethodHead) && g.conf().SSO != nil && g.conf().SSO.Handles(r.URL.Path):
+		case g.conf().SSO != nil && r.Method != http.MethodPost && g.conf().SSO.Handles(r.URL.Path):
 			// The browser's steps of an SSO sign-in.
 			g.conf().SSO.ServeHTTP(w, r)
 		case r.Method == http.MethodPost && inSecret:

@@ -366,6 +366,9 @@ func (c Config) Validate() error {
 		strings.ContainsAny(p, " ?#%\t\r\n")) {
 		errs.add("SecretPath", "%q: want a path like /vpn-4f9c (leading '/', no trailing '/', no query)", p)
 	}
+	if c.SSO != nil && c.SSO.BasePath() != c.SecretPath {
+		errs.add("SSO", "its public URL's path %q must be SecretPath %q: the browser's steps are served there", c.SSO.BasePath(), c.SecretPath)
+	}
 	if len(errs) == 0 {
 		return nil
 	}

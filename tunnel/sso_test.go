@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -417,6 +418,37 @@ func TestSSOInProcess(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "Bearer" {
 			t.Fatalf("%d %v", resp.StatusCode, resp.Header)
+		}
+	})
+	t.Run("HEAD does not use up a login link", func(t *testing.T) {
+		oc := newOCSide(t)
+		form := oc.init(t, gw)
+		br := newBrowser(t, gw)
+		resp, err := br.hc.Head(form.SSOLogin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusMethodNotAllowed {
+			t.Fatalf("HEAD: %d", resp.StatusCode)
+		}
+		oc.token(t, br.signIn(t, form.SSOLogin, dextest.Alice))
+	})
+	t.Run("public URL outside SecretPath refused", func(t *testing.T) {
+		o, err := auth.NewOIDC(context.Background(), auth.OIDCConfig{Issuer: site.dex.Issuer, ClientID: site.dex.ClientID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer o.Close()
+		sealer, _ := auth.NewSealer(nil, make([]byte, auth.SealerKeySize))
+		sso, err := auth.NewSSO(auth.SSOConfig{OIDC: o, PublicURL: "https://" + siteHost, Sealer: sealer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = tunnel.New(tunnel.Config{Authenticator: o, SSO: sso, SecretPath: "/vpn-4f9c"})
+		var fe *tunnel.FieldError
+		if !errors.As(err, &fe) || fe.Field != "SSO" {
+			t.Fatalf("got %v", err)
 		}
 	})
 	t.Run("garbage STRAP key gets the password form", func(t *testing.T) {
