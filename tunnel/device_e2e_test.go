@@ -1,13 +1,11 @@
 package tunnel_test
 
 import (
-	"context"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/dextest"
@@ -21,14 +19,8 @@ import (
 // session's device ID is the certificate's CN), valid certificate + wrong
 // password and no certificate + right password are refused.
 func TestOpenconnectDeviceCertAndUser(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "ocproxy", "curl")
-	d := dextest.Start(t)
-	tp := testenv.Topology(t)
-	web := tp.ServeHTTP(t, 8080)
-	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // the whole scenario, generously
-	defer cancel()
+	sc := newDexScene(t, dextest.Options{})
+	d, tp, cert, ctx := sc.d, sc.tp, sc.cert, sc.ctx
 
 	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: d.Issuer, ClientID: d.ClientID, ClientSecret: d.ClientSecret, Scopes: d.Scopes})
 	if err != nil {
@@ -42,7 +34,8 @@ func TestOpenconnectDeviceCertAndUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	var logs testenv.LogBuffer
-	gw, err := tunnel.New(tunnel.Config{
+	listen := testenv.GWAddr.String() + ":443"
+	gw := serveInNS(t, tp.GW, listen, tunnel.Config{
 		Certificate: mustLoad(t, cert), Authenticator: auth.Chain{o, grant}, ClientCerts: certs,
 		// A policy the certificate identity (alice@example.com) would pass
 		// on its own, so only the device rule stands between a
@@ -51,16 +44,6 @@ func TestOpenconnectDeviceCertAndUser(t *testing.T) {
 		SplitInclude: []netip.Prefix{testenv.CorpNet}, Dialer: nsDialer{tp.GW},
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	listen := testenv.GWAddr.String() + ":443"
-	l, err := tp.GW.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(l)
 	opts := func(pass string, withCert bool) testenv.OCOptions {
 		o := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: dextest.Alice.Email, Password: pass}
 		if withCert {
@@ -71,10 +54,7 @@ func TestOpenconnectDeviceCertAndUser(t *testing.T) {
 
 	t.Run("valid certificate and right password", func(t *testing.T) {
 		s := testenv.Openconnect(t, tp.Client, opts(dextest.Alice.Password, true))
-		body, err := testenv.CurlViaSocks(ctx, tp.Client, s.SocksPort, web+"/")
-		if err != nil || body != testenv.CorpPage {
-			t.Fatalf("corp page: %q, %v", body, err)
-		}
+		sc.fetch(t, s)
 		ss := gw.Sessions()
 		if i := slices.IndexFunc(ss, func(s tunnel.SessionInfo) bool { return s.Connected }); i < 0 ||
 			ss[i].User != "alice" || ss[i].Method != "password" || ss[i].DeviceID != "laptop-42" {

@@ -14,9 +14,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/dextest"
@@ -24,44 +25,62 @@ import (
 	"github.com/underpass/underpass/tunnel"
 )
 
-// forwardTCP accepts on l (in one network namespace) and relays every
-// connection to addr dialled from the test process (the root namespace),
-// so the client namespace's browser reaches Dex at the same URL as the
-// gateway does. It stops when the test ends.
+// forwardTCP relays every connection l (in one network namespace) accepts
+// to addr dialled from the test process (the root namespace), so the
+// client namespace's browser reaches Dex at the same URL as the gateway
+// does. It stops when the test ends.
 func forwardTCP(t *testing.T, l net.Listener, addr string) {
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		l.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
+	testenv.ServeListener(t, l, func(c net.Conn) {
+		u, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return
 		}
-		mu.Unlock()
-		wg.Wait()
+		done := make(chan struct{})
+		go func() { _, _ = io.Copy(u, c); u.Close(); close(done) }()
+		_, _ = io.Copy(c, u)
+		c.Close() // ends the other direction's copy, if the browser still holds c
+		<-done
 	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
+}
+
+// waitSSOPort waits until openconnect can bind its SSO listener
+// [::1]:29786 in ns, binding as openconnect does (SO_REUSEADDR), and logs
+// the port's sockets if it had to wait. Seen here: a LISTEN socket on the
+// port shortly after the previous openconnect exited (openconnect 9.01
+// creates it without SOCK_CLOEXEC before spawning the browser, so the
+// browser's processes can hold it), which made the next run fail with
+// "Failed to listen on local port 29786: Address already in use".
+func waitSSOPort(t *testing.T, ns *testenv.Netns) {
+	t.Helper()
+	start := time.Now()
+	for logged := false; ; {
+		err := ns.Do(func() error {
+			fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 			if err != nil {
-				return
+				return err
 			}
-			u, err := net.DialTimeout("tcp", addr, 5*time.Second)
-			if err != nil {
-				c.Close()
-				continue
+			defer unix.Close(fd)
+			if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+				return err
 			}
-			mu.Lock()
-			conns = append(conns, c, u)
-			mu.Unlock()
-			wg.Add(2)
-			go func() { defer wg.Done(); _, _ = io.Copy(u, c); u.Close() }()
-			go func() { defer wg.Done(); _, _ = io.Copy(c, u); c.Close() }()
+			return unix.Bind(fd, &unix.SockaddrInet6{Port: 29786, Addr: [16]byte{15: 1}})
+		})
+		if err == nil {
+			if d := time.Since(start); d > time.Second {
+				t.Logf("waited %v for [::1]:29786", d.Round(100*time.Millisecond))
+			}
+			return
 		}
-	}()
+		if !logged {
+			out, _ := ns.Exec(context.Background(), "ss", "-tanp", "sport", "= :29786").CombinedOutput()
+			t.Logf("[::1]:29786 busy (%v):\n%s", err, out)
+			logged = true
+		}
+		if time.Since(start) > 90*time.Second { // bounds a browser that never exits
+			t.Fatalf("[::1]:29786 still not bindable: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // TestOpenconnectSSO: the stock openconnect signs in with
@@ -72,22 +91,16 @@ func forwardTCP(t *testing.T, l net.Listener, addr string) {
 // login link expired, end openconnect with the reason and exit status 1.
 // The password (/password) and bearer routes still work beside SSO.
 func TestOpenconnectSSO(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "ocproxy", "curl", "chromium")
-	tp := testenv.Topology(t)
 	public := "https://" + testenv.GWAddr.String()
-	d := dextest.StartWith(t, dextest.Options{RedirectURIs: []string{public + "/sso/callback"}})
+	sc := newDexScene(t, dextest.Options{RedirectURIs: []string{public + "/sso/callback"}}, "chromium")
+	d, tp, cert, ctx := sc.d, sc.tp, sc.cert, sc.ctx
 	du, _ := url.Parse(d.Issuer)
 	dl, err := tp.Client.Listen("tcp", du.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
 	forwardTCP(t, dl, du.Host)
-	web := tp.ServeHTTP(t, 8080)
-	cert := testenv.NewCert(t, testenv.GWAddr.String())
 	prog := testenv.BuildBinary(t, "./internal/testinfra/ssobrowser")
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole scenario, generously
-	defer cancel()
 
 	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: d.Issuer, ClientID: d.ClientID, ClientSecret: d.ClientSecret, Scopes: d.Scopes})
 	if err != nil {
@@ -104,36 +117,22 @@ func TestOpenconnectSSO(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gw, err := tunnel.New(tunnel.Config{
+	listen := testenv.GWAddr.String() + ":443"
+	gw := serveInNS(t, tp.GW, listen, tunnel.Config{
 		Certificate: mustLoad(t, cert), Authenticator: auth.Chain{o, grant}, OfferBearer: true,
 		Policy: rules, Sealer: sealer, SSO: sso,
 		SplitInclude: []netip.Prefix{testenv.CorpNet}, Dialer: nsDialer{tp.GW}, Logger: logger,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	listen := testenv.GWAddr.String() + ":443"
-	l, err := tp.GW.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(l)
 
 	browserEnv := func(t *testing.T, u dextest.User) ([]string, string) {
 		logFile := filepath.Join(t.TempDir(), "browser.log")
 		return []string{"UNDERPASS_SSO_USER=" + u.Email, "UNDERPASS_SSO_PASSWORD=" + u.Password, "UNDERPASS_SSO_LOG=" + logFile}, logFile
 	}
-	fetch := func(s *testenv.OCSession) {
-		t.Helper()
-		body, err := testenv.CurlViaSocks(ctx, tp.Client, s.SocksPort, web+"/")
-		if err != nil || body != testenv.CorpPage {
-			t.Fatalf("corp page: %q, %v", body, err)
-		}
-	}
+	fetch := func(s *testenv.OCSession) { sc.fetch(t, s) }
 
 	t.Run("browser sign-in and connect", func(t *testing.T) {
 		env, logFile := browserEnv(t, dextest.Alice)
+		waitSSOPort(t, tp.Client)
 		s, err := testenv.TryOpenconnect(t, tp.Client, testenv.OCOptions{
 			Server: listen, ServerCertPin: cert.Pin, User: "unused", Password: "unused",
 			ExtraArgs: []string{"--external-browser=" + prog}, Env: env, Timeout: 2 * time.Minute,
@@ -155,6 +154,7 @@ func TestOpenconnectSSO(t *testing.T) {
 	// (openconnect itself would wait forever for a browser leg).
 	refused := func(t *testing.T, server string, u dextest.User, want string) {
 		env, logFile := browserEnv(t, u)
+		waitSSOPort(t, tp.Client)
 		octx, ocancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer ocancel()
 		cmd := tp.Client.Exec(octx, "openconnect", "--non-inter", "--servercert", cert.Pin, "--authenticate",
@@ -179,16 +179,8 @@ func TestOpenconnectSSO(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		gw2, err := tunnel.New(tunnel.Config{Certificate: mustLoad(t, cert), Authenticator: o, Sealer: sealer, SSO: quick, Dialer: nsDialer{tp.GW}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer gw2.Close()
-		l2, err := tp.GW.Listen("tcp", testenv.GWAddr.String()+":8443")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go gw2.Serve(l2)
+		serveInNS(t, tp.GW, testenv.GWAddr.String()+":8443",
+			tunnel.Config{Certificate: mustLoad(t, cert), Authenticator: o, Sealer: sealer, SSO: quick, Dialer: nsDialer{tp.GW}})
 		refused(t, testenv.GWAddr.String()+":8443", dextest.Alice, "Login failed: the sign-in link expired; start again")
 	})
 	t.Run("password beside SSO", func(t *testing.T) {

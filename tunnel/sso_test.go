@@ -135,24 +135,34 @@ const ssoInit = `<?xml version="1.0" encoding="UTF-8"?>
 
 const ssoCaps = `<capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>single-sign-on-external-browser</auth-method></capabilities>`
 
-// post sends one sign-in message to the gateway at addr.
+// post sends one sign-in message to the gateway at addr and parses the
+// reply.
 func (c *ocSide) post(t *testing.T, addr, path, body string) (*http.Response, *authxml.ServerMessage) {
+	t.Helper()
+	resp, b := c.postRaw(t, addr, path, body, map[string]string{"X-AnyConnect-STRAP-DH-Pubkey": c.strapHeader(t)})
+	m, err := authxml.ParseServer(b)
+	if err != nil {
+		t.Fatalf("reply %q: %v", b, err)
+	}
+	return resp, m
+}
+
+// postRaw sends a sign-in message with openconnect's headers plus hdr.
+func (c *ocSide) postRaw(t *testing.T, addr, path, body string, hdr map[string]string) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, "https://"+addr+path, strings.NewReader(body))
 	req.Header.Set("X-Aggregate-Auth", "1")
 	req.Header.Set("X-Transcend-Version", "1")
-	req.Header.Set("X-AnyConnect-STRAP-DH-Pubkey", c.strapHeader(t))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	m, err := authxml.ParseServer(b)
-	if err != nil {
-		t.Fatalf("reply %q: %v", b, err)
-	}
-	return resp, m
+	return resp, b
 }
 
 func (c *ocSide) init(t *testing.T, addr string) *authxml.ServerMessage {
@@ -408,14 +418,7 @@ func TestSSOInProcess(t *testing.T) {
 		}
 	})
 	t.Run("a token-mode client still gets the Bearer offer", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodPost, "https://"+gw+"/", strings.NewReader(fmt.Sprintf(ssoInit, ssoCaps)))
-		req.Header.Set("X-Aggregate-Auth", "1")
-		req.Header.Set("X-Support-HTTP-Auth", "true")
-		resp, err := newOCSide(t).hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
+		resp, _ := newOCSide(t).postRaw(t, gw, "/", fmt.Sprintf(ssoInit, ssoCaps), map[string]string{"X-Support-HTTP-Auth": "true"})
 		if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") != "Bearer" {
 			t.Fatalf("%d %v", resp.StatusCode, resp.Header)
 		}
@@ -452,15 +455,7 @@ func TestSSOInProcess(t *testing.T) {
 		}
 	})
 	t.Run("garbage STRAP key gets the password form", func(t *testing.T) {
-		req, _ := http.NewRequest(http.MethodPost, "https://"+gw+"/", strings.NewReader(fmt.Sprintf(ssoInit, ssoCaps)))
-		req.Header.Set("X-Aggregate-Auth", "1")
-		req.Header.Set("X-AnyConnect-STRAP-DH-Pubkey", "bm90IGEga2V5")
-		resp, err := newOCSide(t).hc.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		_, b := newOCSide(t).postRaw(t, gw, "/", fmt.Sprintf(ssoInit, ssoCaps), map[string]string{"X-AnyConnect-STRAP-DH-Pubkey": "bm90IGEga2V5"})
 		if m, err := authxml.ParseServer(b); err != nil || m.SSOLogin != "" || len(m.Inputs) != 2 {
 			t.Fatalf("%+v %v", m, err)
 		}
