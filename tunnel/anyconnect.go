@@ -194,6 +194,7 @@ func (g *Gateway) writeSSOForm(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
 		Title:   "Underpass sign-in",
 		Message: "Sign in with your browser.",
+		Banner:  g.conf().PreLoginBanner,
 		Action:  g.conf().SecretPath + formAction,
 		Opaque:  f.Opaque,
 		SSO: &authxml.SSOForm{
@@ -255,6 +256,7 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
 		Title:   "Underpass sign-in",
 		Message: "Please enter your username and password.",
+		Banner:  g.conf().PreLoginBanner,
 		Error:   errMsg,
 		Action:  g.conf().SecretPath + formAction,
 		Inputs: []authxml.Input{

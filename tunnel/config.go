@@ -138,6 +138,11 @@ type Config struct {
 	ReconnectGrace time.Duration
 	// Banner is shown to users after sign-in.
 	Banner string
+	// PreLoginBanner, if set, is shown on the sign-in form and the SSO form
+	// before any credential is asked (an acceptable-use notice), and again
+	// with every failed try: openconnect prints a form's <banner>. It may
+	// span lines.
+	PreLoginBanner string
 	// MaxSessions caps signed-in sessions; sign-ins past it are refused
 	// with "gateway full" (a load balancer sends the client elsewhere).
 	// 0: limited only by the pool.

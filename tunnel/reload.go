@@ -58,6 +58,7 @@ var liveFields = []liveField{
 	{"SessionTimeout", func(c *Config) any { return c.SessionTimeout }},
 	{"ReconnectGrace", func(c *Config) any { return c.ReconnectGrace }},
 	{"Banner", func(c *Config) any { return c.Banner }},
+	{"PreLoginBanner", func(c *Config) any { return c.PreLoginBanner }},
 	{"MaxSessions", func(c *Config) any { return c.MaxSessions }},
 	{"Proxy", func(c *Config) any { return c.Proxy }},
 	{"SecretPath", func(c *Config) any { return c.SecretPath }},

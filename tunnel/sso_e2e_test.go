@@ -43,6 +43,10 @@ func forwardTCP(t *testing.T, l net.Listener, addr string) {
 	})
 }
 
+// preLoginBanner is the acceptable-use notice the SSO test's gateway shows
+// before sign-in.
+const preLoginBanner = "Authorised use only; activity is logged."
+
 // waitSSOPort waits until openconnect can bind its SSO listener
 // [::1]:29786 in ns, binding as openconnect does (SO_REUSEADDR), and logs
 // the port's sockets if it had to wait. Seen here: a LISTEN socket on the
@@ -120,7 +124,7 @@ func TestOpenconnectSSO(t *testing.T) {
 	listen := testenv.GWAddr.String() + ":443"
 	gw := serveInNS(t, tp.GW, listen, tunnel.Config{
 		Certificate: mustLoad(t, cert), Authenticator: auth.Chain{o, grant}, OfferBearer: true,
-		Policy: rules, Sealer: sealer, SSO: sso,
+		Policy: rules, Sealer: sealer, SSO: sso, PreLoginBanner: preLoginBanner,
 		SplitInclude: []netip.Prefix{testenv.CorpNet}, Dialer: nsDialer{tp.GW}, Logger: logger,
 	})
 
@@ -164,7 +168,8 @@ func TestOpenconnectSSO(t *testing.T) {
 		cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 		err := cmd.Run()
 		var ee *exec.ExitError
-		if octx.Err() != nil || !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), want) {
+		if octx.Err() != nil || !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(stderr.String(), want) ||
+			(server == listen && !strings.Contains(stderr.String(), preLoginBanner)) {
 			b, _ := os.ReadFile(logFile)
 			t.Fatalf("%v (ctx %v), want exit 1 and %q\nopenconnect:\n%s\nbrowser log:\n%s", err, octx.Err(), want, stderr.String(), b)
 		}
@@ -182,6 +187,14 @@ func TestOpenconnectSSO(t *testing.T) {
 		serveInNS(t, tp.GW, testenv.GWAddr.String()+":8443",
 			tunnel.Config{Certificate: mustLoad(t, cert), Authenticator: o, Sealer: sealer, SSO: quick, Dialer: nsDialer{tp.GW}})
 		refused(t, testenv.GWAddr.String()+":8443", dextest.Alice, "Login failed: the sign-in link expired; start again")
+	})
+	t.Run("wrong password shows the pre-login banner", func(t *testing.T) {
+		_, err := testenv.TryOpenconnect(t, tp.Client, testenv.OCOptions{
+			Server: listen, Path: "/password", ServerCertPin: cert.Pin, User: dextest.Alice.Email, Password: "wrong",
+		})
+		if err == nil || !strings.Contains(err.Error(), preLoginBanner) {
+			t.Fatalf("want a failure that shows the banner: %v", err)
+		}
 	})
 	t.Run("password beside SSO", func(t *testing.T) {
 		s := testenv.Openconnect(t, tp.Client, testenv.OCOptions{

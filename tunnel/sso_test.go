@@ -85,7 +85,7 @@ func startSSOSite(t *testing.T, n int) *ssoSite {
 		}
 		gw, err := tunnel.New(tunnel.Config{
 			Certificate: &cert, Authenticator: auth.Chain{o, grant}, Policy: rules, Sealer: sealer, SSO: sso,
-			OfferBearer: true,
+			OfferBearer: true, PreLoginBanner: preLoginBanner,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -310,6 +310,9 @@ func TestSSOInProcess(t *testing.T) {
 	t.Run("success", func(t *testing.T) {
 		oc := newOCSide(t)
 		form, tok := signIn(t, oc, dextest.Alice)
+		if form.Banner != preLoginBanner {
+			t.Fatalf("SSO form without the pre-login banner: %+v", form)
+		}
 		if !strings.HasPrefix(form.SSOLogin, "https://"+siteHost+"/sso/login?") {
 			t.Fatalf("login URL not from the configured site host: %s", form.SSOLogin)
 		}

@@ -131,6 +131,7 @@ func TestSSOFromConfig(t *testing.T) {
 	defer cancel()
 	doc := fmt.Sprintf(`listen: ":8443"
 secret_path: /vpn-4f9c
+pre_login_banner: "Authorised use only."
 site: {host: vpn.example.com}
 identity:
   oidc: {issuer: %q, client_id: %q, client_secret: %q}
@@ -146,6 +147,9 @@ identity:
 		t.Fatal(err)
 	}
 	defer release()
+	if c.Tunnel.PreLoginBanner != "Authorised use only." {
+		t.Fatalf("pre_login_banner: %q", c.Tunnel.PreLoginBanner)
+	}
 	s := c.Tunnel.SSO
 	if s == nil || !s.Handles("/vpn-4f9c/sso/login") || s.Handles("/sso/login") {
 		t.Fatalf("SSO not built under the secret path: %+v", s)
