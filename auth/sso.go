@@ -75,6 +75,14 @@ type SSOConfig struct {
 	// LoginTTL bounds a sign-in from the client's init to the IdP's
 	// callback (the user's time at the IdP, MFA included). Default 10m.
 	LoginTTL time.Duration
+	// CapAtTokenExpiry ends an SSO session when the IdP's ID token
+	// expires. Off by default: the ID token only proves the sign-in
+	// (OpenID Connect Core §2: exp bounds accepting the token, not the
+	// session), Entra's lasts 60-90 minutes, and capping would send users
+	// to the browser every hour. The session then lasts the gateway's
+	// maximum session age (tunnel.Config.SessionTimeout, R-C5), and the
+	// access policy is re-checked whenever it resumes.
+	CapAtTokenExpiry bool
 	// Logger receives operational messages (never codes or tokens).
 	// Default: discard.
 	Logger *slog.Logger
@@ -275,6 +283,9 @@ func (s *SSO) Finish(_ context.Context, key *STRAPKey, opaque, token string) (*I
 	}
 	id := t.Identity.Identity()
 	id.Method = "sso"
+	if !s.cfg.CapAtTokenExpiry {
+		id.Expiry = time.Time{} // the session timeout alone bounds the session
+	}
 	return id, nil
 }
 

@@ -53,10 +53,12 @@ func (f *fakeNow) Skip(d time.Duration) {
 	f.mu.Unlock()
 }
 
-func startSSOSite(t *testing.T, n int) *ssoSite {
+// startSSOSite starts Dex (ID tokens valid 10 minutes) and n gateways;
+// mod, if set, adjusts gateway i's SSO configuration.
+func startSSOSite(t *testing.T, n int, mod func(i int, c *auth.SSOConfig)) *ssoSite {
 	t.Helper()
 	site := &ssoSite{now: &fakeNow{}}
-	site.dex = dextest.StartWith(t, dextest.Options{RedirectURIs: []string{"https://" + siteHost + "/sso/callback"}})
+	site.dex = dextest.StartWith(t, dextest.Options{RedirectURIs: []string{"https://" + siteHost + "/sso/callback"}, IDTokenTTL: "10m"})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key, _ := auth.ParseSealerKey(auth.GenerateSealerKey())
@@ -68,7 +70,7 @@ func startSSOSite(t *testing.T, n int) *ssoSite {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range n {
+	for i := range n {
 		o, err := auth.NewOIDC(ctx, auth.OIDCConfig{
 			Issuer: site.dex.Issuer, ClientID: site.dex.ClientID, ClientSecret: site.dex.ClientSecret, Scopes: site.dex.Scopes,
 		})
@@ -79,7 +81,11 @@ func startSSOSite(t *testing.T, n int) *ssoSite {
 		grant, _ := o.PasswordGrant()
 		sealer, _ := auth.NewSealer(nil, key)
 		rules := &auth.Rules{AllowGroups: []string{"vpn-users"}}
-		sso, err := auth.NewSSO(auth.SSOConfig{OIDC: o, PublicURL: "https://" + siteHost, Sealer: sealer, Policy: rules, Now: site.now.Now})
+		sc := auth.SSOConfig{OIDC: o, PublicURL: "https://" + siteHost, Sealer: sealer, Policy: rules, Now: site.now.Now}
+		if mod != nil {
+			mod(i, &sc)
+		}
+		sso, err := auth.NewSSO(sc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -297,7 +303,7 @@ func (b *browser) signIn(t *testing.T, login string, u dextest.User) string {
 // refused; clients without the capability, and the /password path, get
 // the password form; the bearer offer still comes first.
 func TestSSOInProcess(t *testing.T) {
-	site := startSSOSite(t, 1)
+	site := startSSOSite(t, 2, func(i int, c *auth.SSOConfig) { c.CapAtTokenExpiry = i == 1 })
 	gw := site.addrs[0]
 
 	signIn := func(t *testing.T, oc *ocSide, u dextest.User) (form *authxml.ServerMessage, token string) {
@@ -334,12 +340,29 @@ func TestSSOInProcess(t *testing.T) {
 		if i < 0 || ss[i].Method != "sso" || !slices.Contains(ss[i].Groups, "vpn-users") {
 			t.Fatalf("sessions: %+v", ss)
 		}
+		// Not capped at the 10-minute ID token: the gateway's 1-hour
+		// session timeout applies.
+		if left := time.Until(ss[i].Expires); left < 50*time.Minute {
+			t.Fatalf("SSO session ends in %v: capped at the ID token", left)
+		}
 		t.Run("replayed auth-reply", func(t *testing.T) {
 			_, m := oc.reply(t, gw, form.Opaque, tok)
 			if m.Type == "complete" || !strings.Contains(m.Error, "already used") || len(m.Inputs) != 0 {
 				t.Fatalf("replay: %+v", m)
 			}
 		})
+	})
+	t.Run("session capped at the ID token when configured", func(t *testing.T) {
+		oc := newOCSide(t)
+		form := oc.init(t, site.addrs[1])
+		tok := oc.token(t, newBrowser(t, site.addrs[1]).signIn(t, form.SSOLogin, dextest.Alice))
+		if _, m := oc.reply(t, site.addrs[1], form.Opaque, tok); m.Type != "complete" {
+			t.Fatalf("reply: %+v", m)
+		}
+		ss := site.gws[1].Sessions()
+		if len(ss) != 1 || time.Until(ss[0].Expires) > 10*time.Minute {
+			t.Fatalf("sessions: %+v", ss)
+		}
 	})
 	t.Run("reused login link", func(t *testing.T) {
 		oc := newOCSide(t)
@@ -473,7 +496,7 @@ func authxmlReply(u dextest.User) string {
 // callback on B, and the auth-reply on C complete one sign-in: three
 // gateways sharing only the site key.
 func TestSSOAcrossSite(t *testing.T) {
-	site := startSSOSite(t, 3)
+	site := startSSOSite(t, 3, nil)
 	a, b, c := site.addrs[0], site.addrs[1], site.addrs[2]
 	oc := newOCSide(t)
 	form := oc.init(t, a)

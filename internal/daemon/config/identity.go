@@ -56,6 +56,10 @@ type SSOFile struct {
 	GroupsClaim  string   `yaml:"groups_claim"` // default groups
 	LoginTTL     Duration `yaml:"login_ttl"`    // default 10m: init to the IdP's callback
 	PublicURL    string   `yaml:"public_url"`   // the site's public https URL; it needs <public_url>/sso/callback registered at the IdP
+	// CapAtTokenExpiry ends SSO sessions when the ID token expires; by
+	// default they last session_timeout (the policy is re-checked on
+	// every resume).
+	CapAtTokenExpiry bool `yaml:"cap_at_token_expiry"`
 }
 
 // CertsFile configures client-certificate sign-in.
@@ -322,7 +326,7 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 		}
 	}
 	sso, err := auth.NewSSO(auth.SSOConfig{OIDC: v, PublicURL: public, Sealer: t.Sealer, Policy: t.Policy,
-		LoginTTL: time.Duration(sf.LoginTTL), Logger: log})
+		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Logger: log})
 	if err != nil {
 		v.Close()
 		return nil, nil, err
