@@ -189,9 +189,7 @@ func (g *Gateway) writeSSOForm(w http.ResponseWriter, r *http.Request) {
 		g.writeRefusal(w, "Login failed: internal error")
 		return
 	}
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	w.Header().Set("X-Transcend-Version", "1")
-	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
+	writeAuthXML(w, authxml.RenderAuthRequest(authxml.Form{
 		Title:   "Underpass sign-in",
 		Message: "Sign in with your browser.",
 		Banner:  g.conf().PreLoginBanner,
@@ -219,9 +217,7 @@ func (g *Gateway) finishSSO(w http.ResponseWriter, r *http.Request, msg *authxml
 }
 
 func (g *Gateway) writeRefusal(w http.ResponseWriter, reason string) {
-	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
-	w.Header().Set("X-Transcend-Version", "1")
-	_, _ = w.Write(authxml.RenderRefusal("Underpass sign-in", reason))
+	writeAuthXML(w, authxml.RenderRefusal("Underpass sign-in", reason))
 }
 
 // formReply reads the non-XML sign-in openconnect falls back to after an
@@ -250,10 +246,15 @@ func bearerToken(r *http.Request) string {
 	return ""
 }
 
-func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
+// writeAuthXML answers with a sign-in document.
+func writeAuthXML(w http.ResponseWriter, doc []byte) {
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
-	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
+	_, _ = w.Write(doc)
+}
+
+func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
+	writeAuthXML(w, authxml.RenderAuthRequest(authxml.Form{
 		Title:   "Underpass sign-in",
 		Message: "Please enter your username and password.",
 		Banner:  g.conf().PreLoginBanner,
