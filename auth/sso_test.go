@@ -4,11 +4,14 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // TestSSOCallback drives the browser steps against an in-process IdP that
@@ -21,8 +24,9 @@ func TestSSOCallback(t *testing.T) {
 	o := newTestOIDC(t, f, nil)
 	key, _ := ParseSealerKey(GenerateSealerKey())
 	sealer, _ := NewSealer(nil, key)
+	var logs testenv.LogBuffer
 	s, err := NewSSO(SSOConfig{OIDC: o, PublicURL: "https://vpn.example.com/vpn-4f9c", Sealer: sealer,
-		Policy: &Rules{AllowGroups: []string{"vpn-users"}}})
+		Policy: &Rules{AllowGroups: []string{"vpn-users"}}, Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +80,9 @@ func TestSSOCallback(t *testing.T) {
 		}
 		return s.Finish(context.Background(), k, form.Opaque, string(tok))
 	}
+	var secrets []string // codes, states and nonces: never logged
 	code := func(q url.Values, c fakeCode) url.Values {
+		secrets = append(secrets, "code-"+q.Get("state"), q.Get("state"), q.Get("nonce"))
 		f.issueCode("code-"+q.Get("state"), c)
 		return url.Values{"code": {"code-" + q.Get("state")}, "state": {q.Get("state")}}
 	}
@@ -118,5 +124,14 @@ func TestSSOCallback(t *testing.T) {
 				t.Fatalf("policy refusal is not a denial: %v", err)
 			}
 		})
+	}
+	if out := logs.String(); !strings.Contains(out, "denied by policy") {
+		t.Fatalf("no log lines:\n%s", out)
+	} else {
+		for _, v := range secrets {
+			if strings.Contains(out, v) {
+				t.Fatalf("log contains a code, state or nonce:\n%s", out)
+			}
+		}
 	}
 }
