@@ -25,15 +25,7 @@ func TestDeviceCodeWithDex(t *testing.T) {
 	d := dextest.StartWith(t, dextest.Options{PublicClient: cli})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // Dex polls every 5 s
 	defer cancel()
-	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: d.Issuer, ClientID: d.ClientID, Audiences: []string{cli}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	gw := gwtest.Start(t, func(c *tunnel.Config) {
-		c.Authenticator = o
-		c.Policy = &auth.Rules{AllowGroups: []string{"vpn-users"}}
-	})
+	gw := gwtest.StartOIDC(t, d, cli, func(c *tunnel.Config) { c.Policy = &auth.Rules{AllowGroups: []string{"vpn-users"}} })
 	var prompts atomic.Int32
 	approved := make(chan error, 1)
 	ts, err := tunnel.DeviceCodeTokenSource(tunnel.DeviceCodeConfig{Issuer: d.Issuer, ClientID: cli,

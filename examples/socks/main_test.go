@@ -16,11 +16,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/dextest"
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
-	"github.com/underpass/underpass/tunnel"
 )
 
 func TestMain(m *testing.M) {
@@ -134,12 +132,7 @@ func TestDeviceCodeSignIn(t *testing.T) {
 	d := dextest.StartWith(t, dextest.Options{PublicClient: cli})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute) // Dex polls every 5 s
 	defer cancel()
-	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: d.Issuer, ClientID: d.ClientID, Audiences: []string{cli}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
-	gw := gwtest.Start(t, func(c *tunnel.Config) { c.Authenticator = o })
+	gw := gwtest.StartOIDC(t, d, cli, nil)
 	stderr := &promptWatch{prompt: make(chan [2]string, 1)}
 	approved := make(chan error, 1)
 	go func() {
