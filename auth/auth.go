@@ -30,17 +30,28 @@ type Credentials struct {
 
 // Identity is an authenticated principal.
 type Identity struct {
-	User     string
-	Email    string
-	Groups   []string
-	DeviceID string
+	User  string
+	Email string
+	// Subject is the stable principal ID: "<tid>/<oid>" for Entra ID
+	// tokens (their user name can change), the token's sub otherwise;
+	// empty for non-token methods.
+	Subject string
+	Groups  []string
+	// Roles are the token's app roles (Entra's "roles" claim); the
+	// built-in policy matches them like groups.
+	Roles []string
+	// GroupsOverage means the IdP left the groups out because there were
+	// too many (Entra: no "groups", only "_claim_names.groups"), so group
+	// rules cannot be judged.
+	GroupsOverage bool
+	DeviceID      string
 	// Claims holds the raw token claims (nil for non-token methods).
 	Claims map[string]any
 	// Expiry is when the credential stops being valid (zero: never; the
 	// session timeout still applies).
 	Expiry time.Time
 	// Method names how the identity was established: "password",
-	// "token", "certificate", "static".
+	// "token", "sso", "certificate", "static".
 	Method string
 }
 

@@ -22,6 +22,12 @@ type CertConfig struct {
 	// client certificate; otherwise certificates are optional and other
 	// sign-in methods remain.
 	Required bool
+	// Device makes the certificate identify the device only (R-A7): the
+	// user must still sign in (SSO, password or token), and a sign-in
+	// without a valid certificate is refused. Identity.DeviceID is the
+	// certificate's subject CN (else its serial number, hex). Without
+	// Device a valid certificate signs the user in by itself.
+	Device bool
 	// IdentityFrom lists where the user name comes from, in order: "upn"
 	// (Microsoft UPN otherName SAN), "email" (rfc822Name SAN), "cn"
 	// (subject common name). Default upn, email, cn.
@@ -91,16 +97,37 @@ func (a *Certificates) ConfigureTLS(c *tls.Config) {
 	c.ClientAuth = a.ClientAuth()
 }
 
-// Authenticate implements Authenticator for Credentials.PeerCertificates.
-// The chain is verified again here (TLS may have been configured to only
-// request certificates) for client-auth use at the current time.
-func (a *Certificates) Authenticate(_ context.Context, c Credentials) (*Identity, error) {
-	if len(c.PeerCertificates) == 0 {
+// DeviceMode reports whether certificates identify devices beside a user
+// sign-in (CertConfig.Device) rather than signing users in.
+func (a *Certificates) DeviceMode() bool { return a.cfg.Device }
+
+// ErrDeviceCertificate is the refusal of a sign-in without a valid device
+// certificate in device mode; it wraps ErrInvalidCredentials.
+var ErrDeviceCertificate = fmt.Errorf("%w: a valid device certificate is required", ErrInvalidCredentials)
+
+// Device verifies a device certificate chain (leaf first) and returns the
+// device's ID: the subject CN, else the serial number in hex. A missing,
+// untrusted or revoked certificate is ErrDeviceCertificate.
+func (a *Certificates) Device(chain []*x509.Certificate) (string, error) {
+	leaf, err := a.verify(chain)
+	if err != nil {
+		return "", ErrDeviceCertificate
+	}
+	if cn := leaf.Subject.CommonName; cn != "" {
+		return cn, nil
+	}
+	return leaf.SerialNumber.Text(16), nil
+}
+
+// verify checks the chain for client-auth use at the current time, and
+// revocation.
+func (a *Certificates) verify(chain []*x509.Certificate) (*x509.Certificate, error) {
+	if len(chain) == 0 {
 		return nil, ErrNotApplicable
 	}
-	leaf := c.PeerCertificates[0]
+	leaf := chain[0]
 	inter := x509.NewCertPool()
-	for _, ic := range c.PeerCertificates[1:] {
+	for _, ic := range chain[1:] {
 		inter.AddCert(ic)
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{
@@ -113,6 +140,22 @@ func (a *Certificates) Authenticate(_ context.Context, c Credentials) (*Identity
 	}
 	if a.cfg.Revoked != nil && a.cfg.Revoked(leaf) {
 		return nil, fmt.Errorf("%w: client certificate revoked", ErrInvalidCredentials)
+	}
+	return leaf, nil
+}
+
+// Authenticate implements Authenticator for Credentials.PeerCertificates.
+// The chain is verified again here (TLS may have been configured to only
+// request certificates) for client-auth use at the current time. In
+// device mode it returns ErrNotApplicable: a certificate alone signs
+// nobody in.
+func (a *Certificates) Authenticate(_ context.Context, c Credentials) (*Identity, error) {
+	if len(c.PeerCertificates) == 0 || a.cfg.Device {
+		return nil, ErrNotApplicable
+	}
+	leaf, err := a.verify(c.PeerCertificates)
+	if err != nil {
+		return nil, err
 	}
 	id := &Identity{Method: "certificate", Expiry: leaf.NotAfter}
 	if len(leaf.EmailAddresses) > 0 {

@@ -147,3 +147,46 @@ func TestCertificates(t *testing.T) {
 		t.Error("empty bundle accepted")
 	}
 }
+
+// TestDeviceCertificates: in device mode a certificate signs nobody in;
+// Device names the device by CN (else serial) and refuses missing,
+// untrusted and revoked certificates.
+func TestDeviceCertificates(t *testing.T) {
+	ca := newTestCA(t, "Underpass Test CA")
+	other := newTestCA(t, "Other CA")
+	pool, _ := LoadCertPool(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw}))
+	revoked := ca.issue(t, func(c *x509.Certificate) { c.Subject.CommonName = "stolen" })
+	a, err := NewCertificates(CertConfig{CAs: pool, Device: true, Revoked: func(c *x509.Certificate) bool { return c.Subject.CommonName == "stolen" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := ca.issue(t, func(c *x509.Certificate) { c.Subject.CommonName = "laptop-42" })
+	if _, err := a.Authenticate(context.Background(), Credentials{PeerCertificates: []*x509.Certificate{good}}); !errors.Is(err, ErrNotApplicable) {
+		t.Fatalf("device certificate signed a user in: %v", err)
+	}
+	noCN := ca.issue(t, func(c *x509.Certificate) { c.Subject.CommonName = ""; c.SerialNumber = big.NewInt(0xbeef) })
+	for _, tc := range []struct {
+		name  string
+		chain []*x509.Certificate
+		want  string
+	}{
+		{"CN", []*x509.Certificate{good}, "laptop-42"},
+		{"serial without CN", []*x509.Certificate{noCN}, "beef"},
+		{"none", nil, ""},
+		{"untrusted", []*x509.Certificate{other.issue(t, nil)}, ""},
+		{"revoked", []*x509.Certificate{revoked}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := a.Device(tc.chain)
+			if tc.want == "" {
+				if !errors.Is(err, ErrDeviceCertificate) || !errors.Is(err, ErrInvalidCredentials) {
+					t.Fatalf("got %q, %v", got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v", got, err)
+			}
+		})
+	}
+}

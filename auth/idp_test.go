@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -32,6 +34,14 @@ type fakeIdP struct {
 	users  map[string]string
 	groups map[string][]string
 	aud    string
+	// codes for the authorization-code grant: code -> what it redeems.
+	codes map[string]fakeCode
+}
+
+// fakeCode is an authorization code the test issued (the fake has no
+// login page): the PKCE challenge it was bound to and the ID token's nonce.
+type fakeCode struct {
+	challenge, nonce, user string
 }
 
 type signKey struct {
@@ -115,6 +125,10 @@ func (f *fakeIdP) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
 		return
 	}
+	if r.FormValue("grant_type") == "authorization_code" {
+		f.codeGrant(w, r)
+		return
+	}
 	if r.FormValue("grant_type") != "password" {
 		w.WriteHeader(http.StatusBadRequest)
 		_, _ = w.Write([]byte(`{"error":"unsupported_grant_type"}`))
@@ -138,6 +152,41 @@ func (f *fakeIdP) token(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{
 		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
 	})
+}
+
+// codeGrant redeems a code issued with f.issueCode, checking PKCE S256
+// (RFC 7636 §4.6) and returning an ID token with the code's nonce.
+func (f *fakeIdP) codeGrant(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	c, ok := f.codes[r.FormValue("code")]
+	delete(f.codes, r.FormValue("code"))
+	groups := f.groups[c.user]
+	f.mu.Unlock()
+	sum := sha256.Sum256([]byte(r.FormValue("code_verifier")))
+	if !ok || base64.RawURLEncoding.EncodeToString(sum[:]) != c.challenge {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
+		return
+	}
+	now := time.Now()
+	idt := f.sign("rsa1", map[string]any{
+		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + c.user, "email": c.user, "nonce": c.nonce,
+		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+	})
+	_ = json.NewEncoder(w).Encode(map[string]any{
+		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
+	})
+}
+
+// issueCode registers an authorization code, as the IdP's login page
+// would after the user signed in.
+func (f *fakeIdP) issueCode(code string, c fakeCode) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.codes == nil {
+		f.codes = make(map[string]fakeCode)
+	}
+	f.codes[code] = c
 }
 
 // sign returns a compact JWS of claims with key kid.

@@ -36,16 +36,29 @@ type OIDCConfig struct {
 	// "none" and HMAC (HS*) are always refused: a public key must never
 	// double as a shared secret.
 	Algorithms []string
-	// Skew is the clock-skew allowance for exp, nbf and iat. Default 1m.
+	// Skew is the clock-skew allowance for exp, nbf and iat, each checked
+	// once, here (go-oidc's own expiry check is off). Default 1m; Entra
+	// deployments commonly use 5m.
 	Skew time.Duration
+	// EntraTenant is an Entra ID tenant ID (a GUID). With it, tokens from
+	// both of the tenant's issuers are accepted,
+	// https://login.microsoftonline.com/<tid>/v2.0 and
+	// https://sts.windows.net/<tid>/ (v1 access tokens), besides Issuer;
+	// the tid claim must name the tenant, and Identity.Subject is
+	// "<tid>/<oid>". Default: taken from Issuer when it is one of those
+	// two forms. The multi-tenant aliases (common, organizations,
+	// consumers) are refused: a gateway pins one tenant.
+	EntraTenant string
 	// UserClaims are tried in order for Identity.User; the first non-empty
 	// string wins. Default preferred_username, upn, email, sub.
 	UserClaims []string
-	// EmailClaim, GroupsClaim and DeviceIDClaim name the claims for those
-	// Identity fields. Defaults "email", "groups", "deviceid" (Entra's
-	// device claim). Set to "-" to ignore one.
+	// EmailClaim, GroupsClaim, RolesClaim and DeviceIDClaim name the
+	// claims for those Identity fields. Defaults "email", "groups",
+	// "roles" (Entra's app roles), "deviceid" (Entra's device claim). Set
+	// to "-" to ignore one.
 	EmailClaim    string
 	GroupsClaim   string
+	RolesClaim    string
 	DeviceIDClaim string
 	// JWKSMinRefresh is the least time between two JWKS fetches triggered
 	// by unknown key IDs. Default 10s.
@@ -72,7 +85,9 @@ type OIDC struct {
 	cfg       OIDCConfig
 	audiences []string
 	keys      *keySet
-	verifier  *oidc.IDTokenVerifier
+	// verifiers: one per accepted issuer (go-oidc checks one exact
+	// issuer), all sharing keys.
+	verifiers map[string]*oidc.IDTokenVerifier
 	provider  *oidc.Provider
 	authStyle int // oauth2.AuthStyle chosen from discovery
 	log       *slog.Logger
@@ -113,6 +128,7 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
 	}
 	cfg.EmailClaim = defaultStr(cfg.EmailClaim, "email")
 	cfg.GroupsClaim = defaultStr(cfg.GroupsClaim, "groups")
+	cfg.RolesClaim = defaultStr(cfg.RolesClaim, "roles")
 	cfg.DeviceIDClaim = defaultStr(cfg.DeviceIDClaim, "deviceid")
 	if cfg.JWKSMinRefresh <= 0 {
 		cfg.JWKSMinRefresh = 10 * time.Second
@@ -129,6 +145,21 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
 		cfg.Now = time.Now
 	}
 	log := orDiscard(cfg.Logger)
+	if cfg.EntraTenant == "" {
+		cfg.EntraTenant = entraTenant(cfg.Issuer)
+	}
+	issuers := []string{cfg.Issuer}
+	if t := cfg.EntraTenant; t != "" {
+		switch strings.ToLower(t) {
+		case "common", "organizations", "consumers":
+			return nil, fmt.Errorf("auth: oidc: Entra tenant %q accepts tokens of any tenant; configure your tenant ID", t)
+		}
+		for _, iss := range entraIssuers(t) {
+			if !slices.Contains(issuers, iss) {
+				issuers = append(issuers, iss)
+			}
+		}
+	}
 
 	p, err := oidc.NewProvider(oidc.ClientContext(ctx, cfg.HTTPClient), cfg.Issuer)
 	if err != nil {
@@ -151,12 +182,19 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
 		minRefresh: cfg.JWKSMinRefresh, maxAge: cfg.JWKSMaxAge,
 		now: cfg.Now, log: log, base: base, stop: stop,
 	}
-	o := &OIDC{cfg: cfg, audiences: auds, keys: ks, provider: p, log: log, authStyle: chooseAuthStyle(meta.AuthMethods, cfg.ClientSecret)}
-	o.verifier = oidc.NewVerifier(cfg.Issuer, ks, &oidc.Config{
-		SkipClientIDCheck:    true, // several audiences: checked in checkClaims
-		SupportedSigningAlgs: cfg.Algorithms,
-		Now:                  func() time.Time { return cfg.Now().Add(-cfg.Skew) },
-	})
+	o := &OIDC{cfg: cfg, audiences: auds, keys: ks, provider: p, log: log, authStyle: chooseAuthStyle(meta.AuthMethods, cfg.ClientSecret),
+		verifiers: make(map[string]*oidc.IDTokenVerifier)}
+	for _, iss := range issuers {
+		o.verifiers[iss] = oidc.NewVerifier(iss, ks, &oidc.Config{
+			SkipClientIDCheck:    true, // several audiences: checked in checkClaims
+			SupportedSigningAlgs: cfg.Algorithms,
+			// exp and nbf are checked once, with Skew, in checkClaims:
+			// go-oidc's own check (a fixed 5-minute nbf leeway on top of
+			// a clock shifted by Skew) refused tokens within the skew.
+			SkipExpiryCheck: true,
+			Now:             cfg.Now,
+		})
+	}
 	if err := ks.refresh(ctx, true); err != nil {
 		log.Warn("auth: oidc: initial JWKS fetch failed; will retry on first token", "err", err)
 	}
@@ -209,14 +247,30 @@ func (o *OIDC) VerifyToken(ctx context.Context, raw string) (*Identity, error) {
 		return nil, err
 	}
 	// Defence in depth: go-oidc re-checks signature (cached key, no
-	// fetch), algorithm, exact issuer and expiry the standard way.
-	if _, err := o.verifier.Verify(ctx, raw); err != nil {
+	// fetch), algorithm and exact issuer the standard way.
+	iss, _ := claims["iss"].(string)
+	if _, err := o.verifiers[iss].Verify(ctx, raw); err != nil {
 		o.log.Warn("auth: go-oidc rejected a token the gateway's checks accepted", "err", err)
 		return nil, &TokenError{Kind: ErrTokenMalformed}
 	}
 	id := o.identity(claims, exp)
 	if id.User == "" {
 		return nil, &TokenError{Kind: ErrTokenClaims, Detail: "no user name claim"}
+	}
+	if t := o.cfg.EntraTenant; t != "" {
+		tid, _ := claims["tid"].(string)
+		oid, _ := claims["oid"].(string)
+		if !strings.EqualFold(tid, t) {
+			return nil, &TokenError{Kind: ErrTokenIssuer, Detail: "another tenant"}
+		}
+		if oid == "" {
+			return nil, &TokenError{Kind: ErrTokenClaims, Detail: "oid"}
+		}
+		id.Subject = tid + "/" + oid
+	}
+	if id.GroupsOverage {
+		o.log.Warn("auth: oidc: groups overage: the token names no groups, only where to fetch them; configure group filtering (groups assigned to the application) or app roles",
+			"user", id.User)
 	}
 	return id, nil
 }
@@ -229,9 +283,30 @@ func decodeClaims(p []byte) (map[string]any, error) {
 	return m, nil
 }
 
+// entraTenant returns the tenant of an Entra ID issuer URL (v2 or v1
+// form), or "".
+func entraTenant(issuer string) string {
+	for _, f := range []struct{ pre, suf string }{
+		{"https://login.microsoftonline.com/", "/v2.0"},
+		{"https://sts.windows.net/", "/"},
+	} {
+		if t, ok := strings.CutPrefix(issuer, f.pre); ok {
+			if t, ok := strings.CutSuffix(t, f.suf); ok && t != "" && !strings.Contains(t, "/") {
+				return t
+			}
+		}
+	}
+	return ""
+}
+
+// entraIssuers are a tenant's v2 and v1 token issuers.
+func entraIssuers(tenant string) []string {
+	return []string{"https://login.microsoftonline.com/" + tenant + "/v2.0", "https://sts.windows.net/" + tenant + "/"}
+}
+
 // checkClaims enforces iss, aud, exp, nbf and iat; it returns exp.
 func (o *OIDC) checkClaims(c map[string]any) (time.Time, error) {
-	if iss, _ := c["iss"].(string); iss != o.cfg.Issuer {
+	if iss, _ := c["iss"].(string); o.verifiers[iss] == nil {
 		return time.Time{}, &TokenError{Kind: ErrTokenIssuer}
 	}
 	if !audienceOK(c["aud"], o.audiences) {
@@ -292,16 +367,35 @@ func (o *OIDC) identity(c map[string]any, exp time.Time) *Identity {
 		id.DeviceID, _ = c[o.cfg.DeviceIDClaim].(string)
 	}
 	if o.cfg.GroupsClaim != "-" {
-		switch g := c[o.cfg.GroupsClaim].(type) {
-		case string:
-			id.Groups = strings.Fields(g)
-		case []any:
-			for _, e := range g {
-				if s, ok := e.(string); ok {
-					id.Groups = append(id.Groups, s)
-				}
+		id.Groups = stringList(c[o.cfg.GroupsClaim])
+		if _, ok := c[o.cfg.GroupsClaim]; !ok {
+			// Entra's overage: "_claim_names": {"groups": "src1"}.
+			names, _ := c["_claim_names"].(map[string]any)
+			_, id.GroupsOverage = names[o.cfg.GroupsClaim]
+		}
+	}
+	if o.cfg.RolesClaim != "-" {
+		id.Roles = stringList(c[o.cfg.RolesClaim])
+	}
+	if sub, _ := c["sub"].(string); sub != "" {
+		id.Subject = sub
+	}
+	return id
+}
+
+// stringList reads a claim that is a list of strings or one
+// space-separated string.
+func stringList(v any) []string {
+	var out []string
+	switch g := v.(type) {
+	case string:
+		out = strings.Fields(g)
+	case []any:
+		for _, e := range g {
+			if s, ok := e.(string); ok {
+				out = append(out, s)
 			}
 		}
 	}
-	return id
+	return out
 }

@@ -73,7 +73,11 @@ type ClaimRule struct {
 // groups, then (if any allow list is set) the identity must match an
 // allowed user or an allowed group, then every required claim must hold.
 // User names compare case-insensitively (they are often e-mail addresses);
-// groups compare exactly (IdPs use opaque IDs).
+// groups compare exactly (IdPs use opaque IDs). App roles
+// (Identity.Roles) count as groups. A token whose groups were left out
+// for overage (Identity.GroupsOverage) cannot pass a group rule: it is
+// refused with OverageReason unless an allowed user or role admits it
+// and no deny-groups rule exists.
 type Rules struct {
 	AllowUsers    []string
 	AllowGroups   []string
@@ -81,6 +85,9 @@ type Rules struct {
 	DenyGroups    []string
 	RequireClaims []ClaimRule
 }
+
+// OverageReason is the refusal for a token whose groups were left out.
+const OverageReason = "groups overage: configure group filtering or an app role"
 
 // Check implements Policy.
 func (r *Rules) Check(_ context.Context, id *Identity) error {
@@ -94,12 +101,19 @@ func (r *Rules) Check(_ context.Context, id *Identity) error {
 	if matchUser(r.DenyUsers, names) {
 		return &DeniedError{Reason: "your account is blocked from this VPN"}
 	}
-	if g, ok := firstCommon(r.DenyGroups, id.Groups); ok {
+	groups := append(slices.Clip(id.Groups), id.Roles...)
+	if len(r.DenyGroups) > 0 && id.GroupsOverage {
+		return &DeniedError{Reason: OverageReason}
+	}
+	if g, ok := firstCommon(r.DenyGroups, groups); ok {
 		return &DeniedError{Reason: fmt.Sprintf("members of group %q may not use this VPN", g)}
 	}
 	if len(r.AllowUsers) > 0 || len(r.AllowGroups) > 0 {
-		_, inGroup := firstCommon(r.AllowGroups, id.Groups)
+		_, inGroup := firstCommon(r.AllowGroups, groups)
 		if !inGroup && !matchUser(r.AllowUsers, names) {
+			if id.GroupsOverage && len(r.AllowGroups) > 0 {
+				return &DeniedError{Reason: OverageReason}
+			}
 			return &DeniedError{Reason: "your account is not in a group allowed to use this VPN"}
 		}
 	}

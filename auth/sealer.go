@@ -24,7 +24,10 @@ type SessionClaims struct {
 	ID       string         `json:"sid"`
 	User     string         `json:"u"`
 	Email    string         `json:"e,omitempty"`
+	Subject  string         `json:"s,omitempty"`
 	Groups   []string       `json:"g,omitempty"`
+	Roles    []string       `json:"r,omitempty"`
+	Overage  bool           `json:"go,omitempty"` // Identity.GroupsOverage
 	DeviceID string         `json:"d,omitempty"`
 	Method   string         `json:"m,omitempty"`
 	Address  netip.Addr     `json:"a,omitzero"` // assigned tunnel address
@@ -43,7 +46,10 @@ func NewSessionClaims(id *Identity, keepClaims []string, issued, expiry time.Tim
 		ID:          RandomID(),
 		User:        id.User,
 		Email:       id.Email,
+		Subject:     id.Subject,
 		Groups:      append([]string(nil), id.Groups...),
+		Roles:       append([]string(nil), id.Roles...),
+		Overage:     id.GroupsOverage,
 		DeviceID:    id.DeviceID,
 		Method:      id.Method,
 		IssuedAt:    issued,
@@ -64,13 +70,16 @@ func NewSessionClaims(id *Identity, keepClaims []string, issued, expiry time.Tim
 // Identity rebuilds the identity for a policy re-check on resume.
 func (sc *SessionClaims) Identity() *Identity {
 	return &Identity{
-		User:     sc.User,
-		Email:    sc.Email,
-		Groups:   append([]string(nil), sc.Groups...),
-		DeviceID: sc.DeviceID,
-		Claims:   sc.Claims,
-		Expiry:   sc.TokenExpiry,
-		Method:   sc.Method,
+		User:          sc.User,
+		Email:         sc.Email,
+		Subject:       sc.Subject,
+		Groups:        append([]string(nil), sc.Groups...),
+		Roles:         append([]string(nil), sc.Roles...),
+		GroupsOverage: sc.Overage,
+		DeviceID:      sc.DeviceID,
+		Claims:        sc.Claims,
+		Expiry:        sc.TokenExpiry,
+		Method:        sc.Method,
 	}
 }
 
@@ -176,6 +185,21 @@ func (s *Sealer) Seal(sc *SessionClaims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("auth: seal: %w", err)
 	}
+	raw, err := s.sealBytes(sealAAD, pt)
+	if err != nil {
+		return "", err
+	}
+	out := base64.RawURLEncoding.EncodeToString(raw)
+	if len(out) > maxSealed {
+		return "", fmt.Errorf("auth: seal: session too large (%d bytes); keep fewer claims", len(out))
+	}
+	return out, nil
+}
+
+// sealBytes encrypts pt with the current key: version, key ID, nonce,
+// ciphertext. aad names the purpose, so a value sealed for one purpose
+// never opens as another.
+func (s *Sealer) sealBytes(aad, pt []byte) ([]byte, error) {
 	k := s.keys[0]
 	hdr := append([]byte{sealVersion}, k.id[:]...)
 	buf := make([]byte, len(hdr), len(hdr)+chacha20poly1305.NonceSizeX+len(pt)+k.aead.Overhead())
@@ -183,12 +207,28 @@ func (s *Sealer) Seal(sc *SessionClaims) (string, error) {
 	nonce := make([]byte, chacha20poly1305.NonceSizeX)
 	_, _ = rand.Read(nonce)
 	buf = append(buf, nonce...)
-	buf = k.aead.Seal(buf, nonce, pt, append(hdr, sealAAD...))
-	out := base64.RawURLEncoding.EncodeToString(buf)
-	if len(out) > maxSealed {
-		return "", fmt.Errorf("auth: seal: session too large (%d bytes); keep fewer claims", len(out))
+	return k.aead.Seal(buf, nonce, pt, append(hdr, aad...)), nil
+}
+
+// openBytes authenticates and decrypts what sealBytes made with the same
+// aad; any failure is ErrSessionInvalid.
+func (s *Sealer) openBytes(aad, raw []byte) ([]byte, error) {
+	hdrLen := 1 + keyIDLen
+	if len(raw) < hdrLen+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead || raw[0] != sealVersion {
+		return nil, ErrSessionInvalid
 	}
-	return out, nil
+	hdr, nonce, ct := raw[:hdrLen], raw[hdrLen:hdrLen+chacha20poly1305.NonceSizeX], raw[hdrLen+chacha20poly1305.NonceSizeX:]
+	for _, k := range s.keys {
+		if string(k.id[:]) != string(hdr[1:]) {
+			continue
+		}
+		pt, err := k.aead.Open(nil, nonce, ct, append(append([]byte(nil), hdr...), aad...))
+		if err != nil {
+			return nil, ErrSessionInvalid
+		}
+		return pt, nil
+	}
+	return nil, ErrSessionInvalid
 }
 
 // Open authenticates and decrypts a sealed cookie and checks its expiry.
@@ -198,27 +238,19 @@ func (s *Sealer) Open(v string) (*SessionClaims, error) {
 		return nil, ErrSessionInvalid
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(v)
-	hdrLen := 1 + keyIDLen
-	if err != nil || len(raw) < hdrLen+chacha20poly1305.NonceSizeX+chacha20poly1305.Overhead || raw[0] != sealVersion {
+	if err != nil {
 		return nil, ErrSessionInvalid
 	}
-	hdr, nonce, ct := raw[:hdrLen], raw[hdrLen:hdrLen+chacha20poly1305.NonceSizeX], raw[hdrLen+chacha20poly1305.NonceSizeX:]
-	for _, k := range s.keys {
-		if string(k.id[:]) != string(hdr[1:]) {
-			continue
-		}
-		pt, err := k.aead.Open(nil, nonce, ct, append(append([]byte(nil), hdr...), sealAAD...))
-		if err != nil {
-			return nil, ErrSessionInvalid
-		}
-		var sc SessionClaims
-		if err := json.Unmarshal(pt, &sc); err != nil || sc.ID == "" {
-			return nil, ErrSessionInvalid
-		}
-		if !s.now().Before(sc.Expiry) {
-			return nil, ErrSessionExpired
-		}
-		return &sc, nil
+	pt, err := s.openBytes(sealAAD, raw)
+	if err != nil {
+		return nil, err
 	}
-	return nil, ErrSessionInvalid
+	var sc SessionClaims
+	if err := json.Unmarshal(pt, &sc); err != nil || sc.ID == "" {
+		return nil, ErrSessionInvalid
+	}
+	if !s.now().Before(sc.Expiry) {
+		return nil, ErrSessionExpired
+	}
+	return &sc, nil
 }

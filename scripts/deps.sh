@@ -15,7 +15,8 @@ STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.8.2}
 # reference gateway internal/testinfra/testenv's self-test drives openconnect against.
 # iputils-ping: the e2e tests ping through the tunnel (not on a fresh image).
 # Podman and friends: the rootless deployment test (examples/podman).
-# chromium: the status page is rendered headless (internal/daemon/health).
+# chromium: the status page is rendered headless (internal/daemon/health), and
+# it is the user's browser in the SSO sign-in tests (internal/testinfra/ssobrowser).
 # haproxy: the load balancer in front of a site's servers (PROXY protocol,
 # failover; tunnel's site tests).
 PKGS=(openconnect ocproxy ocserv curl iproute2 iptables unbound dnsutils jq

@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -53,6 +54,9 @@ func (g *Gateway) newHandler(next http.Handler) http.Handler {
 				return
 			}
 			g.serveConnect(w, r)
+		case g.conf().SSO != nil && r.Method != http.MethodPost && g.conf().SSO.Handles(r.URL.Path):
+			// The browser's steps of an SSO sign-in.
+			g.conf().SSO.ServeHTTP(w, r)
 		case r.Method == http.MethodPost && inSecret:
 			g.serveAuth(w, r, next)
 		case r.Method == http.MethodGet && inSecret && isAnyConnectClient(r):
@@ -113,6 +117,9 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	}
 	ca := clientAddr(r)
 	creds := auth.Credentials{RemoteAddr: ca.Addr(), DeviceID: msg.DeviceID, UserAgent: r.UserAgent()}
+	if r.TLS != nil {
+		creds.PeerCertificates = r.TLS.PeerCertificates // the device check in device mode
+	}
 	switch {
 	case msg.Type == "logout":
 		if c, err := r.Cookie("webvpn"); err == nil {
@@ -125,8 +132,7 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 	case bearerToken(r) != "":
 		creds.BearerToken = bearerToken(r)
 		g.signIn(w, r, g.conf().Authenticator, creds)
-	case msg.Type == "init" && g.conf().ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
-		creds.PeerCertificates = r.TLS.PeerCertificates
+	case msg.Type == "init" && g.conf().ClientCerts != nil && !g.conf().ClientCerts.DeviceMode() && len(creds.PeerCertificates) > 0:
 		g.signIn(w, r, g.conf().ClientCerts, creds)
 	case msg.Type == "init" && g.conf().OfferBearer && r.Header.Get("X-Support-HTTP-Auth") == "true":
 		// openconnect 9 (http-auth.c): a client holding a token repeats
@@ -138,12 +144,80 @@ func (g *Gateway) serveAuth(w http.ResponseWriter, r *http.Request, next http.Ha
 		w.Header()["X-HTTP-Auth-Support"] = []string{"fallback"}
 		w.Header().Set("Content-Length", "0")
 		w.WriteHeader(http.StatusUnauthorized)
+	case msg.Type == "init" && g.conf().SSO != nil && msg.HasAuthMethod(auth.SSOCapability) &&
+		// After the Bearer offer: openconnect 9.01 sends
+		// X-Support-HTTP-Auth only in --token-mode, and such a client
+		// must get its 401 (the SSO form would start a browser).
+		r.URL.Path != g.conf().SecretPath+passwordPath:
+		g.writeSSOForm(w, r)
+	case msg.Type == "auth-reply" && g.conf().SSO != nil && hasInput(msg, "sso-token"):
+		g.finishSSO(w, r, msg, creds)
 	case msg.Type == "auth-reply":
 		creds.Username, creds.Password = msg.Username(), msg.Password()
 		g.signIn(w, r, g.conf().Authenticator, creds)
 	default:
 		g.writeForm(w, "")
 	}
+}
+
+// passwordPath (under SecretPath) always offers the password form, beside
+// SSO at the root: openconnect 9.01 cannot choose between SSO and a
+// password inside one form (sso.md §6).
+const passwordPath = "/password"
+
+// strapHeader carries the client's STRAP DH public key (sso.md §1).
+const strapHeader = "X-AnyConnect-STRAP-DH-Pubkey"
+
+func hasInput(m *authxml.ClientMessage, name string) bool {
+	_, ok := m.Inputs[name]
+	return ok
+}
+
+// writeSSOForm answers an SSO-capable init with the SSO v2 form. A client
+// without a usable STRAP key cannot receive the token: it gets the
+// password form.
+func (g *Gateway) writeSSOForm(w http.ResponseWriter, r *http.Request) {
+	key, err := auth.ParseSTRAPKey(r.Header.Get(strapHeader))
+	if err != nil {
+		g.log.Info("sso: init without a usable STRAP key; offering the password form", "client_ip", clientAddr(r).Addr(), "err", err)
+		g.writeForm(w, "")
+		return
+	}
+	f, err := g.conf().SSO.Begin(key)
+	if err != nil {
+		g.log.Error("sso: begin", "err", err)
+		g.writeRefusal(w, "Login failed: internal error")
+		return
+	}
+	writeAuthXML(w, authxml.RenderAuthRequest(authxml.Form{
+		Title:   "Underpass sign-in",
+		Message: "Sign in with your browser.",
+		Banner:  g.conf().PreLoginBanner,
+		Action:  g.conf().SecretPath + formAction,
+		Opaque:  f.Opaque,
+		SSO: &authxml.SSOForm{
+			Login: f.LoginURL, LoginFinal: f.FinalURL,
+			TokenCookieName: "underpass_sso_token", ErrorCookieName: "underpass_sso_error",
+		},
+	}))
+}
+
+// finishSSO completes an SSO sign-in at the auth-reply; failures end it
+// with a refusal (no form), which openconnect prints before exiting.
+func (g *Gateway) finishSSO(w http.ResponseWriter, r *http.Request, msg *authxml.ClientMessage, creds auth.Credentials) {
+	sso := g.conf().SSO
+	a := auth.AuthenticatorFunc(func(ctx context.Context, _ auth.Credentials) (*auth.Identity, error) {
+		key, err := auth.ParseSTRAPKey(r.Header.Get(strapHeader))
+		if err != nil {
+			return nil, &auth.SSOError{Reason: "the client sent no usable STRAP key"}
+		}
+		return sso.Finish(ctx, key, html.UnescapeString(string(msg.Opaque)), msg.Inputs["sso-token"])
+	})
+	g.signInWith(w, r, a, creds, g.writeRefusal)
+}
+
+func (g *Gateway) writeRefusal(w http.ResponseWriter, reason string) {
+	writeAuthXML(w, authxml.RenderRefusal("Underpass sign-in", reason))
 }
 
 // formReply reads the non-XML sign-in openconnect falls back to after an
@@ -172,12 +246,18 @@ func bearerToken(r *http.Request) string {
 	return ""
 }
 
-func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
+// writeAuthXML answers with a sign-in document.
+func writeAuthXML(w http.ResponseWriter, doc []byte) {
 	w.Header().Set("Content-Type", "text/xml; charset=utf-8")
 	w.Header().Set("X-Transcend-Version", "1")
-	_, _ = w.Write(authxml.RenderAuthRequest(authxml.Form{
+	_, _ = w.Write(doc)
+}
+
+func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
+	writeAuthXML(w, authxml.RenderAuthRequest(authxml.Form{
 		Title:   "Underpass sign-in",
 		Message: "Please enter your username and password.",
+		Banner:  g.conf().PreLoginBanner,
 		Error:   errMsg,
 		Action:  g.conf().SecretPath + formAction,
 		Inputs: []authxml.Input{
@@ -191,25 +271,35 @@ func (g *Gateway) writeForm(w http.ResponseWriter, errMsg string) {
 // creates the session and hands out its cookie. Failures are answered with
 // the form and a readable reason (a 401 would make openconnect give up).
 func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials) {
+	g.signInWith(w, r, a, creds, g.writeForm)
+}
+
+// signInWith is signIn with fail answering a refusal.
+func (g *Gateway) signInWith(w http.ResponseWriter, r *http.Request, a auth.Authenticator, creds auth.Credentials, fail func(http.ResponseWriter, string)) {
 	ca := clientAddr(r)
 	id, err := g.authenticate(r.Context(), a, creds, ca)
 	if err != nil {
 		var denied *auth.DeniedError
+		var ssoErr *auth.SSOError
 		reason := "Login failed."
 		switch {
 		case errors.As(err, &denied):
 			reason = "Access denied: " + denied.Reason
+		case errors.As(err, &ssoErr):
+			reason = "Login failed: " + ssoErr.Reason
+		case errors.Is(err, auth.ErrDeviceCertificate):
+			reason = "Login failed: a valid device certificate is required."
 		case errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable):
 		default: // the IdP is unreachable or misconfigured
 			reason = "Login failed: " + err.Error()
 		}
-		g.writeForm(w, reason)
+		fail(w, reason)
 		return
 	}
 	s, cookie, err := g.newSession(id, r.UserAgent(), ca)
 	if errors.Is(err, ErrFull) {
 		g.log.Warn("sign-in refused: gateway full", "client_ip", ca.Addr(), "user", id.User)
-		g.writeForm(w, "Login failed: "+refuseFull.reason+".")
+		fail(w, "Login failed: "+refuseFull.reason+".")
 		return
 	}
 	if errors.Is(err, errNoAddress) {
@@ -218,7 +308,7 @@ func (g *Gateway) signIn(w http.ResponseWriter, r *http.Request, a auth.Authenti
 	}
 	if err != nil {
 		g.log.Error("session", "err", err)
-		g.writeForm(w, "Login failed: internal error")
+		fail(w, "Login failed: internal error")
 		return
 	}
 	g.log.Info("sign-in", "session", s.id, "client_ip", ca.Addr(), "user", id.User, "method", id.Method)
@@ -237,6 +327,14 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 	ctx, cancel := context.WithTimeout(ctx, authTimeout)
 	defer cancel()
 	id, err := a.Authenticate(ctx, creds)
+	if err == nil && c.ClientCerts != nil && c.ClientCerts.DeviceMode() {
+		// Device certificate AND user (R-A7): the certificate names the
+		// device, the user signed in above.
+		var dev string
+		if dev, err = c.ClientCerts.Device(creds.PeerCertificates); err == nil {
+			id.DeviceID = dev
+		}
+	}
 	if err == nil && c.Policy != nil {
 		err = c.Policy.Check(ctx, id)
 	}

@@ -113,6 +113,13 @@ type Config struct {
 	// gateway sharing its key can resume without a new sign-in (R-S2).
 	// nil: opaque random cookies known only to this gateway.
 	Sealer *auth.Sealer
+	// SSO, if set, offers browser sign-in (SSO v2 external browser,
+	// openconnect --external-browser; shared/docs/sso.md) to every client
+	// whose init advertises it; others, and any client that posts to
+	// <SecretPath>/password, get the password form. Its browser endpoints
+	// are served under <SecretPath>/sso/. Set auth.SSOConfig.PublicURL to
+	// this gateway's public URL (with SecretPath).
+	SSO *auth.SSO
 	// KeepSessionPastTokenExpiry lets a token-based session run to
 	// SessionTimeout; by default it ends when the token expires.
 	KeepSessionPastTokenExpiry bool
@@ -154,6 +161,11 @@ type Config struct {
 	ReconnectGrace time.Duration
 	// Banner is shown to users after sign-in.
 	Banner string
+	// PreLoginBanner, if set, is shown on the sign-in form and the SSO form
+	// before any credential is asked (an acceptable-use notice), and again
+	// with every failed try: openconnect prints a form's <banner>. It may
+	// span lines.
+	PreLoginBanner string
 	// MaxSessions caps signed-in sessions; sign-ins past it are refused
 	// with "gateway full" (a load balancer sends the client elsewhere).
 	// 0: limited only by the pool. In a site (Site.Servers set) the pool
@@ -437,6 +449,9 @@ func (c Config) Validate() error {
 	if p := c.SecretPath; p != "" && (!strings.HasPrefix(p, "/") || p == "/" || strings.HasSuffix(p, "/") ||
 		strings.ContainsAny(p, " ?#%\t\r\n")) {
 		errs.add("SecretPath", "%q: want a path like /vpn-4f9c (leading '/', no trailing '/', no query)", p)
+	}
+	if c.SSO != nil && c.SSO.BasePath() != c.SecretPath {
+		errs.add("SSO", "its public URL's path %q must be SecretPath %q: the browser's steps are served there", c.SSO.BasePath(), c.SecretPath)
 	}
 	if len(errs) == 0 {
 		return nil

@@ -236,13 +236,15 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 		return nil, "", rf
 	}
 	creds := auth.Credentials{RemoteAddr: ca.Addr(), UserAgent: r.UserAgent(), DeviceID: r.Header.Get("Underpass-Device-Id")}
+	if r.TLS != nil {
+		creds.PeerCertificates = r.TLS.PeerCertificates // the device check in device mode
+	}
 	var a auth.Authenticator = c.Authenticator
 	if tok := bearerToken(r); tok != "" {
 		creds.BearerToken = tok
 	} else if u, p, ok := r.BasicAuth(); ok {
 		creds.Username, creds.Password = u, p
-	} else if c.ClientCerts != nil && r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-		creds.PeerCertificates = r.TLS.PeerCertificates
+	} else if c.ClientCerts != nil && !c.ClientCerts.DeviceMode() && len(creds.PeerCertificates) > 0 {
 		a = c.ClientCerts
 	} else {
 		return nil, "", &refusal{http.StatusUnauthorized, "credentials required (Authorization: Bearer or Basic, or a client certificate)"}

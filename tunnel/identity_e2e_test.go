@@ -69,6 +69,56 @@ func clientCert(t *testing.T, dir, email string) (*x509.CertPool, string, string
 	return pool, cf, kf
 }
 
+// dexScene is what the Dex end-to-end tests start with: root, the tools,
+// Dex, the namespace topology with a corporate web server, the gateway's
+// certificate and a context bounding the whole scenario.
+type dexScene struct {
+	d    *dextest.Dex
+	tp   *testenv.Topo
+	web  string // the corporate web server's base URL
+	cert *testenv.Cert
+	ctx  context.Context
+}
+
+func newDexScene(t *testing.T, o dextest.Options, tools ...string) *dexScene {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, append([]string{"openconnect", "ocproxy", "curl"}, tools...)...)
+	sc := &dexScene{d: dextest.StartWith(t, o), tp: testenv.Topology(t)}
+	sc.web = sc.tp.ServeHTTP(t, 8080)
+	sc.cert = testenv.NewCert(t, testenv.GWAddr.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole scenario, generously
+	t.Cleanup(cancel)
+	sc.ctx = ctx
+	return sc
+}
+
+// fetch gets the corporate page through openconnect's SOCKS port.
+func (sc *dexScene) fetch(t *testing.T, s *testenv.OCSession) {
+	t.Helper()
+	body, err := testenv.CurlViaSocks(sc.ctx, sc.tp.Client, s.SocksPort, sc.web+"/")
+	if err != nil || body != testenv.CorpPage {
+		t.Fatalf("corp page: %q, %v", body, err)
+	}
+}
+
+// serveInNS serves a gateway made from cfg on addr ("ip:port") inside
+// ns until the test ends.
+func serveInNS(t *testing.T, ns *testenv.Netns, addr string, cfg tunnel.Config) *tunnel.Gateway {
+	t.Helper()
+	gw, err := tunnel.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = gw.Close() })
+	l, err := ns.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go gw.Serve(l)
+	return gw
+}
+
 // TestOpenconnectWithDex: the stock openconnect client signs in to a
 // gateway (the library, serving in the gw namespace) backed by a real OIDC
 // provider (Dex): password through the IdP, an IdP token in the password
@@ -76,14 +126,8 @@ func clientCert(t *testing.T, dir, email string) (*x509.CertPool, string, string
 // is refused with the reason; a cookie resumes and is re-checked against
 // the policy; wrong passwords earn a ban; no secret reaches the log.
 func TestOpenconnectWithDex(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "ocproxy", "curl")
-	d := dextest.Start(t)
-	tp := testenv.Topology(t)
-	web := tp.ServeHTTP(t, 8080)
-	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // the whole scenario, generously
-	defer cancel()
+	sc := newDexScene(t, dextest.Options{})
+	d, tp, cert, ctx := sc.d, sc.tp, sc.cert, sc.ctx
 
 	oidc, err := auth.NewOIDC(ctx, auth.OIDCConfig{
 		Issuer: d.Issuer, Audiences: []string{d.ClientID}, ClientID: d.ClientID, ClientSecret: d.ClientSecret, Scopes: d.Scopes,
@@ -114,7 +158,8 @@ func TestOpenconnectWithDex(t *testing.T) {
 	})
 	var logs testenv.LogBuffer
 	bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
-	gw, err := tunnel.New(tunnel.Config{
+	listen := testenv.GWAddr.String() + ":443"
+	serveInNS(t, tp.GW, listen, tunnel.Config{
 		Certificate:   mustLoad(t, cert),
 		Authenticator: auth.Chain{oidc, grant},
 		OfferBearer:   true,
@@ -125,27 +170,11 @@ func TestOpenconnectWithDex(t *testing.T) {
 		Dialer:        nsDialer{tp.GW},
 		Logger:        slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-	listen := testenv.GWAddr.String() + ":443"
-	l, err := tp.GW.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go gw.Serve(l)
 
 	opts := func(user, pass string) testenv.OCOptions {
 		return testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: user, Password: pass, Mode: testenv.ModeOcproxy}
 	}
-	fetch := func(s *testenv.OCSession) {
-		t.Helper()
-		body, err := testenv.CurlViaSocks(ctx, tp.Client, s.SocksPort, web+"/")
-		if err != nil || body != testenv.CorpPage {
-			t.Fatalf("corp page: %q, %v", body, err)
-		}
-	}
+	fetch := func(s *testenv.OCSession) { sc.fetch(t, s) }
 	var secrets []string
 
 	t.Run("password through the IdP", func(t *testing.T) {

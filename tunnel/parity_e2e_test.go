@@ -411,4 +411,3 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(l, "\n")
 }
-

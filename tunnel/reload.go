@@ -44,6 +44,10 @@ var liveFields = []liveField{
 	{"Authenticator", func(c *Config) any { return c.Authenticator }},
 	{"OfferBearer", func(c *Config) any { return c.OfferBearer }},
 	{"Policy", func(c *Config) any { return c.Policy }},
+	// Browser sign-in keeps its state sealed in the client and browser; a
+	// rebuilt one loses only its replay cache (one-time values live ~1 to
+	// 10 minutes).
+	{"SSO", func(c *Config) any { return c.SSO }},
 	{"KeepSessionPastTokenExpiry", func(c *Config) any { return c.KeepSessionPastTokenExpiry }},
 	{"SearchDomains", func(c *Config) any { return c.SearchDomains }},
 	{"SplitInclude", func(c *Config) any { return c.SplitInclude }},
@@ -54,6 +58,7 @@ var liveFields = []liveField{
 	{"SessionTimeout", func(c *Config) any { return c.SessionTimeout }},
 	{"ReconnectGrace", func(c *Config) any { return c.ReconnectGrace }},
 	{"Banner", func(c *Config) any { return c.Banner }},
+	{"PreLoginBanner", func(c *Config) any { return c.PreLoginBanner }},
 	{"MaxSessions", func(c *Config) any { return c.MaxSessions }},
 	{"Proxy", func(c *Config) any { return c.Proxy }},
 	{"SecretPath", func(c *Config) any { return c.SecretPath }},

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,8 +25,13 @@ const cookieBytes = 32
 
 // SessionInfo is a snapshot of one client session.
 type SessionInfo struct {
-	ID         string
-	User       string
+	ID   string
+	User string
+	// Method is how the user signed in: "sso", "password", "token",
+	// "certificate", "static" (auth.Identity.Method).
+	Method string
+	// Groups are the identity's groups as the IdP named them.
+	Groups     []string
 	DeviceID   string
 	UserAgent  string
 	ClientAddr netip.AddrPort // where the client connects from
@@ -78,7 +84,7 @@ func (s *session) info() SessionInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return SessionInfo{
-		ID: s.id, User: s.ident.User, DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
+		ID: s.id, User: s.ident.User, Method: s.ident.Method, Groups: slices.Clone(s.ident.Groups), DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
 		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.link != nil,
 		Created: s.created, Expires: s.expires,
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),

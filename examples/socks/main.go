@@ -30,6 +30,10 @@ import (
 // connectTimeout bounds sign-in and tunnel setup at start.
 const connectTimeout = 60 * time.Second
 
+// deviceConnectTimeout replaces it for the device-code sign-in, which waits
+// for the user: 15 minutes is Entra's device-code lifetime (Dex's is 5).
+const deviceConnectTimeout = 15 * time.Minute
+
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, nil))
 }
@@ -42,6 +46,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, stop <-chan s
 	user := fs.String("user", "", "username (with -password-file)")
 	pwFile := fs.String("password-file", "", "file holding the password (- for stdin)")
 	tokFile := fs.String("token-file", "", "file holding an OIDC access token, re-read at each sign-in")
+	devIssuer := fs.String("device-issuer", "", "sign in with the OAuth2 device code at this OIDC issuer (no browser here: open the printed link elsewhere)")
+	devClient := fs.String("device-client", "", "OAuth2 client ID for -device-issuer (a public client the IdP allows the device flow)")
 	certFile := fs.String("cert", "", "client certificate (PEM), with -key")
 	keyFile := fs.String("key", "", "client certificate key (PEM)")
 	pin := fs.String("servercert", "", "accept the gateway certificate with this pin-sha256:... (as openconnect)")
@@ -83,6 +89,26 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, stop <-chan s
 		f := *tokFile
 		cfg.TokenSource = func(context.Context) (string, error) { return readSecret(f, nil) }
 	}
+	timeout := connectTimeout
+	if (*devIssuer == "") != (*devClient == "") {
+		fmt.Fprintln(stderr, "socks: -device-issuer and -device-client go together")
+		return 2
+	}
+	if *devIssuer != "" {
+		ts, err := tunnel.DeviceCodeTokenSource(tunnel.DeviceCodeConfig{Issuer: *devIssuer, ClientID: *devClient,
+			Prompt: func(_ context.Context, uri, code, complete string) error {
+				fmt.Fprintf(stderr, "socks: to sign in, open %s and enter the code %s\n", uri, code)
+				if complete != "" {
+					fmt.Fprintf(stderr, "socks: or open %s\n", complete)
+				}
+				return nil
+			}})
+		if err != nil {
+			fmt.Fprintln(stderr, "socks:", err)
+			return 2
+		}
+		cfg.TokenSource, timeout = ts, deviceConnectTimeout
+	}
 	if (*certFile == "") != (*keyFile == "") {
 		fmt.Fprintln(stderr, "socks: -cert and -key go together")
 		return 2
@@ -113,7 +139,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer, stop <-chan s
 		fmt.Fprintln(stderr, "socks:", err)
 		return 1
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	c, err := tunnel.Dial(ctx, cfg)
 	cancel()
 	if err != nil {

@@ -51,6 +51,19 @@ type ClientMessage struct {
 	Opaque []byte
 	// Inputs maps each child of <auth> to its text.
 	Inputs map[string]string
+	// AuthMethods lists the init's <capabilities><auth-method> values,
+	// e.g. "single-sign-on-v2", "single-sign-on-external-browser".
+	AuthMethods []string
+}
+
+// HasAuthMethod reports whether the client advertised the auth-method m.
+func (m *ClientMessage) HasAuthMethod(name string) bool {
+	for _, a := range m.AuthMethods {
+		if a == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Username returns the "username" input.
@@ -77,6 +90,9 @@ type xmlClient struct {
 	Auth struct {
 		Fields []xmlField `xml:",any"`
 	} `xml:"auth"`
+	Capabilities struct {
+		AuthMethods []string `xml:"auth-method"`
+	} `xml:"capabilities"`
 }
 
 // ParseClient parses a client message of at most MaxMessageSize bytes.
@@ -107,7 +123,7 @@ func ParseClient(body []byte) (*ClientMessage, error) {
 	if x.Type == "" {
 		return nil, &ParseError{Reason: "config-auth without a type"}
 	}
-	if len(x.Auth.Fields) > maxInputs {
+	if len(x.Auth.Fields) > maxInputs || len(x.Capabilities.AuthMethods) > maxInputs {
 		return nil, &ParseError{Reason: fmt.Sprintf("more than %d auth inputs", maxInputs)}
 	}
 	m := &ClientMessage{
@@ -117,6 +133,9 @@ func ParseClient(body []byte) (*ClientMessage, error) {
 	}
 	for _, f := range x.Auth.Fields {
 		m.Inputs[f.XMLName.Local] = f.Value
+	}
+	for _, a := range x.Capabilities.AuthMethods {
+		m.AuthMethods = append(m.AuthMethods, strings.TrimSpace(a))
 	}
 	return m, nil
 }
@@ -141,6 +160,18 @@ type Form struct {
 	Opaque string
 	Inputs []Input
 	Groups []string // optional <select name="group_list">
+	// SSO, if set, makes this the SSO v2 external-browser form: the
+	// sso-v2-* elements and a single "sso-token" input (Inputs and Groups
+	// are ignored; sso.md §2, §6).
+	SSO *SSOForm
+}
+
+// SSOForm is the SSO v2 part of a form (shared/docs/sso.md §2).
+type SSOForm struct {
+	Login           string // <sso-v2-login>: the URL the browser opens
+	LoginFinal      string // <sso-v2-login-final>
+	TokenCookieName string // <sso-v2-token-cookie-name>
+	ErrorCookieName string // <sso-v2-error-cookie-name>
 }
 
 func esc(s string) string {
@@ -164,6 +195,23 @@ func RenderAuthRequest(f Form) []byte {
 		if el.v != "" {
 			fmt.Fprintf(&b, "<%s>%s</%s>\n", el.name, esc(el.v), el.name)
 		}
+	}
+	if f.SSO != nil {
+		// All four elements even though the CLI reads only the login URL:
+		// embedded-webview front ends compare the cookie names without a
+		// NULL check. browser-mode "external" is what makes the CLI run
+		// --external-browser at all.
+		for _, el := range []struct{ name, v string }{
+			{"sso-v2-login", f.SSO.Login}, {"sso-v2-login-final", f.SSO.LoginFinal},
+			{"sso-v2-token-cookie-name", f.SSO.TokenCookieName}, {"sso-v2-error-cookie-name", f.SSO.ErrorCookieName},
+			{"sso-v2-browser-mode", "external"},
+		} {
+			fmt.Fprintf(&b, "<%s>%s</%s>\n", el.name, esc(el.v), el.name)
+		}
+		fmt.Fprintf(&b, "<form method=\"post\" action=\"%s\">\n", esc(f.Action))
+		b.WriteString(`<input type="sso" name="sso-token"></input>` + "\n")
+		b.WriteString("</form>\n</auth>\n</config-auth>\n")
+		return []byte(b.String())
 	}
 	fmt.Fprintf(&b, "<form method=\"post\" action=\"%s\">\n", esc(f.Action))
 	for _, in := range f.Inputs {
@@ -205,4 +253,18 @@ func RenderSuccess(banner, sessionToken string) []byte {
 // RenderLogout renders the reply to a logout message.
 func RenderLogout() []byte {
 	return []byte(header + `<config-auth client="vpn" type="complete" aggregate-auth-version="2"><logout>Logged out</logout></config-auth>` + "\n")
+}
+
+// RenderRefusal renders an auth-request with an error and no form: the
+// way to end a sign-in the client cannot retry (an SSO refusal).
+// openconnect prints the error and exits 1 (sso.md §5); a form here would
+// make it prompt for fields the user cannot fill.
+func RenderRefusal(title, errMsg string) []byte {
+	var b strings.Builder
+	b.WriteString(header)
+	b.WriteString(`<config-auth client="vpn" type="auth-request" aggregate-auth-version="2">` + "\n")
+	b.WriteString(`<auth id="main">` + "\n")
+	fmt.Fprintf(&b, "<title>%s</title>\n<error>%s</error>\n", esc(title), esc(errMsg))
+	b.WriteString("</auth>\n</config-auth>\n")
+	return []byte(b.String())
 }

@@ -184,3 +184,36 @@ func FuzzParseServer(f *testing.F) {
 		}
 	})
 }
+
+// TestSSO: an openconnect 9.01 init's capabilities are read, and the SSO
+// form carries what the CLI needs (sso.md §2): the login URL, browser
+// mode "external" and a single sso-token input; a refusal has no form.
+func TestSSO(t *testing.T) {
+	m, err := ParseClient([]byte(`<?xml version="1.0" encoding="UTF-8"?>
+<config-auth client="vpn" type="init" aggregate-auth-version="2"><version who="vpn">v9.01</version><device-id>linux-64</device-id>` +
+		`<capabilities><auth-method>single-sign-on-v2</auth-method><auth-method>single-sign-on-external-browser</auth-method></capabilities>` +
+		`<group-access>https://gw/</group-access></config-auth>`))
+	if err != nil || !m.HasAuthMethod("single-sign-on-external-browser") || m.HasAuthMethod("password") {
+		t.Fatalf("%+v %v", m, err)
+	}
+	doc := string(RenderAuthRequest(Form{Title: "t", Action: "/auth", Opaque: "op&aque",
+		Inputs: []Input{{Type: "text", Name: "username"}}, // ignored for an SSO form
+		SSO:    &SSOForm{Login: "https://vpn/sso/login?t=a&b", LoginFinal: "https://vpn/sso/done", TokenCookieName: "tc", ErrorCookieName: "ec"}}))
+	for _, want := range []string{
+		"<sso-v2-login>https://vpn/sso/login?t=a&amp;b</sso-v2-login>", "<sso-v2-login-final>https://vpn/sso/done</sso-v2-login-final>",
+		"<sso-v2-token-cookie-name>tc</sso-v2-token-cookie-name>", "<sso-v2-error-cookie-name>ec</sso-v2-error-cookie-name>",
+		"<sso-v2-browser-mode>external</sso-v2-browser-mode>", `<input type="sso" name="sso-token"></input>`,
+	} {
+		if !strings.Contains(doc, want) {
+			t.Errorf("missing %s in\n%s", want, doc)
+		}
+	}
+	sm, err := ParseServer([]byte(doc))
+	if err != nil || sm.SSOLogin != "https://vpn/sso/login?t=a&b" || len(sm.Inputs) != 1 || sm.Inputs[0] != "sso-token" || sm.Opaque != "op&amp;aque" {
+		t.Fatalf("%+v %v", sm, err)
+	}
+	r := string(RenderRefusal("t", "Access denied: <no>"))
+	if strings.Contains(r, "<form") || !strings.Contains(r, "<error>Access denied: &lt;no&gt;</error>") {
+		t.Fatalf("refusal:\n%s", r)
+	}
+}

@@ -38,6 +38,8 @@ type ServerMessage struct {
 	Banner  string
 	Opaque  string
 	Inputs  []string // the form's input names
+	// SSOLogin is <sso-v2-login>: the URL an SSO form sends the browser to.
+	SSOLogin string
 }
 
 type xmlServer struct {
@@ -50,6 +52,7 @@ type xmlServer struct {
 		Message string `xml:"message"`
 		Error   string `xml:"error"`
 		Banner  string `xml:"banner"`
+		SSO     string `xml:"sso-v2-login"`
 		Form    struct {
 			Action string `xml:"action,attr"`
 			Inputs []struct {
@@ -77,7 +80,7 @@ func ParseServer(body []byte) (*ServerMessage, error) {
 	m := &ServerMessage{
 		Type: x.Type, Action: x.Auth.Form.Action, Message: strings.TrimSpace(x.Auth.Message),
 		Error: strings.TrimSpace(x.Auth.Error), Banner: strings.TrimSpace(x.Auth.Banner),
-		Opaque: strings.TrimSpace(x.Opaque.Inner),
+		Opaque: strings.TrimSpace(x.Opaque.Inner), SSOLogin: strings.TrimSpace(x.Auth.SSO),
 	}
 	for i, in := range x.Auth.Form.Inputs {
 		if i == maxInputs {

@@ -62,6 +62,7 @@ type File struct {
 	SessionTimeout Duration             `yaml:"session_timeout"`
 	ReconnectGrace Duration             `yaml:"reconnect_grace"`
 	Banner         string               `yaml:"banner"`
+	PreLoginBanner string               `yaml:"pre_login_banner"` // on the sign-in forms, before credentials
 	DNSProxy       DNSProxy             `yaml:"dns_proxy"`
 	Identity       *IdentityFile        `yaml:"identity"`
 	Users          []User               `yaml:"users"`
@@ -348,6 +349,7 @@ func (p *parser) tunnelSettings(f *File, c *Config) {
 	t.SessionTimeout = time.Duration(f.SessionTimeout)
 	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
 	t.Banner = f.Banner
+	t.PreLoginBanner = f.PreLoginBanner
 	t.DisableDNSProxy = f.DNSProxy.Disable
 	t.DNSProxy.Upstreams = f.DNSProxy.Upstreams
 	t.DNSProxy.Public = f.DNSProxy.Public
@@ -502,13 +504,13 @@ var tunnelKeys = map[string]string{
 	"Pool": "pool", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
 	"SplitInclude": "split_include", "SplitExclude": "split_exclude",
 	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout", "UDPIdleTimeout": "udp_idle_timeout",
-	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "Banner": "banner",
+	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "Banner": "banner", "PreLoginBanner": "pre_login_banner",
 	"MaxSessions": "limits.max_sessions", "DisableUDP": "disable_udp", "DTLS": "dtls", "DTLSPort": "dtls_port",
 	"DNSProxy": "dns_proxy", "HostAddrs": "host_addrs", "SecretPath": "secret_path", "FlowLog": "log.access",
 	"Proxy": "proxy", "Proxy.PACURL": "proxy.pac_url", "Proxy.Server": "proxy.server", "Proxy.Exclude": "proxy.exclude",
 	"Authenticator": "identity", "OfferBearer": "identity.oidc.offer_bearer", "Policy": "identity.policy",
 	"KeepSessionPastTokenExpiry": "identity.keep_session_past_token_expiry", "Bans": "identity.bans",
-	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs",
+	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs", "SSO": "identity.sso",
 	"ProxyProtocolFrom": "proxy_protocol_from", "BanExempt": "ban_exempt",
 	"Site": "site", "Site.Servers": "site.servers", "Site.ServerIndex": "site.server_index", "Site.ServerName": "site.server_name",
 }

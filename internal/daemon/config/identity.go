@@ -5,12 +5,15 @@ import (
 	"crypto/x509"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/daemon/outbound"
+	"github.com/underpass/underpass/tunnel"
 )
 
 // IdentityFile is the `identity:` section: how clients sign in and who is
@@ -18,6 +21,7 @@ import (
 // users) work alongside.
 type IdentityFile struct {
 	OIDC                       *OIDCFile   `yaml:"oidc"`
+	SSO                        *SSOFile    `yaml:"sso"`
 	ClientCerts                *CertsFile  `yaml:"client_certs"`
 	Policy                     *PolicyFile `yaml:"policy"`
 	Bans                       *BansFile   `yaml:"bans"`
@@ -39,11 +43,34 @@ type OIDCFile struct {
 	OfferBearer   *bool    `yaml:"offer_bearer"`   // default true: openconnect --token-mode=oidc
 }
 
+// SSOFile configures browser sign-in (SSO v2 external browser: openconnect
+// --external-browser) with the gateway as the IdP's OIDC relying party.
+// Issuer, client_id and client_secret default to the oidc section's. It
+// needs session_key (the site key seals every step) and a public URL:
+// public_url, else https://<site.host>[:<listen port>]<secret_path>.
+type SSOFile struct {
+	Issuer       string   `yaml:"issuer"`
+	ClientID     string   `yaml:"client_id"`
+	ClientSecret string   `yaml:"client_secret"`
+	Scopes       []string `yaml:"scopes"`       // default openid email groups profile
+	GroupsClaim  string   `yaml:"groups_claim"` // default groups
+	LoginTTL     Duration `yaml:"login_ttl"`    // default 10m: init to the IdP's callback
+	PublicURL    string   `yaml:"public_url"`   // the site's public https URL; it needs <public_url>/sso/callback registered at the IdP
+	// CapAtTokenExpiry ends SSO sessions when the ID token expires; by
+	// default they last session_timeout (the policy is re-checked on
+	// every resume).
+	CapAtTokenExpiry bool `yaml:"cap_at_token_expiry"`
+}
+
 // CertsFile configures client-certificate sign-in.
 type CertsFile struct {
 	CA           string   `yaml:"ca"` // PEM bundle of the CAs that issue device certificates
 	Required     bool     `yaml:"required"`
 	IdentityFrom []string `yaml:"identity_from"` // upn, email, cn
+	// Device: the certificate identifies the device (its CN becomes the
+	// device ID) and the user must still sign in (SSO, password or
+	// token); both must succeed. Off: a valid certificate alone signs in.
+	Device bool `yaml:"device"`
 }
 
 // PolicyFile is the access policy.
@@ -85,6 +112,29 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 			bad("identity", "oidc.password_grant needs oidc.client_secret")
 		}
 	}
+	if s := f.SSO; s != nil {
+		issuer, clientID := s.Issuer, s.ClientID
+		if f.OIDC != nil {
+			issuer, clientID = cmpOr(issuer, f.OIDC.Issuer), cmpOr(clientID, f.OIDC.ClientID)
+		}
+		if u, err := url.Parse(issuer); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			bad("identity", "sso.issuer %q: want the IdP's issuer URL (or set oidc.issuer)", issuer)
+		}
+		if clientID == "" {
+			bad("identity", "sso.client_id: required (or set oidc.client_id)")
+		}
+		if s.LoginTTL < 0 {
+			bad("identity", "sso.login_ttl: must not be negative")
+		}
+		if f.SessionKey == "" {
+			bad("identity", "sso needs session_key (the site key that seals each sign-in step; 32 random bytes, base64)")
+		}
+		if s.PublicURL != "" {
+			if u, err := url.Parse(s.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" {
+				bad("identity", "sso.public_url %q: want https://host[:port][/path]", s.PublicURL)
+			}
+		}
+	}
 	if c := f.ClientCerts; c != nil {
 		if c.CA == "" {
 			bad("identity", "client_certs.ca: required")
@@ -117,9 +167,9 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 }
 
 // BuildIdentity makes the identity section's authenticators, access
-// policy, bans and sealer and sets them in c.Tunnel (Authenticator,
-// OfferBearer, Policy when the section has one, Bans, ClientCerts, Sealer,
-// KeepSessionPastTokenExpiry). It contacts the IdP (OIDC discovery), so it
+// policy, bans, sealer and browser sign-in and sets them in c.Tunnel
+// (Authenticator, OfferBearer, Policy when the section has one, Bans,
+// ClientCerts, Sealer, SSO, KeepSessionPastTokenExpiry). It contacts the IdP (OIDC discovery), so it
 // takes a ctx. release stops what it started (the OIDC key refresher):
 // call it when the gateway no longer uses these, after a reload replaced
 // them or at exit. On error c.Tunnel is unchanged.
@@ -127,21 +177,24 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 	id := &c.Tunnel
 	built := *id // filled here, copied into c.Tunnel only on success
 	var closers []func()
-	release = func() {
+	// stopAll, not the named result: an error return sets release to
+	// nil before this defer runs.
+	stopAll := func() {
 		for _, f := range closers {
 			f()
 		}
 	}
+	release = stopAll
 	defer func() {
 		if err != nil {
-			release()
+			stopAll()
 			release = nil
 			return
 		}
 		*id = built
 	}()
 	out := &built
-	out.Authenticator, out.OfferBearer, out.Bans, out.ClientCerts, out.Sealer = nil, false, nil, nil, nil
+	out.Authenticator, out.OfferBearer, out.Bans, out.ClientCerts, out.Sealer, out.SSO = nil, false, nil, nil, nil, nil
 	out.KeepSessionPastTokenExpiry = false
 	var chain auth.Chain
 	f := c.IdentityFile
@@ -194,7 +247,7 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 		if err == nil {
 			var pool *x509.CertPool
 			if pool, err = auth.LoadCertPool(b); err == nil {
-				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom})
+				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom, Device: cf.Device})
 			}
 		}
 		if err != nil {
@@ -220,6 +273,78 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 			return nil, fmt.Errorf("identity.session_key: %w", err)
 		}
 	}
+	if sf := f.SSO; sf != nil {
+		sso, stop, err := c.buildSSO(ctx, sf, out, log)
+		if err != nil {
+			return nil, fmt.Errorf("identity.sso: %w", err)
+		}
+		closers = append(closers, stop)
+		out.SSO = sso
+	}
 	out.KeepSessionPastTokenExpiry = f.KeepSessionPastTokenExpiry
 	return release, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// buildSSO makes the browser sign-in: its own OIDC verifier (the sso
+// section's IdP and client, defaulting to the oidc section's), sealed with
+// the site key, checked against the section's policy.
+func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, log *slog.Logger) (*auth.SSO, func(), error) {
+	oc := auth.OIDCConfig{Issuer: sf.Issuer, ClientID: sf.ClientID, ClientSecret: sf.ClientSecret, Scopes: sf.Scopes, GroupsClaim: sf.GroupsClaim, Logger: log}
+	if o := c.IdentityFile.OIDC; o != nil {
+		oc.Issuer, oc.ClientID = cmpOr(oc.Issuer, o.Issuer), cmpOr(oc.ClientID, o.ClientID)
+		if sf.ClientID == "" {
+			oc.ClientSecret = cmpOr(oc.ClientSecret, o.ClientSecret)
+		}
+		if len(oc.Scopes) == 0 {
+			oc.Scopes = o.Scopes
+		}
+		oc.GroupsClaim = cmpOr(oc.GroupsClaim, o.GroupsClaim)
+		oc.EmailClaim, oc.DeviceIDClaim = o.EmailClaim, o.DeviceIDClaim
+	}
+	hc, err := outbound.Client(c.ExtraRootsDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	oc.HTTPClient = hc
+	v, err := auth.NewOIDC(ctx, oc)
+	if err != nil {
+		return nil, nil, err
+	}
+	public := sf.PublicURL
+	if public == "" {
+		public, err = c.publicURL()
+		if err != nil {
+			v.Close()
+			return nil, nil, err
+		}
+	}
+	sso, err := auth.NewSSO(auth.SSOConfig{OIDC: v, PublicURL: public, Sealer: t.Sealer, Policy: t.Policy,
+		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Logger: log})
+	if err != nil {
+		v.Close()
+		return nil, nil, err
+	}
+	return sso, v.Close, nil
+}
+
+// publicURL is https://<site.host>[:<listen port>]<secret_path>: where
+// clients reach this site.
+func (c *Config) publicURL() (string, error) {
+	if c.Site.Host == "" {
+		return "", fmt.Errorf("needs site.host or sso.public_url (the public name clients dial)")
+	}
+	host := c.Site.Host
+	if _, port, err := net.SplitHostPort(c.Tunnel.ListenAddr); err == nil && port != "" && port != "443" {
+		host = net.JoinHostPort(host, port)
+	} else if strings.Contains(host, ":") {
+		host = "[" + host + "]" // an IPv6 address
+	}
+	return "https://" + host + c.Tunnel.SecretPath, nil
 }

@@ -2,6 +2,10 @@ package config
 
 import (
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +20,7 @@ import (
 )
 
 func TestIdentityValidation(t *testing.T) {
+	key := auth.GenerateSealerKey()
 	tests := []struct {
 		name, doc string
 		want      []string
@@ -29,6 +34,12 @@ func TestIdentityValidation(t *testing.T) {
 		{"negative bans", "identity: {bans: {threshold: -1}}\n", []string{"bans"}},
 		{"bad session key", "identity: {session_key: short}\n", []string{"session_key"}},
 		{"unknown key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, colour: blue}}\n", []string{"colour"}},
+		{"sso without issuer", "identity: {sso: {client_id: gw}, session_key: " + key + "}\n", []string{"gw.yaml:1: identity", "sso.issuer"}},
+		{"sso without client id", "identity: {sso: {issuer: 'https://idp.example'}, session_key: " + key + "}\n", []string{"sso.client_id"}},
+		{"sso without session key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw}, sso: {}}\n", []string{"sso needs session_key"}},
+		{"sso negative ttl", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, login_ttl: -1m}, session_key: " + key + "}\n", []string{"sso.login_ttl"}},
+		{"sso http public url", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, public_url: 'http://vpn'}, session_key: " + key + "}\n", []string{"sso.public_url"}},
+		{"sso unknown key", "\n\nidentity:\n  sso: {issuer: 'https://idp.example', client_id: gw, colour: blue}\n", []string{"gw.yaml:", "colour"}},
 	}
 	dir := t.TempDir()
 	ca, _, err := certutil.SelfSigned([]string{"ca"}, time.Now())
@@ -52,7 +63,7 @@ func TestIdentityValidation(t *testing.T) {
 			}
 		})
 	}
-	ok := fmt.Sprintf("identity:\n  client_certs: {ca: ca.pem, identity_from: [email]}\n  session_key: %q\n  policy: {allow_groups: [vpn-users]}\n  bans: {threshold: 10, ban_for: 5m}\n", auth.GenerateSealerKey())
+	ok := fmt.Sprintf("identity:\n  client_certs: {ca: ca.pem, identity_from: [email], device: true}\n  session_key: %q\n  policy: {allow_groups: [vpn-users]}\n  bans: {threshold: 10, ban_for: 5m}\n", auth.GenerateSealerKey())
 	c, err := Parse(filepath.Join(dir, "gw.yaml"), []byte(ok))
 	if err != nil {
 		t.Fatalf("valid identity section: %v", err)
@@ -63,7 +74,7 @@ func TestIdentityValidation(t *testing.T) {
 	}
 	defer release()
 	id := &c.Tunnel
-	if id.ClientCerts == nil || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
+	if id.ClientCerts == nil || !id.ClientCerts.DeviceMode() || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
 		t.Fatalf("identity not built: %+v", id)
 	}
 }
@@ -108,5 +119,54 @@ func TestIdentityWithDex(t *testing.T) {
 	}
 	if _, err := id.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: "wrong"}); !errors.Is(err, auth.ErrInvalidCredentials) {
 		t.Fatalf("wrong password: %v", err)
+	}
+}
+
+// TestSSOFromConfig builds browser sign-in from the identity.sso section
+// against a real IdP, its public URL from site.host, the listen port and
+// secret_path; without site.host nor public_url it is a clear error.
+func TestSSOFromConfig(t *testing.T) {
+	d := dextest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	doc := fmt.Sprintf(`listen: ":8443"
+secret_path: /vpn-4f9c
+pre_login_banner: "Authorised use only."
+site: {host: vpn.example.com}
+identity:
+  oidc: {issuer: %q, client_id: %q, client_secret: %q}
+  sso: {scopes: [openid, email, groups, profile], login_ttl: 5m}
+  session_key: %q
+`, d.Issuer, d.ClientID, d.ClientSecret, auth.GenerateSealerKey())
+	c, err := Parse("gw.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := c.BuildIdentity(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if c.Tunnel.PreLoginBanner != "Authorised use only." {
+		t.Fatalf("pre_login_banner: %q", c.Tunnel.PreLoginBanner)
+	}
+	s := c.Tunnel.SSO
+	if s == nil || !s.Handles("/vpn-4f9c/sso/login") || s.Handles("/sso/login") {
+		t.Fatalf("SSO not built under the secret path: %+v", s)
+	}
+	priv, _ := ecdh.P256().GenerateKey(rand.Reader)
+	der, _ := x509.MarshalPKIXPublicKey(priv.PublicKey())
+	k, _ := auth.ParseSTRAPKey(base64.StdEncoding.EncodeToString(der))
+	f, err := s.Begin(k)
+	if err != nil || !strings.HasPrefix(f.LoginURL, "https://vpn.example.com:8443/vpn-4f9c/sso/login?t=") {
+		t.Fatalf("%+v %v", f, err)
+	}
+
+	c, err = Parse("gw.yaml", []byte(strings.Replace(doc, "site: {host: vpn.example.com}\n", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.BuildIdentity(ctx, nil); err == nil || !strings.Contains(err.Error(), "identity.sso: needs site.host or sso.public_url") {
+		t.Fatalf("no public URL: %v", err)
 	}
 }

@@ -15,13 +15,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -71,6 +74,12 @@ type Options struct {
 	ClientSecret string
 	// IDTokenTTL is Dex's expiry.idTokens (e.g. "1h"). Default Dex's 24h.
 	IDTokenTTL string
+	// RedirectURIs the client may use (browser sign-in: the gateway's
+	// <public URL>/sso/callback). Default http://127.0.0.1/callback.
+	RedirectURIs []string
+	// PublicClient, if set, adds a public (native-app) client with this ID
+	// and no secret, e.g. for the device authorization grant.
+	PublicClient string
 }
 
 // Dex is a running Dex server.
@@ -178,6 +187,10 @@ func (d *Dex) config(port int, o Options) ([]byte, error) {
 		UserID            string   `json:"userID"`
 		Groups            []string `json:"groups,omitempty"`
 	}
+	redirects := o.RedirectURIs
+	if len(redirects) == 0 {
+		redirects = []string{"http://127.0.0.1/callback"}
+	}
 	var pws []pw
 	for _, u := range o.Users {
 		h, err := bcrypt.GenerateFromPassword([]byte(u.Password), bcryptCost)
@@ -197,9 +210,12 @@ func (d *Dex) config(port int, o Options) ([]byte, error) {
 		"enablePasswordDB": true,
 		"staticClients": []any{map[string]any{
 			"id": o.ClientID, "secret": o.ClientSecret, "name": "Underpass gateway",
-			"redirectURIs": []string{"http://127.0.0.1/callback"},
+			"redirectURIs": redirects,
 		}},
 		"staticPasswords": pws,
+	}
+	if o.PublicClient != "" {
+		c["staticClients"] = append(c["staticClients"].([]any), map[string]any{"id": o.PublicClient, "name": "Underpass client", "public": true})
 	}
 	if o.IDTokenTTL != "" {
 		c["expiry"] = map[string]any{"idTokens": o.IDTokenTTL}
@@ -293,6 +309,65 @@ func (d *Dex) Token(t testing.TB, user, pass string) (idToken, accessToken strin
 	}
 	return tk.IDToken, tk.AccessToken
 }
+
+// ApproveDevice plays the user of the device authorization grant on
+// another device: it opens the verification link (complete), submits code
+// on Dex's device page and signs in as u on Dex's login page.
+func (d *Dex) ApproveDevice(ctx context.Context, complete, code string, u User) error {
+	jar, _ := cookiejar.New(nil)
+	tr := &http.Transport{}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Jar: jar, Transport: tr, Timeout: 10 * time.Second}
+	submit := func(method, target string, form url.Values) (*url.URL, string, error) {
+		req, err := http.NewRequestWithContext(ctx, method, target, strings.NewReader(form.Encode()))
+		if err != nil {
+			return nil, "", err
+		}
+		if method == http.MethodPost {
+			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, "", err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return nil, "", fmt.Errorf("%s %s: %d %.300s", method, target, resp.StatusCode, b)
+		}
+		return resp.Request.URL, string(b), nil
+	}
+	next := func(at *url.URL, body string) (string, error) {
+		m := formAction.FindStringSubmatch(body)
+		if m == nil {
+			return "", fmt.Errorf("no form at %s: %.300s", at, body)
+		}
+		act, err := at.Parse(html.UnescapeString(m[1]))
+		if err != nil {
+			return "", err
+		}
+		return act.String(), nil
+	}
+	at, body, err := submit(http.MethodGet, complete, nil)
+	if err != nil {
+		return err
+	}
+	act, err := next(at, body)
+	if err != nil {
+		return err
+	}
+	if at, body, err = submit(http.MethodPost, act, url.Values{"user_code": {code}}); err != nil {
+		return err
+	}
+	if act, err = next(at, body); err != nil {
+		return err
+	}
+	_, _, err = submit(http.MethodPost, act, url.Values{"login": {u.Email}, "password": {u.Password}})
+	return err
+}
+
+// formAction finds a form's target on Dex's pages.
+var formAction = regexp.MustCompile(`<form[^>]*action="([^"]*)"`)
 
 // Logs returns Dex's output so far.
 func (d *Dex) Logs() string { return d.logs.String() }

@@ -4,6 +4,7 @@
 package gwtest
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/core/certutil"
+	"github.com/underpass/underpass/internal/testinfra/dextest"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -87,4 +89,23 @@ func Start(t testing.TB, mod func(*tunnel.Config)) *Gateway {
 	})
 	pin, _ := certutil.Pin(&cert)
 	return &Gateway{Gateway: g, Addr: l.Addr().String(), Pin: pin, Cert: &cert}
+}
+
+// StartOIDC serves a gateway that admits tokens from Dex d for audience
+// (e.g. a public client's ID); mod adjusts its config further.
+func StartOIDC(t testing.TB, d *dextest.Dex, audience string, mod func(*tunnel.Config)) *Gateway {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // discovery at a local Dex
+	defer cancel()
+	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: d.Issuer, ClientID: d.ClientID, Audiences: []string{audience}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.Close)
+	return Start(t, func(c *tunnel.Config) {
+		c.Authenticator = o
+		if mod != nil {
+			mod(c)
+		}
+	})
 }

@@ -48,6 +48,7 @@ type OCOptions struct {
 	Mode          string // ModeOcproxy (default) or ModeTun
 	DTLS          bool   // allow DTLS; default is --no-dtls (TLS/CSTP only)
 	ExtraArgs     []string
+	Env           []string      // extra environment (NAME=value), e.g. for an --external-browser program
 	Timeout       time.Duration // to get connected; DefaultOCTimeout if 0
 }
 
@@ -148,7 +149,7 @@ func TryOpenconnect(t testing.TB, ns *Netns, opts OCOptions) (*OCSession, error)
 
 	cmd := ns.Exec(context.Background(), "openconnect", args...)
 	cmd.Stdin = strings.NewReader(opts.stdin())
-	cmd.Env = append(cmd.Env, "TESTENV_DUMP="+s.dump)
+	cmd.Env = append(append(cmd.Env, opts.Env...), "TESTENV_DUMP="+s.dump)
 	s.Proc = ns.StartCmd(t, cmd)
 	t.Cleanup(func() { _ = s.Close() })
 
@@ -327,6 +328,7 @@ func AuthenticateFull(t testing.TB, ns *Netns, opts OCOptions) (*AuthResult, err
 	args := append(opts.baseArgs(), "--authenticate")
 	args = append(args, opts.ExtraArgs...)
 	cmd := ns.Exec(ctx, "openconnect", append(args, opts.url())...)
+	cmd.Env = append(cmd.Env, opts.Env...)
 	cmd.Stdin = strings.NewReader(opts.stdin())
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
