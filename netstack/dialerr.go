@@ -37,8 +37,8 @@ type synKey struct {
 
 // noteSYN records the sequence number of a client SYN (tcp: the TCP header).
 func (p *Port) noteSYN(dst netip.Addr, tcp []byte) {
-	if len(tcp) < 14 || tcp[13]&(tcpFlagSYN|tcpFlagACK) != tcpFlagSYN {
-		return
+	if len(tcp) < 14 || tcp[13]&(tcpFlagSYN|tcpFlagACK) != tcpFlagSYN || p.s.isLocal(dst) {
+		return // not a SYN, or for the stack's own listeners (never dialed)
 	}
 	k := synKey{binary.BigEndian.Uint16(tcp[0:2]), netip.AddrPortFrom(dst, binary.BigEndian.Uint16(tcp[2:4]))}
 	seq := binary.BigEndian.Uint32(tcp[4:8])

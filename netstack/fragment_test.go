@@ -40,30 +40,16 @@ func TestPortMTUFragmentsUDP(t *testing.T) {
 	const mtu = 1280
 	gw := newGW(t, func(c *Config) { c.MTU = bigMTU })
 	// The host side answers "N" with N bytes.
-	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 64)
-		for {
-			n, a, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			size, _ := strconv.Atoi(string(buf[:n]))
-			srv.WriteTo(pattern(size), a)
-		}
-	}()
-	defer func() { srv.Close(); <-done }()
+	port := udpServer(t, func(b []byte) []byte {
+		size, _ := strconv.Atoi(string(b))
+		return pattern(size)
+	})
 
 	c := newClient(t, gw, cliAddr, 0)
 	if err := c.port.SetMTU(mtu); err != nil {
 		t.Fatal(err)
 	}
-	uc, err := c.dialUDP(netip.AddrPortFrom(far, uint16(srv.LocalAddr().(*net.UDPAddr).Port)))
+	uc, err := c.dialUDP(netip.AddrPortFrom(far, port))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 )
 
 // TestSegmentationOffload moves 4 MiB each way through the stack and checks
@@ -19,14 +21,7 @@ func TestSegmentationOffload(t *testing.T) {
 	gw := newGW(t, nil)
 	c := newClient(t, gw, cliAddr, 0)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := c.dialTCP(ctx, echoServer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialEcho(t, c)
 	data := make([]byte, 4<<20)
 	rand.Read(data)
 	errc := make(chan error, 1)
@@ -77,14 +72,7 @@ func TestSegmentationOffload(t *testing.T) {
 func TestReceiveWindowGrows(t *testing.T) {
 	gw := newGW(t, nil)
 	c := newClient(t, gw, cliAddr, 0)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	conn, err := c.dialTCP(ctx, echoServer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialEcho(t, c)
 	const size = 16 << 20
 	done := make(chan error, 1)
 	go func() {
@@ -114,4 +102,19 @@ func TestReceiveWindowGrows(t *testing.T) {
 		t.Errorf("receive buffer %d bytes after a %d-byte upload: auto-tuning never grew it from %d", bufs[0], size, tcpRcvBufDefault)
 	}
 	t.Logf("receive buffer: %d bytes", bufs[0])
+}
+
+// dialEcho connects c to a loopback echo server, with a 20 s deadline on
+// everything that follows; the connection closes at cleanup.
+func dialEcho(t *testing.T, c *client) *gonet.TCPConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := c.dialTCP(ctx, echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	return conn
 }

@@ -227,3 +227,27 @@ func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
 	}
 	return nil
 }
+
+// udpServer answers every datagram to a loopback UDP socket with
+// reply(datagram) and returns the socket's port; it stops at cleanup.
+func udpServer(t testing.TB, reply func([]byte) []byte) uint16 {
+	t.Helper()
+	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for {
+			n, a, err := srv.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			srv.WriteTo(reply(buf[:n]), a)
+		}
+	}()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+}
