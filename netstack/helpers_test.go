@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"go.uber.org/goleak"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -236,18 +237,6 @@ func udpServer(t testing.TB, reply func([]byte) []byte) uint16 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 1<<16)
-		for {
-			n, a, err := srv.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			srv.WriteTo(reply(buf[:n]), a)
-		}
-	}()
-	t.Cleanup(func() { srv.Close(); <-done })
+	testenv.ServePacket(t, srv, func(b []byte, from net.Addr) { srv.WriteTo(reply(b), from) })
 	return uint16(srv.LocalAddr().(*net.UDPAddr).Port)
 }

@@ -293,19 +293,7 @@ func startParityServers(t *testing.T, corp *testenv.Netns) *parityServers {
 		if err != nil {
 			t.Fatal(err)
 		}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			buf := make([]byte, 1<<16)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				handle(pc, append([]byte(nil), buf[:n]...), from)
-			}
-		}()
-		t.Cleanup(func() { pc.Close(); <-done })
+		testenv.ServePacket(t, pc, func(b []byte, from net.Addr) { handle(pc, b, from) })
 	}
 	udp(portUDPEcho, func(pc net.PacketConn, b []byte, from net.Addr) { pc.WriteTo(b, from) })
 	udp(portUDPPush, func(pc net.PacketConn, b []byte, from net.Addr) {

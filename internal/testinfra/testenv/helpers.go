@@ -91,6 +91,25 @@ func ServeListener(t testing.TB, l net.Listener, handle func(net.Conn)) {
 	}()
 }
 
+// ServePacket runs handle for each datagram pc receives (up to 64 KiB, the
+// largest UDP payload) until the test ends; cleanup closes pc and waits.
+// handle runs on the reading goroutine and may keep b.
+func ServePacket(t testing.TB, pc net.PacketConn, handle func(b []byte, from net.Addr)) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 1<<16)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			handle(append([]byte(nil), buf[:n]...), from)
+		}
+	}()
+	t.Cleanup(func() { pc.Close(); <-done })
+}
+
 // LoopCorpNet is the in-process tests' stand-in corporate network (RFC
 // 2544 test range; the namespace topology's is CorpNet): LoopCorpDialer
 // dials its addresses on loopback.
