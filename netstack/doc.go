@@ -7,15 +7,49 @@
 // [Port]: [Port.Inject] feeds the client's IP packets into the stack after
 // checking the source (anti-spoofing) and the route policy ([Config.Allow]);
 // [Port.Packets] yields the packets the stack sends back, in pooled buffers
-// that already leave room for the tunnel's frame header.
+// that already leave room for the tunnel's frame header. [Port.SetMTU] gives
+// a port its transport's MTU.
 //
 // Flows: a client TCP SYN is answered only after the upstream connection has
-// been dialed, so a refused or unreachable destination becomes a prompt RST
-// instead of a connection that opens and then dies. UDP gets one connected
-// host socket per 4-tuple, closed after an idle timeout. ICMP echo to the
-// gateway's own address is answered by the stack. [Stack.ListenTCP] and
-// [Stack.ListenUDP] host in-tunnel services (DNS proxy, a web page) that take
-// precedence over forwarding.
+// been dialed, so a refused destination becomes a prompt RST and an
+// unreachable one an ICMP unreachable, instead of a connection that opens and
+// then dies. UDP gets one connected host socket per 4-tuple, closed after an
+// idle timeout. ICMP echo to the gateway's own address is answered by the
+// stack, echo to other allowed hosts is forwarded ([Config.Pinger]).
+// [Stack.ListenTCP] and [Stack.ListenUDP] host in-tunnel services (DNS proxy,
+// a web page) that take precedence over forwarding.
+//
+// # Router parity
+//
+// Towards its clients the stack behaves as a Linux router in front of the
+// corporate network would; tunnel's TestRouterParity runs the same probes
+// through a kernel router and through Underpass and compares what the client
+// and the server see. The same outcome for: resets and half-closes in both
+// directions (a client's RST reaches the server as a RST), byte-exact
+// transfers, UDP datagrams from 0 to 65507 bytes both ways (fragmented and
+// reassembled as needed, also to a port's smaller MTU), ICMP echo up to 65000
+// bytes, ICMP time exceeded for TTL 1 (traceroute's first hop), host
+// unreachable for a destination that does not answer, a RST for a closed
+// port, and UDP mappings that survive 90 s of silence and not 150 s.
+//
+// Deliberate differences from a kernel router:
+//   - Every flow is re-originated from the gateway host's own sockets: the
+//     corporate side sees the gateway's address (as behind MASQUERADE), and
+//     the gateway is the only hop a client's traceroute shows. A client
+//     packet's TTL and IP options are not carried to the corporate side, and
+//     DSCP and ECN are cleared both ways: both legs send with TOS 0 (gVisor's
+//     endpoints and the host sockets alike), where a router would keep them.
+//   - ICMP errors come from the gateway's tunnel address, not from a router
+//     interface on the client's path.
+//   - A UDP mapping lives for its idle timeout (Config.UDPIdleTimeout, 2
+//     minutes, RFC 4787 REQ-5) however many packets it has seen; Linux
+//     conntrack drops a mapping that saw only one exchange after 30 s.
+//   - A TCP connection to a destination that does not answer fails after
+//     Config.DialTimeout with ICMP host unreachable, where a router on the
+//     destination's subnet answers after its ARP timeout (about 3 s on Linux)
+//     and one further away stays silent.
+//   - A TCP SYN is answered (SYN-ACK) only once the upstream connection is up,
+//     so the client's handshake takes the upstream round trip too.
 //
 // Scale: per-flow memory is kept small (TCP buffers are caps that auto-tune,
 // relay buffers come from a pool only while data moves) so that tens of
