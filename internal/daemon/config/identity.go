@@ -69,7 +69,11 @@ type CertsFile struct {
 	IdentityFrom []string `yaml:"identity_from"` // upn, email, cn
 	// Device: the certificate identifies the device (its CN becomes the
 	// device ID) and the user must still sign in (SSO, password or
-	// token); both must succeed. Off: a valid certificate alone signs in.
+	// token); both must succeed. Implied by required: true when a user
+	// method (users, identity.oidc or identity.sso) is configured, so a
+	// valid certificate with a wrong password is refused (R-A7; ocserv's
+	// test-pass-cert admits it). Certificate-only sign-in: required: true
+	// with no user method, or certificates without required.
 	Device bool `yaml:"device"`
 }
 
@@ -247,7 +251,9 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 		if err == nil {
 			var pool *x509.CertPool
 			if pool, err = auth.LoadCertPool(b); err == nil {
-				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom, Device: cf.Device})
+				userMethod := len(c.Users) > 0 || f.OIDC != nil || f.SSO != nil
+				out.ClientCerts, err = auth.NewCertificates(auth.CertConfig{CAs: pool, Required: cf.Required, IdentityFrom: cf.IdentityFrom,
+					Device: cf.Device || (cf.Required && userMethod)})
 			}
 		}
 		if err != nil {

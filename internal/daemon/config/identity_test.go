@@ -79,6 +79,46 @@ func TestIdentityValidation(t *testing.T) {
 	}
 }
 
+// TestCertificateAndUser: with required: true and a user method the
+// certificate names the device and the user signs in too (issue 13 item
+// 4); without a user method, or without required, a certificate signs in
+// alone; device: true asks for both explicitly.
+func TestCertificateAndUser(t *testing.T) {
+	dir := t.TempDir()
+	ca, _, err := certutil.SelfSigned([]string{"device-ca"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ca.pem"), ca, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	users := "users:\n  - {name: alice, password_hash: \"" + hash + "\"}\n"
+	for _, tt := range []struct {
+		name, doc  string
+		deviceMode bool
+	}{
+		{"required with users", users + "identity:\n  client_certs: {ca: ca.pem, required: true}\n", true},
+		{"required, no user method", "identity:\n  client_certs: {ca: ca.pem, required: true}\n", false},
+		{"optional with users", users + "identity:\n  client_certs: {ca: ca.pem}\n", false},
+		{"device: true", "identity:\n  client_certs: {ca: ca.pem, device: true}\n", true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := Parse(filepath.Join(dir, "gw.yaml"), []byte(tt.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			release, err := c.BuildIdentity(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer release()
+			if got := c.Tunnel.ClientCerts.DeviceMode(); got != tt.deviceMode {
+				t.Errorf("device mode %v, want %v", got, tt.deviceMode)
+			}
+		})
+	}
+}
+
 // TestIdentityWithDex builds the OIDC sign-in from a config file against a
 // real IdP: Alice signs in with her password at the IdP, Bob is denied by
 // the policy, a wrong password is a wrong password.
