@@ -18,6 +18,10 @@ const (
 	// holds a socket and a goroutine for up to echoTimeout, so a client
 	// flooding pings costs at most this much.
 	maxEchoInFlight = 256
+	// maxEchoPerPort is one client's share of those: ping and traceroute
+	// keep a handful in flight, and a flooding client leaves the rest
+	// (Stats.EchoCapped counts its excess).
+	maxEchoPerPort = maxEchoInFlight / 8
 	// echoTimeout is how long a forwarded ping waits for its reply; ping's
 	// own default wait is a few seconds, a later reply helps nobody.
 	echoTimeout = 3 * time.Second
@@ -119,12 +123,19 @@ func (s *Stack) forwardEcho(p *Port, ip *ipInfo) bool {
 	if t := s.echo.disabledAt.Load(); t != 0 && time.Since(time.Unix(0, t)) < echoRetry {
 		return false
 	}
+	if p.echoes.Add(1) > maxEchoPerPort {
+		p.echoes.Add(-1)
+		s.stats.echoCapped.Add(1)
+		return false
+	}
 	if s.echo.inFlight.Add(1) > maxEchoInFlight {
 		s.echo.inFlight.Add(-1)
+		p.echoes.Add(-1)
 		return false
 	}
 	if !s.track() {
 		s.echo.inFlight.Add(-1)
+		p.echoes.Add(-1)
 		return false
 	}
 	id := binary.BigEndian.Uint16(ip.l4[4:6])
@@ -134,6 +145,7 @@ func (s *Stack) forwardEcho(p *Port, ip *ipInfo) bool {
 	go func() {
 		defer s.wg.Done()
 		defer s.echo.inFlight.Add(-1)
+		defer p.echoes.Add(-1)
 		ctx, cancel := context.WithTimeout(s.ctx, echoTimeout)
 		defer cancel()
 		reply, err := s.pinger.Ping(ctx, dst, id, seq, payload)

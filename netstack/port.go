@@ -57,6 +57,11 @@ type Port struct {
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
 
+	// tcpFlows and udpFlows count this port's forwarded flows, reserved
+	// before the dial (Config.MaxTCPFlowsPerPort, MaxUDPFlowsPerPort);
+	// echoes its forwarded pings awaiting a reply (maxEchoPerPort).
+	tcpFlows, udpFlows, echoes atomic.Int32
+
 	// dialing counts this port's upstream TCP dials in flight
 	// (Config.MaxInFlightPerPort).
 	dialing atomic.Int32

@@ -65,6 +65,15 @@ type Config struct {
 	// every slot from the others; its further SYNs are ignored too and
 	// counted (Stats.TCPDialCapped). 0 means DefaultMaxInFlightPerPort.
 	MaxInFlightPerPort int
+	// MaxTCPFlowsPerPort caps one port's forwarded TCP flows (open or being
+	// dialed); a SYN over it is refused with a RST and counted
+	// (Stats.TCPFlowsCapped). 0 means DefaultMaxTCPFlowsPerPort.
+	MaxTCPFlowsPerPort int
+	// MaxUDPFlowsPerPort caps one port's forwarded UDP flows (4-tuples
+	// within their idle timeout); a datagram that would open another is
+	// dropped, as by a full conntrack table, and counted
+	// (Stats.UDPFlowsCapped). 0 means DefaultMaxUDPFlowsPerPort.
+	MaxUDPFlowsPerPort int
 	// MaxWriteBlock, if positive, bounds how long the stack blocks on a full
 	// port queue before dropping the packet; the port then counts as
 	// stalled and drops without blocking until its queue is half empty, so
@@ -98,6 +107,16 @@ const (
 	// connections), and a scanning client leaves three quarters of the
 	// slots to everyone else.
 	DefaultMaxInFlightPerPort = DefaultMaxInFlight / 4
+	// DefaultMaxTCPFlowsPerPort: a device keeps a few hundred connections
+	// at most (a browser a few dozen per site); 4096 leaves a scanning or
+	// leaking client its own limit long before it holds a tenth of the
+	// host's descriptors (64k) that every session shares.
+	DefaultMaxTCPFlowsPerPort = 4096
+	// DefaultMaxUDPFlowsPerPort: UDP flows live 2 minutes after their last
+	// datagram, so a client querying an outside resolver from a fresh port
+	// 10 times a second holds about 1,200; 2048 leaves room for that and
+	// stops a client spraying datagrams at many ports.
+	DefaultMaxUDPFlowsPerPort = 2048
 	// DefaultUDPIdleTimeout is how long a UDP flow lives without traffic:
 	// RFC 4787 REQ-5 asks a NAT for at least 2 minutes, and Linux's
 	// conntrack keeps an answered UDP flow 120 s
@@ -195,6 +214,12 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.MaxInFlightPerPort <= 0 {
 		cfg.MaxInFlightPerPort = DefaultMaxInFlightPerPort
+	}
+	if cfg.MaxTCPFlowsPerPort <= 0 {
+		cfg.MaxTCPFlowsPerPort = DefaultMaxTCPFlowsPerPort
+	}
+	if cfg.MaxUDPFlowsPerPort <= 0 {
+		cfg.MaxUDPFlowsPerPort = DefaultMaxUDPFlowsPerPort
 	}
 	log := cfg.Logger
 	if log == nil {

@@ -898,3 +898,113 @@ func withTTL(b []byte, ttl byte) []byte {
 	binary.BigEndian.PutUint16(b[10:12], ^fold(sum(b[:20], 0)))
 	return b
 }
+
+// blockingPinger holds every ping until release is closed.
+type blockingPinger struct{ release chan struct{} }
+
+func (p blockingPinger) Ping(ctx context.Context, _ netip.Addr, _, _ uint16, payload []byte) ([]byte, error) {
+	select {
+	case <-p.release:
+		return payload, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// TestFlowCapsPerPort: one client at its share of TCP flows, UDP flows or
+// forwarded pings is refused more (counted), another client is not, and a
+// closed flow frees its slot.
+func TestFlowCapsPerPort(t *testing.T) {
+	pinger := blockingPinger{release: make(chan struct{})}
+	gw := newGW(t, func(c *Config) {
+		c.MaxTCPFlowsPerPort, c.MaxUDPFlowsPerPort = 2, 2
+		c.Pinger = pinger
+	})
+	a := newClient(t, gw, cliAddr, 0)
+	b := newClient(t, gw, cli2, 0)
+	echo := echoServer(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	t.Run("tcp", func(t *testing.T) {
+		var held []net.Conn
+		for range 2 {
+			c, err := a.dialTCP(ctx, echo)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		if c, err := a.dialTCP(ctx, echo); err == nil || !strings.Contains(err.Error(), "refused") {
+			if err == nil {
+				c.Close()
+			}
+			t.Fatalf("third flow: %v, want refused", err)
+		}
+		if gw.Stats().TCPFlowsCapped != 1 {
+			t.Errorf("TCPFlowsCapped = %d, want 1", gw.Stats().TCPFlowsCapped)
+		}
+		c, err := b.dialTCP(ctx, echo)
+		if err != nil {
+			t.Fatalf("the other client: %v", err)
+		}
+		c.Close()
+		held[0].Close()
+		waitFor(t, "the closed flow's slot", func() bool {
+			c, err := a.dialTCP(ctx, echo)
+			if err == nil {
+				c.Close()
+			}
+			return err == nil
+		})
+		held[1].Close()
+	})
+
+	t.Run("udp", func(t *testing.T) {
+		port := udpServer(t, func(b []byte) []byte { return b })
+		dst := netip.AddrPortFrom(far, port)
+		ask := func(c *client) error {
+			uc, err := c.dialUDP(dst)
+			if err != nil {
+				return err
+			}
+			defer uc.Close()
+			uc.SetDeadline(time.Now().Add(500 * time.Millisecond))
+			uc.Write([]byte("q"))
+			_, err = uc.Read(make([]byte, 8))
+			return err
+		}
+		for i := range 2 {
+			if err := ask(a); err != nil {
+				t.Fatalf("flow %d: %v", i, err)
+			}
+		}
+		if err := ask(a); err == nil {
+			t.Fatal("a third 4-tuple was answered")
+		}
+		if n := gw.Stats().UDPFlowsCapped; n == 0 {
+			t.Error("UDPFlowsCapped = 0")
+		}
+		if err := ask(b); err != nil {
+			t.Fatalf("the other client: %v", err)
+		}
+	})
+
+	t.Run("echo", func(t *testing.T) {
+		for i := range maxEchoPerPort {
+			if err := a.port.Inject(echoRequest(cliAddr, far, uint16(i))); err != nil {
+				t.Fatalf("ping %d: %v", i, err)
+			}
+		}
+		if err := a.port.Inject(echoRequest(cliAddr, far, 999)); !errors.Is(err, ErrNotAllowed) {
+			t.Fatalf("ping over the share: %v, want refused", err)
+		}
+		if n := gw.Stats().EchoCapped; n != 1 {
+			t.Errorf("EchoCapped = %d, want 1", n)
+		}
+		if err := b.port.Inject(echoRequest(cli2, far, 1)); err != nil {
+			t.Fatalf("the other client's ping: %v", err)
+		}
+		close(pinger.release)
+	})
+}

@@ -38,7 +38,12 @@ type Stats struct {
 	UDPFlows      uint64 // forwarded UDP flows opened, total
 	TCPDialFailed uint64 // upstream TCP dials that failed (answered with RST)
 	TCPDialCapped uint64 // SYNs ignored: their port had Config.MaxInFlightPerPort dials in flight
-	UDPDialFailed uint64
+	// TCPFlowsCapped counts SYNs refused (RST) because their port held
+	// Config.MaxTCPFlowsPerPort flows; UDPFlowsCapped datagrams dropped
+	// because theirs held MaxUDPFlowsPerPort; EchoCapped pings refused
+	// because their port had its share of forwarded pings in flight.
+	TCPFlowsCapped, UDPFlowsCapped, EchoCapped uint64
+	UDPDialFailed                              uint64
 	// DialNoFD counts the upstream dials (TCP and UDP, also in
 	// TCPDialFailed or UDPDialFailed) that failed for lack of file
 	// descriptors: EMFILE (the process's RLIMIT_NOFILE) or ENFILE (the
@@ -56,6 +61,7 @@ type counters struct {
 	dropParked                                              atomic.Uint64
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	fragmented, tooBigAnswered, ttlExceeded                 atomic.Uint64
+	tcpFlowsCapped, udpFlowsCapped, echoCapped              atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
 	tcpDialCapped, dialNoFD                                 atomic.Uint64
@@ -90,6 +96,7 @@ func (s *Stack) Stats() Stats {
 		TCPActive: c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
-		TCPDialCapped: c.tcpDialCapped.Load(), DialNoFD: c.dialNoFD.Load(),
+		TCPDialCapped:  c.tcpDialCapped.Load(),
+		TCPFlowsCapped: c.tcpFlowsCapped.Load(), UDPFlowsCapped: c.udpFlowsCapped.Load(), EchoCapped: c.echoCapped.Load(), DialNoFD: c.dialNoFD.Load(),
 	}
 }

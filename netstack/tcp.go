@@ -66,6 +66,21 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.wg.Done()
 		return
 	}
+	if port.tcpFlows.Add(1) > int32(s.cfg.MaxTCPFlowsPerPort) {
+		// This client holds its share of flows: refuse at once, as a
+		// full table would, rather than let it crowd out the others.
+		port.tcpFlows.Add(-1)
+		s.stats.tcpFlowsCapped.Add(1)
+		r.Complete(true)
+		s.wg.Done()
+		return
+	}
+	reserved := true
+	defer func() {
+		if reserved { // every exit before the flow's own teardown takes it
+			port.tcpFlows.Add(-1)
+		}
+	}()
 	if port.dialing.Add(1) > int32(s.cfg.MaxInFlightPerPort) {
 		// Over this client's share of the dial slots: ignore the SYN, as
 		// the global cap does (the client retransmits).
@@ -115,6 +130,7 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	}
 	s.stats.tcpFlows.Add(1)
 	s.stats.tcpActive.Add(1)
+	reserved = false // halfDone releases it
 	f.halves.Store(2)
 	f.entry = waiter.NewFunctionEntry(readMask, func(waiter.EventMask) { f.kick() })
 	f.g.wq.EventRegister(&f.entry)
@@ -139,6 +155,7 @@ func (f *tcpFlow) halfDone() {
 	f.g.wq.EventUnregister(&f.entry)
 	f.g.wq.EventUnregister(&f.g.wEntry)
 	f.port.removeFlow(f)
+	f.port.tcpFlows.Add(-1)
 	f.g.ep.Close()
 	f.h.conn.Close()
 	s.stats.tcpActive.Add(-1)

@@ -40,13 +40,23 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 		return false // nothing listens there: the stack answers port unreachable
 	}
 	port := s.lookup(src.Addr())
-	if port == nil || !s.track() {
+	if port == nil {
 		return true // drop
+	}
+	if port.udpFlows.Add(1) > int32(s.cfg.MaxUDPFlowsPerPort) {
+		port.udpFlows.Add(-1)
+		s.stats.udpFlowsCapped.Add(1)
+		return true // drop, as a full conntrack table does
+	}
+	if !s.track() {
+		port.udpFlows.Add(-1)
+		return true
 	}
 	f := &udpFlow{s: s, port: port, src: src, dst: dst, start: time.Now()}
 	f.g.register()
 	ep, err := r.CreateEndpoint(&f.g.wq)
 	if err != nil {
+		port.udpFlows.Add(-1)
 		f.g.unregister()
 		s.wg.Done()
 		s.log.Debug("netstack: udp endpoint", "src", src, "dst", dst, "err", err)
@@ -63,6 +73,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 func (f *udpFlow) run() {
 	s := f.s
 	defer f.g.unregister()
+	defer f.port.udpFlows.Add(-1)
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	conn, err := s.cfg.Dialer.DialContext(ctx, "udp", f.dst.String())
 	cancel()
