@@ -1008,3 +1008,49 @@ func TestFlowCapsPerPort(t *testing.T) {
 		close(pinger.release)
 	})
 }
+
+// holeDialer hangs on dials to hole (a black-holed network) and dials
+// everything else on loopback.
+type holeDialer struct {
+	hole string
+	loopDialer
+}
+
+func (d *holeDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if address == d.hole {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return d.loopDialer.DialContext(ctx, network, address)
+}
+
+// TestScanDoesNotStarveOthers: one session sends 5,000 SYNs to a black hole
+// with the default caps (issue 11's fairness case); another session's
+// connection still completes, and all but the scanner's share of dial
+// slots were ignored. Asserted as "completes", not as a time.
+func TestScanDoesNotStarveOthers(t *testing.T) {
+	hole := netip.AddrPortFrom(far, 9)
+	gw := newGW(t, func(c *Config) { c.Dialer = &holeDialer{hole: hole.String()}; c.DialTimeout = 30 * time.Second })
+	scanner, err := gw.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scanner.Close()
+	const syns = 5000
+	for i := range syns {
+		if err := scanner.Inject(tcpSYN(netip.AddrPortFrom(cliAddr, uint16(10000+i)), hole)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the scan's SYNs to be dialed or capped", func() bool {
+		return gw.Stats().TCPDialCapped == syns-DefaultMaxInFlightPerPort
+	})
+	other := newClient(t, gw, cli2, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := other.dialTCP(ctx, echoServer(t))
+	if err != nil {
+		t.Fatalf("the other session's connect during the scan: %v", err)
+	}
+	c.Close()
+}
