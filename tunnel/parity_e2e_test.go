@@ -23,8 +23,9 @@ import (
 // The router parity suite (issue 11): the same probes run from two client
 // namespaces, one behind a plain Linux router (gw with ip_forward and
 // MASQUERADE) and one behind Underpass (the stock openconnect, kernel tun,
-// to a gateway in the same gw namespace), against the same corporate
-// servers; each probe's observation must be the same on both paths.
+// to a gateway in the same gw namespace, first over TLS only, then with its
+// DTLS channel), against the same corporate servers; each probe's
+// observation must be the same on every path.
 //
 // Deliberate differences, not compared: the source address of ICMP errors
 // and of traceroute's first hop (the router's interface address vs the
@@ -62,11 +63,11 @@ func TestRouterParity(t *testing.T) {
 
 	cert := testenv.NewCert(t, testenv.GWAddr.String())
 	var logs testenv.LogBuffer
-	_, listen := sessionGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
+	gw, listen := udpGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
 		c.Pinger = nsPinger{tp.GW}
 	})
-	testenv.Openconnect(t, tp.Client, testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin,
-		User: "alice", Password: "secret", Mode: testenv.ModeTun})
+	ocOpts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
+	oc := testenv.Openconnect(t, tp.Client, ocOpts) // TLS (CSTP) only first
 
 	paths := []struct {
 		name string
@@ -198,20 +199,41 @@ func TestRouterParity(t *testing.T) {
 		}
 	}
 
-	for _, pr := range probes {
-		var got [2]string
-		for i, p := range paths {
-			pctx, pcancel := context.WithTimeout(ctx, 90*time.Second)
-			got[i] = pr.run(pctx, p.ns)
-			pcancel()
-		}
-		if got[0] != got[1] {
-			t.Errorf("%s: kernel router %q, underpass %q", pr.name, got[0], got[1])
+	run := func(pr probe, ns *testenv.Netns) string {
+		pctx, pcancel := context.WithTimeout(ctx, 90*time.Second)
+		defer pcancel()
+		return pr.run(pctx, ns)
+	}
+	kernel := make([]string, len(probes))
+	for i, pr := range probes {
+		kernel[i] = run(pr, paths[0].ns)
+		if got := run(pr, paths[1].ns); got != kernel[i] {
+			t.Errorf("%s: kernel router %q, underpass over TLS %q", pr.name, kernel[i], got)
 		} else {
-			t.Logf("%s: both %q", pr.name, got[0])
+			t.Logf("%s: both %q", pr.name, got)
 		}
 	}
 	wg.Wait()
+
+	// The same probes with openconnect's default UDP channel (DTLS): the
+	// packets that fit the DTLS MTU go over UDP, the rest over CSTP.
+	if err := oc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ocOpts.DTLS = true
+	oc = testenv.Openconnect(t, tp.Client, ocOpts)
+	waitFor(t, 15*time.Second, "openconnect's DTLS channel", func() bool { return strings.Contains(oc.Log(), "Established DTLS") })
+	dtlsBefore := gw.Stats().DTLSPacketsIn
+	for i, pr := range probes {
+		if got := run(pr, paths[1].ns); got != kernel[i] {
+			t.Errorf("%s: kernel router %q, underpass over DTLS %q", pr.name, kernel[i], got)
+		} else {
+			t.Logf("%s (DTLS): %q", pr.name, got)
+		}
+	}
+	if n := gw.Stats().DTLSPacketsIn - dtlsBefore; n < 1000 {
+		t.Errorf("only %d packets came over DTLS during the DTLS pass", n)
+	}
 	for _, s := range silences {
 		if s.got[0] != s.got[1] {
 			t.Errorf("UDP push after %d s of silence: kernel router %q, underpass %q", s.secs, s.got[0], s.got[1])
