@@ -23,7 +23,8 @@ import (
 const quicMTU = 1280
 
 // dnsConfigWait bounds the wait for the DNS configuration capsule, which
-// the gateway sends right after the routes (and not at all without DNS).
+// Underpass sends right after the routes (empty without DNS); another
+// CONNECT-IP server may send none.
 const dnsConfigWait = 500 * time.Millisecond
 
 // quicTransport is a CONNECT-IP session over QUIC.

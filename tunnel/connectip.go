@@ -288,6 +288,12 @@ func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr netip.Addr) erro
 		return fmt.Errorf("advertise routes: %w", err)
 	}
 	if len(c.DNS) == 0 {
+		// An empty update: "no DNS here", so the client need not wait
+		// for one (tunnel.Client waits dnsConfigWait for gateways that
+		// send nothing).
+		if err := conn.SendDNSConfiguration(nil); err != nil {
+			return fmt.Errorf("dns configuration: %w", err)
+		}
 		return nil
 	}
 	dc := connectip.DNSConfiguration{
