@@ -2,6 +2,7 @@ package auth
 
 import (
 	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -119,6 +120,9 @@ var (
 type Sealer struct {
 	keys []sealKey
 	now  func() time.Time
+	// prk is HKDF-Extract of the current key (RFC 5869 2.2), for
+	// DeriveKey.
+	prk []byte
 }
 
 type sealKey struct {
@@ -149,7 +153,26 @@ func NewSealer(now func() time.Time, keys ...[]byte) (*Sealer, error) {
 		copy(sk.id[:], sum[:])
 		s.keys = append(s.keys, sk)
 	}
+	var err error
+	if s.prk, err = hkdf.Extract(sha256.New, keys[0], []byte("underpass sealer")); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// DeriveKey returns a 32-byte key for purpose (a constant naming its use,
+// e.g. "quic stateless reset"), derived from the current sealing key with
+// HKDF-SHA256 (RFC 5869): every server of a site that shares the key
+// derives the same one, a restarted server too, and it reveals nothing
+// about the sealing key or keys for other purposes.
+func (s *Sealer) DeriveKey(purpose string) [32]byte {
+	var k [32]byte
+	b, err := hkdf.Expand(sha256.New, s.prk, purpose, len(k))
+	if err != nil { // cannot happen: 32 bytes is far below HKDF-SHA256's 8160-byte limit
+		panic(err)
+	}
+	copy(k[:], b)
+	return k
 }
 
 // ParseSealerKey decodes a configured key: 64 hex digits or base64 (std or

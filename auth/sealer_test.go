@@ -117,3 +117,25 @@ func TestSecretRedaction(t *testing.T) {
 }
 
 var fmtFprintf = fmt.Fprintf
+
+// TestDeriveKey: servers sharing a site key derive the same key for a
+// purpose; another purpose or another site key gives an unrelated one.
+func TestDeriveKey(t *testing.T) {
+	k1, k2 := make([]byte, SealerKeySize), make([]byte, SealerKeySize)
+	k2[0] = 1
+	a, _ := NewSealer(nil, k1)
+	b, _ := NewSealer(nil, k1, k2) // same current key, an older one accepted too
+	c, _ := NewSealer(nil, k2)
+	if a.DeriveKey("quic stateless reset") != b.DeriveKey("quic stateless reset") {
+		t.Error("two servers with one site key derive different keys")
+	}
+	if a.DeriveKey("quic stateless reset") == a.DeriveKey("other") {
+		t.Error("two purposes share a key")
+	}
+	if a.DeriveKey("quic stateless reset") == c.DeriveKey("quic stateless reset") {
+		t.Error("two site keys derive the same key")
+	}
+	if a.DeriveKey("x") == [32]byte{} {
+		t.Error("zero key")
+	}
+}

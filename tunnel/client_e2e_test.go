@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	utls "github.com/refraction-networking/utls"
 
+	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/certutil"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
@@ -486,5 +488,87 @@ func TestBigDatagrams(t *testing.T) {
 				t.Errorf("%s: gateway fragmented %d packets", mode, f)
 			}
 		})
+	}
+}
+
+// TestQUICStatelessResetAfterRestart: a gateway dies without a word (its
+// sockets closed, no CONNECTION_CLOSE) and another one sharing the site key
+// takes its address; the first packet a QUIC client sends there is
+// answered with a stateless reset (RFC 9000 10.3) from the key both derive
+// from the site key, so the client learns at once that its connection is
+// gone (without the key it waits out the idle timeout), reconnects and
+// resumes its session with its address.
+func TestQUICStatelessResetAfterRestart(t *testing.T) {
+	sealer, err := auth.NewSealer(nil, make([]byte, auth.SealerKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{
+		Certificate:   testCert,
+		Authenticator: passwords{"alice": "secret"},
+		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
+		Dialer:        testenv.LoopCorpDialer{},
+		Sealer:        sealer,
+		DPD:           10 * time.Second, // idle timeout 25 s: well past the wait below
+	}
+	serve := func(addr string) (*Gateway, net.Listener, net.PacketConn) {
+		g, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Close() })
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc, err := net.ListenPacket("udp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		go g.Serve(l)
+		go g.ServeQUIC(pc)
+		return g, l, pc
+	}
+	_, l, pc := serve("127.0.0.1:0")
+	addr := l.Addr().String()
+	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportQUIC })
+	addr0 := c.Addr()
+	c.mu.Lock()
+	qt, _ := c.cur.(*quicTransport)
+	c.mu.Unlock()
+	if qt == nil {
+		t.Fatal("not on QUIC")
+	}
+
+	// The first gateway dies; the second takes its address.
+	pc.Close()
+	l.Close()
+	serve(addr)
+
+	echo := udpEcho(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var reset *quic.StatelessResetError
+	waitFor(t, func() bool {
+		if uc, err := c.DialContext(ctx, "udp", net.JoinHostPort("198.18.1.1", itoa(echo.Port()))); err == nil {
+			uc.Write([]byte("anyone?")) // a packet for the new gateway to answer
+			uc.Close()
+		}
+		return errors.As(context.Cause(qt.qc.Context()), &reset)
+	}, "a stateless reset of the old connection")
+	// The client reconnects and resumes: same address, traffic flows.
+	waitFor(t, func() bool {
+		uc, err := c.DialContext(ctx, "udp", net.JoinHostPort("198.18.1.1", itoa(echo.Port())))
+		if err != nil {
+			return false
+		}
+		defer uc.Close()
+		uc.SetDeadline(time.Now().Add(500 * time.Millisecond))
+		uc.Write([]byte("back"))
+		n, err := uc.Read(make([]byte, 8))
+		return err == nil && n == 4
+	}, "traffic after the reconnect")
+	if c.Addr() != addr0 {
+		t.Errorf("address %v after the reconnect, want %v", c.Addr(), addr0)
 	}
 }

@@ -129,7 +129,24 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 	srv := g.h3
 	g.udpPCs = append(g.udpPCs, pc)
 	g.mu.Unlock()
-	err := srv.Serve(pc)
+	tr := &quic.Transport{Conn: pc}
+	if sl := g.conf().Sealer; sl != nil {
+		// Stateless resets (RFC 9000 10.3) from a key every server of the
+		// site derives alike: a restarted gateway (or another one behind
+		// the same address) tells a client its old connection is gone at
+		// its next packet, instead of letting it wait out the idle
+		// timeout.
+		k := quic.StatelessResetKey(sl.DeriveKey(quicResetKeyPurpose))
+		tr.StatelessResetKey = &k
+	}
+	var err error
+	if ln, lerr := tr.ListenEarly(http3.ConfigureTLSConfig(srv.TLSConfig), srv.QUICConfig); lerr != nil {
+		err = lerr
+	} else {
+		err = srv.ServeListener(ln)
+		ln.Close()
+	}
+	tr.Close()
 	pc.Close()
 	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || g.ctx.Err() != nil || g.isDraining() {
 		return ErrClosed
@@ -338,6 +355,10 @@ func (q *quicLink) closeWith(code quic.ApplicationErrorCode, reason string) {
 	}
 	q.conn.Close()
 }
+
+// quicResetKeyPurpose names the stateless reset key derived from the site
+// key (auth.Sealer.DeriveKey).
+const quicResetKeyPurpose = "quic stateless reset"
 
 // quicReadBuf fits the largest QUIC datagram (a 1500-byte path MTU) and
 // more: connect-ip-go copies each packet into it.
