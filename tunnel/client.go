@@ -264,7 +264,12 @@ func newClient(cfg ClientConfig) (*Client, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	tc := &tls.Config{RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12}
+	tc := &tls.Config{RootCAs: cfg.RootCAs, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12,
+		// Reconnects resume the TLS session (RFC 8446 2.2): a reconnect
+		// storm after a gateway restart costs the gateway no certificate
+		// signature per client. A few entries: one gateway name, QUIC
+		// and TLS.
+		ClientSessionCache: tls.NewLRUClientSessionCache(4)}
 	if tc.ServerName == "" {
 		tc.ServerName = host
 	}

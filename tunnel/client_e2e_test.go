@@ -572,3 +572,28 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 		t.Errorf("address %v after the reconnect, want %v", c.Addr(), addr0)
 	}
 }
+
+// TestReconnectResumesTLS: tunnel.Client's reconnect over TLS resumes the
+// TLS session instead of a full handshake (issue 14: a reconnect storm
+// costs the gateway fewer handshakes).
+func TestReconnectResumesTLS(t *testing.T) {
+	g, addr := startGateway(t, nil)
+	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportTLS })
+	for _, l := range g.liveLinks() {
+		l.abort()
+	}
+	waitFor(t, func() bool { return c.Reconnects() == 1 && len(g.liveLinks()) == 1 }, "reconnect")
+	c.mu.Lock()
+	tt, _ := c.cur.(*tlsTransport)
+	c.mu.Unlock()
+	if tt == nil {
+		t.Fatal("not on TLS after the reconnect")
+	}
+	tc, ok := tt.conn.(*tls.Conn)
+	if !ok {
+		t.Fatalf("transport conn %T", tt.conn)
+	}
+	if !tc.ConnectionState().DidResume {
+		t.Error("the reconnect did a full TLS handshake")
+	}
+}
