@@ -14,10 +14,11 @@ import (
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
-// siteWait bounds each wait for the site store to carry something: etcd on
-// loopback answers in milliseconds; a stopped etcd is noticed at the next
-// health announcement (siteAnnounceEvery) plus one call timeout.
-const siteWait = 20 * time.Second
+// siteWait bounds a wait for a DISCONNECT: etcd on loopback carries a
+// revocation in milliseconds. (waitFor's 10 s covers the rest: a stopped
+// etcd is noticed at the next health announcement, siteAnnounceEvery,
+// plus one call timeout.)
+const siteWait = 10 * time.Second
 
 // storeServer is one in-process gateway of a site with a real etcd store.
 type storeServer struct {
@@ -47,20 +48,9 @@ func startStoreSite(t *testing.T, e *testenv.Etcd, n int) []storeServer {
 		out = append(out, storeServer{g, addr, bans})
 	}
 	for _, s := range out {
-		waitUntil(t, "the store up on "+s.g.conf().Site.ServerName, func() bool { return s.g.Stats().SiteStore.Up })
+		waitFor(t, func() bool { return s.g.Stats().SiteStore.Up }, "the store up on "+s.g.conf().Site.ServerName)
 	}
 	return out
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(siteWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", siteWait, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // ping checks that the tunnel still answers a DPD request.
@@ -148,8 +138,8 @@ func TestSiteStoreRevocation(t *testing.T) {
 		t.Fatalf("Disconnect on A of a session running on B: %v", err)
 	}
 	tc.waitDisconnect(t)
-	waitUntil(t, "B to end the session", func() bool { return !runs(s[1].g, id) })
-	waitUntil(t, "C to list the revocation", func() bool { return s[2].g.isRevoked(id) })
+	waitFor(t, func() bool { return !runs(s[1].g, id) }, "B to end the session")
+	waitFor(t, func() bool { return s[2].g.isRevoked(id) }, "C to list the revocation")
 	for i, srv := range []storeServer{s[2], s[0], s[1]} {
 		if c, st := connectTunnel(t, srv.addr, tc.cookie); c != nil {
 			t.Fatalf("server %d resumed the revoked cookie (status %d)", i, st)
@@ -161,7 +151,7 @@ func TestSiteStoreRevocation(t *testing.T) {
 	if err := s[2].g.Disconnect(id2); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "A to list C's revocation", func() bool { return s[0].g.isRevoked(id2) })
+	waitFor(t, func() bool { return s[0].g.isRevoked(id2) }, "A to list C's revocation")
 	if c, st := connectTunnel(t, s[0].addr, tc2.cookie); c != nil {
 		t.Fatalf("A resumed a session revoked on C (status %d)", st)
 	}
@@ -179,7 +169,7 @@ func TestSiteStoreBans(t *testing.T) {
 		t.Fatal("A did not ban the client")
 	}
 	for i, srv := range s[1:] {
-		waitUntil(t, fmt.Sprintf("server %d to ban %v", i+2, bad), func() bool { return srv.bans.Banned(bad) })
+		waitFor(t, func() bool { return srv.bans.Banned(bad) }, fmt.Sprintf("server %d to ban %v", i+2, bad))
 		if !refusedBeforeTLS(t, bad, srv.addr) {
 			t.Fatalf("server %d let the banned client through TLS", i+2)
 		}
@@ -189,7 +179,7 @@ func TestSiteStoreBans(t *testing.T) {
 		t.Fatal("LiftBan on B: no active ban")
 	}
 	for i, srv := range s {
-		waitUntil(t, fmt.Sprintf("server %d to lift the ban", i+1), func() bool { return !srv.bans.Banned(bad) })
+		waitFor(t, func() bool { return !srv.bans.Banned(bad) }, fmt.Sprintf("server %d to lift the ban", i+1))
 	}
 	if ck, err := signInOn(t, dialFrom(t, bad, s[2].addr, nil), "alice", "secret"); err != nil || ck == "" {
 		t.Fatalf("after the lift the client cannot sign in on C: %q %v", ck, err)
@@ -210,7 +200,7 @@ func TestSiteStoreOutage(t *testing.T) {
 
 	e.Stop()
 	for i, srv := range s {
-		waitUntil(t, fmt.Sprintf("server %d to see the store down", i+1), func() bool { return !srv.g.Stats().SiteStore.Up })
+		waitFor(t, func() bool { return !srv.g.Stats().SiteStore.Up }, fmt.Sprintf("server %d to see the store down", i+1))
 	}
 	if err := s[0].g.Ready(); err != nil {
 		t.Fatalf("Ready with the store down: %v", err)
@@ -238,9 +228,9 @@ func TestSiteStoreOutage(t *testing.T) {
 	live.waitDisconnect(t)
 	bad := netip.MustParseAddr("127.0.0.6")
 	failSignIns(t, bad, s[1].addr, 3)
-	waitUntil(t, "A and B to fail publishing", func() bool {
+	waitFor(t, func() bool {
 		return s[0].g.site.failures.Load() > failedA && s[1].g.site.failures.Load() > failedB
-	})
+	}, "A and B to fail publishing")
 	if !s[1].bans.Banned(bad) || s[2].bans.Banned(bad) {
 		t.Fatalf("during the outage: banned on B %v (want true), on C %v (want false)", s[1].bans.Banned(bad), s[2].bans.Banned(bad))
 	}
@@ -256,13 +246,13 @@ func TestSiteStoreOutage(t *testing.T) {
 
 	e.Start()
 	for i, srv := range s {
-		waitUntil(t, fmt.Sprintf("server %d to publish its queue", i+1), func() bool {
+		waitFor(t, func() bool {
 			st := srv.g.Stats().SiteStore
 			return st.Up && st.Queued == 0
-		})
+		}, fmt.Sprintf("server %d to publish its queue", i+1))
 	}
-	waitUntil(t, "C to learn the queued revocation", func() bool { return s[2].g.isRevoked(liveID) })
-	waitUntil(t, "A and C to learn the queued ban", func() bool { return s[0].bans.Banned(bad) && s[2].bans.Banned(bad) })
+	waitFor(t, func() bool { return s[2].g.isRevoked(liveID) }, "C to learn the queued revocation")
+	waitFor(t, func() bool { return s[0].bans.Banned(bad) && s[2].bans.Banned(bad) }, "A and C to learn the queued ban")
 	if err := resumed.ping(); err != nil {
 		t.Fatalf("the session resumed during the outage was dropped: %v", err)
 	}

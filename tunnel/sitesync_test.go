@@ -66,7 +66,7 @@ func TestSiteQueueBounded(t *testing.T) {
 		t.Fatalf("SiteStore = %+v, want %d queued, %d dropped, down", st, siteMaxQueued, extra)
 	}
 	fs.down.Store(false)
-	waitUntil(t, "the queue to drain", func() bool { st := g.Stats().SiteStore; return st.Queued == 0 && st.Up })
+	waitFor(t, func() bool { st := g.Stats().SiteStore; return st.Queued == 0 && st.Up }, "the queue to drain")
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if len(fs.got) != siteMaxQueued || fs.got[0].Session != fmt.Sprint(extra) || fs.got[len(fs.got)-1].Session != fmt.Sprint(siteMaxQueued+extra-1) {
