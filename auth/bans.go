@@ -237,6 +237,44 @@ func (b *Bans) List() []Ban {
 	return out
 }
 
+// Impose bans ip until the given time, as another server of the site
+// decided (a ban published through the site store). An active ban that
+// already lasts at least as long is kept; an until in the past is
+// ignored. It reports whether ip is banned afterwards.
+func (b *Bans) Impose(ip netip.Addr, until time.Time) bool {
+	if !ip.IsValid() {
+		return false
+	}
+	k := b.key(ip)
+	now := b.cfg.Now()
+	if !now.Before(until) {
+		return b.Banned(ip)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e, ok := b.bans[k]; ok {
+		be := e.Value.(*banEntry)
+		if !be.until.Before(until) {
+			return true
+		}
+		be.until = until
+		return true
+	}
+	points := b.cfg.Threshold
+	if e, ok := b.scores[k]; ok {
+		points = max(points, e.Value.(*scoreEntry).points)
+		b.order.Remove(e)
+		delete(b.scores, k)
+	}
+	for b.border.Len() >= b.cfg.MaxBans {
+		old := b.border.Back()
+		b.border.Remove(old)
+		delete(b.bans, old.Value.(*banEntry).addr)
+	}
+	b.bans[k] = b.border.PushFront(&banEntry{addr: k, points: points, until: until})
+	return true
+}
+
 // Lift ends ip's ban and forgets its score; it reports whether a ban was
 // active.
 func (b *Bans) Lift(ip netip.Addr) bool {

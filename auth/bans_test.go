@@ -145,3 +145,54 @@ func BenchmarkBanned(b *testing.B) {
 		bans.Banned(ip)
 	}
 }
+
+// TestBansImpose: a ban decided elsewhere (the site store) applies until
+// its end, never shortens a longer one, ignores past ends, and can be
+// lifted.
+func TestBansImpose(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := NewBans(BanConfig{Now: func() time.Time { return now }, Threshold: 6})
+	a := netip.MustParseAddr("192.0.2.9")
+	tests := []struct {
+		name   string
+		until  time.Time
+		banned bool
+		end    time.Time
+	}{
+		{"past end ignored", now.Add(-time.Second), false, time.Time{}},
+		{"imposed", now.Add(time.Minute), true, now.Add(time.Minute)},
+		{"extended", now.Add(2 * time.Minute), true, now.Add(2 * time.Minute)},
+		{"never shortened", now.Add(30 * time.Second), true, now.Add(2 * time.Minute)},
+	}
+	for _, tt := range tests {
+		if got := b.Impose(a, tt.until); got != tt.banned {
+			t.Errorf("%s: Impose = %v, want %v", tt.name, got, tt.banned)
+		}
+		end, ok := b.BannedUntil(a)
+		if ok != tt.banned || !end.Equal(tt.end) {
+			t.Errorf("%s: BannedUntil = %v %v, want %v %v", tt.name, end, ok, tt.end, tt.banned)
+		}
+	}
+	if b.Points(a) != 6 {
+		t.Errorf("imposed ban's points = %d, want the threshold 6", b.Points(a))
+	}
+	if !b.Lift(a) || b.Banned(a) {
+		t.Error("an imposed ban cannot be lifted")
+	}
+	if b.Impose(netip.Addr{}, now.Add(time.Minute)) {
+		t.Error("invalid address banned")
+	}
+	// Points earned before fold into the ban (its score is the threshold
+	// or more); IPv6 groups by prefix.
+	b.AddFailure(netip.MustParseAddr("2001:db8::1"), 4)
+	b.Impose(netip.MustParseAddr("2001:db8::2"), now.Add(time.Minute))
+	if !b.Banned(netip.MustParseAddr("2001:db8::3")) || b.Points(netip.MustParseAddr("2001:db8::4")) != 6 || b.Len() != 1 {
+		t.Errorf("an imposed IPv6 ban: banned %v, points %d, entries %d; want true, 6, 1",
+			b.Banned(netip.MustParseAddr("2001:db8::3")), b.Points(netip.MustParseAddr("2001:db8::4")), b.Len())
+	}
+	// Expiry.
+	now = now.Add(3 * time.Minute)
+	if b.Banned(a) || b.Banned(netip.MustParseAddr("2001:db8::1")) {
+		t.Error("an imposed ban outlived its end")
+	}
+}

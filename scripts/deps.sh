@@ -19,10 +19,12 @@ STATICCHECK_VERSION=${STATICCHECK_VERSION:-v0.8.2}
 # it is the user's browser in the SSO sign-in tests (internal/testinfra/ssobrowser).
 # haproxy: the load balancer in front of a site's servers (PROXY protocol,
 # failover; tunnel's site tests).
+# etcd-server: the site store (internal/daemon/sitestore tests run a
+# single-member etcd 3.4 on loopback, testenv.StartEtcd).
 PKGS=(openconnect ocproxy ocserv curl iproute2 iptables unbound dnsutils jq
 	gnutls-bin iperf3 python3 ca-certificates gcc libc6-dev iputils-ping
 	podman uidmap slirp4netns passt fuse-overlayfs runc catatonit
-	chromium haproxy)
+	chromium haproxy etcd-server)
 OPTIONAL_PKGS=(dnsperf) # installed when the distribution has it (bookworm does)
 
 ci=false

@@ -18,6 +18,7 @@ import (
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/core/authxml"
 	"github.com/underpass/underpass/internal/core/cstp"
+	"github.com/underpass/underpass/tunnel/site"
 )
 
 // maxAuthBody bounds a sign-in request body: openconnect's XML messages are
@@ -340,9 +341,15 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 	}
 	if err != nil {
 		if errors.Is(err, auth.ErrInvalidCredentials) || errors.Is(err, auth.ErrNotApplicable) {
-			if c.Bans != nil && !c.banExempt(ca.Addr()) && c.Bans.AddFailure(ca.Addr(), 0) {
-				g.log.Warn("client banned", "client_ip", ca.Addr())
-				g.event(Event{Kind: EventBanned, ClientAddr: ca.Addr()})
+			if c.Bans != nil && !c.banExempt(ca.Addr()) {
+				was := c.Bans.Banned(ca.Addr())
+				if c.Bans.AddFailure(ca.Addr(), 0) && !was {
+					g.log.Warn("client banned", "client_ip", ca.Addr())
+					g.event(Event{Kind: EventBanned, ClientAddr: ca.Addr()})
+					if until, ok := c.Bans.BannedUntil(ca.Addr()); ok {
+						g.publish(site.Record{Kind: site.Banned, Addr: ca.Addr().Unmap(), Until: until})
+					}
+				}
 			}
 		}
 		g.signInFailures.Add(1)

@@ -18,6 +18,7 @@ import (
 	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/core/policy"
 	"github.com/underpass/underpass/netstack"
+	"github.com/underpass/underpass/tunnel/site"
 )
 
 // Defaults applied to zero-valued Config fields. Each carries its reason.
@@ -272,6 +273,30 @@ type Site struct {
 	// ServerName names this server in its site. Default: the host name
 	// (os.Hostname).
 	ServerName string
+	// Store, if set, shares revocations, bans and health records with the
+	// other servers of the site (package site; the underpass binary's is
+	// etcd). An operator's Disconnect or a client's logoff revokes the
+	// session everywhere: the server running it ends it and every server
+	// refuses its cookie. A ban earned here bans the address everywhere;
+	// LiftBan lifts it everywhere. The health record is rewritten every
+	// 3 s (siteAnnounceEvery).
+	//
+	// The store is never on the packet path, in a sign-in or in Ready:
+	// records apply here first and are queued for the store, which is
+	// retried every second while unreachable (up to 32,768 queued
+	// records; Stats.SiteStore). The one risk of an outage: a session
+	// revoked here can resume on another server until the store is back
+	// or its cookie expires.
+	Store site.Store
+}
+
+// name is ServerName or the host name.
+func (s Site) name() string {
+	if s.ServerName != "" {
+		return s.ServerName
+	}
+	name, _ := os.Hostname()
+	return name
 }
 
 // FieldError is one problem with one Config field. Field is the Go
@@ -527,10 +552,7 @@ func (s Site) stride() (count, own int) {
 	case count == 1:
 		return 1, 0
 	}
-	name := s.ServerName
-	if name == "" {
-		name, _ = os.Hostname()
-	}
+	name := s.name()
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(name))
 	return count, int(h.Sum32() % uint32(count))

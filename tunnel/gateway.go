@@ -23,6 +23,7 @@ import (
 	"github.com/underpass/underpass/internal/core/tally"
 	"github.com/underpass/underpass/internal/core/udpmux"
 	"github.com/underpass/underpass/netstack"
+	"github.com/underpass/underpass/tunnel/site"
 )
 
 // stallLimit is how long the stack may wait on a client's full packet
@@ -101,7 +102,9 @@ type Gateway struct {
 	closed   bool
 	draining bool
 	links    map[link]struct{}    // live transport connections
-	revoked  map[string]time.Time // sealed session ids ended here -> their expiry
+	revoked  map[string]time.Time // sealed session ids ended here or revoked site-wide -> their expiry
+	site     *siteSync            // nil without Site.Store
+	started  time.Time
 
 	signIns, signInFailures atomic.Uint64
 	reloadMu                sync.Mutex // serialises Reload
@@ -133,6 +136,7 @@ func New(cfg Config) (*Gateway, error) {
 	g := &Gateway{
 		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
 		links: make(map[link]struct{}), revoked: make(map[string]time.Time), dtlsIDs: make(map[string]*cstpLink),
+		started: time.Now(),
 	}
 	g.cur.Store(&cfg)
 	g.policy.Store(pol)
@@ -182,6 +186,7 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g.wg.Add(1)
 	go g.reap()
+	g.startSite(&cfg)
 	return g, nil
 }
 
@@ -404,25 +409,49 @@ func (g *Gateway) WhoIs(a netip.Addr) (SessionInfo, bool) {
 }
 
 // Disconnect ends session id: the client is told to disconnect and must
-// sign in again.
+// sign in again. With Site.Store the session is revoked site-wide: a
+// server of the site running it ends it, and none resumes its cookie.
+//
+// A session that does not run here is still revoked site-wide when a site
+// store is configured (the operator may name a session of another server):
+// its cookie is refused here at once and everywhere once published, for
+// SessionTimeout (no cookie lives longer). Without a store that is
+// ErrNoSession.
 func (g *Gateway) Disconnect(id string) error {
 	s := g.sessions.get(id)
 	if s == nil {
-		return ErrNoSession
+		if g.site == nil || g.conf().Sealer == nil || id == "" {
+			return ErrNoSession
+		}
+		until := time.Now().Add(g.conf().SessionTimeout)
+		g.mu.Lock()
+		g.revoked[id] = until
+		g.mu.Unlock()
+		g.log.Info("session revoked site-wide", "session", id)
+		g.publish(site.Record{Kind: site.Revoked, Session: id, Until: until})
+		return nil
 	}
 	g.endSession(s, EndOperator)
 	return nil
 }
 
 // revoke remembers an ended session id until its cookie would have expired,
-// so a sealed cookie cannot resume it here.
-func (g *Gateway) revoke(s *session) {
+// so a sealed cookie cannot resume it here. An operator's disconnect and a
+// logoff are published to the site store (a revocation that came from
+// the store is already listed, and is not published again). A session
+// that merely timed out here is not: its client may be live on another
+// server of the site.
+func (g *Gateway) revoke(s *session, r EndReason) {
 	if g.conf().Sealer == nil {
 		return
 	}
 	g.mu.Lock()
+	_, had := g.revoked[s.id]
 	g.revoked[s.id] = s.expires
 	g.mu.Unlock()
+	if !had && (r == EndOperator || r == EndLogoff) {
+		g.publish(site.Record{Kind: site.Revoked, Session: s.id, Until: s.expires})
+	}
 }
 
 func (g *Gateway) isRevoked(id string) bool {

@@ -264,7 +264,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	// enter the retired totals in one step, so no snapshot misses them.
 	g.dtlsTraffic.Retire(&s.dtls, func() { g.sessions.remove(s) })
 	if r != EndGoingAway {
-		g.revoke(s)
+		g.revoke(s, r)
 	}
 	if l != nil {
 		stopAndWait(l, r)

@@ -196,6 +196,12 @@ func (t *sessionTable) remove(s *session) bool {
 	return true
 }
 
+func (t *sessionTable) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.byID)
+}
+
 func (t *sessionTable) all() []*session {
 	t.mu.Lock()
 	defer t.mu.Unlock()

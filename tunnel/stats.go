@@ -24,6 +24,8 @@ type Stats struct {
 	// DNS is the in-tunnel DNS proxy's counters; zero when the proxy is
 	// off (Config.DisableDNSProxy, or no Config.DNS).
 	DNS dnsproxy.Stats
+	// SiteStore is the site store's state; zero without Site.Store.
+	SiteStore SiteStoreStats
 }
 
 // Stats returns the current counters. It walks the session table, so call
@@ -36,6 +38,7 @@ func (g *Gateway) Stats() Stats {
 		DTLSUp:         g.dtlsUp.Load(),
 		DTLSDropped:    g.dtlsDropped.Load(),
 		DTLSPeers:      g.dtlsPeers.Load(),
+		SiteStore:      g.siteStats(),
 	}
 	st.BytesIn, st.BytesOut = st.Stack.BytesIn, st.Stack.BytesOut
 	if g.dns != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"reflect"
 	"time"
 
 	"github.com/underpass/underpass/internal/daemon/config"
@@ -60,6 +61,11 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 	t.Certificate, t.GetCertificate = nil, running.Tunnel.GetCertificate
 	t.ListenAddr = running.Tunnel.ListenAddr // a -listen flag wins over the file, as at start
 	t.Events = running.Tunnel.Events
+	// The site store connection stays; a changed site.store needs a restart.
+	t.Site.Store = running.Tunnel.Site.Store
+	if !reflect.DeepEqual(cfg.SiteStore, running.SiteStore) {
+		logger.Warn("reload: these settings take effect only after a restart", "settings", []string{"site.store"})
+	}
 	res, err := gw.Reload(t)
 	if err != nil {
 		release()

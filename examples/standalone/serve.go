@@ -21,6 +21,7 @@ import (
 	"github.com/underpass/underpass/internal/daemon/config"
 	"github.com/underpass/underpass/internal/daemon/events"
 	"github.com/underpass/underpass/internal/daemon/fdlimit"
+	"github.com/underpass/underpass/internal/daemon/sitestore"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -187,6 +188,18 @@ func (s *server) selfSigned() int {
 // demo page and the admin HTTP listener when configured; it prints the
 // banner.
 func (s *server) startGateway() int {
+	if sc := s.cfg.SiteStore; sc != nil {
+		// Connecting does not wait for etcd: a server starts, and serves,
+		// while the store is down (underpass_site_store_up says so).
+		st, err := sitestore.New(sitestore.Config{Endpoints: sc.Endpoints, Prefix: sc.Prefix,
+			CAFile: sc.CAFile, CertFile: sc.CertFile, KeyFile: sc.KeyFile, Logger: s.logger})
+		if err != nil {
+			return s.fail(exitConfig, "underpass: site.store:", err)
+		}
+		s.onExit(func() { st.Close() }) // after the gateway's Close: it withdraws its health record
+		s.cfg.Tunnel.Site.Store = st
+		s.logger.Info("site store", "endpoints", sc.Endpoints, "prefix", sc.Prefix)
+	}
 	gw, err := tunnel.New(s.cfg.Tunnel)
 	if err != nil {
 		return s.fail(exitConfig, err)

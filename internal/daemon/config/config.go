@@ -141,6 +141,9 @@ type Config struct {
 	// CertWarnings are the R-T2 warnings about the configured certificate.
 	CertWarnings []string
 	Site         SiteFile
+	// SiteStore is site.store (nil: no site store); the binary connects
+	// to it at start.
+	SiteStore *SiteStore
 	// ExtraRootsDir holds extra trusted root CAs for outbound TLS.
 	ExtraRootsDir string
 	// Health are the health thresholds (defaults plus the file's keys).
@@ -168,6 +171,25 @@ type SiteFile struct {
 	Servers     int    `yaml:"servers"`
 	ServerIndex int    `yaml:"server_index"`
 	ServerName  string `yaml:"server_name"`
+	// Store is the site store (etcd): revocations, bans and health
+	// records shared by the servers. Absent: none.
+	Store *StoreFile `yaml:"store"`
+}
+
+// StoreFile is site.store: how this server reaches the site's etcd.
+type StoreFile struct {
+	Endpoints []string `yaml:"endpoints"` // etcd client URLs, http:// or https://
+	Prefix    string   `yaml:"prefix"`    // the site's key prefix; default /underpass/<site.name>/
+	CA        string   `yaml:"ca"`        // verifies etcd's certificate (https)
+	Cert      string   `yaml:"cert"`      // this server's client certificate and key
+	Key       string   `yaml:"key"`
+}
+
+// SiteStore is site.store after validation, with file paths resolved.
+type SiteStore struct {
+	Endpoints                 []string
+	Prefix                    string
+	CAFile, CertFile, KeyFile string
 }
 
 // ProxyFile is the proxy section: settings pushed to clients (R-C6).
@@ -435,11 +457,56 @@ func (p *parser) siteAndHealth(f *File, c *Config) {
 			bad("site", "check_url %q: want an http or https URL", f.Site.CheckURL)
 		}
 	}
+	p.siteStore(f, c)
 	if h := f.Site.Host; h != "" {
 		if _, err := netip.ParseAddr(h); err != nil && dnsname.Check(h) != nil || strings.Contains(h, "*") {
 			bad("site", "host %q: want the public FQDN or IP address clients dial", h)
 		}
 	}
+}
+
+// siteStore reads site.store.
+func (p *parser) siteStore(f *File, c *Config) {
+	sf := f.Site.Store
+	if sf == nil {
+		return
+	}
+	bad := func(format string, args ...any) { p.bad("site", "store: "+format, args...) }
+	if len(sf.Endpoints) == 0 {
+		bad("endpoints: at least one etcd client URL (http://host:2379)")
+	}
+	st := &SiteStore{Prefix: sf.Prefix, CAFile: c.rel(sf.CA), CertFile: c.rel(sf.Cert), KeyFile: c.rel(sf.Key)}
+	for i, e := range sf.Endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			bad("endpoints[%d]: %q: want an etcd client URL, http://host:port or https://host:port", i, e)
+			continue
+		}
+		if u.Scheme == "http" && (sf.CA != "" || sf.Cert != "") {
+			bad("endpoints[%d]: %q: TLS files are set, so use https://", i, e)
+		}
+		st.Endpoints = append(st.Endpoints, e)
+	}
+	switch {
+	case st.Prefix == "" && f.Site.Name != "":
+		st.Prefix = "/underpass/" + f.Site.Name + "/"
+	case st.Prefix == "":
+		st.Prefix = "/underpass/"
+	case !strings.HasPrefix(st.Prefix, "/"):
+		bad("prefix %q: must start with /", st.Prefix)
+	}
+	if (sf.Cert == "") != (sf.Key == "") {
+		bad("set both cert and key, or neither")
+	}
+	for _, fl := range []struct{ key, path string }{{"ca", st.CAFile}, {"cert", st.CertFile}, {"key", st.KeyFile}} {
+		if fl.path == "" {
+			continue
+		}
+		if _, err := os.Stat(fl.path); err != nil {
+			bad("%s: %v", fl.key, err)
+		}
+	}
+	c.SiteStore = st
 }
 
 // certificate loads and checks the configured certificate, if any (none:
@@ -513,6 +580,7 @@ var tunnelKeys = map[string]string{
 	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs", "SSO": "identity.sso",
 	"ProxyProtocolFrom": "proxy_protocol_from", "BanExempt": "ban_exempt",
 	"Site": "site", "Site.Servers": "site.servers", "Site.ServerIndex": "site.server_index", "Site.ServerName": "site.server_name",
+	"Site.Store": "site.store",
 }
 
 // Key returns the config file's key for a tunnel.Config field name, or

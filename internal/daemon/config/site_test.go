@@ -2,6 +2,9 @@ package config
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -51,6 +54,15 @@ func TestSiteErrors(t *testing.T) {
 		{"bad proxy network", "proxy_protocol_from: [10.0.0.0/24, balancer]\n", []string{"gw.yaml:1: proxy_protocol_from", "proxy_protocol_from[1]", "balancer"}},
 		{"proxy network host bits", "\nproxy_protocol_from: [10.0.0.9/24]\n", []string{"gw.yaml:2: proxy_protocol_from[0]", "10.0.0.0/24"}},
 		{"bad exempt network", "ban_exempt: [nope]\n", []string{"gw.yaml:1: ban_exempt", "nope"}},
+		// site.store
+		{"no endpoints", "\nsite:\n  store: {prefix: /x/}\n", []string{"gw.yaml:2: site: store: endpoints: at least one"}},
+		{"not a URL", "site: {store: {endpoints: [\"10.0.0.5:2379\"]}}\n", []string{"gw.yaml:1: site: store: endpoints[0]", "want an etcd client URL"}},
+		{"path in URL", "site: {store: {endpoints: [\"http://e:2379/v3\"]}}\n", []string{"endpoints[0]"}},
+		{"TLS files with http", "site: {store: {endpoints: [\"http://e:2379\"], ca: /nonexistent/ca.pem}}\n",
+			[]string{"TLS files are set, so use https://", "ca: stat /nonexistent/ca.pem"}},
+		{"cert without key", "site: {store: {endpoints: [\"https://e:2379\"], cert: /nonexistent/c.pem}}\n", []string{"set both cert and key"}},
+		{"relative prefix", "site: {store: {endpoints: [\"http://e:2379\"], prefix: site}}\n", []string{"prefix \"site\": must start with /"}},
+		{"unknown key", "site: {store: {endpoint: [\"http://e:2379\"]}}\n", []string{"endpoint"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -64,5 +76,41 @@ func TestSiteErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestSiteStoreKeys(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"ca.pem", "gw.pem", "gw.key"} {
+		must(t, os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600))
+	}
+	path := filepath.Join(dir, "gw.yaml")
+	must(t, os.WriteFile(path, []byte(`
+site:
+  name: hq
+  store:
+    endpoints: [https://10.0.0.5:2379, https://10.0.0.6:2379]
+    ca: ca.pem
+    cert: gw.pem
+    key: gw.key
+`), 0o600))
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := SiteStore{Endpoints: []string{"https://10.0.0.5:2379", "https://10.0.0.6:2379"}, Prefix: "/underpass/hq/",
+		CAFile: filepath.Join(dir, "ca.pem"), CertFile: filepath.Join(dir, "gw.pem"), KeyFile: filepath.Join(dir, "gw.key")}
+	if c.SiteStore == nil || !reflect.DeepEqual(*c.SiteStore, want) {
+		t.Fatalf("SiteStore = %+v, want %+v", c.SiteStore, want)
+	}
+	c, err = Parse("gw.yaml", []byte("site: {store: {endpoints: [\"http://127.0.0.1:2379\"], prefix: /a/}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.SiteStore == nil || c.SiteStore.Prefix != "/a/" || c.SiteStore.Endpoints[0] != "http://127.0.0.1:2379" {
+		t.Fatalf("SiteStore = %+v", c.SiteStore)
+	}
+	if c, err = Parse("gw.yaml", []byte("site: {name: hq}\n")); err != nil || c.SiteStore != nil {
+		t.Fatalf("no store: %+v, %v", c.SiteStore, err)
 	}
 }

@@ -92,7 +92,18 @@ func NewCollector(src Source) *Collector {
 		{d("dns_panics_total", "Internal errors the DNS proxy recovered from, dropping the query (a bug if non-zero)."), c, func(s *snapshot) float64 { return float64(s.DNS.Panics) }},
 		{d("dns_cache_entries", "Answers in the DNS proxy's cache."), g, func(s *snapshot) float64 { return float64(s.DNS.CacheEntries) }},
 		{d("dns_cache_bytes", "Estimated memory held by the DNS proxy's cache, in bytes."), g, func(s *snapshot) float64 { return float64(s.DNS.CacheBytes) }},
+		// The site store (tunnel.Stats.SiteStore; 0 without one).
+		{d("site_store_up", "1 when the site store answered this server's last call; 0 when it did not or none is configured."), g, func(s *snapshot) float64 { return b2f(s.SiteStore.Up) }},
+		{d("site_store_queued_records", "Revocations and bans applied here and waiting for the site store."), g, func(s *snapshot) float64 { return float64(s.SiteStore.Queued) }},
+		{d("site_store_dropped_records_total", "Records dropped from a full site store queue during an outage."), c, func(s *snapshot) float64 { return float64(s.SiteStore.Dropped) }},
 	}}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Describe implements prometheus.Collector.

@@ -288,3 +288,32 @@ func TestREADMEListsEveryMetric(t *testing.T) {
 		}
 	}
 }
+
+// siteSource is a gateway with a site store in a given state.
+type siteSource struct{ st tunnel.SiteStoreStats }
+
+func (s siteSource) Stats() tunnel.Stats { return tunnel.Stats{SiteStore: s.st} }
+
+// TestSiteStoreMetrics: the site store's families follow Stats.SiteStore.
+func TestSiteStoreMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		st                  tunnel.SiteStoreStats
+		up, queued, dropped float64
+	}{
+		{tunnel.SiteStoreStats{}, 0, 0, 0},
+		{tunnel.SiteStoreStats{Configured: true, Up: true}, 1, 0, 0},
+		{tunnel.SiteStoreStats{Configured: true, Queued: 3, Dropped: 2}, 0, 3, 2},
+	} {
+		srv := httptest.NewServer(Handler(siteSource{tc.st}, func() error { return nil }))
+		fams := scrape(t, srv.URL)
+		srv.Close()
+		for name, want := range map[string]float64{
+			"underpass_site_store_up": tc.up, "underpass_site_store_queued_records": tc.queued,
+			"underpass_site_store_dropped_records_total": tc.dropped,
+		} {
+			if v := value(t, fams, name); v != want {
+				t.Errorf("%+v: %s = %v, want %v", tc.st, name, v, want)
+			}
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/underpass/underpass/internal/daemon/sitestore"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
+)
+
+// TestServeSiteStore: `underpass serve` with site.store starts and serves
+// while etcd is down, announces its health record once etcd is up, and
+// withdraws it when stopped.
+func TestServeSiteStore(t *testing.T) {
+	bin := testenv.BuildBinary(t, "./examples/standalone")
+	e := testenv.StartEtcd(t)
+	e.Stop() // the server must start without its store
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := l.Addr().String()
+	l.Close()
+	cfg := filepath.Join(dir, "underpass.yaml")
+	doc := fmt.Sprintf(`listen: %q
+disable_udp: true
+site:
+  name: hq
+  server_name: gw-a
+  store: {endpoints: [%q]}
+log: {level: debug}
+`, listen, e.Endpoint)
+	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the whole test
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "serve", "-config", cfg, "-admin-socket", filepath.Join(dir, "admin.sock"))
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
+	logPath := filepath.Join(dir, "serve.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("underpass serve output:\n%s", b)
+		}
+	})
+	for {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("underpass serve exited with etcd down: %v", err)
+		case <-ctx.Done():
+			t.Fatal("underpass serve did not listen with etcd down")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	e.Start()
+	st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/underpass/hq/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	listed := func() bool {
+		c, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		hs, err := st.Servers(c)
+		return err == nil && len(hs) == 1 && hs[0].Server == "gw-a"
+	}
+	for !listed() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("the server's health record never appeared under /underpass/hq/servers/")
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	// Stopped, it withdraws its record at once (not after the TTL).
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+		exited <- nil // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatal("underpass serve did not exit on SIGTERM")
+	}
+	if listed() {
+		t.Fatal("the stopped server's health record is still listed")
+	}
+}

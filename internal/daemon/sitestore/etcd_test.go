@@ -1,0 +1,344 @@
+package sitestore
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/goleak"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
+	"github.com/underpass/underpass/tunnel/site"
+)
+
+// waitFor bounds every wait of these tests: etcd on loopback answers in
+// milliseconds, a lease expires within a second of its TTL.
+const waitFor = 20 * time.Second
+
+func newStore(t *testing.T, e *testenv.Etcd) *Store {
+	t.Helper()
+	s, err := New(Config{Endpoints: []string{e.Endpoint}, Prefix: "/t/" + t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// recorder collects what Watch delivers.
+type recorder struct {
+	mu  sync.Mutex
+	got []site.Record
+}
+
+func (r *recorder) add(rec site.Record) {
+	r.mu.Lock()
+	r.got = append(r.got, rec)
+	r.mu.Unlock()
+}
+
+// waitLen waits until n records arrived and returns them.
+func (r *recorder) waitLen(t *testing.T, n int) []site.Record {
+	t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for {
+		r.mu.Lock()
+		got := slices.Clone(r.got)
+		r.mu.Unlock()
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %d records %+v, want %d", waitFor, len(got), got, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func watch(t *testing.T, s *Store) *recorder {
+	t.Helper()
+	rec := &recorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Watch(ctx, rec.add) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Watch returned %v, want context.Canceled", err)
+		}
+	})
+	return rec
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), waitFor)
+	t.Cleanup(cancel)
+	return c
+}
+
+// TestPublishWatch: records present when Watch starts are listed; later
+// ones are watched; a Lifted record deletes the ban and arrives as Lifted;
+// a record whose Until has passed is not stored.
+func TestPublishWatch(t *testing.T) {
+	// Registered first, so it runs after every other cleanup: the watch,
+	// both clients and etcd have stopped by then.
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	addr := netip.MustParseAddr("198.51.100.7")
+	before := site.Record{Kind: site.Revoked, Session: "s-1", Until: until, Server: "a"}
+	if err := a.Publish(ctx(t), before); err != nil {
+		t.Fatal(err)
+	}
+	rec := watch(t, b)
+	if got := rec.waitLen(t, 1); got[0] != before {
+		t.Fatalf("listed %+v, want %+v", got[0], before)
+	}
+	later := []site.Record{
+		{Kind: site.Banned, Addr: addr, Until: until, Server: "a"},
+		{Kind: site.Revoked, Session: "expired", Until: time.Now().Add(-time.Second), Server: "a"},
+		{Kind: site.Lifted, Addr: addr, Server: "b"},
+		{Kind: site.Revoked, Session: "s-2", Until: until, Server: "b"},
+	}
+	for _, r := range later {
+		if err := a.Publish(ctx(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []site.Record{before, later[0], {Kind: site.Lifted, Addr: addr}, later[3]}
+	got := rec.waitLen(t, len(want))
+	if !slices.Equal(got, want) {
+		t.Fatalf("watched\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// TestPublishErrors: records that cannot be stored are refused with a
+// clear error, and nothing is written.
+func TestPublishErrors(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s := newStore(t, e)
+	for _, tc := range []struct {
+		r    site.Record
+		want string
+	}{
+		{site.Record{Kind: site.Revoked, Until: time.Now().Add(time.Hour)}, "without a session id"},
+		{site.Record{Kind: site.Banned, Until: time.Now().Add(time.Hour)}, "banned record without an address"},
+		{site.Record{Kind: site.Lifted}, "lifted record without an address"},
+		{site.Record{Kind: 99}, "unknown record kind 99"},
+	} {
+		err := s.Publish(ctx(t), tc.r)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Publish(%+v) = %v, want %q", tc.r, err, tc.want)
+		}
+	}
+	resp, err := s.cli.Get(ctx(t), s.prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Fatalf("store holds %v keys (%v), want 0", resp.Count, err)
+	}
+}
+
+// TestWatchCompacted: a watch resuming from a compacted revision gets 0
+// (list again), and Watch then lists what is there.
+func TestWatchCompacted(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s := newStore(t, e)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	r1 := site.Record{Kind: site.Revoked, Session: "old", Until: until, Server: "a"}
+	if err := s.Publish(ctx(t), r1); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.cli.Get(ctx(t), s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := resp.Header.Revision
+	// Two more writes, then compaction up to the last: the revision after
+	// old is gone (etcd keeps the compaction revision itself).
+	r2 := site.Record{Kind: site.Revoked, Session: "new", Until: until, Server: "a"}
+	r3 := site.Record{Kind: site.Banned, Addr: netip.MustParseAddr("192.0.2.1"), Until: until, Server: "a"}
+	for _, r := range []site.Record{r2, r3} {
+		if err := s.Publish(ctx(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err = s.cli.Get(ctx(t), s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.cli.Compact(ctx(t), resp.Header.Revision); err != nil {
+		t.Fatal(err)
+	}
+	var got []site.Record
+	if rev := s.watchFrom(ctx(t), old, func(r site.Record) { got = append(got, r) }); rev != 0 {
+		t.Fatalf("watch from compacted revision %d returned %d (records %+v), want 0", old, rev, got)
+	}
+	rec := watch(t, s)
+	// Listed in key order: bans/ before revoked/, "new" before "old".
+	if got := rec.waitLen(t, 3); !slices.Equal(got, []site.Record{r3, r2, r1}) {
+		t.Fatalf("re-listed %+v", got)
+	}
+}
+
+// TestWatchSurvivesRestart: records published while etcd was down and
+// after it returned reach a watch started before the outage.
+func TestWatchSurvivesRestart(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	rec := watch(t, b)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	r1 := site.Record{Kind: site.Revoked, Session: "before", Until: until, Server: "a"}
+	if err := a.Publish(ctx(t), r1); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitLen(t, 1)
+	e.Stop()
+	c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	err := a.Publish(c, site.Record{Kind: site.Revoked, Session: "during", Until: until})
+	cancel()
+	if err == nil {
+		t.Fatal("Publish succeeded with etcd stopped")
+	}
+	e.Start()
+	r2 := site.Record{Kind: site.Revoked, Session: "after", Until: until, Server: "a"}
+	if err := a.Publish(ctx(t), r2); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.waitLen(t, 2); got[1] != r2 {
+		t.Fatalf("after the restart the watch got %+v, want %+v", got[1:], r2)
+	}
+}
+
+// TestHealth: Announce lists a server; one that stops announcing is gone
+// within 15 s (its lease's TTL, no leader); Withdraw removes at once.
+func TestHealth(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	now := time.Now().Truncate(time.Second).UTC()
+	for _, h := range []site.Health{{Server: "b", Sessions: 2, Started: now, Updated: now}, {Server: "a", Sessions: 5, Started: now, Updated: now}} {
+		st := a
+		if h.Server == "b" {
+			st = b
+		}
+		if err := st.Announce(ctx(t), h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := a.Servers(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].Server != "a" || list[0].Sessions != 5 || list[1].Server != "b" {
+		t.Fatalf("Servers = %+v", list)
+	}
+	// a goes silent (as if killed): gone within 15 s.
+	start := time.Now()
+	for {
+		list, err = b.Servers(ctx(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list) == 1 && list[0].Server == "b" {
+			break
+		}
+		if time.Since(start) > 15*time.Second {
+			t.Fatalf("a silent server still listed after 15 s: %+v", list)
+		}
+		if err := b.Announce(ctx(t), site.Health{Server: "b", Updated: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("a silent server disappeared after %v", time.Since(start).Round(100*time.Millisecond))
+	if err := b.Withdraw(ctx(t), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if list, err = b.Servers(ctx(t)); err != nil || len(list) != 0 {
+		t.Fatalf("after Withdraw: %+v, %v", list, err)
+	}
+	if err := a.Announce(ctx(t), site.Health{}); err == nil {
+		t.Fatal("Announce without a server name accepted")
+	}
+}
+
+// TestAnnounceAfterLeaseExpired: a lease etcd expired (an outage longer
+// than the TTL) is replaced.
+func TestAnnounceAfterLeaseExpired(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	s := newStore(t, e)
+	if err := s.Announce(ctx(t), site.Health{Server: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.cli.Revoke(ctx(t), s.lease); err != nil { // as etcd does at expiry
+		t.Fatal(err)
+	}
+	if err := s.Announce(ctx(t), site.Health{Server: "a"}); err != nil {
+		t.Fatalf("Announce after the lease ended: %v", err)
+	}
+	if list, err := s.Servers(ctx(t)); err != nil || len(list) != 1 {
+		t.Fatalf("Servers = %+v, %v", list, err)
+	}
+}
+
+// TestDecodeBadValues: values that do not match their key, or are not
+// JSON, are skipped (and logged), never delivered.
+func TestDecodeBadValues(t *testing.T) {
+	s := &Store{prefix: "/p/", log: slog.New(slog.DiscardHandler)}
+	kv := func(k, v string) *mvccpb.KeyValue { return &mvccpb.KeyValue{Key: []byte("/p/" + k), Value: []byte(v)} }
+	for _, tc := range []struct {
+		name string
+		kv   *mvccpb.KeyValue
+		del  bool
+		ok   bool
+	}{
+		{"revocation", kv("revoked/x", `{"kind":"revoked","session":"x","until":"2030-01-01T00:00:00Z"}`), false, true},
+		{"not JSON", kv("revoked/x", `{`), false, false},
+		{"kind mismatch", kv("revoked/x", `{"kind":"banned","addr":"192.0.2.1"}`), false, false},
+		{"ban without address", kv("bans/192.0.2.1", `{"kind":"banned","addr":""}`), false, false},
+		{"ban", kv("bans/192.0.2.1", `{"kind":"banned","addr":"192.0.2.1"}`), false, true},
+		{"lift", kv("bans/192.0.2.1", ``), true, true},
+		{"lift of a bad key", kv("bans/nonsense", ``), true, false},
+		{"revocation expiry", kv("revoked/x", ``), true, false},
+		{"health record", kv("servers/a", `{"server":"a"}`), false, false},
+		{"other key", kv("else", `{}`), false, false},
+	} {
+		if _, ok := s.decode(tc.kv, tc.del); ok != tc.ok {
+			t.Errorf("%s: ok = %v, want %v", tc.name, ok, tc.ok)
+		}
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("no"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{}, "no etcd endpoints"},
+		{Config{Endpoints: []string{"http://127.0.0.1:1"}, CertFile: "c.pem"}, "both its certificate and key files"},
+		{Config{Endpoints: []string{"http://127.0.0.1:1"}, CAFile: filepath.Join(dir, "missing.pem")}, "CA file"},
+		{Config{Endpoints: []string{"http://127.0.0.1:1"}, CAFile: notPEM}, "no PEM certificate"},
+	} {
+		s, err := New(tc.cfg)
+		if err == nil {
+			s.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+}

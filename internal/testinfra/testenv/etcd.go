@@ -1,0 +1,118 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// etcdStartTimeout bounds an etcd start: a single member with an empty or
+// small data dir elects itself in about a second.
+const etcdStartTimeout = 20 * time.Second
+
+// Etcd is a single-member etcd (Debian's etcd-server) on loopback with a
+// data directory in the test's temp dir. Stop and Start restart it with the
+// same data and ports, for outage tests.
+type Etcd struct {
+	Endpoint string // the client URL, http://127.0.0.1:PORT
+
+	t       testing.TB
+	dir     string
+	peerURL string
+	proc    *Proc
+}
+
+// host names the host's own network namespace in process messages.
+var host = &Netns{Name: "host"}
+
+// StartEtcd starts etcd on two free loopback ports and waits until it
+// reports itself healthy. It is stopped in t.Cleanup. Under CI=true a
+// missing etcd is a failure.
+func StartEtcd(t testing.TB) *Etcd {
+	t.Helper()
+	RequireTool(t, "etcd")
+	e := &Etcd{t: t, dir: t.TempDir()}
+	e.Endpoint = "http://" + freeLoopbackPort(t)
+	e.peerURL = "http://" + freeLoopbackPort(t)
+	e.Start()
+	return e
+}
+
+func freeLoopbackPort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Start starts the member (again) and waits until /health says true.
+func (e *Etcd) Start() {
+	e.t.Helper()
+	path, err := LookTool("etcd")
+	if err != nil {
+		e.t.Fatalf("testenv: %v; %s", err, installHint)
+	}
+	cmd := exec.Command(path,
+		"--name", "t", "--data-dir", e.dir,
+		"--listen-client-urls", e.Endpoint, "--advertise-client-urls", e.Endpoint,
+		"--listen-peer-urls", e.peerURL, "--initial-advertise-peer-urls", e.peerURL,
+		"--initial-cluster", "t="+e.peerURL, "--initial-cluster-state", "new",
+		"--logger", "zap", "--log-outputs", "stderr")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	e.proc = host.StartCmd(e.t, cmd)
+	ctx, cancel := context.WithTimeout(context.Background(), etcdStartTimeout)
+	defer cancel()
+	var last error
+	for {
+		if last = e.healthy(ctx); last == nil {
+			return
+		}
+		if ok, werr := e.proc.Exited(); ok {
+			e.t.Fatalf("testenv: etcd exited (%v); output:\n%s", werr, e.proc.Tail(30))
+		}
+		select {
+		case <-ctx.Done():
+			e.t.Fatalf("testenv: etcd not healthy after %v: %v; output:\n%s", etcdStartTimeout, last, e.proc.Tail(30))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (e *Etcd) healthy(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second) // a local GET
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.Endpoint+"/health", nil)
+	if err != nil {
+		return err
+	}
+	req.Close = true // no idle connection (and its goroutines) left behind
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"health":"true"`) {
+		return fmt.Errorf("etcd /health: %s %s", resp.Status, b)
+	}
+	return nil
+}
+
+// Stop stops the member (SIGTERM, then SIGKILL) and waits for it to exit;
+// its data stays for the next Start.
+func (e *Etcd) Stop() {
+	e.t.Helper()
+	if err := e.proc.Stop(); err != nil {
+		e.t.Fatal(err)
+	}
+}

@@ -1,0 +1,92 @@
+// Package site is the interface between a gateway (tunnel.Gateway) and the
+// store the servers of a site share: revocations, bans and per-server
+// health records. It has no dependencies; the underpass binary's etcd
+// backend (internal/daemon/sitestore) implements it, and an embedder may
+// bring its own.
+//
+// The store is never on the packet path nor in a readiness check: a
+// gateway applies every record locally first and publishes it afterwards,
+// queueing what the store cannot take while it is unreachable (see
+// tunnel.Site.Store).
+package site
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// Kind says what a Record records.
+type Kind uint8
+
+// Record kinds.
+const (
+	// Revoked: the session Record.Session was ended by an operator or
+	// logged off. Every server ends it if it runs there and refuses its
+	// sealed cookie until Record.Until (the cookie's expiry).
+	Revoked Kind = iota + 1
+	// Banned: Record.Addr is banned for failed sign-ins until
+	// Record.Until on every server.
+	Banned
+	// Lifted: Record.Addr's ban is lifted on every server.
+	Lifted
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Revoked:
+		return "revoked"
+	case Banned:
+		return "banned"
+	case Lifted:
+		return "lifted"
+	}
+	return "unknown"
+}
+
+// Record is one fact shared by the servers of a site.
+type Record struct {
+	Kind    Kind
+	Session string     // Revoked: the sealed session id
+	Addr    netip.Addr // Banned, Lifted: the client address (the ban list's key)
+	// Until is when the record stops mattering (Revoked: the cookie's
+	// expiry; Banned: the ban's end). A store may forget the record then.
+	Until  time.Time
+	Server string // the server that published it (Site.ServerName)
+}
+
+// Health is one server's health record. A store keeps it for a limited
+// time (its TTL) after the last Announce, so a dead server disappears
+// without any leader noticing it.
+type Health struct {
+	Server   string    // Site.ServerName
+	Sessions int       // signed-in sessions on this server
+	Draining bool      // Shutdown has begun
+	Started  time.Time // when the gateway was created
+	Updated  time.Time // when this record was written
+}
+
+// Store is what a gateway needs of the site store. All methods are safe
+// for concurrent use. Errors mean "the store is unreachable or refused";
+// the gateway keeps working and retries.
+type Store interface {
+	// Publish stores r for every server. A Lifted record removes the
+	// address's Banned record.
+	Publish(ctx context.Context, r Record) error
+	// Watch calls fn, from one goroutine, with every record present when
+	// it starts and then with every record published after (its own
+	// included), until ctx ends; then it returns ctx.Err(). It survives
+	// store outages by itself: it resumes after the last record it
+	// delivered, and when the store has compacted that history it lists
+	// the records again (fn may see a record twice; applying one is
+	// idempotent).
+	Watch(ctx context.Context, fn func(Record)) error
+	// Announce writes this server's health record, which the store keeps
+	// for its TTL after the last Announce. A gateway announces every few
+	// seconds (tunnel.Site.Store's doc gives the interval).
+	Announce(ctx context.Context, h Health) error
+	// Withdraw removes this server's health record at once (at Close).
+	Withdraw(ctx context.Context, server string) error
+	// Servers lists the live health records, sorted by Server.
+	Servers(ctx context.Context) ([]Health, error)
+}

@@ -1,0 +1,242 @@
+package tunnel
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/underpass/underpass/tunnel/site"
+)
+
+// The site store's timing.
+const (
+	// siteAnnounceEvery is how often the health record is rewritten. With
+	// the etcd backend's 10 s TTL a server misses three announcements
+	// before it disappears, and a dead one is gone within 10 s (the
+	// issue's bound is 15 s).
+	siteAnnounceEvery = 3 * time.Second
+	// siteCallTimeout bounds each store call: the store is never waited
+	// on by a client, and a reachable etcd answers in milliseconds.
+	siteCallTimeout = 2 * time.Second
+	// siteRetryEvery is how often queued records are retried while the
+	// store is unreachable.
+	siteRetryEvery = time.Second
+	// siteMaxQueued caps the records queued during an outage (about
+	// 100 bytes each: a few MB). Beyond it the oldest is dropped and
+	// logged; a dropped revocation still applies here, and a dropped ban
+	// on the other servers only until its points are earned there.
+	siteMaxQueued = 1 << 15
+)
+
+// siteSync is the gateway's side of the site store (Site.Store): records
+// apply locally at once and wait in an outbox until the store takes them.
+type siteSync struct {
+	store  site.Store
+	server string
+	kick   chan struct{} // something was queued
+
+	up       atomic.Bool
+	dropped  atomic.Uint64
+	failures atomic.Uint64 // Publish calls that failed (the record stayed queued)
+
+	mu     sync.Mutex
+	outbox []site.Record
+}
+
+// SiteStoreStats is the gateway's view of its site store.
+type SiteStoreStats struct {
+	Configured bool   // Site.Store is set
+	Up         bool   // the store answered the gateway's last call
+	Queued     int    // records applied here, not yet published
+	Dropped    uint64 // records dropped from a full queue (siteMaxQueued)
+}
+
+func (g *Gateway) startSite(cfg *Config) {
+	if cfg.Site.Store == nil {
+		return
+	}
+	g.site = &siteSync{store: cfg.Site.Store, server: cfg.Site.name(), kick: make(chan struct{}, 1)}
+	g.wg.Add(2)
+	go g.siteWatch()
+	go g.siteLoop()
+}
+
+func (g *Gateway) siteStats() SiteStoreStats {
+	ss := g.site
+	if ss == nil {
+		return SiteStoreStats{}
+	}
+	ss.mu.Lock()
+	n := len(ss.outbox)
+	ss.mu.Unlock()
+	return SiteStoreStats{Configured: true, Up: ss.up.Load(), Queued: n, Dropped: ss.dropped.Load()}
+}
+
+// publish queues r for the site store. r has been applied here already.
+func (g *Gateway) publish(r site.Record) {
+	ss := g.site
+	if ss == nil {
+		return
+	}
+	r.Server = ss.server
+	ss.mu.Lock()
+	if len(ss.outbox) >= siteMaxQueued {
+		g.log.Warn("site store queue full: oldest record dropped", "kind", ss.outbox[0].Kind.String())
+		ss.outbox = ss.outbox[1:]
+		ss.dropped.Add(1)
+	}
+	ss.outbox = append(ss.outbox, r)
+	ss.mu.Unlock()
+	select {
+	case ss.kick <- struct{}{}:
+	default:
+	}
+}
+
+// setUp records whether the store answered, logging each change.
+func (g *Gateway) setUp(ok bool, err error) {
+	if g.site.up.Swap(ok) == ok {
+		return
+	}
+	if ok {
+		g.log.Info("site store available")
+	} else {
+		g.log.Warn("site store unavailable: revocations and bans apply here and are queued", "err", err)
+	}
+}
+
+// flush publishes queued records in order until the queue is empty or the
+// store fails.
+func (g *Gateway) flush(ctx context.Context) {
+	ss := g.site
+	for {
+		ss.mu.Lock()
+		if len(ss.outbox) == 0 {
+			ss.mu.Unlock()
+			return
+		}
+		r := ss.outbox[0]
+		ss.mu.Unlock()
+		cctx, cancel := context.WithTimeout(ctx, siteCallTimeout)
+		err := ss.store.Publish(cctx, r)
+		cancel()
+		g.setUp(err == nil, err)
+		if err != nil {
+			ss.failures.Add(1)
+			return
+		}
+		ss.mu.Lock()
+		if len(ss.outbox) > 0 && ss.outbox[0] == r {
+			ss.outbox = ss.outbox[1:]
+		}
+		ss.mu.Unlock()
+	}
+}
+
+func (g *Gateway) announce(ctx context.Context) {
+	ss := g.site
+	g.mu.Lock()
+	draining := g.draining
+	g.mu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, siteCallTimeout)
+	err := ss.store.Announce(cctx, site.Health{
+		Server: ss.server, Sessions: g.sessions.count(), Draining: draining,
+		Started: g.started, Updated: time.Now(),
+	})
+	cancel()
+	g.setUp(err == nil, err)
+}
+
+// siteLoop announces health and publishes the outbox. At Close it makes
+// one last attempt to publish and withdraws the health record.
+func (g *Gateway) siteLoop() {
+	defer g.wg.Done()
+	ss := g.site
+	g.announce(g.ctx)
+	announce := time.NewTicker(siteAnnounceEvery)
+	defer announce.Stop()
+	retry := time.NewTicker(siteRetryEvery)
+	defer retry.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			g.siteFinish()
+			return
+		case <-announce.C:
+			g.announce(g.ctx)
+			g.flush(g.ctx)
+		case <-retry.C:
+			g.flush(g.ctx)
+		case <-ss.kick:
+			g.flush(g.ctx)
+		}
+	}
+}
+
+// siteFinish makes one last, bounded attempt to publish the queue and
+// withdraws the health record, so the site sees this server leave at once.
+func (g *Gateway) siteFinish() {
+	ss := g.site
+	ctx, cancel := context.WithTimeout(context.Background(), siteCallTimeout)
+	defer cancel()
+	g.flush(ctx)
+	if err := ss.store.Withdraw(ctx, ss.server); err != nil {
+		g.log.Debug("site store: health record not withdrawn (it expires with its TTL)", "err", err)
+	}
+	ss.mu.Lock()
+	if n := len(ss.outbox); n > 0 {
+		g.log.Warn("site store unavailable at exit: records not published", "records", n)
+	}
+	ss.mu.Unlock()
+}
+
+func (g *Gateway) siteWatch() {
+	defer g.wg.Done()
+	_ = g.site.store.Watch(g.ctx, g.applyRecord)
+}
+
+// applyRecord applies a record from the store (another server's, or one of
+// this server's own coming back).
+func (g *Gateway) applyRecord(r site.Record) {
+	switch r.Kind {
+	case site.Revoked:
+		if r.Session == "" || !time.Now().Before(r.Until) {
+			return
+		}
+		g.mu.Lock()
+		if _, ok := g.revoked[r.Session]; !ok {
+			g.revoked[r.Session] = r.Until
+		}
+		g.mu.Unlock()
+		if s := g.sessions.get(r.Session); s != nil {
+			g.log.Info("session revoked on another server of the site", "session", r.Session, "server", r.Server)
+			g.endSession(s, EndOperator) // already in revoked: not published again
+		}
+	case site.Banned:
+		if b := g.conf().Bans; b != nil && r.Addr.IsValid() && !b.Banned(r.Addr) {
+			if b.Impose(r.Addr, r.Until) {
+				g.log.Info("client banned by another server of the site", "client_ip", r.Addr, "server", r.Server, "until", r.Until)
+			}
+		}
+	case site.Lifted:
+		if b := g.conf().Bans; b != nil && r.Addr.IsValid() {
+			b.Lift(r.Addr)
+		}
+	}
+}
+
+// LiftBan ends the ban on a client address (and forgets its points) on
+// this server and, with a site store, on every server of the site. It
+// reports whether a ban was active here.
+func (g *Gateway) LiftBan(a netip.Addr) bool {
+	b := g.conf().Bans
+	if b == nil || !a.IsValid() {
+		return false
+	}
+	a = a.Unmap()
+	was := b.Lift(a)
+	g.publish(site.Record{Kind: site.Lifted, Addr: a})
+	return was
+}
