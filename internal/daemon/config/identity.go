@@ -60,6 +60,11 @@ type SSOFile struct {
 	// default they last session_timeout (the policy is re-checked on
 	// every resume).
 	CapAtTokenExpiry bool `yaml:"cap_at_token_expiry"`
+	// Refresh asks the IdP for a refresh token (adds the offline_access
+	// scope) and renews SSO sessions with it each time the ID token
+	// expires, re-checking the access policy; a refused renewal ends the
+	// session. Excludes cap_at_token_expiry.
+	Refresh bool `yaml:"refresh"`
 }
 
 // CertsFile configures client-certificate sign-in.
@@ -125,6 +130,9 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 		}
 		if s.LoginTTL < 0 {
 			bad("identity", "sso.login_ttl: must not be negative")
+		}
+		if s.Refresh && s.CapAtTokenExpiry {
+			bad("identity", "sso.refresh and sso.cap_at_token_expiry exclude each other: renew the sign-in, or end the session with the ID token")
 		}
 		if f.SessionKey == "" {
 			bad("identity", "sso needs session_key (the site key that seals each sign-in step; 32 random bytes, base64)")
@@ -326,7 +334,7 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 		}
 	}
 	sso, err := auth.NewSSO(auth.SSOConfig{OIDC: v, PublicURL: public, Sealer: t.Sealer, Policy: t.Policy,
-		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Logger: log})
+		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Refresh: sf.Refresh, Logger: log})
 	if err != nil {
 		v.Close()
 		return nil, nil, err

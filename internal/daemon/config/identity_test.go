@@ -8,8 +8,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -39,6 +43,8 @@ func TestIdentityValidation(t *testing.T) {
 		{"sso without session key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw}, sso: {}}\n", []string{"sso needs session_key"}},
 		{"sso negative ttl", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, login_ttl: -1m}, session_key: " + key + "}\n", []string{"sso.login_ttl"}},
 		{"sso http public url", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, public_url: 'http://vpn'}, session_key: " + key + "}\n", []string{"sso.public_url"}},
+		{"sso refresh and cap", "\nidentity:\n  sso: {issuer: 'https://idp.example', client_id: gw, refresh: true, cap_at_token_expiry: true}\n  session_key: " + key + "\n", []string{"gw.yaml:2: identity", "sso.refresh and sso.cap_at_token_expiry exclude each other"}},
+		{"sso refresh not a bool", "identity:\n  sso: {issuer: 'https://idp.example', client_id: gw, refresh: sometimes}\n  session_key: " + key + "\n", []string{"gw.yaml: line 2:", "sometimes", "into bool"}},
 		{"sso unknown key", "\n\nidentity:\n  sso: {issuer: 'https://idp.example', client_id: gw, colour: blue}\n", []string{"gw.yaml:", "colour"}},
 	}
 	dir := t.TempDir()
@@ -135,7 +141,7 @@ pre_login_banner: "Authorised use only."
 site: {host: vpn.example.com}
 identity:
   oidc: {issuer: %q, client_id: %q, client_secret: %q}
-  sso: {scopes: [openid, email, groups, profile], login_ttl: 5m}
+  sso: {scopes: [openid, email, groups, profile], login_ttl: 5m, refresh: true}
   session_key: %q
 `, d.Issuer, d.ClientID, d.ClientSecret, auth.GenerateSealerKey())
 	c, err := Parse("gw.yaml", []byte(doc))
@@ -160,6 +166,13 @@ identity:
 	f, err := s.Begin(k)
 	if err != nil || !strings.HasPrefix(f.LoginURL, "https://vpn.example.com:8443/vpn-4f9c/sso/login?t=") {
 		t.Fatalf("%+v %v", f, err)
+	}
+	// refresh: true asks the IdP for a refresh token.
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, strings.TrimPrefix(f.LoginURL, "https://vpn.example.com:8443"), nil))
+	loc, err := url.Parse(rec.Header().Get("Location"))
+	if err != nil || rec.Code != http.StatusFound || !slices.Contains(strings.Fields(loc.Query().Get("scope")), auth.ScopeOfflineAccess) {
+		t.Fatalf("login redirect without offline_access: %d %q", rec.Code, rec.Header().Get("Location"))
 	}
 
 	c, err = Parse("gw.yaml", []byte(strings.Replace(doc, "site: {host: vpn.example.com}\n", "", 1)))
