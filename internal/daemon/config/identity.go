@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +43,37 @@ type OIDCFile struct {
 	DeviceIDClaim string   `yaml:"device_id_claim"`
 	PasswordGrant bool     `yaml:"password_grant"` // usernames and passwords are checked at the IdP
 	OfferBearer   *bool    `yaml:"offer_bearer"`   // default true: openconnect --token-mode=oidc
+	// EntraTenant pins an Entra ID tenant (its GUID): tokens of both its
+	// issuers are accepted and must carry tid and oid. Default: taken from
+	// an Entra issuer URL.
+	EntraTenant string `yaml:"entra_tenant"`
+	// RolesClaim names the app-roles claim the policy matches like groups
+	// (default roles; "-" ignores it).
+	RolesClaim string `yaml:"roles_claim"`
+	// Skew is the clock-skew allowance for exp, nbf and iat (default 1m;
+	// Entra deployments commonly use 5m; at most 1h).
+	Skew Duration `yaml:"skew"`
+}
+
+// maxSkew bounds oidc.skew: a larger allowance would accept tokens that
+// expired hours ago (Entra's own tokens live 60-90 minutes).
+const maxSkew = Duration(time.Hour)
+
+// entraTenantID is an Entra ID tenant ID: a GUID.
+var entraTenantID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// config is the verifier configuration these keys give (the caller adds
+// the HTTP client and logger).
+func (o *OIDCFile) config() auth.OIDCConfig {
+	aud := o.Audiences
+	if len(aud) == 0 {
+		aud = []string{o.ClientID}
+	}
+	return auth.OIDCConfig{
+		Issuer: o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
+		GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim,
+		EntraTenant: o.EntraTenant, RolesClaim: o.RolesClaim, Skew: time.Duration(o.Skew),
+	}
 }
 
 // SSOFile configures browser sign-in (SSO v2 external browser: openconnect
@@ -115,6 +148,16 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 		}
 		if o.PasswordGrant && o.ClientSecret == "" {
 			bad("identity", "oidc.password_grant needs oidc.client_secret")
+		}
+		switch t := o.EntraTenant; {
+		case t == "":
+		case slices.Contains([]string{"common", "organizations", "consumers"}, strings.ToLower(t)):
+			bad("identity", "oidc.entra_tenant %q accepts tokens of any tenant; set your tenant ID (a GUID)", t)
+		case !entraTenantID.MatchString(t):
+			bad("identity", "oidc.entra_tenant %q: want the tenant ID, a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47", t)
+		}
+		if o.Skew < 0 || o.Skew > maxSkew {
+			bad("identity", "oidc.skew %v: want 0 (default 1m) up to %v", time.Duration(o.Skew), time.Duration(maxSkew))
 		}
 	}
 	if s := f.SSO; s != nil {
@@ -208,19 +251,13 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 	f := c.IdentityFile
 	if f != nil && f.OIDC != nil {
 		o := f.OIDC
-		aud := o.Audiences
-		if len(aud) == 0 {
-			aud = []string{o.ClientID}
-		}
 		hc, err := outbound.Client(c.ExtraRootsDir)
 		if err != nil {
 			return nil, fmt.Errorf("identity.oidc: %w", err)
 		}
-		v, err := auth.NewOIDC(ctx, auth.OIDCConfig{
-			HTTPClient: hc,
-			Issuer:     o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
-			GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim, Logger: log,
-		})
+		oc := o.config()
+		oc.HTTPClient, oc.Logger = hc, log
+		v, err := auth.NewOIDC(ctx, oc)
 		if err != nil {
 			return nil, fmt.Errorf("identity.oidc: %w", err)
 		}
@@ -315,6 +352,10 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 		}
 		oc.GroupsClaim = cmpOr(oc.GroupsClaim, o.GroupsClaim)
 		oc.EmailClaim, oc.DeviceIDClaim = o.EmailClaim, o.DeviceIDClaim
+		oc.RolesClaim, oc.Skew = o.RolesClaim, time.Duration(o.Skew)
+		if oc.Issuer == o.Issuer {
+			oc.EntraTenant = o.EntraTenant // the tenant of the same IdP
+		}
 	}
 	hc, err := outbound.Client(c.ExtraRootsDir)
 	if err != nil {

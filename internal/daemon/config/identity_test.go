@@ -38,6 +38,11 @@ func TestIdentityValidation(t *testing.T) {
 		{"negative bans", "identity: {bans: {threshold: -1}}\n", []string{"bans"}},
 		{"bad session key", "identity: {session_key: short}\n", []string{"session_key"}},
 		{"unknown key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, colour: blue}}\n", []string{"colour"}},
+		{"entra multi-tenant alias", "\n\nidentity: {oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: organizations}}\n", []string{"gw.yaml:3: identity", `oidc.entra_tenant "organizations" accepts tokens of any tenant`}},
+		{"entra tenant not a GUID", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: contoso.com}}\n", []string{"gw.yaml:1: identity", `oidc.entra_tenant "contoso.com": want the tenant ID, a GUID`}},
+		{"negative skew", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: -1m}}\n", []string{"gw.yaml:1: identity", "oidc.skew -1m0s"}},
+		{"skew over an hour", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: 2h}}\n", []string{"oidc.skew 2h0m0s: want 0 (default 1m) up to 1h0m0s"}},
+		{"skew not a duration", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: 5}}\n", []string{"gw.yaml: line 1:", `"5" is not a duration`}},
 		{"sso without issuer", "identity: {sso: {client_id: gw}, session_key: " + key + "}\n", []string{"gw.yaml:1: identity", "sso.issuer"}},
 		{"sso without client id", "identity: {sso: {issuer: 'https://idp.example'}, session_key: " + key + "}\n", []string{"sso.client_id"}},
 		{"sso without session key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw}, sso: {}}\n", []string{"sso needs session_key"}},
@@ -82,6 +87,51 @@ func TestIdentityValidation(t *testing.T) {
 	id := &c.Tunnel
 	if id.ClientCerts == nil || !id.ClientCerts.DeviceMode() || id.Sealer == nil || id.Policy == nil || id.Bans == nil || id.Authenticator == nil {
 		t.Fatalf("identity not built: %+v", id)
+	}
+}
+
+// TestOIDCKeys: entra_tenant, roles_claim and skew reach the verifier's
+// configuration, in the oidc section and in the sso section that shares
+// its IdP.
+func TestOIDCKeys(t *testing.T) {
+	const tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	c, err := Parse("gw.yaml", []byte("identity:\n  oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: "+tenant+", roles_claim: app_roles, skew: 5m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc := c.IdentityFile.OIDC.config()
+	if oc.EntraTenant != tenant || oc.RolesClaim != "app_roles" || oc.Skew != 5*time.Minute || oc.Audiences[0] != "gw" {
+		t.Fatalf("oidc config: %+v", oc)
+	}
+}
+
+// TestOIDCKeysWithDex: with roles_claim the policy's roles come from the
+// named claim of a real IdP's token (Dex's groups here), and with
+// entra_tenant a token without that tenant (Dex's) is refused.
+func TestOIDCKeysWithDex(t *testing.T) {
+	d := dextest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	build := func(extra string) (*auth.Identity, error) {
+		doc := fmt.Sprintf("identity:\n  oidc: {issuer: %q, client_id: %q, client_secret: %q, password_grant: true, %s}\n", d.Issuer, d.ClientID, d.ClientSecret, extra)
+		c, err := Parse("gw.yaml", []byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		release, err := c.BuildIdentity(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer release()
+		return c.Tunnel.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: dextest.Alice.Password})
+	}
+	if id, err := build("roles_claim: groups, skew: 5m"); err != nil || !slices.Contains(id.Roles, "vpn-users") {
+		t.Fatalf("roles from the groups claim: %+v %v", id, err)
+	}
+	// Dex's token names no tenant: refused as another tenant's.
+	var te *auth.TokenError
+	if id, err := build("entra_tenant: 72f988bf-86f1-41af-91ab-2d7cd011db47"); !errors.As(err, &te) || te.Detail != "another tenant" {
+		t.Fatalf("a token of no Entra tenant: %+v %v", id, err)
 	}
 }
 
