@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -154,14 +155,23 @@ func (f *fakeIdP) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"Invalid username or password"}`))
 		return
 	}
+	f.writeTokens(w, user, groups, nil)
+}
+
+// writeTokens answers a grant with an hour-long ID token for user (plus
+// extra claims) and an opaque access token.
+func (f *fakeIdP) writeTokens(w http.ResponseWriter, user string, groups []string, extra map[string]any) map[string]any {
 	now := time.Now()
-	idt := f.sign("rsa1", map[string]any{
+	claims := map[string]any{
 		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + user, "email": user,
 		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-	})
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
-	})
+	}
+	maps.Copy(claims, extra)
+	resp := map[string]any{"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": f.sign("rsa1", claims)}
+	if w != nil {
+		_ = json.NewEncoder(w).Encode(resp)
+	}
+	return resp
 }
 
 // codeGrant redeems a code issued with f.issueCode, checking PKCE S256
@@ -178,12 +188,7 @@ func (f *fakeIdP) codeGrant(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
 		return
 	}
-	now := time.Now()
-	idt := f.sign("rsa1", map[string]any{
-		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + c.user, "email": c.user, "nonce": c.nonce,
-		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-	})
-	resp := map[string]any{"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt}
+	resp := f.writeTokens(nil, c.user, groups, map[string]any{"nonce": c.nonce})
 	if c.offline {
 		resp["refresh_token"] = f.newRefresh(c.user)
 	}
@@ -218,15 +223,9 @@ func (f *fakeIdP) refreshGrant(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"refresh token unknown or used"}`))
 		return
 	}
-	now := time.Now()
-	idt := f.sign("rsa1", map[string]any{
-		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + user, "email": user,
-		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-	})
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
-		"refresh_token": f.newRefresh(user),
-	})
+	resp := f.writeTokens(nil, user, groups, nil)
+	resp["refresh_token"] = f.newRefresh(user)
+	_ = json.NewEncoder(w).Encode(resp)
 }
 
 // issueCode registers an authorization code, as the IdP's login page

@@ -52,6 +52,18 @@ func sessionByID(gw *tunnel.Gateway, id string) (tunnel.SessionInfo, bool) {
 	return tunnel.SessionInfo{}, false
 }
 
+// waitEnded waits for session id of site to end and returns why.
+func waitEnded(t *testing.T, site *ssoSite, id string) tunnel.EndReason {
+	t.Helper()
+	var why tunnel.EndReason
+	waitFor(t, renewWait, "the session to end", func() bool {
+		var ended bool
+		why, ended = site.ended(id)
+		return ended
+	})
+	return why
+}
+
 // TestSSORefresh runs SSO sessions with refresh (offline_access) against
 // a real Dex whose ID tokens last 2 seconds: a session outlives many ID
 // tokens, renewed by the IdP each time (its token expiry moves on, its
@@ -97,12 +109,7 @@ func TestSSORefresh(t *testing.T) {
 		// at the 2-second ID token's expiry, is refused.
 		site := startSSOSiteWith(t, dextest.Options{IDTokenTTL: "2s", RefreshTokenLifetime: "1s"}, nil, 2, refresh)
 		cookie, s := ssoSignIn(t, site, 0, dextest.Alice)
-		var why tunnel.EndReason
-		waitFor(t, renewWait, "the session to end", func() bool {
-			var ended bool
-			why, ended = site.ended(s.ID)
-			return ended
-		})
+		why := waitEnded(t, site, s.ID)
 		if why != tunnel.EndRenewalFailed {
 			t.Fatalf("ended with %q, want %q", why, tunnel.EndRenewalFailed)
 		}
@@ -130,12 +137,7 @@ func TestSSORefresh(t *testing.T) {
 		site := startSSOSiteWith(t, dextest.Options{IDTokenTTL: "2s"}, policy, 1, refresh)
 		_, s := ssoSignIn(t, site, 0, dextest.Alice)
 		removed.Store(true)
-		var why tunnel.EndReason
-		waitFor(t, renewWait, "the session to end", func() bool {
-			var ended bool
-			why, ended = site.ended(s.ID)
-			return ended
-		})
+		why := waitEnded(t, site, s.ID)
 		if why != tunnel.EndPolicyDenied {
 			t.Fatalf("ended with %q, want %q", why, tunnel.EndPolicyDenied)
 		}

@@ -105,6 +105,22 @@ func TestOIDCKeys(t *testing.T) {
 	}
 }
 
+// buildIdentity parses doc and builds its identity section, released
+// when the test ends.
+func buildIdentity(t *testing.T, ctx context.Context, doc string) *Config {
+	t.Helper()
+	c, err := Parse("gw.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := c.BuildIdentity(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	return c
+}
+
 // TestOIDCKeysWithDex: with roles_claim the policy's roles come from the
 // named claim of a real IdP's token (Dex's groups here), and with
 // entra_tenant a token without that tenant (Dex's) is refused.
@@ -113,16 +129,7 @@ func TestOIDCKeysWithDex(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	build := func(extra string) (*auth.Identity, error) {
-		doc := fmt.Sprintf("identity:\n  oidc: {issuer: %q, client_id: %q, client_secret: %q, password_grant: true, %s}\n", d.Issuer, d.ClientID, d.ClientSecret, extra)
-		c, err := Parse("gw.yaml", []byte(doc))
-		if err != nil {
-			t.Fatal(err)
-		}
-		release, err := c.BuildIdentity(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer release()
+		c := buildIdentity(t, ctx, fmt.Sprintf("identity:\n  oidc: {issuer: %q, client_id: %q, client_secret: %q, password_grant: true, %s}\n", d.Issuer, d.ClientID, d.ClientSecret, extra))
 		return c.Tunnel.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: dextest.Alice.Password})
 	}
 	if id, err := build("roles_claim: groups, skew: 5m"); err != nil || !slices.Contains(id.Roles, "vpn-users") {
@@ -194,15 +201,7 @@ identity:
   sso: {scopes: [openid, email, groups, profile], login_ttl: 5m, refresh: true}
   session_key: %q
 `, d.Issuer, d.ClientID, d.ClientSecret, auth.GenerateSealerKey())
-	c, err := Parse("gw.yaml", []byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	release, err := c.BuildIdentity(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer release()
+	c := buildIdentity(t, ctx, doc)
 	if c.Tunnel.PreLoginBanner != "Authorised use only." {
 		t.Fatalf("pre_login_banner: %q", c.Tunnel.PreLoginBanner)
 	}
