@@ -337,11 +337,11 @@ func cmpOr(a, b string) string {
 	return b
 }
 
-// buildSSO makes the browser sign-in: its own OIDC verifier (the sso
-// section's IdP and client, defaulting to the oidc section's), sealed with
-// the site key, checked against the section's policy.
-func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, log *slog.Logger) (*auth.SSO, func(), error) {
-	oc := auth.OIDCConfig{Issuer: sf.Issuer, ClientID: sf.ClientID, ClientSecret: sf.ClientSecret, Scopes: sf.Scopes, GroupsClaim: sf.GroupsClaim, Logger: log}
+// ssoOIDCConfig is the sso section's verifier configuration: its own
+// keys, else the oidc section's (claims, roles claim and skew always; the
+// Entra tenant when both name the same issuer).
+func (c *Config) ssoOIDCConfig(sf *SSOFile) auth.OIDCConfig {
+	oc := auth.OIDCConfig{Issuer: sf.Issuer, ClientID: sf.ClientID, ClientSecret: sf.ClientSecret, Scopes: sf.Scopes, GroupsClaim: sf.GroupsClaim}
 	if o := c.IdentityFile.OIDC; o != nil {
 		oc.Issuer, oc.ClientID = cmpOr(oc.Issuer, o.Issuer), cmpOr(oc.ClientID, o.ClientID)
 		if sf.ClientID == "" {
@@ -357,6 +357,15 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 			oc.EntraTenant = o.EntraTenant // the tenant of the same IdP
 		}
 	}
+	return oc
+}
+
+// buildSSO makes the browser sign-in: its own OIDC verifier (the sso
+// section's IdP and client, defaulting to the oidc section's), sealed with
+// the site key, checked against the section's policy.
+func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, log *slog.Logger) (*auth.SSO, func(), error) {
+	oc := c.ssoOIDCConfig(sf)
+	oc.Logger = log
 	hc, err := outbound.Client(c.ExtraRootsDir)
 	if err != nil {
 		return nil, nil, err

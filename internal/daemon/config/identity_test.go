@@ -103,6 +103,14 @@ func TestOIDCKeys(t *testing.T) {
 	if oc.EntraTenant != tenant || oc.RolesClaim != "app_roles" || oc.Skew != 5*time.Minute || oc.Audiences[0] != "gw" {
 		t.Fatalf("oidc config: %+v", oc)
 	}
+	// The sso section inherits them; the tenant only for the same issuer.
+	sc := c.ssoOIDCConfig(&SSOFile{})
+	if sc.EntraTenant != tenant || sc.RolesClaim != "app_roles" || sc.Skew != 5*time.Minute || sc.Issuer != "https://idp.example" {
+		t.Fatalf("sso config: %+v", sc)
+	}
+	if sc := c.ssoOIDCConfig(&SSOFile{Issuer: "https://other.example"}); sc.EntraTenant != "" || sc.RolesClaim != "app_roles" {
+		t.Fatalf("sso config for another IdP: %+v", sc)
+	}
 }
 
 // buildIdentity parses doc and builds its identity section, released
