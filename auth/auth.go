@@ -53,6 +53,11 @@ type Identity struct {
 	// Method names how the identity was established: "password",
 	// "token", "sso", "certificate", "static".
 	Method string
+	// Refresh, when set, is the IdP's refresh token sealed with the site
+	// key (SSOConfig.Refresh): opaque outside this package, only
+	// SSO.Refresh opens it. Such an identity is renewed when Expiry
+	// passes instead of ending there.
+	Refresh string
 }
 
 // Authenticator verifies credentials.

@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -36,12 +37,18 @@ type fakeIdP struct {
 	aud    string
 	// codes for the authorization-code grant: code -> what it redeems.
 	codes map[string]fakeCode
+	// refresh tokens for the refresh grant: token -> user. Each use
+	// rotates the token (the old one stops working), as Dex does;
+	// refreshAs, if set, names another user in the renewed ID token.
+	refresh   map[string]string
+	refreshAs string
 }
 
 // fakeCode is an authorization code the test issued (the fake has no
 // login page): the PKCE challenge it was bound to and the ID token's nonce.
 type fakeCode struct {
 	challenge, nonce, user string
+	offline                bool // also issue a refresh token
 }
 
 type signKey struct {
@@ -125,8 +132,12 @@ func (f *fakeIdP) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_client"}`))
 		return
 	}
-	if r.FormValue("grant_type") == "authorization_code" {
+	switch r.FormValue("grant_type") {
+	case "authorization_code":
 		f.codeGrant(w, r)
+		return
+	case "refresh_token":
+		f.refreshGrant(w, r)
 		return
 	}
 	if r.FormValue("grant_type") != "password" {
@@ -144,14 +155,23 @@ func (f *fakeIdP) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"Invalid username or password"}`))
 		return
 	}
+	f.writeTokens(w, user, groups, nil)
+}
+
+// writeTokens answers a grant with an hour-long ID token for user (plus
+// extra claims) and an opaque access token.
+func (f *fakeIdP) writeTokens(w http.ResponseWriter, user string, groups []string, extra map[string]any) map[string]any {
 	now := time.Now()
-	idt := f.sign("rsa1", map[string]any{
+	claims := map[string]any{
 		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + user, "email": user,
 		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-	})
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
-	})
+	}
+	maps.Copy(claims, extra)
+	resp := map[string]any{"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": f.sign("rsa1", claims)}
+	if w != nil {
+		_ = json.NewEncoder(w).Encode(resp)
+	}
+	return resp
 }
 
 // codeGrant redeems a code issued with f.issueCode, checking PKCE S256
@@ -168,14 +188,44 @@ func (f *fakeIdP) codeGrant(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
 		return
 	}
-	now := time.Now()
-	idt := f.sign("rsa1", map[string]any{
-		"iss": f.srv.URL, "aud": f.aud, "sub": "id-" + c.user, "email": c.user, "nonce": c.nonce,
-		"groups": groups, "iat": now.Unix(), "exp": now.Add(time.Hour).Unix(),
-	})
-	_ = json.NewEncoder(w).Encode(map[string]any{
-		"access_token": "opaque-access", "token_type": "bearer", "expires_in": 3600, "id_token": idt,
-	})
+	resp := f.writeTokens(nil, c.user, groups, map[string]any{"nonce": c.nonce})
+	if c.offline {
+		resp["refresh_token"] = f.newRefresh(c.user)
+	}
+	_ = json.NewEncoder(w).Encode(resp)
+}
+
+// newRefresh issues a refresh token for user.
+func (f *fakeIdP) newRefresh(user string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.refresh == nil {
+		f.refresh = make(map[string]string)
+	}
+	rt := "rt-" + RandomID()
+	f.refresh[rt] = user
+	return rt
+}
+
+// refreshGrant redeems a refresh token once (RFC 6749 §6) for a new ID
+// token and a rotated refresh token.
+func (f *fakeIdP) refreshGrant(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	user, ok := f.refresh[r.FormValue("refresh_token")]
+	delete(f.refresh, r.FormValue("refresh_token"))
+	if f.refreshAs != "" {
+		user = f.refreshAs
+	}
+	groups := f.groups[user]
+	f.mu.Unlock()
+	if !ok {
+		w.WriteHeader(http.StatusBadRequest)
+		_, _ = w.Write([]byte(`{"error":"invalid_grant","error_description":"refresh token unknown or used"}`))
+		return
+	}
+	resp := f.writeTokens(nil, user, groups, nil)
+	resp["refresh_token"] = f.newRefresh(user)
+	_ = json.NewEncoder(w).Encode(resp)
 }
 
 // issueCode registers an authorization code, as the IdP's login page

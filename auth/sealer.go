@@ -38,6 +38,9 @@ type SessionClaims struct {
 	// TokenExpiry is when the sign-in credential expires (zero: none);
 	// Expiry is already capped to it unless configured otherwise.
 	TokenExpiry time.Time `json:"tex,omitzero"`
+	// Refresh is Identity.Refresh (itself sealed), so any server of the
+	// site can renew the sign-in.
+	Refresh string `json:"rf,omitempty"`
 }
 
 // NewSessionClaims copies an identity into session claims, keeping only
@@ -56,6 +59,7 @@ func NewSessionClaims(id *Identity, keepClaims []string, issued, expiry time.Tim
 		IssuedAt:    issued,
 		Expiry:      expiry,
 		TokenExpiry: id.Expiry,
+		Refresh:     id.Refresh,
 	}
 	for _, k := range keepClaims {
 		if v, ok := id.Claims[k]; ok {
@@ -81,6 +85,7 @@ func (sc *SessionClaims) Identity() *Identity {
 		Claims:        sc.Claims,
 		Expiry:        sc.TokenExpiry,
 		Method:        sc.Method,
+		Refresh:       sc.Refresh,
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +84,17 @@ type SSOConfig struct {
 	// maximum session age (tunnel.Config.SessionTimeout, R-C5), and the
 	// access policy is re-checked whenever it resumes.
 	CapAtTokenExpiry bool
+	// Refresh asks the IdP for a refresh token (the offline_access scope,
+	// OpenID Connect Core §11, added to Scopes) and renews the sign-in
+	// with it each time the ID token expires (SSO.Refresh, RFC 6749 §6):
+	// the IdP judges the user again (a disabled account or a revoked grant
+	// is refused), and the caller re-checks the access policy on the
+	// renewed groups and claims (R-A4). A renewal that fails ends the
+	// session. The refresh token is sealed with the site key wherever it
+	// goes (the one-time token, Identity.Refresh, the session cookie); the
+	// client never sees it in clear. It cannot be combined with
+	// CapAtTokenExpiry.
+	Refresh bool
 	// Logger receives operational messages (never codes or tokens).
 	// Default: discard.
 	Logger *slog.Logger
@@ -115,11 +127,16 @@ const (
 
 // Seal purposes: a value sealed for one never opens as another.
 const (
-	purposeTicket = "underpass sso ticket v1"
-	purposeOpaque = "underpass sso opaque v1"
-	purposeState  = "underpass sso state v1"
-	purposeToken  = "underpass sso token v1"
+	purposeTicket  = "underpass sso ticket v1"
+	purposeOpaque  = "underpass sso opaque v1"
+	purposeState   = "underpass sso state v1"
+	purposeToken   = "underpass sso token v1"
+	purposeRefresh = "underpass sso refresh v1"
 )
+
+// ScopeOfflineAccess asks an OIDC IdP for a refresh token (OpenID Connect
+// Core §11).
+const ScopeOfflineAccess = "offline_access"
 
 // NewSSO checks cfg and prepares the OAuth2 client.
 func NewSSO(cfg SSOConfig) (*SSO, error) {
@@ -139,8 +156,14 @@ func NewSSO(cfg SSOConfig) (*SSO, error) {
 	if cfg.LoginTTL <= 0 {
 		cfg.LoginTTL = defaultLoginTTL
 	}
+	if cfg.Refresh && cfg.CapAtTokenExpiry {
+		return nil, errors.New("auth: sso: refresh and capping the session at the ID token's expiry exclude each other")
+	}
 	if len(cfg.Scopes) == 0 {
 		cfg.Scopes = cfg.OIDC.cfg.Scopes
+	}
+	if cfg.Refresh && !slices.Contains(cfg.Scopes, ScopeOfflineAccess) {
+		cfg.Scopes = append(slices.Clip(cfg.Scopes), ScopeOfflineAccess)
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -199,6 +222,16 @@ type ssoToken struct {
 	Identity *SessionClaims `json:"id,omitempty"`
 	Refusal  string         `json:"r,omitempty"`
 	Kind     string         `json:"k,omitempty"` // refusal kind: denied, failed, unavailable
+	// Refresh is the IdP's refresh token (SSOConfig.Refresh), in clear
+	// inside this sealed token: sealing it twice would cost the
+	// listener's request line about 150 bytes.
+	Refresh string `json:"rt,omitempty"`
+}
+
+// ssoRefresh is a sealed refresh token (Identity.Refresh).
+type ssoRefresh struct {
+	Token   string `json:"t"`
+	Subject string `json:"s"` // Identity.Subject, else User, at sign-in: a renewal must name the same principal
 }
 
 // SSOError is a failed browser sign-in. Reason is safe to show the user.
@@ -283,10 +316,79 @@ func (s *SSO) Finish(_ context.Context, key *STRAPKey, opaque, token string) (*I
 	}
 	id := t.Identity.Identity()
 	id.Method = "sso"
-	if !s.cfg.CapAtTokenExpiry {
+	switch {
+	case t.Refresh != "":
+		// Expiry stays: it says when to renew (Identity.Refresh).
+		r, err := s.seal(purposeRefresh, &ssoRefresh{Token: t.Refresh, Subject: principal(id)})
+		if err != nil {
+			return nil, err
+		}
+		id.Refresh = r
+	case !s.cfg.CapAtTokenExpiry:
 		id.Expiry = time.Time{} // the session timeout alone bounds the session
 	}
 	return id, nil
+}
+
+// principal names whom an identity is: the stable Subject if the IdP gave
+// one, else the user name.
+func principal(id *Identity) string {
+	if id.Subject != "" {
+		return id.Subject
+	}
+	return id.User
+}
+
+// Refresh renews an SSO sign-in with its refresh token (SSOConfig.Refresh;
+// RFC 6749 §6; OpenID Connect Core §12): id is the session's identity,
+// whose Refresh holds the sealed refresh token. The IdP's new ID token goes
+// through the same verifier as at sign-in and must name the same principal
+// (Subject, else User). The result is the renewed identity (groups, roles
+// and claims as the IdP now states them; Expiry the new ID token's; the
+// device ID kept; Refresh the possibly rotated token, sealed again) for
+// the caller's access-policy re-check (R-A4). Refresh does not check the
+// policy itself. Errors are *SSOError: the IdP refused (wrapping
+// ErrInvalidCredentials, e.g. invalid_grant for an expired or revoked
+// refresh token or a disabled user) or could not be used
+// (ErrUnavailable). Each call is one IdP round trip, bounded by 20 s.
+func (s *SSO) Refresh(ctx context.Context, id *Identity) (*Identity, error) {
+	var r ssoRefresh
+	if id == nil || s.open(purposeRefresh, id.Refresh, &r) != nil {
+		return nil, &SSOError{Reason: "the sign-in cannot be renewed (no valid refresh token); sign in again"}
+	}
+	ctx, cancel := context.WithTimeout(ctx, ssoExchangeTimeout)
+	defer cancel()
+	ctx = context.WithValue(ctx, oauth2.HTTPClient, s.cfg.OIDC.cfg.HTTPClient)
+	// An empty access token makes the token source refresh at once.
+	tok, err := s.conf.TokenSource(ctx, &oauth2.Token{RefreshToken: r.Token}).Token()
+	if err != nil {
+		var re *oauth2.RetrieveError
+		if errors.As(err, &re) {
+			s.log.Info("auth: sso: renewal refused by the identity provider", "user", id.User, "error", clip(re.ErrorCode, 64))
+			return nil, &SSOError{Reason: "the identity provider refused to renew the sign-in (" + clip(re.ErrorCode, 64) + "); sign in again"}
+		}
+		s.log.Warn("auth: sso: renewal failed", "user", id.User, "err", classifyGrantError(err))
+		return nil, &SSOError{Reason: "the identity provider could not be reached to renew the sign-in", Unavailable: true}
+	}
+	raw, _ := tok.Extra("id_token").(string)
+	if raw == "" {
+		return nil, &SSOError{Reason: "the identity provider renewed the sign-in without an ID token", Unavailable: true}
+	}
+	nid, err := s.cfg.OIDC.VerifyToken(ctx, raw)
+	if err != nil {
+		s.log.Warn("auth: sso: renewed ID token rejected", "user", id.User, "err", err)
+		return nil, &SSOError{Reason: "the identity provider's renewed token was not accepted", Unavailable: !errors.Is(err, ErrInvalidCredentials)}
+	}
+	if principal(nid) != r.Subject {
+		s.log.Warn("auth: sso: renewal names another user", "user", id.User, "renewed_user", nid.User)
+		return nil, &SSOError{Reason: "the identity provider renewed the sign-in for another user"}
+	}
+	rt := tok.RefreshToken // the old one when the IdP did not rotate it (the token source keeps it)
+	if nid.Refresh, err = s.seal(purposeRefresh, &ssoRefresh{Token: rt, Subject: r.Subject}); err != nil {
+		return nil, err
+	}
+	nid.Method, nid.DeviceID = "sso", id.DeviceID
+	return nid, nil
 }
 
 // BasePath is PublicURL's path ("" or e.g. "/vpn-4f9c"): the browser
@@ -428,10 +530,18 @@ func (s *SSO) callback(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	t := &ssoToken{ID: st.ID}
+	if s.cfg.Refresh {
+		if t.Refresh = tok.RefreshToken; t.Refresh == "" {
+			s.log.Warn("auth: sso: no refresh token from the identity provider; does it grant offline_access to this client?", "user", id.User)
+			s.refuse(w, key, st.ID, "unavailable", "the identity provider issued no refresh token (offline_access) for renewing the sign-in")
+			return
+		}
+	}
 	now := s.cfg.Now()
-	sc := NewSessionClaims(id, s.claimNames(), now, now.Add(ssoTokenTTL))
+	t.Identity = NewSessionClaims(id, s.claimNames(), now, now.Add(ssoTokenTTL))
 	s.log.Info("auth: sso: signed in at the identity provider", "user", id.User)
-	s.deliver(w, key, &ssoToken{ID: st.ID, Identity: sc})
+	s.deliver(w, key, t)
 }
 
 // claimNames: the claims the policy reads, kept in the token so the
@@ -456,9 +566,10 @@ func (s *SSO) deliver(w http.ResponseWriter, key *STRAPKey, t *ssoToken) {
 	t.TokenID, t.KeyHash, t.Exp = RandomID(), h[:], s.cfg.Now().Add(ssoTokenTTL)
 	tok, err := s.sealToken(t)
 	if err == nil && len(tok) > maxSSOToken && t.Identity != nil {
-		// Too many groups or claims for openconnect's request line.
-		t.Identity, t.Refusal, t.Kind = nil, "the sign-in carries too many groups or claims for the VPN client", "unavailable"
-		s.log.Warn("auth: sso: token too large for the client's listener; keep fewer groups or claims")
+		// Too many groups or claims (or too long a refresh token) for
+		// openconnect's request line.
+		t.Identity, t.Refresh, t.Refusal, t.Kind = nil, "", "the sign-in carries too many groups or claims for the VPN client", "unavailable"
+		s.log.Warn("auth: sso: token too large for the client's listener; keep fewer groups or claims (or turn off refresh)")
 		tok, err = s.sealToken(t)
 	}
 	var blob []byte

@@ -35,7 +35,7 @@ func TestSSOCallback(t *testing.T) {
 
 	// start begins a sign-in and opens its login link: the form, the state
 	// cookie and the authorize request's parameters.
-	start := func(t *testing.T) (*SSOForm, *http.Cookie, url.Values) {
+	start := func(t *testing.T, s *SSO) (*SSOForm, *http.Cookie, url.Values) {
 		t.Helper()
 		form, err := s.Begin(k)
 		if err != nil {
@@ -60,7 +60,7 @@ func TestSSOCallback(t *testing.T) {
 	}
 	// callback returns the IdP to the gateway and, if the browser is sent
 	// to the client's listener, finishes the sign-in with what it carries.
-	callback := func(t *testing.T, form *SSOForm, c *http.Cookie, q url.Values) (*Identity, error) {
+	callback := func(t *testing.T, s *SSO, form *SSOForm, c *http.Cookie, q url.Values) (*Identity, error) {
 		t.Helper()
 		req := httptest.NewRequest(http.MethodGet, "https://vpn.example.com/vpn-4f9c/sso/callback?"+q.Encode(), nil)
 		req.AddCookie(c)
@@ -88,8 +88,8 @@ func TestSSOCallback(t *testing.T) {
 	}
 
 	t.Run("signed in", func(t *testing.T) {
-		form, c, q := start(t)
-		id, err := callback(t, form, c, code(q, fakeCode{challenge: q.Get("code_challenge"), nonce: q.Get("nonce"), user: "alice@example.com"}))
+		form, c, q := start(t, s)
+		id, err := callback(t, s, form, c, code(q, fakeCode{challenge: q.Get("code_challenge"), nonce: q.Get("nonce"), user: "alice@example.com"}))
 		if err != nil || id.User != "alice@example.com" || id.Method != "sso" || len(id.Groups) != 1 {
 			t.Fatalf("%+v %v", id, err)
 		}
@@ -115,8 +115,8 @@ func TestSSOCallback(t *testing.T) {
 		}, "not in a group allowed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			form, c, q := start(t)
-			id, err := callback(t, form, c, tc.mod(q))
+			form, c, q := start(t, s)
+			id, err := callback(t, s, form, c, tc.mod(q))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %+v, %v; want %q", id, err, tc.want)
 			}
@@ -125,6 +125,68 @@ func TestSSOCallback(t *testing.T) {
 			}
 		})
 	}
+	t.Run("refresh", func(t *testing.T) {
+		sr, err := NewSSO(SSOConfig{OIDC: o, PublicURL: "https://vpn.example.com/vpn-4f9c", Sealer: sealer,
+			Policy: &Rules{AllowGroups: []string{"vpn-users"}}, Refresh: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		signIn := func(t *testing.T, offline bool) (*Identity, error) {
+			form, c, q := start(t, sr)
+			if !strings.Contains(" "+q.Get("scope")+" ", " offline_access ") {
+				t.Fatalf("scope without offline_access: %q", q.Get("scope"))
+			}
+			return callback(t, sr, form, c, code(q, fakeCode{challenge: q.Get("code_challenge"), nonce: q.Get("nonce"), user: "alice@example.com", offline: offline}))
+		}
+		id, err := signIn(t, true)
+		if err != nil || id.Refresh == "" || id.Expiry.IsZero() {
+			t.Fatalf("signed in: %+v %v", id, err)
+		}
+		f.mu.Lock()
+		for rt := range f.refresh {
+			if strings.Contains(id.Refresh, rt) {
+				t.Fatal("refresh token in clear in the identity")
+			}
+		}
+		f.mu.Unlock()
+		// Two renewals: the second uses the token the first rotated in.
+		for i := range 2 {
+			nid, err := sr.Refresh(context.Background(), id)
+			if err != nil || nid.User != id.User || nid.Method != "sso" || nid.Refresh == id.Refresh || len(nid.Groups) != 1 {
+				t.Fatalf("renewal %d: %+v %v", i, nid, err)
+			}
+			id = nid
+		}
+		t.Run("refused by the IdP", func(t *testing.T) {
+			f.set(func(f *fakeIdP) { clear(f.refresh) })
+			_, err := sr.Refresh(context.Background(), id)
+			var se *SSOError
+			if !errors.As(err, &se) || !errors.Is(err, ErrInvalidCredentials) || !strings.Contains(se.Reason, "refused to renew the sign-in (invalid_grant)") {
+				t.Fatalf("revoked refresh token: %v", err)
+			}
+		})
+		t.Run("renewed as another user", func(t *testing.T) {
+			id, err := signIn(t, true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.set(func(f *fakeIdP) { f.refreshAs = "bob@example.com" })
+			defer f.set(func(f *fakeIdP) { f.refreshAs = "" })
+			if _, err := sr.Refresh(context.Background(), id); err == nil || !strings.Contains(err.Error(), "for another user") {
+				t.Fatalf("renewal as bob: %v", err)
+			}
+		})
+		t.Run("no refresh token from the IdP", func(t *testing.T) {
+			if _, err := signIn(t, false); err == nil || !strings.Contains(err.Error(), "issued no refresh token") {
+				t.Fatalf("sign-in without a refresh token: %v", err)
+			}
+		})
+		t.Run("forged refresh state", func(t *testing.T) {
+			if _, err := sr.Refresh(context.Background(), &Identity{User: "alice@example.com", Refresh: "forged"}); err == nil || !strings.Contains(err.Error(), "cannot be renewed") {
+				t.Fatalf("forged: %v", err)
+			}
+		})
+	})
 	if out := logs.String(); !strings.Contains(out, "denied by policy") {
 		t.Fatalf("no log lines:\n%s", out)
 	} else {

@@ -372,7 +372,9 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string, error) {
 	now := time.Now()
 	exp := now.Add(g.conf().SessionTimeout)
-	if !id.Expiry.IsZero() && id.Expiry.Before(exp) && !g.conf().KeepSessionPastTokenExpiry {
+	// A renewable sign-in (auth.Identity.Refresh) is renewed at its
+	// token's expiry rather than ended there.
+	if !id.Expiry.IsZero() && id.Expiry.Before(exp) && !g.conf().KeepSessionPastTokenExpiry && id.Refresh == "" {
 		exp = id.Expiry
 	}
 	s := &session{id: newSessionID(), ident: id, userAgent: ua, created: now, expires: exp, clientAddr: ca, detached: now}

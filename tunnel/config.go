@@ -94,8 +94,9 @@ type Config struct {
 	// without a token fall back to the XML form. The Authenticator must
 	// accept Credentials.BearerToken (auth.OIDC does).
 	OfferBearer bool
-	// Policy is the access policy, checked at sign-in and again whenever a
-	// cookie resumes a session. nil admits every authenticated identity.
+	// Policy is the access policy, checked at sign-in, again whenever a
+	// cookie resumes a session, and on every renewal of an SSO sign-in
+	// (auth.SSOConfig.Refresh). nil admits every authenticated identity.
 	Policy auth.Policy
 	// Bans, if set, earns failed sign-ins ban points per source IP; a
 	// banned IP is refused before any TLS work. Behind a load balancer the
@@ -119,7 +120,12 @@ type Config struct {
 	// whose init advertises it; others, and any client that posts to
 	// <SecretPath>/password, get the password form. Its browser endpoints
 	// are served under <SecretPath>/sso/. Set auth.SSOConfig.PublicURL to
-	// this gateway's public URL (with SecretPath).
+	// this gateway's public URL (with SecretPath). With
+	// auth.SSOConfig.Refresh, an SSO session is renewed through SSO each
+	// time its ID token expires (while connected: within a second; on a
+	// resume: before the policy check); a failed renewal ends it
+	// (EndRenewalFailed, or EndPolicyDenied when the policy refuses the
+	// renewed identity).
 	SSO *auth.SSO
 	// KeepSessionPastTokenExpiry lets a token-based session run to
 	// SessionTimeout; by default it ends when the token expires.

@@ -39,8 +39,12 @@ const (
 	EndGraceExpired
 	// EndOperator: Gateway.Disconnect.
 	EndOperator
-	// EndPolicyDenied: the access policy refused the session on resume.
+	// EndPolicyDenied: the access policy refused the session on resume
+	// or when its sign-in was renewed (R-A4).
 	EndPolicyDenied
+	// EndRenewalFailed: the sign-in could not be renewed (SSO refresh:
+	// the IdP refused or could not be reached; auth.SSOConfig.Refresh).
+	EndRenewalFailed
 )
 
 var endReasonText = [...]string{
@@ -54,7 +58,8 @@ var endReasonText = [...]string{
 	EndSessionTimeout: "session timeout",
 	EndGraceExpired:   "not reconnected within grace",
 	EndOperator:       "disconnected by operator",
-	EndPolicyDenied:   "denied by policy on resume",
+	EndPolicyDenied:   "denied by policy",
+	EndRenewalFailed:  "sign-in renewal failed",
 }
 
 func (r EndReason) String() string {

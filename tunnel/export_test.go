@@ -3,3 +3,10 @@ package tunnel
 // DTLSPortForTest returns the port the gateway announces for DTLS (0:
 // none served yet).
 func DTLSPortForTest(g *Gateway) int { return int(g.dtlsPort.Load()) }
+
+// CSTPAnswerForTest presents cookie in a CSTP CONNECT to addr and returns
+// the answer's HTTP status (-1: no connection) and X-Reason.
+func CSTPAnswerForTest(addr, cookie string) (int, string) {
+	a := cstpAnswer(addr, cookie)
+	return a.status, a.reason
+}

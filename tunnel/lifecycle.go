@@ -69,8 +69,13 @@ func (g *Gateway) admitResume(r *http.Request, ca netip.AddrPort) (*session, *re
 	if s == nil || time.Now().After(s.expires) {
 		return nil, refuseBadCookie
 	}
+	if end, err := g.renew(r.Context(), s); err != nil {
+		g.log.Info("resume refused: sign-in renewal failed", "session", s.id, "user", s.ident.User, "reason", end.String(), "err", err)
+		g.endSession(s, end)
+		return nil, renewRefusal(end, err)
+	}
 	if p := g.conf().Policy; p != nil {
-		if err := p.Check(r.Context(), s.ident); err != nil {
+		if err := p.Check(r.Context(), s.identity()); err != nil {
 			g.log.Info("resume denied", "session", s.id, "user", s.ident.User, "err", err)
 			g.endSession(s, EndPolicyDenied)
 			return nil, &refusal{http.StatusUnauthorized, err.Error()}

@@ -39,8 +39,12 @@ type SessionInfo struct {
 	Connected  bool           // a tunnel connection is attached now
 	Created    time.Time
 	Expires    time.Time
-	BytesIn    uint64 // client to gateway, IP bytes
-	BytesOut   uint64 // gateway to client, IP bytes
+	// TokenExpiry is when the sign-in's credential (the IdP's token)
+	// expires; zero: none, or not tracked. An SSO sign-in with refresh
+	// (auth.SSOConfig.Refresh) is renewed then, which moves it on.
+	TokenExpiry time.Time
+	BytesIn     uint64 // client to gateway, IP bytes
+	BytesOut    uint64 // gateway to client, IP bytes
 }
 
 // session is one signed-in client. It outlives individual TLS connections:
@@ -78,15 +82,36 @@ type session struct {
 	link     link      // current connection, nil while disconnected
 	detached time.Time // when link became nil
 	ended    bool
+	// renewed is the identity of the latest sign-in renewal (SSO
+	// refresh), nil before the first; ident keeps the sign-in's. Under mu.
+	renewed *auth.Identity
+
+	// renewMu serialises renewals (resume and reaper); renewing marks a
+	// reaper renewal in flight, so the reaper starts one at a time.
+	renewMu  sync.Mutex
+	renewing atomic.Bool
+}
+
+// identity is the session's current identity: the latest renewal's, else
+// the sign-in's. Policy checks and renewals read it; the user, the method
+// and the device ID never change with a renewal.
+func (s *session) identity() *auth.Identity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.renewed != nil {
+		return s.renewed
+	}
+	return s.ident
 }
 
 func (s *session) info() SessionInfo {
+	id := s.identity()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return SessionInfo{
-		ID: s.id, User: s.ident.User, Method: s.ident.Method, Groups: slices.Clone(s.ident.Groups), DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
+		ID: s.id, User: s.ident.User, Method: s.ident.Method, Groups: slices.Clone(id.Groups), DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
 		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.link != nil,
-		Created: s.created, Expires: s.expires,
+		Created: s.created, Expires: s.expires, TokenExpiry: id.Expiry,
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
 	}
 }

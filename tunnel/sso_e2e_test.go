@@ -91,8 +91,9 @@ func waitSSOPort(t *testing.T, ns *testenv.Netns) {
 // --external-browser, where the browser is headless Chromium (driven by
 // internal/testinfra/ssobrowser) on Dex's real login page, and connects;
 // the session shows method "sso" and the IdP's user and groups. A user
-// outside the allowed groups, and a browser leg that arrives after the
-// login link expired, end openconnect with the reason and exit status 1.
+// outside the allowed groups, a browser leg the user cancels at the IdP,
+// and one that arrives after the login link expired, end openconnect
+// with the reason and exit status 1 (within a bound).
 // The password (/password) and bearer routes still work beside SSO.
 func TestOpenconnectSSO(t *testing.T) {
 	public := "https://" + testenv.GWAddr.String()
@@ -156,8 +157,9 @@ func TestOpenconnectSSO(t *testing.T) {
 	// refused runs openconnect --authenticate with the browser signing in
 	// as u and requires exit status 1 with want on stderr, within a bound
 	// (openconnect itself would wait forever for a browser leg).
-	refused := func(t *testing.T, server string, u dextest.User, want string) {
+	refused := func(t *testing.T, server string, u dextest.User, want string, extraEnv ...string) {
 		env, logFile := browserEnv(t, u)
+		env = append(env, extraEnv...)
 		waitSSOPort(t, tp.Client)
 		octx, ocancel := context.WithTimeout(ctx, 2*time.Minute)
 		defer ocancel()
@@ -176,6 +178,12 @@ func TestOpenconnectSSO(t *testing.T) {
 	}
 	t.Run("user outside the allowed groups", func(t *testing.T) {
 		refused(t, listen, dextest.Bob, "Access denied: your account is not in a group allowed to use this VPN")
+	})
+	t.Run("browser leg cancelled at the IdP", func(t *testing.T) {
+		// The user cancels on the IdP's page: the browser comes back to
+		// the gateway's callback with error=access_denied, as from an IdP.
+		refused(t, listen, dextest.Alice, "Login failed: the identity provider refused the sign-in: access_denied (The user cancelled the sign-in)",
+			"UNDERPASS_SSO_DENY=access_denied")
 	})
 	t.Run("expired browser leg", func(t *testing.T) {
 		// A second gateway whose login links expire before any browser

@@ -35,10 +35,26 @@ const siteHost = "vpn.site.test"
 
 // ssoSite is a set of gateways sharing one site key, with SSO against Dex.
 type ssoSite struct {
-	dex   *dextest.Dex
-	gws   []*tunnel.Gateway
-	addrs []string // host:port per gateway
-	now   *fakeNow
+	dex    *dextest.Dex
+	gws    []*tunnel.Gateway
+	addrs  []string // host:port per gateway
+	now    *fakeNow
+	policy auth.Policy // every gateway's, at sign-in, resume and renewal
+
+	mu     sync.Mutex
+	events []tunnel.Event // every gateway's
+}
+
+// ended returns the reason the session id ended with, if it did.
+func (s *ssoSite) ended(id string) (tunnel.EndReason, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range s.events {
+		if e.Kind == tunnel.EventSessionEnd && e.Session == id {
+			return e.Reason, true
+		}
+	}
+	return 0, false
 }
 
 type fakeNow struct {
@@ -56,9 +72,19 @@ func (f *fakeNow) Skip(d time.Duration) {
 // startSSOSite starts Dex (ID tokens valid 10 minutes) and n gateways;
 // mod, if set, adjusts gateway i's SSO configuration.
 func startSSOSite(t *testing.T, n int, mod func(i int, c *auth.SSOConfig)) *ssoSite {
+	return startSSOSiteWith(t, dextest.Options{IDTokenTTL: "10m"}, nil, n, mod)
+}
+
+// startSSOSiteWith is startSSOSite with Dex's options (its redirect URI is
+// set here) and the gateways' access policy (default: group vpn-users).
+func startSSOSiteWith(t *testing.T, dexOpts dextest.Options, policy auth.Policy, n int, mod func(i int, c *auth.SSOConfig)) *ssoSite {
 	t.Helper()
-	site := &ssoSite{now: &fakeNow{}}
-	site.dex = dextest.StartWith(t, dextest.Options{RedirectURIs: []string{"https://" + siteHost + "/sso/callback"}, IDTokenTTL: "10m"})
+	if policy == nil {
+		policy = &auth.Rules{AllowGroups: []string{"vpn-users"}}
+	}
+	site := &ssoSite{now: &fakeNow{}, policy: policy}
+	dexOpts.RedirectURIs = []string{"https://" + siteHost + "/sso/callback"}
+	site.dex = dextest.StartWith(t, dexOpts)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key, _ := auth.ParseSealerKey(auth.GenerateSealerKey())
@@ -80,8 +106,7 @@ func startSSOSite(t *testing.T, n int, mod func(i int, c *auth.SSOConfig)) *ssoS
 		t.Cleanup(o.Close)
 		grant, _ := o.PasswordGrant()
 		sealer, _ := auth.NewSealer(nil, key)
-		rules := &auth.Rules{AllowGroups: []string{"vpn-users"}}
-		sc := auth.SSOConfig{OIDC: o, PublicURL: "https://" + siteHost, Sealer: sealer, Policy: rules, Now: site.now.Now}
+		sc := auth.SSOConfig{OIDC: o, PublicURL: "https://" + siteHost, Sealer: sealer, Policy: policy, Now: site.now.Now}
 		if mod != nil {
 			mod(i, &sc)
 		}
@@ -90,8 +115,9 @@ func startSSOSite(t *testing.T, n int, mod func(i int, c *auth.SSOConfig)) *ssoS
 			t.Fatal(err)
 		}
 		gw, err := tunnel.New(tunnel.Config{
-			Certificate: &cert, Authenticator: auth.Chain{o, grant}, Policy: rules, Sealer: sealer, SSO: sso,
+			Certificate: &cert, Authenticator: auth.Chain{o, grant}, Policy: policy, Sealer: sealer, SSO: sso,
 			OfferBearer: true, PreLoginBanner: preLoginBanner,
+			Events: func(e tunnel.Event) { site.mu.Lock(); site.events = append(site.events, e); site.mu.Unlock() },
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -15,6 +15,9 @@ package tunnel
 //     connection for ReconnectGrace ends (EndGraceExpired), resetting its
 //     flows; so does one past its expiry while disconnected.
 //   - Revocations (the reaper): forgotten once the cookie would have expired.
+//   - Renewal (per session, the reaper): an SSO sign-in with a refresh
+//     token is renewed once its ID token has expired (renew.go); a failed
+//     renewal ends the session (EndRenewalFailed, EndPolicyDenied).
 
 import (
 	"time"
@@ -106,6 +109,8 @@ func (g *Gateway) reap() {
 					g.endSession(s, EndSessionTimeout)
 				case detachedFor > g.conf().ReconnectGrace:
 					g.endSession(s, EndGraceExpired)
+				default:
+					g.renewInBackground(s, now)
 				}
 			}
 		}

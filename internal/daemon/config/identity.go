@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,6 +43,37 @@ type OIDCFile struct {
 	DeviceIDClaim string   `yaml:"device_id_claim"`
 	PasswordGrant bool     `yaml:"password_grant"` // usernames and passwords are checked at the IdP
 	OfferBearer   *bool    `yaml:"offer_bearer"`   // default true: openconnect --token-mode=oidc
+	// EntraTenant pins an Entra ID tenant (its GUID): tokens of both its
+	// issuers are accepted and must carry tid and oid. Default: taken from
+	// an Entra issuer URL.
+	EntraTenant string `yaml:"entra_tenant"`
+	// RolesClaim names the app-roles claim the policy matches like groups
+	// (default roles; "-" ignores it).
+	RolesClaim string `yaml:"roles_claim"`
+	// Skew is the clock-skew allowance for exp, nbf and iat (default 1m;
+	// Entra deployments commonly use 5m; at most 1h).
+	Skew Duration `yaml:"skew"`
+}
+
+// maxSkew bounds oidc.skew: a larger allowance would accept tokens that
+// expired hours ago (Entra's own tokens live 60-90 minutes).
+const maxSkew = Duration(time.Hour)
+
+// entraTenantID is an Entra ID tenant ID: a GUID.
+var entraTenantID = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// config is the verifier configuration these keys give (the caller adds
+// the HTTP client and logger).
+func (o *OIDCFile) config() auth.OIDCConfig {
+	aud := o.Audiences
+	if len(aud) == 0 {
+		aud = []string{o.ClientID}
+	}
+	return auth.OIDCConfig{
+		Issuer: o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
+		GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim,
+		EntraTenant: o.EntraTenant, RolesClaim: o.RolesClaim, Skew: time.Duration(o.Skew),
+	}
 }
 
 // SSOFile configures browser sign-in (SSO v2 external browser: openconnect
@@ -60,6 +93,11 @@ type SSOFile struct {
 	// default they last session_timeout (the policy is re-checked on
 	// every resume).
 	CapAtTokenExpiry bool `yaml:"cap_at_token_expiry"`
+	// Refresh asks the IdP for a refresh token (adds the offline_access
+	// scope) and renews SSO sessions with it each time the ID token
+	// expires, re-checking the access policy; a refused renewal ends the
+	// session. Excludes cap_at_token_expiry.
+	Refresh bool `yaml:"refresh"`
 }
 
 // CertsFile configures client-certificate sign-in.
@@ -115,6 +153,16 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 		if o.PasswordGrant && o.ClientSecret == "" {
 			bad("identity", "oidc.password_grant needs oidc.client_secret")
 		}
+		switch t := o.EntraTenant; {
+		case t == "":
+		case slices.Contains([]string{"common", "organizations", "consumers"}, strings.ToLower(t)):
+			bad("identity", "oidc.entra_tenant %q accepts tokens of any tenant; set your tenant ID (a GUID)", t)
+		case !entraTenantID.MatchString(t):
+			bad("identity", "oidc.entra_tenant %q: want the tenant ID, a GUID like 72f988bf-86f1-41af-91ab-2d7cd011db47", t)
+		}
+		if o.Skew < 0 || o.Skew > maxSkew {
+			bad("identity", "oidc.skew %v: want 0 (default 1m) up to %v", time.Duration(o.Skew), time.Duration(maxSkew))
+		}
 	}
 	if s := f.SSO; s != nil {
 		issuer, clientID := s.Issuer, s.ClientID
@@ -129,6 +177,9 @@ func validateIdentity(f *IdentityFile, rel func(string) string, bad func(key, fo
 		}
 		if s.LoginTTL < 0 {
 			bad("identity", "sso.login_ttl: must not be negative")
+		}
+		if s.Refresh && s.CapAtTokenExpiry {
+			bad("identity", "sso.refresh and sso.cap_at_token_expiry exclude each other: renew the sign-in, or end the session with the ID token")
 		}
 		if f.SessionKey == "" {
 			bad("identity", "sso needs session_key (the site key that seals each sign-in step; 32 random bytes, base64)")
@@ -204,19 +255,13 @@ func (c *Config) BuildIdentity(ctx context.Context, log *slog.Logger) (release f
 	f := c.IdentityFile
 	if f != nil && f.OIDC != nil {
 		o := f.OIDC
-		aud := o.Audiences
-		if len(aud) == 0 {
-			aud = []string{o.ClientID}
-		}
 		hc, err := outbound.Client(c.ExtraRootsDir)
 		if err != nil {
 			return nil, fmt.Errorf("identity.oidc: %w", err)
 		}
-		v, err := auth.NewOIDC(ctx, auth.OIDCConfig{
-			HTTPClient: hc,
-			Issuer:     o.Issuer, Audiences: aud, ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes,
-			GroupsClaim: o.GroupsClaim, EmailClaim: o.EmailClaim, DeviceIDClaim: o.DeviceIDClaim, Logger: log,
-		})
+		oc := o.config()
+		oc.HTTPClient, oc.Logger = hc, log
+		v, err := auth.NewOIDC(ctx, oc)
 		if err != nil {
 			return nil, fmt.Errorf("identity.oidc: %w", err)
 		}
@@ -298,11 +343,11 @@ func cmpOr(a, b string) string {
 	return b
 }
 
-// buildSSO makes the browser sign-in: its own OIDC verifier (the sso
-// section's IdP and client, defaulting to the oidc section's), sealed with
-// the site key, checked against the section's policy.
-func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, log *slog.Logger) (*auth.SSO, func(), error) {
-	oc := auth.OIDCConfig{Issuer: sf.Issuer, ClientID: sf.ClientID, ClientSecret: sf.ClientSecret, Scopes: sf.Scopes, GroupsClaim: sf.GroupsClaim, Logger: log}
+// ssoOIDCConfig is the sso section's verifier configuration: its own
+// keys, else the oidc section's (claims, roles claim and skew always; the
+// Entra tenant when both name the same issuer).
+func (c *Config) ssoOIDCConfig(sf *SSOFile) auth.OIDCConfig {
+	oc := auth.OIDCConfig{Issuer: sf.Issuer, ClientID: sf.ClientID, ClientSecret: sf.ClientSecret, Scopes: sf.Scopes, GroupsClaim: sf.GroupsClaim}
 	if o := c.IdentityFile.OIDC; o != nil {
 		oc.Issuer, oc.ClientID = cmpOr(oc.Issuer, o.Issuer), cmpOr(oc.ClientID, o.ClientID)
 		if sf.ClientID == "" {
@@ -313,7 +358,20 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 		}
 		oc.GroupsClaim = cmpOr(oc.GroupsClaim, o.GroupsClaim)
 		oc.EmailClaim, oc.DeviceIDClaim = o.EmailClaim, o.DeviceIDClaim
+		oc.RolesClaim, oc.Skew = o.RolesClaim, time.Duration(o.Skew)
+		if oc.Issuer == o.Issuer {
+			oc.EntraTenant = o.EntraTenant // the tenant of the same IdP
+		}
 	}
+	return oc
+}
+
+// buildSSO makes the browser sign-in: its own OIDC verifier (the sso
+// section's IdP and client, defaulting to the oidc section's), sealed with
+// the site key, checked against the section's policy.
+func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, log *slog.Logger) (*auth.SSO, func(), error) {
+	oc := c.ssoOIDCConfig(sf)
+	oc.Logger = log
 	hc, err := outbound.Client(c.ExtraRootsDir)
 	if err != nil {
 		return nil, nil, err
@@ -332,7 +390,7 @@ func (c *Config) buildSSO(ctx context.Context, sf *SSOFile, t *tunnel.Config, lo
 		}
 	}
 	sso, err := auth.NewSSO(auth.SSOConfig{OIDC: v, PublicURL: public, Sealer: t.Sealer, Policy: t.Policy,
-		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Logger: log})
+		LoginTTL: time.Duration(sf.LoginTTL), CapAtTokenExpiry: sf.CapAtTokenExpiry, Refresh: sf.Refresh, Logger: log})
 	if err != nil {
 		v.Close()
 		return nil, nil, err

@@ -8,8 +8,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,11 +38,18 @@ func TestIdentityValidation(t *testing.T) {
 		{"negative bans", "identity: {bans: {threshold: -1}}\n", []string{"bans"}},
 		{"bad session key", "identity: {session_key: short}\n", []string{"session_key"}},
 		{"unknown key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, colour: blue}}\n", []string{"colour"}},
+		{"entra multi-tenant alias", "\n\nidentity: {oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: organizations}}\n", []string{"gw.yaml:3: identity", `oidc.entra_tenant "organizations" accepts tokens of any tenant`}},
+		{"entra tenant not a GUID", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: contoso.com}}\n", []string{"gw.yaml:1: identity", `oidc.entra_tenant "contoso.com": want the tenant ID, a GUID`}},
+		{"negative skew", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: -1m}}\n", []string{"gw.yaml:1: identity", "oidc.skew -1m0s"}},
+		{"skew over an hour", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: 2h}}\n", []string{"oidc.skew 2h0m0s: want 0 (default 1m) up to 1h0m0s"}},
+		{"skew not a duration", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw, skew: 5}}\n", []string{"gw.yaml: line 1:", `"5" is not a duration`}},
 		{"sso without issuer", "identity: {sso: {client_id: gw}, session_key: " + key + "}\n", []string{"gw.yaml:1: identity", "sso.issuer"}},
 		{"sso without client id", "identity: {sso: {issuer: 'https://idp.example'}, session_key: " + key + "}\n", []string{"sso.client_id"}},
 		{"sso without session key", "identity: {oidc: {issuer: 'https://idp.example', client_id: gw}, sso: {}}\n", []string{"sso needs session_key"}},
 		{"sso negative ttl", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, login_ttl: -1m}, session_key: " + key + "}\n", []string{"sso.login_ttl"}},
 		{"sso http public url", "identity: {sso: {issuer: 'https://idp.example', client_id: gw, public_url: 'http://vpn'}, session_key: " + key + "}\n", []string{"sso.public_url"}},
+		{"sso refresh and cap", "\nidentity:\n  sso: {issuer: 'https://idp.example', client_id: gw, refresh: true, cap_at_token_expiry: true}\n  session_key: " + key + "\n", []string{"gw.yaml:2: identity", "sso.refresh and sso.cap_at_token_expiry exclude each other"}},
+		{"sso refresh not a bool", "identity:\n  sso: {issuer: 'https://idp.example', client_id: gw, refresh: sometimes}\n  session_key: " + key + "\n", []string{"gw.yaml: line 2:", "sometimes", "into bool"}},
 		{"sso unknown key", "\n\nidentity:\n  sso: {issuer: 'https://idp.example', client_id: gw, colour: blue}\n", []string{"gw.yaml:", "colour"}},
 	}
 	dir := t.TempDir()
@@ -119,6 +130,66 @@ func TestCertificateAndUser(t *testing.T) {
 	}
 }
 
+// TestOIDCKeys: entra_tenant, roles_claim and skew reach the verifier's
+// configuration, in the oidc section and in the sso section that shares
+// its IdP.
+func TestOIDCKeys(t *testing.T) {
+	const tenant = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+	c, err := Parse("gw.yaml", []byte("identity:\n  oidc: {issuer: 'https://idp.example', client_id: gw, entra_tenant: "+tenant+", roles_claim: app_roles, skew: 5m}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc := c.IdentityFile.OIDC.config()
+	if oc.EntraTenant != tenant || oc.RolesClaim != "app_roles" || oc.Skew != 5*time.Minute || oc.Audiences[0] != "gw" {
+		t.Fatalf("oidc config: %+v", oc)
+	}
+	// The sso section inherits them; the tenant only for the same issuer.
+	sc := c.ssoOIDCConfig(&SSOFile{})
+	if sc.EntraTenant != tenant || sc.RolesClaim != "app_roles" || sc.Skew != 5*time.Minute || sc.Issuer != "https://idp.example" {
+		t.Fatalf("sso config: %+v", sc)
+	}
+	if sc := c.ssoOIDCConfig(&SSOFile{Issuer: "https://other.example"}); sc.EntraTenant != "" || sc.RolesClaim != "app_roles" {
+		t.Fatalf("sso config for another IdP: %+v", sc)
+	}
+}
+
+// buildIdentity parses doc and builds its identity section, released
+// when the test ends.
+func buildIdentity(t *testing.T, ctx context.Context, doc string) *Config {
+	t.Helper()
+	c, err := Parse("gw.yaml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	release, err := c.BuildIdentity(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(release)
+	return c
+}
+
+// TestOIDCKeysWithDex: with roles_claim the policy's roles come from the
+// named claim of a real IdP's token (Dex's groups here), and with
+// entra_tenant a token without that tenant (Dex's) is refused.
+func TestOIDCKeysWithDex(t *testing.T) {
+	d := dextest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	build := func(extra string) (*auth.Identity, error) {
+		c := buildIdentity(t, ctx, fmt.Sprintf("identity:\n  oidc: {issuer: %q, client_id: %q, client_secret: %q, password_grant: true, %s}\n", d.Issuer, d.ClientID, d.ClientSecret, extra))
+		return c.Tunnel.Authenticator.Authenticate(ctx, auth.Credentials{Username: dextest.Alice.Email, Password: dextest.Alice.Password})
+	}
+	if id, err := build("roles_claim: groups, skew: 5m"); err != nil || !slices.Contains(id.Roles, "vpn-users") {
+		t.Fatalf("roles from the groups claim: %+v %v", id, err)
+	}
+	// Dex's token names no tenant: refused as another tenant's.
+	var te *auth.TokenError
+	if id, err := build("entra_tenant: 72f988bf-86f1-41af-91ab-2d7cd011db47"); !errors.As(err, &te) || te.Detail != "another tenant" {
+		t.Fatalf("a token of no Entra tenant: %+v %v", id, err)
+	}
+}
+
 // TestIdentityWithDex builds the OIDC sign-in from a config file against a
 // real IdP: Alice signs in with her password at the IdP, Bob is denied by
 // the policy, a wrong password is a wrong password.
@@ -175,18 +246,10 @@ pre_login_banner: "Authorised use only."
 site: {host: vpn.example.com}
 identity:
   oidc: {issuer: %q, client_id: %q, client_secret: %q}
-  sso: {scopes: [openid, email, groups, profile], login_ttl: 5m}
+  sso: {scopes: [openid, email, groups, profile], login_ttl: 5m, refresh: true}
   session_key: %q
 `, d.Issuer, d.ClientID, d.ClientSecret, auth.GenerateSealerKey())
-	c, err := Parse("gw.yaml", []byte(doc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	release, err := c.BuildIdentity(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer release()
+	c := buildIdentity(t, ctx, doc)
 	if c.Tunnel.PreLoginBanner != "Authorised use only." {
 		t.Fatalf("pre_login_banner: %q", c.Tunnel.PreLoginBanner)
 	}
@@ -200,6 +263,13 @@ identity:
 	f, err := s.Begin(k)
 	if err != nil || !strings.HasPrefix(f.LoginURL, "https://vpn.example.com:8443/vpn-4f9c/sso/login?t=") {
 		t.Fatalf("%+v %v", f, err)
+	}
+	// refresh: true asks the IdP for a refresh token.
+	rec := httptest.NewRecorder()
+	s.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, strings.TrimPrefix(f.LoginURL, "https://vpn.example.com:8443"), nil))
+	loc, err := url.Parse(rec.Header().Get("Location"))
+	if err != nil || rec.Code != http.StatusFound || !slices.Contains(strings.Fields(loc.Query().Get("scope")), auth.ScopeOfflineAccess) {
+		t.Fatalf("login redirect without offline_access: %d %q", rec.Code, rec.Header().Get("Location"))
 	}
 
 	c, err = Parse("gw.yaml", []byte(strings.Replace(doc, "site: {host: vpn.example.com}\n", "", 1)))

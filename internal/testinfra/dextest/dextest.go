@@ -74,6 +74,10 @@ type Options struct {
 	ClientSecret string
 	// IDTokenTTL is Dex's expiry.idTokens (e.g. "1h"). Default Dex's 24h.
 	IDTokenTTL string
+	// RefreshTokenLifetime is Dex's expiry.refreshTokens.absoluteLifetime
+	// (e.g. "1s"): past it Dex refuses the refresh token (invalid_request,
+	// "Refresh token expired"). Default: Dex's (no limit).
+	RefreshTokenLifetime string
 	// RedirectURIs the client may use (browser sign-in: the gateway's
 	// <public URL>/sso/callback). Default http://127.0.0.1/callback.
 	RedirectURIs []string
@@ -217,8 +221,15 @@ func (d *Dex) config(port int, o Options) ([]byte, error) {
 	if o.PublicClient != "" {
 		c["staticClients"] = append(c["staticClients"].([]any), map[string]any{"id": o.PublicClient, "name": "Underpass client", "public": true})
 	}
+	expiry := map[string]any{}
 	if o.IDTokenTTL != "" {
-		c["expiry"] = map[string]any{"idTokens": o.IDTokenTTL}
+		expiry["idTokens"] = o.IDTokenTTL
+	}
+	if o.RefreshTokenLifetime != "" {
+		expiry["refreshTokens"] = map[string]any{"absoluteLifetime": o.RefreshTokenLifetime}
+	}
+	if len(expiry) > 0 {
+		c["expiry"] = expiry
 	}
 	// JSON is YAML, which Dex reads.
 	return json.MarshalIndent(c, "", "  ")

@@ -10,17 +10,29 @@
 //
 // Environment: UNDERPASS_SSO_USER and UNDERPASS_SSO_PASSWORD (the IdP
 // account), UNDERPASS_SSO_LOG (log file), UNDERPASS_CHROMIUM (browser
-// path; default chromium on PATH).
+// path; default chromium on PATH), UNDERPASS_SSO_DENY (if set, e.g.
+// "access_denied": the user cancels at the IdP instead of signing in).
+//
+// Cancelling: Dex's login page has no cancel button and its approval
+// page's refusal renders an error page instead of answering the client,
+// so at the login page the browser is sent where an IdP sends a user who
+// cancels (RFC 6749 §4.1.2.1, OpenID Connect Core §3.1.2.6): the
+// authorize request's redirect_uri with error=<UNDERPASS_SSO_DENY>,
+// error_description and the authorize request's state, in the same browser
+// (so with the gateway's state cookie).
 package main
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
 
@@ -63,6 +75,23 @@ func run(url string, log io.Writer) error {
 	bctx, bcancel := chromedp.NewContext(actx)
 	defer bcancel()
 
+	// The authorize request (the gateway's redirect to the IdP) carries
+	// redirect_uri and state; a cancel answers it.
+	var mu sync.Mutex
+	var authorize string
+	if err := chromedp.Listen(bctx, func(ev any) {
+		if e, ok := ev.(*network.EventRequestWillBeSent); ok && e.Request != nil && strings.Contains(e.Request.URL, "redirect_uri=") {
+			mu.Lock()
+			if authorize == "" {
+				authorize = e.Request.URL
+			}
+			mu.Unlock()
+		}
+	}); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	deny := os.Getenv("UNDERPASS_SSO_DENY")
+
 	fmt.Fprintf(log, "ssobrowser: open %s\n", url)
 	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
 		return fmt.Errorf("open: %w", err)
@@ -82,7 +111,20 @@ func run(url string, log io.Writer) error {
 		}
 		if !signedIn {
 			form, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`document.querySelector('input[name="login"]') !== null`))
-			if err == nil && form {
+			if err == nil && form && deny != "" {
+				mu.Lock()
+				a := authorize
+				mu.Unlock()
+				back, err := cancelURL(a, deny)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(log, "ssobrowser: cancel at %s: back to %s\n", loc, back)
+				if err := chromedp.Do(bctx, chromedp.Navigate(back)); err != nil {
+					return fmt.Errorf("cancel: %w", err)
+				}
+				signedIn = true
+			} else if err == nil && form {
 				if err := chromedp.Do(bctx,
 					chromedp.SendKeys(chromedp.CSS(`input[name="login"]`), os.Getenv("UNDERPASS_SSO_USER")),
 					chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), os.Getenv("UNDERPASS_SSO_PASSWORD")),
@@ -100,4 +142,21 @@ func run(url string, log io.Writer) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// cancelURL is where an IdP sends the browser of a user who cancels the
+// authorize request authorize: its redirect_uri with error=code (e.g.
+// access_denied), a description and its state.
+func cancelURL(authorize, code string) (string, error) {
+	u, err := url.Parse(authorize)
+	if err != nil || authorize == "" {
+		return "", fmt.Errorf("no authorize request seen (%q)", authorize)
+	}
+	q := u.Query()
+	back, err := url.Parse(q.Get("redirect_uri"))
+	if err != nil || back.Scheme == "" || q.Get("state") == "" {
+		return "", fmt.Errorf("authorize request without redirect_uri or state: %s", authorize)
+	}
+	back.RawQuery = url.Values{"error": {code}, "error_description": {"The user cancelled the sign-in"}, "state": {q.Get("state")}}.Encode()
+	return back.String(), nil
 }
