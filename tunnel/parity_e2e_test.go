@@ -243,6 +243,7 @@ func TestRouterParity(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("gateway log (tail):\n%s", tailLines(logs.String(), 60))
+		t.Logf("openconnect log (tail):\n%s", tailLines(oc.Log(), 40))
 	}
 }
 
