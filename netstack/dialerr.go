@@ -91,23 +91,15 @@ func (s *Stack) answerDialFailure(p *Port, src, dst netip.AddrPort, err error) b
 	if !ok || !icmp {
 		return false
 	}
-	// The quoted SYN: its IP header and the first 8 bytes of TCP (ports
-	// and sequence number), all a client matches an error on.
-	var orig [48]byte
-	hl := 20
+	// The quoted SYN: ports and its sequence number. IPv4 errors come from
+	// the gateway's address; an IPv6 one from the destination, as
+	// sendPortUnreachable's (the stack has no IPv6 address of its own).
+	var l4 [8]byte
+	binary.BigEndian.PutUint32(l4[4:8], seq)
+	from := s.cfg.Addr
 	if src.Addr().Is6() {
-		hl = 40
+		from = dst.Addr()
 	}
-	q := orig[:hl+8]
-	writeIPHeader(q[:hl], src.Addr(), dst.Addr(), protoTCP, 20)
-	t := q[hl:]
-	binary.BigEndian.PutUint16(t[0:2], src.Port())
-	binary.BigEndian.PutUint16(t[2:4], dst.Port())
-	binary.BigEndian.PutUint32(t[4:8], seq)
-	if hl == 20 {
-		s.sendICMP4(p, s.cfg.Addr, src.Addr(), icmp4Unreach, c4, q)
-	} else {
-		s.sendICMP6(p, dst.Addr(), src.Addr(), icmp6Unreach, c6, q)
-	}
+	s.sendUnreachable(p, src, dst, protoTCP, l4, from, c4, c6)
 	return true
 }

@@ -123,9 +123,7 @@ func (s *Stack) forwardEcho(p *Port, ip *ipInfo) bool {
 	if t := s.echo.disabledAt.Load(); t != 0 && time.Since(time.Unix(0, t)) < echoRetry {
 		return false
 	}
-	if p.echoes.Add(1) > maxEchoPerPort {
-		p.echoes.Add(-1)
-		s.stats.echoCapped.Add(1)
+	if !reserve(&p.echoes, maxEchoPerPort, &s.stats.echoCapped) {
 		return false
 	}
 	if s.echo.inFlight.Add(1) > maxEchoInFlight {

@@ -191,6 +191,17 @@ func (p *Port) Close() error {
 	return nil
 }
 
+// reserve takes one of a port's n slots counted by c (release with
+// c.Add(-1)); false, and counted in over, when all are taken.
+func reserve(c *atomic.Int32, n int, over *atomic.Uint64) bool {
+	if c.Add(1) > int32(n) {
+		c.Add(-1)
+		over.Add(1)
+		return false
+	}
+	return true
+}
+
 // addFlow registers f; false (and f is not registered) if the port closed.
 func (p *Port) addFlow(f flow) bool {
 	p.flowMu.Lock()

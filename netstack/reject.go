@@ -187,21 +187,34 @@ func (s *Stack) icmpError(p *Port, src, dst netip.Addr, typ, code byte, rest uin
 // from src (the upstream socket got ECONNREFUSED). The quoted datagram is
 // rebuilt from the 4-tuple: that is all a client matches an error on.
 func (s *Stack) sendPortUnreachable(p *Port, src, dst netip.AddrPort) {
+	var l4 [8]byte // UDP: the ports, then length 8 (a header alone)
+	binary.BigEndian.PutUint16(l4[4:6], 8)
+	s.sendUnreachable(p, src, dst, protoUDP, l4, dst.Addr(), icmp4CodePort, icmp6CodePort)
+}
+
+// sendUnreachable queues an ICMP destination unreachable (code4 / code6 by
+// family) from 'from' about a packet src -> dst of protocol proto, quoting
+// a rebuilt IP header and the first 8 bytes of its transport header: l4
+// with the ports of src and dst written in. That is all a client matches
+// an error on (RFC 792, RFC 4443 2.4(c) ask for no more).
+func (s *Stack) sendUnreachable(p *Port, src, dst netip.AddrPort, proto byte, l4 [8]byte, from netip.Addr, code4, code6 byte) {
 	var orig [48]byte
-	hl := 20
+	hl, l4len := 20, 8
 	if src.Addr().Is6() {
 		hl = 40
 	}
+	if proto == protoTCP {
+		l4len = 20 // the quoted SYN's header length, options left out
+	}
 	q := orig[:hl+8]
-	writeIPHeader(q[:hl], src.Addr(), dst.Addr(), protoUDP, 8)
-	u := q[hl:]
-	binary.BigEndian.PutUint16(u[0:2], src.Port())
-	binary.BigEndian.PutUint16(u[2:4], dst.Port())
-	binary.BigEndian.PutUint16(u[4:6], 8)
+	writeIPHeader(q[:hl], src.Addr(), dst.Addr(), proto, l4len)
+	copy(q[hl:], l4[:])
+	binary.BigEndian.PutUint16(q[hl:hl+2], src.Port())
+	binary.BigEndian.PutUint16(q[hl+2:hl+4], dst.Port())
 	if hl == 20 {
-		s.sendICMP4(p, dst.Addr(), src.Addr(), icmp4Unreach, icmp4CodePort, q)
+		s.sendICMP4(p, from, src.Addr(), icmp4Unreach, code4, q)
 	} else {
-		s.sendICMP6(p, dst.Addr(), src.Addr(), icmp6Unreach, icmp6CodePort, q)
+		s.sendICMP6(p, from, src.Addr(), icmp6Unreach, code6, q)
 	}
 }
 

@@ -66,11 +66,9 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 		s.wg.Done()
 		return
 	}
-	if port.tcpFlows.Add(1) > int32(s.cfg.MaxTCPFlowsPerPort) {
+	if !reserve(&port.tcpFlows, s.cfg.MaxTCPFlowsPerPort, &s.stats.tcpFlowsCapped) {
 		// This client holds its share of flows: refuse at once, as a
 		// full table would, rather than let it crowd out the others.
-		port.tcpFlows.Add(-1)
-		s.stats.tcpFlowsCapped.Add(1)
 		r.Complete(true)
 		s.wg.Done()
 		return
@@ -81,11 +79,9 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 			port.tcpFlows.Add(-1)
 		}
 	}()
-	if port.dialing.Add(1) > int32(s.cfg.MaxInFlightPerPort) {
+	if !reserve(&port.dialing, s.cfg.MaxInFlightPerPort, &s.stats.tcpDialCapped) {
 		// Over this client's share of the dial slots: ignore the SYN, as
 		// the global cap does (the client retransmits).
-		port.dialing.Add(-1)
-		s.stats.tcpDialCapped.Add(1)
 		r.Complete(false)
 		s.wg.Done()
 		return

@@ -43,9 +43,7 @@ func (s *Stack) handleUDP(r *udp.ForwarderRequest) bool {
 	if port == nil {
 		return true // drop
 	}
-	if port.udpFlows.Add(1) > int32(s.cfg.MaxUDPFlowsPerPort) {
-		port.udpFlows.Add(-1)
-		s.stats.udpFlowsCapped.Add(1)
+	if !reserve(&port.udpFlows, s.cfg.MaxUDPFlowsPerPort, &s.stats.udpFlowsCapped) {
 		return true // drop, as a full conntrack table does
 	}
 	if !s.track() {
