@@ -52,9 +52,9 @@ func (s *Stack) reject(p *Port, ip *ipInfo) {
 		return
 	}
 	if ip.v6 {
-		s.sendICMP6(p, ip.dst, ip.src, icmp6Unreach, icmp6CodeAdminProhib, ip.pkt)
+		s.sendICMP(p, ip.dst, ip.src, icmp6Unreach, icmp6CodeAdminProhib, ip.pkt)
 	} else {
-		s.sendICMP4(p, s.cfg.Addr, ip.src, icmp4Unreach, icmp4CodeAdminProhib, ip.pkt)
+		s.sendICMP(p, s.cfg.Addr, ip.src, icmp4Unreach, icmp4CodeAdminProhib, ip.pkt)
 	}
 }
 
@@ -67,9 +67,9 @@ func (s *Stack) timeExceeded(p *Port, ip *ipInfo) {
 		return
 	}
 	if ip.v6 {
-		s.sendICMP6(p, ip.dst, ip.src, icmp6TimeExceeded, 0, ip.pkt)
+		s.sendICMP(p, ip.dst, ip.src, icmp6TimeExceeded, 0, ip.pkt)
 	} else {
-		s.sendICMP4(p, s.cfg.Addr, ip.src, icmp4TimeExceeded, 0, ip.pkt)
+		s.sendICMP(p, s.cfg.Addr, ip.src, icmp4TimeExceeded, 0, ip.pkt)
 	}
 }
 
@@ -139,15 +139,9 @@ func (s *Stack) sendReset(p *Port, ip *ipInfo) {
 	s.queueReject(p, pk)
 }
 
-// sendICMP4 queues an ICMPv4 error quoting orig to the client.
-func (s *Stack) sendICMP4(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
-	if pk := s.icmpError(p, src, dst, typ, code, 0, orig); pk != nil {
-		s.queueReject(p, pk)
-	}
-}
-
-// sendICMP6 queues an ICMPv6 error quoting orig to the client.
-func (s *Stack) sendICMP6(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
+// sendICMP queues an ICMP error (ICMPv6 if src is IPv6) quoting orig to
+// the client.
+func (s *Stack) sendICMP(p *Port, src, dst netip.Addr, typ, code byte, orig []byte) {
 	if pk := s.icmpError(p, src, dst, typ, code, 0, orig); pk != nil {
 		s.queueReject(p, pk)
 	}
@@ -212,9 +206,9 @@ func (s *Stack) sendUnreachable(p *Port, src, dst netip.AddrPort, proto byte, l4
 	binary.BigEndian.PutUint16(q[hl:hl+2], src.Port())
 	binary.BigEndian.PutUint16(q[hl+2:hl+4], dst.Port())
 	if hl == 20 {
-		s.sendICMP4(p, from, src.Addr(), icmp4Unreach, code4, q)
+		s.sendICMP(p, from, src.Addr(), icmp4Unreach, code4, q)
 	} else {
-		s.sendICMP6(p, from, src.Addr(), icmp6Unreach, code6, q)
+		s.sendICMP(p, from, src.Addr(), icmp6Unreach, code6, q)
 	}
 }
 

@@ -252,11 +252,10 @@ func TestRouterParity(t *testing.T) {
 // corp-side interface (as ocserv's host does for its clients).
 func kernelRoutedClient(t *testing.T, tp *testenv.Topo) *testenv.Netns {
 	kc := testenv.NewNetns(t, "kclient")
-	_, gwIf := testenv.Link(t, kc, tp.GW, netip.PrefixFrom(kClientAddr, 30), netip.PrefixFrom(kRouterAddr, 30))
+	testenv.Link(t, kc, tp.GW, netip.PrefixFrom(kClientAddr, 30), netip.PrefixFrom(kRouterAddr, 30))
 	kc.Run(t, "ip", "route", "add", testenv.CorpNet.String(), "via", kRouterAddr.String())
 	tp.GW.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	tp.GW.Run(t, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", netip.PrefixFrom(kClientAddr, 30).Masked().String(), "-o", tp.GWCorpIf, "-j", "MASQUERADE")
-	_ = gwIf
 	return kc
 }
 
