@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"reflect"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,27 +23,15 @@ import (
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
-// udpEcho echoes UDP datagrams on loopback until the test ends.
+// udpEcho echoes UDP datagrams of any size on loopback until the test
+// ends.
 func udpEcho(t testing.TB) netip.AddrPort {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 2048)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], a)
-		}
-	}()
-	t.Cleanup(func() { pc.Close(); wg.Wait() })
+	testenv.ServePacket(t, pc, func(b []byte, from net.Addr) { _, _ = pc.WriteTo(b, from) })
 	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
@@ -438,25 +425,7 @@ func TestUDPIdleTimeout(t *testing.T) {
 // 1253 bytes up none arrived over QUIC). Over QUIC the gateway fragments
 // what the corporate side sends to the client's MTU.
 func TestBigDatagrams(t *testing.T) {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // echo, any size
-		defer wg.Done()
-		buf := make([]byte, 1<<16)
-		for {
-			n, a, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			_, _ = pc.WriteTo(buf[:n], a)
-		}
-	}()
-	defer func() { pc.Close(); wg.Wait() }()
-	echo := netip.MustParseAddrPort(pc.LocalAddr().String())
+	echo := udpEcho(t)
 	for _, mode := range []TransportMode{TransportQUIC, TransportTLS} {
 		t.Run(mode.String(), func(t *testing.T) {
 			g, addr := startGateway(t, nil)
