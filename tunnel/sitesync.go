@@ -24,9 +24,10 @@ const (
 	// store is unreachable.
 	siteRetryEvery = time.Second
 	// siteMaxQueued caps the records queued during an outage (about
-	// 100 bytes each: a few MB). Beyond it the oldest is dropped and
-	// logged; a dropped revocation still applies here, and a dropped ban
-	// on the other servers only until its points are earned there.
+	// 100 bytes each: a few MB). Beyond it the oldest record not being
+	// published right now is dropped and logged; a dropped revocation
+	// still applies here, and a dropped ban on the other servers only
+	// until its points are earned there.
 	siteMaxQueued = 1 << 15
 )
 
@@ -43,6 +44,9 @@ type siteSync struct {
 
 	mu     sync.Mutex
 	outbox []site.Record
+	// sending: flush is publishing outbox[0]. That record is never
+	// dropped, so a record counted in Dropped never reaches the store.
+	sending bool
 }
 
 // SiteStoreStats is the gateway's view of its site store.
@@ -83,7 +87,15 @@ func (g *Gateway) publish(r site.Record) {
 	r.Server = ss.server
 	ss.mu.Lock()
 	if len(ss.outbox) >= siteMaxQueued {
-		g.log.Warn("site store queue full: oldest record dropped", "kind", ss.outbox[0].Kind.String())
+		i := 0
+		if ss.sending {
+			i = 1 // the head is in flight: drop the next oldest
+		}
+		d := ss.outbox[i]
+		g.log.Warn("site store queue full: oldest record dropped", "kind", d.Kind.String(), "session", d.Session, "client_ip", d.Addr)
+		if i == 1 {
+			ss.outbox[1] = ss.outbox[0] // keep the head, in O(1)
+		}
 		ss.outbox = ss.outbox[1:]
 		ss.dropped.Add(1)
 	}
@@ -118,20 +130,22 @@ func (g *Gateway) flush(ctx context.Context) {
 			return
 		}
 		r := ss.outbox[0]
+		ss.sending = true
 		ss.mu.Unlock()
 		cctx, cancel := context.WithTimeout(ctx, siteCallTimeout)
 		err := ss.store.Publish(cctx, r)
 		cancel()
 		g.setUp(err == nil, err)
+		ss.mu.Lock()
+		ss.sending = false
+		if err == nil {
+			ss.outbox = ss.outbox[1:] // still r: publish never drops it while sending
+		}
+		ss.mu.Unlock()
 		if err != nil {
 			ss.failures.Add(1)
 			return
 		}
-		ss.mu.Lock()
-		if len(ss.outbox) > 0 && ss.outbox[0] == r {
-			ss.outbox = ss.outbox[1:]
-		}
-		ss.mu.Unlock()
 	}
 }
 
