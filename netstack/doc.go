@@ -28,9 +28,13 @@
 // directions (a client's RST reaches the server as a RST), byte-exact
 // transfers, UDP datagrams from 0 to 65507 bytes both ways (fragmented and
 // reassembled as needed, also to a port's smaller MTU), ICMP echo up to 65000
-// bytes, ICMP time exceeded for TTL 1 (traceroute's first hop), host
+// bytes (the reply as big as the request), ICMP time exceeded for TTL 1
+// (traceroute's first hop), host
 // unreachable for a destination that does not answer, a RST for a closed
 // port, and UDP mappings that survive 90 s of silence and not 150 s.
+// A client's IPv4 fragments are reassembled before anything looks at the
+// packet, as a Linux router's conntrack does (reassembly.go), so a
+// fragmented ping, SYN or datagram is handled as the whole it is.
 //
 // Deliberate differences from a kernel router:
 //   - Every flow is re-originated from the gateway host's own sockets: the
@@ -38,7 +42,11 @@
 //     the gateway is the only hop a client's traceroute shows. A client
 //     packet's TTL and IP options are not carried to the corporate side, and
 //     DSCP and ECN are cleared both ways: both legs send with TOS 0 (gVisor's
-//     endpoints and the host sockets alike), where a router would keep them.
+//     endpoints and the host sockets alike), where a router would keep them
+//     (the parity suite's "DSCP and ECN" probe shows both). The gateway is
+//     the corporate network's boundary, where a DiffServ domain re-marks
+//     what enters it (RFC 2475's boundary nodes), and each leg's TCP does
+//     its own congestion control.
 //   - ICMP errors come from the gateway's tunnel address, not from a router
 //     interface on the client's path.
 //   - A UDP mapping lives for its idle timeout (Config.UDPIdleTimeout, 2

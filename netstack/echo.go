@@ -173,14 +173,28 @@ func addrOf(a net.Addr) netip.Addr {
 // sendEchoReply queues an echo reply from src to the client dst.
 func (s *Stack) sendEchoReply(p *Port, src, dst netip.Addr, id, seq uint16, payload []byte) {
 	n := 20 + 8 + len(payload)
-	if n > s.mtu {
+	if mtu := p.linkMTU(); n > mtu {
+		// A big ping (ping -s 65000): fragmented to the port's MTU, as
+		// the replying host's kernel would fragment it. Rare, so the
+		// whole reply is built in a buffer of its own first.
+		b := make([]byte, n)
+		writeEchoReply(b, src, dst, id, seq, payload)
+		s.fragment4(p, b, mtu)
 		return
 	}
 	pk := s.pools.get(p.headroom + n)
 	if pk == nil {
 		return
 	}
-	b := pk.buf[p.headroom : p.headroom+n]
+	writeEchoReply(pk.buf[p.headroom:p.headroom+n], src, dst, id, seq, payload)
+	if !p.send(pk, false) {
+		s.stats.rejectsDropped.Add(1)
+	}
+}
+
+// writeEchoReply writes an IPv4 echo reply carrying payload into b, which
+// is exactly its size (28 bytes more than payload).
+func writeEchoReply(b []byte, src, dst netip.Addr, id, seq uint16, payload []byte) {
 	writeIPHeader(b[:20], src, dst, protoICMP, 8+len(payload))
 	m := b[20:]
 	m[0], m[1] = icmp4EchoReply, 0
@@ -189,7 +203,4 @@ func (s *Stack) sendEchoReply(p *Port, src, dst netip.Addr, id, seq uint16, payl
 	binary.BigEndian.PutUint16(m[6:8], seq)
 	copy(m[8:], payload)
 	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	if !p.send(pk, false) {
-		s.stats.rejectsDropped.Add(1)
-	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -187,4 +188,244 @@ func pattern(n int) []byte {
 		b[i] = byte(i*7 + i/251)
 	}
 	return b
+}
+
+// fragmentsOf cuts b, an IPv4 packet without options (or a fragment of
+// one), into fragments that carry per bytes of its payload each (a
+// multiple of 8), as a router does (DF cleared, MF kept on the last piece
+// of a fragment).
+func fragmentsOf(b []byte, per int) [][]byte {
+	payload := b[20:]
+	flags := binary.BigEndian.Uint16(b[6:8])
+	fo, mf := int(flags&0x1fff)*8, flags&0x2000
+	var out [][]byte
+	for off := 0; off < len(payload); off += per {
+		n := min(per, len(payload)-off)
+		f := make([]byte, 20+n)
+		copy(f, b[:20])
+		copy(f[20:], payload[off:off+n])
+		ff := uint16((fo + off) / 8)
+		if off+n < len(payload) || mf != 0 {
+			ff |= 0x2000
+		}
+		binary.BigEndian.PutUint16(f[2:4], uint16(len(f)))
+		binary.BigEndian.PutUint16(f[6:8], ff)
+		f[10], f[11] = 0, 0
+		binary.BigEndian.PutUint16(f[10:12], ^fold(sum(f[:20], 0)))
+		out = append(out, f)
+	}
+	return out
+}
+
+// TestClientFragments: a client whose every packet arrives in fragments
+// (tiny, mid-sized, in order or reversed) still gets its TCP handshake,
+// byte-exact TCP data and whole UDP datagrams through, because Inject
+// reassembles before anything looks at a packet.
+func TestClientFragments(t *testing.T) {
+	gw := newGW(t, nil)
+	echo := echoServer(t)
+	udpPort := udpServer(t, func(b []byte) []byte { return b })
+	for _, tc := range []struct {
+		name     string
+		per      int
+		reversed bool
+	}{
+		{"8-byte fragments", 8, false},
+		{"8-byte fragments reversed", 8, true},
+		{"512-byte fragments", 512, false},
+		{"1480-byte fragments reversed", 1480, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, gw, cliAddr, 0)
+			defer c.close()
+			split := func(b []byte) [][]byte {
+				if b[0]>>4 != 4 || len(b) <= 20+tc.per {
+					return [][]byte{b}
+				}
+				f := fragmentsOf(b, tc.per)
+				if tc.reversed {
+					slices.Reverse(f)
+				}
+				return f
+			}
+			c.split.Store(&split)
+			before := gw.Stats().Reassembled
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := c.dialTCP(ctx, echo)
+			if err != nil {
+				t.Fatalf("TCP through fragments: %v (stats %+v)", err, gw.Stats())
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			msg := pattern(20000)
+			go conn.Write(msg)
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("TCP echo: %v, intact %v", err, bytes.Equal(got, msg))
+			}
+			uc, err := c.dialUDP(netip.AddrPortFrom(far, udpPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer uc.Close()
+			uc.SetDeadline(time.Now().Add(5 * time.Second))
+			dg := pattern(3000)
+			uc.Write(dg)
+			buf := make([]byte, 4000)
+			if n, err := uc.Read(buf); err != nil || !bytes.Equal(buf[:n], dg) {
+				t.Fatalf("UDP echo: %v, %d bytes (stats %+v)", err, n, gw.Stats())
+			}
+			if st := gw.Stats(); st.Reassembled == before || st.FragmentsDropped != 0 {
+				t.Errorf("Reassembled %d -> %d, FragmentsDropped %d", before, st.Reassembled, st.FragmentsDropped)
+			}
+		})
+	}
+}
+
+// TestFragmentedEcho: a ping whose request came in fragments is forwarded
+// with its whole payload (it used to go out with the first fragment's).
+func TestFragmentedEcho(t *testing.T) {
+	fp := fakePinger{got: make(chan netip.Addr, 1)}
+	gw := newGW(t, func(c *Config) { c.Pinger = fp })
+	p, err := gw.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	m := make([]byte, 8+8000)
+	m[0] = 8
+	binary.BigEndian.PutUint16(m[4:6], 0x1234)
+	copy(m[8:], pattern(8000))
+	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+	for _, f := range fragmentsOf(ipv4Packet(cliAddr, far, protoICMP, m), 1480) {
+		if err := p.Inject(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-fp.got:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the ping was not forwarded (stats %+v)", gw.Stats())
+	}
+	// The reply is as big: it comes back in fragments of the port's MTU,
+	// in order.
+	var icmp []byte
+	for more := true; more; {
+		f := nextPacket(t, p, 2*time.Second)
+		if len(f) > gw.mtu || f[9] != protoICMP {
+			t.Fatalf("a %d-byte packet of protocol %d to a %d MTU", len(f), f[9], gw.mtu)
+		}
+		icmp = append(icmp, f[20:]...)
+		more = f[6]&0x20 != 0
+	}
+	want := pattern(8000)
+	slices.Reverse(want)
+	if len(icmp) != 8+8000 || icmp[0] != icmp4EchoReply || !bytes.Equal(icmp[8:], want) {
+		t.Fatalf("reply of %d bytes, type %d; want the whole 8000-byte payload echoed", len(icmp), icmp[0])
+	}
+}
+
+// TestReassemblyRules drives reassemble directly with hand-made fragments:
+// the kernel's rules for duplicates, overlaps, sizes, timeouts and limits.
+func TestReassemblyRules(t *testing.T) {
+	gw := newGW(t, nil)
+	p, err := gw.Attach(cliAddr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	dg := ipv4Packet(cliAddr, far, protoUDP, pattern(64))
+	binary.BigEndian.PutUint16(dg[4:6], 77) // IP id
+	fr := fragmentsOf(dg, 16)               // 4 fragments of 16 bytes
+	fr[0][6] |= 0x40                        // DF on the first: the whole datagram keeps it
+	frag := func(off, n int, more bool, data []byte) []byte {
+		f := slices.Clone(fr[0][:20])
+		f = append(f, data[:n]...)
+		fo := uint16(off / 8)
+		if more {
+			fo |= 0x2000
+		}
+		binary.BigEndian.PutUint16(f[2:4], uint16(len(f)))
+		binary.BigEndian.PutUint16(f[6:8], fo)
+		return f
+	}
+	t0 := time.Now()
+	feed := func(now time.Time, fs ...[]byte) (whole []byte) {
+		for _, f := range fs {
+			ip, err := parseIP(f)
+			if err != nil || !ip.frag {
+				t.Fatalf("not a fragment: %v", err)
+			}
+			if w := gw.reassemble(p, &ip, now); w != nil {
+				whole = w
+			}
+		}
+		return whole
+	}
+	for _, tc := range []struct {
+		name    string
+		frags   [][]byte
+		later   time.Duration // the last fragment comes this much later
+		whole   bool
+		dropped uint64
+	}{
+		{"in order", fr, 0, true, 0},
+		{"reversed", [][]byte{fr[3], fr[2], fr[1], fr[0]}, 0, true, 0},
+		{"an exact duplicate is ignored", [][]byte{fr[0], fr[1], fr[1], fr[2], fr[3]}, 0, true, 0},
+		{"a missing fragment", [][]byte{fr[0], fr[1], fr[3]}, 0, false, 0},
+		{"an overlap with other bytes", [][]byte{fr[0], frag(8, 16, true, pattern(64)[8:]), fr[1], fr[2], fr[3]}, 0, false, 1},
+		{"a second, different end", [][]byte{fr[0], fr[3], frag(32, 8, false, pattern(64)[32:])}, 0, false, 1},
+		{"a middle fragment not a multiple of 8", [][]byte{frag(16, 12, true, pattern(64)[16:])}, 0, false, 1},
+		{"over 65535 bytes", [][]byte{frag(65528, 16, false, pattern(64))}, 0, false, 1},
+		{"the last fragment after 31 s", fr, 31 * time.Second, false, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw.stats.fragmentsDropped.Store(0)
+			var whole []byte
+			for i, f := range tc.frags {
+				now := t0
+				if i == len(tc.frags)-1 {
+					now = now.Add(tc.later)
+				}
+				if w := feed(now, f); w != nil {
+					whole = w
+				}
+			}
+			if (whole != nil) != tc.whole {
+				t.Fatalf("whole datagram %v, want %v", whole != nil, tc.whole)
+			}
+			if whole != nil {
+				if !bytes.Equal(whole[20:], dg[20:]) {
+					t.Fatal("payload differs")
+				}
+				if binary.BigEndian.Uint16(whole[6:8]) != 0x4000 || fold(sum(whole[:20], 0)) != 0xffff || int(binary.BigEndian.Uint16(whole[2:4])) != len(dg) {
+					t.Fatalf("header %x: want DF only, a valid checksum, total length %d", whole[:20], len(dg))
+				}
+			}
+			if d := gw.stats.fragmentsDropped.Load(); d != tc.dropped {
+				t.Errorf("FragmentsDropped %d, want %d", d, tc.dropped)
+			}
+			p.frags.clear(gw) // leftovers of an incomplete case
+			if n := gw.fragBytes.Load(); n != 0 {
+				t.Errorf("%d bytes still accounted after clear", n)
+			}
+		})
+	}
+
+	// One session holds at most maxFragDatagramsPerPort incomplete
+	// datagrams: the oldest goes for a new one.
+	gw.stats.fragmentsDropped.Store(0)
+	for id := range maxFragDatagramsPerPort + 3 {
+		f := slices.Clone(fr[0])
+		binary.BigEndian.PutUint16(f[4:6], uint16(1000+id))
+		feed(t0, f)
+	}
+	if n, d := len(p.frags.dgs), gw.stats.fragmentsDropped.Load(); n != maxFragDatagramsPerPort || d != 3 {
+		t.Errorf("%d datagrams held, %d dropped; want %d and 3", n, d, maxFragDatagramsPerPort)
+	}
+	p.Close()
+	if n := gw.fragBytes.Load(); n != 0 {
+		t.Errorf("%d bytes still accounted after Close", n)
+	}
 }

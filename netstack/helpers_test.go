@@ -83,6 +83,10 @@ type client struct {
 	// drop, when set, decides which gateway -> client packets (IP bytes)
 	// are lost on the way, as a lossy client link would lose them.
 	drop atomic.Pointer[func([]byte) bool]
+	// split, when set, cuts each client -> gateway IPv4 packet into the
+	// fragments it returns, as a router with a small MTU on the client's
+	// path would.
+	split atomic.Pointer[func([]byte) [][]byte]
 }
 
 func (c *client) maxSize() int { return int(c.largest.Load()) }
@@ -121,7 +125,13 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 				}
 			}
 			v := pkt.ToView()
-			port.InjectBatch(b, v.AsSlice())
+			if sp := c.split.Load(); sp != nil {
+				for _, f := range (*sp)(v.AsSlice()) {
+					port.InjectBatch(b, f)
+				}
+			} else {
+				port.InjectBatch(b, v.AsSlice())
+			}
 			v.Release()
 			pkt.DecRef()
 		}

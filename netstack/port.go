@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/underpass/underpass/internal/core/tally"
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -56,6 +57,10 @@ type Port struct {
 
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
+
+	// frags holds the client's IPv4 fragments until their datagram is
+	// whole (reassembly.go).
+	frags fragTable
 
 	// tcpFlows and udpFlows count this port's forwarded flows, reserved
 	// before the dial (Config.MaxTCPFlowsPerPort, MaxUDPFlowsPerPort);
@@ -188,6 +193,7 @@ func (p *Port) Close() error {
 	for f := range flows {
 		f.abort(ErrClosed)
 	}
+	p.frags.clear(s)
 	return nil
 }
 
@@ -308,6 +314,16 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.dropSpoofed.Add(1)
 		return ErrSpoofed
 	}
+	if ip.frag { // nothing looks at a fragment before its datagram is whole
+		whole := s.reassemble(p, &ip, time.Now())
+		if whole == nil {
+			return nil // held, a duplicate, or dropped and counted
+		}
+		if ip, err = parseIP(whole); err != nil { // cannot happen: reassemble built it
+			s.stats.dropMalformed.Add(1)
+			return err
+		}
+	}
 	if ip.ttl <= 1 && !s.isLocal(ip.dst) {
 		// A router forwards nothing whose TTL (hop limit) would reach 0,
 		// and says so (RFC 1812 5.3.1, RFC 4443 3.3): traceroute's first
@@ -363,7 +379,8 @@ type ipInfo struct {
 	src, dst netip.Addr
 	tproto   uint8  // transport protocol (IPv6: the first next-header)
 	ttl      uint8  // TTL (IPv6: hop limit)
-	l4       []byte // transport header+payload; nil for non-first fragments
+	l4       []byte // IPv4: transport header+payload, nil for fragments; IPv6: after the fixed header
+	frag     bool   // an IPv4 fragment (MF or an offset): reassembled first
 }
 
 const (
@@ -391,7 +408,7 @@ func parseIP(b []byte) (ipInfo, error) {
 		b = b[:tot]
 		ip = ipInfo{pkt: b, proto: header.IPv4ProtocolNumber, hdrLen: ihl,
 			src: netip.AddrFrom4([4]byte(b[12:16])), dst: netip.AddrFrom4([4]byte(b[16:20])), tproto: b[9], ttl: b[8]}
-		if binary.BigEndian.Uint16(b[6:8])&0x1fff == 0 {
+		if ip.frag = isFragment(b); !ip.frag {
 			ip.l4 = b[ihl:]
 		}
 	case 6:

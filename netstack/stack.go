@@ -185,6 +185,7 @@ type Stack struct {
 	pinger Pinger // nil: pings to other hosts are refused
 
 	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
+	fragBytes    atomic.Int64 // bytes held in incomplete datagrams (maxFragBytes)
 	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 

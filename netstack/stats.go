@@ -31,6 +31,11 @@ type Stats struct {
 	WriteBlocked   uint64 // outbound writes that had to wait for queue room
 	Fragmented     uint64 // outbound IPv4 packets over their port's MTU, sent as fragments (Port.SetMTU)
 	TooBigAnswered uint64 // outbound packets over their port's MTU that could not be fragmented, answered to their sender with frag-needed / Packet Too Big
+	// Reassembled counts clients' IPv4 datagrams made whole from their
+	// fragments before anything looked at them; FragmentsDropped the
+	// fragments and incomplete datagrams discarded: overlapping, too long,
+	// timed out (30 s), or over the reassembly limits (reassembly.go).
+	Reassembled, FragmentsDropped uint64
 
 	TCPActive     int64  // forwarded TCP flows now
 	UDPActive     int64  // forwarded UDP flows now
@@ -61,6 +66,7 @@ type counters struct {
 	dropParked                                              atomic.Uint64
 	rejects, rejectsDropped, writeBlocked                   atomic.Uint64
 	fragmented, tooBigAnswered, ttlExceeded                 atomic.Uint64
+	reassembled, fragmentsDropped                           atomic.Uint64
 	tcpFlowsCapped, udpFlowsCapped, echoCapped              atomic.Uint64
 	tcpActive, udpActive                                    atomic.Int64
 	tcpFlows, udpFlows, tcpDialFailed, udpDialFailed        atomic.Uint64
@@ -93,6 +99,7 @@ func (s *Stack) Stats() Stats {
 		Rejects:    c.rejects.Load(), RejectsDropped: c.rejectsDropped.Load(),
 		WriteBlocked: c.writeBlocked.Load(),
 		Fragmented:   c.fragmented.Load(), TooBigAnswered: c.tooBigAnswered.Load(),
+		Reassembled: c.reassembled.Load(), FragmentsDropped: c.fragmentsDropped.Load(),
 		TCPActive: c.tcpActive.Load(), UDPActive: c.udpActive.Load(),
 		TCPFlows: c.tcpFlows.Load(), UDPFlows: c.udpFlows.Load(),
 		TCPDialFailed: c.tcpDialFailed.Load(), UDPDialFailed: c.udpDialFailed.Load(),
