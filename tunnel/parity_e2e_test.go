@@ -8,16 +8,19 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/netstack"
 	"github.com/underpass/underpass/tunnel"
+	"golang.org/x/sys/unix"
 )
 
 // The router parity suite (issue 11): the same probes run from two client
@@ -49,7 +52,14 @@ const (
 	portBulk          = 7005 // sends bulkSize bytes of testenv.Pattern
 	portUDPEcho       = 7006 // echoes any datagram
 	portUDPPush       = 7007 // "wait N": acks, then pushes "push" after N seconds
+	portTOSUDP        = 7008 // answers "saw T" (the datagram's TOS), marked tosMark
+	portTOSTCP        = 7009 // answers "saw T" (the TOS of the connection's SYN)
 )
+
+// tosMark is DSCP EF (46, RFC 3246) with ECT(0) (RFC 3168), as a voice
+// application marks its packets. A TCP socket sends only the DSCP part
+// (0xb8): the kernel owns TCP's ECN bits.
+const tosMark = 0xba
 
 const bulkSize = 100 << 20 // the issue's 100 MB byte-exact transfer
 
@@ -76,10 +86,13 @@ func TestRouterParity(t *testing.T) {
 	type probe struct {
 		name string
 		run  func(ctx context.Context, ns *testenv.Netns) string
+		// A deliberate difference (netstack's package doc): what each path
+		// must show instead of the same thing.
+		kernel, underpass string
 	}
 	corp := func(port int) string { return net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)) }
 	probes := []probe{
-		{"client resets", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "client resets", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "tcp", corp(portResetObserver))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -90,7 +103,7 @@ func TestRouterParity(t *testing.T) {
 			c.Close()
 			return "server saw " + srv.next(ctx)
 		}},
-		{"server resets", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "server resets", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "tcp", corp(portResetter))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -101,7 +114,7 @@ func TestRouterParity(t *testing.T) {
 			_, err = io.ReadAll(c)
 			return "client saw " + errClass(err)
 		}},
-		{"client half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "client half-closes first", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "tcp", corp(portHalfClient))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -113,7 +126,7 @@ func TestRouterParity(t *testing.T) {
 			b, err := io.ReadAll(c)
 			return fmt.Sprintf("got %q, then %s", b, errClass(err))
 		}},
-		{"server half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "server half-closes first", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "tcp", corp(portHalfServer))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -125,7 +138,7 @@ func TestRouterParity(t *testing.T) {
 			c.(*net.TCPConn).CloseWrite()
 			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
 		}},
-		{"100 MB download", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "100 MB download", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "tcp", corp(portBulk))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -138,7 +151,7 @@ func TestRouterParity(t *testing.T) {
 			}
 			return fmt.Sprintf("%d bytes, intact %v", len(got), bytes.Equal(got, testenv.Pattern(bulkSize)))
 		}},
-		{"UDP sizes both ways", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "UDP sizes both ways", run: func(ctx context.Context, ns *testenv.Netns) string {
 			c, err := ns.Dial(ctx, "udp", corp(portUDPEcho))
 			if err != nil {
 				return "dial: " + errClass(err)
@@ -160,24 +173,31 @@ func TestRouterParity(t *testing.T) {
 			}
 			return strings.Join(out, " ")
 		}},
-		{"ping sizes", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "ping sizes", run: func(ctx context.Context, ns *testenv.Netns) string {
 			var out []string
 			for _, n := range []string{"56", "1472", "8000", "65000"} {
 				out = append(out, n+": "+pingResult(ctx, ns, "-s", n, testenv.CorpAddr.String()))
 			}
 			return strings.Join(out, " ")
 		}},
-		{"traceroute's first hop", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "traceroute's first hop", run: func(ctx context.Context, ns *testenv.Netns) string {
 			return pingResult(ctx, ns, "-t", "1", testenv.CorpAddr.String())
 		}},
-		{"host does not answer", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "host does not answer", run: func(ctx context.Context, ns *testenv.Netns) string {
 			_, err := ns.Dial(ctx, "tcp", "198.19.0.77:80") // corp's subnet, no such host: ARP fails
 			return errClass(err)
 		}},
-		{"closed port", func(ctx context.Context, ns *testenv.Netns) string {
+		{name: "closed port", run: func(ctx context.Context, ns *testenv.Netns) string {
 			_, err := ns.Dial(ctx, "tcp", corp(9))
 			return errClass(err)
 		}},
+		{name: "DSCP and ECN", run: func(ctx context.Context, ns *testenv.Netns) string {
+			return tosProbe(ctx, ns, corp(portTOSUDP), corp(portTOSTCP))
+		},
+			// A router keeps the marks; Underpass re-originates every flow
+			// and clears them both ways (TOS 0 on both legs).
+			kernel:    "UDP: server saw 0xba, client saw 0xba; TCP: server saw 0xb8",
+			underpass: "UDP: server saw 0x00, client saw 0x00; TCP: server saw 0x00"},
 	}
 	// UDP mappings across silences (RFC 4787 REQ-5; Linux conntrack's
 	// stream timeout is 120 s): run alongside the rest, both paths at once.
@@ -207,9 +227,16 @@ func TestRouterParity(t *testing.T) {
 	kernel := make([]string, len(probes))
 	for i, pr := range probes {
 		kernel[i] = run(pr, paths[0].ns)
-		if got := run(pr, paths[1].ns); got != kernel[i] {
+		got := run(pr, paths[1].ns)
+		switch {
+		case pr.underpass != "":
+			if kernel[i] != pr.kernel || got != pr.underpass {
+				t.Errorf("%s (a deliberate difference): kernel router %q, want %q; underpass over TLS %q, want %q", pr.name, kernel[i], pr.kernel, got, pr.underpass)
+			}
+			kernel[i] = pr.underpass // what the DTLS pass must show
+		case got != kernel[i]:
 			t.Errorf("%s: kernel router %q, underpass over TLS %q", pr.name, kernel[i], got)
-		} else {
+		default:
 			t.Logf("%s: both %q", pr.name, got)
 		}
 	}
@@ -226,7 +253,7 @@ func TestRouterParity(t *testing.T) {
 	dtlsBefore := gw.Stats().DTLSPacketsIn
 	for i, pr := range probes {
 		if got := run(pr, paths[1].ns); got != kernel[i] {
-			t.Errorf("%s: kernel router %q, underpass over DTLS %q", pr.name, kernel[i], got)
+			t.Errorf("%s: want %q (the kernel router's, or the deliberate difference), underpass over DTLS %q", pr.name, kernel[i], got)
 		} else {
 			t.Logf("%s (DTLS): %q", pr.name, got)
 		}
@@ -318,6 +345,11 @@ func startParityServers(t *testing.T, corp *testenv.Netns) *parityServers {
 		testenv.ServePacket(t, pc, func(b []byte, from net.Addr) { handle(pc, b, from) })
 	}
 	udp(portUDPEcho, func(pc net.PacketConn, b []byte, from net.Addr) { pc.WriteTo(b, from) })
+	tcp(portTOSTCP, func(c *net.TCPConn) {
+		fmt.Fprintf(c, "saw %s", synTOS(c))
+		c.Close()
+	})
+	serveTOSUDP(t, corp, net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(portTOSUDP)))
 	udp(portUDPPush, func(pc net.PacketConn, b []byte, from net.Addr) {
 		if string(b) == "hello" {
 			pc.WriteTo([]byte("ack"), from)
@@ -356,14 +388,130 @@ func udpPushAfter(ctx context.Context, ns *testenv.Netns, addr string, secs int)
 	return "push arrived"
 }
 
+// setTOS marks a socket's packets with tos and asks for the TOS of the
+// packets it receives (IP_RECVTOS).
+func setTOS(rc syscall.RawConn, tos int) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, tos),
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_RECVTOS, 1))
+	})
+	return errors.Join(err, serr)
+}
+
+// tosIn is the TOS found in a received packet's control messages.
+func tosIn(oob []byte) string {
+	msgs, _ := unix.ParseSocketControlMessage(oob)
+	for _, m := range msgs {
+		if m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_TOS && len(m.Data) > 0 {
+			return fmt.Sprintf("0x%02x", m.Data[0])
+		}
+	}
+	return "no TOS"
+}
+
+// synTOS is the TOS of the SYN that opened an accepted connection: Linux
+// keeps it (rcv_tos) and reports it through IP_PKTOPTIONS once IP_RECVTOS
+// is set, which Go's syscall packages do not wrap.
+func synTOS(c *net.TCPConn) string {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return errClass(err)
+	}
+	if err := setTOS(rc, 0); err != nil {
+		return errClass(err)
+	}
+	oob := make([]byte, 64)
+	n := uint32(len(oob))
+	var errno syscall.Errno
+	rc.Control(func(fd uintptr) {
+		_, _, errno = unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_IP, unix.IP_PKTOPTIONS,
+			uintptr(unsafe.Pointer(&oob[0])), uintptr(unsafe.Pointer(&n)), 0)
+	})
+	if errno != 0 {
+		return errClass(errno)
+	}
+	return tosIn(oob[:n])
+}
+
+// serveTOSUDP answers each datagram with "saw T", T its TOS, in a datagram
+// marked tosMark.
+func serveTOSUDP(t *testing.T, ns *testenv.Netns, addr string) {
+	pc, err := ns.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc := pc.(*net.UDPConn)
+	rc, err := uc.SyscallConn()
+	if err == nil {
+		err = setTOS(rc, tosMark)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() { uc.Close(); <-done })
+	go func() {
+		defer close(done)
+		buf, oob := make([]byte, 64), make([]byte, 64)
+		for {
+			_, oobn, _, from, err := uc.ReadMsgUDP(buf, oob)
+			if err != nil {
+				return
+			}
+			uc.WriteToUDP([]byte("saw "+tosIn(oob[:oobn])), from)
+		}
+	}()
+}
+
+// tosProbe sends a datagram and opens a TCP connection, both marked
+// tosMark, and reports the TOS each side saw.
+func tosProbe(ctx context.Context, ns *testenv.Netns, udpAddr, tcpAddr string) string {
+	dial := func(network, addr string) (c net.Conn, err error) {
+		err = ns.Do(func() (err error) {
+			d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error { return setTOS(rc, tosMark) }}
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+	u, err := dial("udp", udpAddr)
+	if err != nil {
+		return "UDP dial: " + errClass(err)
+	}
+	defer u.Close()
+	u.SetDeadline(time.Now().Add(3 * time.Second))
+	u.Write([]byte("tos?"))
+	buf, oob := make([]byte, 64), make([]byte, 64)
+	n, oobn, _, _, err := u.(*net.UDPConn).ReadMsgUDP(buf, oob)
+	if err != nil {
+		return "UDP: " + errClass(err)
+	}
+	res := fmt.Sprintf("UDP: server %s, client saw %s", buf[:n], tosIn(oob[:oobn]))
+	c, err := dial("tcp", tcpAddr)
+	if err != nil {
+		return res + "; TCP dial: " + errClass(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return res + "; TCP: " + errClass(err)
+	}
+	return res + "; TCP: server " + string(b)
+}
+
 // pingResult runs one ping from ns and reduces its output to what both
-// paths share: a reply, "time to live exceeded" (from whichever router),
-// "unreachable", or no answer.
+// paths share: a reply and its size (a reply cut short shows), "time to
+// live exceeded" (from whichever router), "unreachable", or no answer.
 func pingResult(ctx context.Context, ns *testenv.Netns, args ...string) string {
 	out, _ := ns.Exec(ctx, "ping", append([]string{"-n", "-c", "1", "-W", "3"}, args...)...).CombinedOutput()
 	o := strings.ToLower(string(out))
 	switch {
 	case strings.Contains(o, "1 received"):
+		if m := replySize.FindStringSubmatch(o); m != nil {
+			return "reply of " + m[1] + " bytes"
+		}
 		return "reply"
 	case strings.Contains(o, "time to live exceeded"):
 		return "time to live exceeded"
@@ -372,6 +520,8 @@ func pingResult(ctx context.Context, ns *testenv.Netns, args ...string) string {
 	}
 	return "no answer"
 }
+
+var replySize = regexp.MustCompile(`(?m)^(\d+) bytes from`)
 
 // errClass names an error the way an application would branch on it.
 func errClass(err error) string {
