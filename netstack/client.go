@@ -204,7 +204,9 @@ func (c *ClientStack) send(pkt *stack.PacketBuffer) {
 
 // DialContext opens a TCP or UDP connection through the tunnel. address is
 // "ip:port": name resolution is the caller's (see the tunnel client's
-// Resolver).
+// Resolver). Errors, here and from the connection, carry the errno a host
+// socket would (syscall.ECONNREFUSED, ECONNRESET, EHOSTUNREACH...) in a
+// *net.OpError.
 func (c *ClientStack) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	ap, err := parseAddrPort(address)
 	if err != nil {
@@ -213,9 +215,17 @@ func (c *ClientStack) DialContext(ctx context.Context, network, address string) 
 	fa, proto := fullAddrProto(ap)
 	switch network {
 	case "tcp", "tcp4", "tcp6":
-		return gonet.DialContextTCP(ctx, c.st, fa, proto)
+		tc, err := gonet.DialContextTCP(ctx, c.st, fa, proto)
+		if err != nil {
+			return nil, asErrno(err)
+		}
+		return clientTCPConn{tc}, nil
 	case "udp", "udp4", "udp6":
-		return gonet.DialUDP(c.st, nil, &fa, proto)
+		uc, err := gonet.DialUDP(c.st, nil, &fa, proto)
+		if err != nil {
+			return nil, asErrno(err)
+		}
+		return clientUDPConn{uc}, nil
 	}
 	return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 }
@@ -224,7 +234,11 @@ func (c *ClientStack) DialContext(ctx context.Context, network, address string) 
 // 0: any), for protocols that talk to several peers.
 func (c *ClientStack) ListenUDP(port uint16) (net.PacketConn, error) {
 	fa, proto := fullAddrProto(netip.AddrPortFrom(c.cfg.Addr, port))
-	return gonet.DialUDP(c.st, &fa, nil, proto)
+	uc, err := gonet.DialUDP(c.st, &fa, nil, proto)
+	if err != nil {
+		return nil, asErrno(err)
+	}
+	return clientUDPConn{uc}, nil
 }
 
 func parseAddrPort(address string) (netip.AddrPort, error) {

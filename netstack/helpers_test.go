@@ -161,6 +161,42 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	return c
 }
 
+// newClientStack wires a ClientStack (tunnel.Client's stack) to a port of
+// gw, both ways.
+func newClientStack(t testing.TB, gw *Stack, addr netip.Addr) *ClientStack {
+	t.Helper()
+	port, err := gw.Attach(addr, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := NewClient(ClientConfig{Addr: addr, MTU: gw.mtu, Headroom: testHeadroom})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		for pk := range cs.Packets() {
+			port.Inject(pk.Frame()[testHeadroom:])
+			pk.Release()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for pk := range port.Packets() {
+			cs.Inject(pk.Frame()[testHeadroom:])
+			pk.Release()
+		}
+	}()
+	t.Cleanup(func() {
+		cs.Close()
+		port.Close()
+		wg.Wait()
+	})
+	return cs
+}
+
 func (c *client) close() {
 	c.port.Close()
 	c.stop()

@@ -856,15 +856,18 @@ func TestDialFailureAnswers(t *testing.T) {
 		mod  func(*Config)
 		dst  netip.AddrPort
 		want string
+		// errno is what tunnel.Client's stack (ClientStack) reports, as
+		// a host socket's connect() would.
+		errno syscall.Errno
 	}{
-		{"refused", nil, refused, "refused"},
-		{"no answer", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live, "no route to host"},
-		{"host unreachable", func(c *Config) { c.Dialer = errDialer{syscall.EHOSTUNREACH} }, live, "no route to host"},
-		{"net unreachable", func(c *Config) { c.Dialer = errDialer{syscall.ENETUNREACH} }, live, "network is unreachable"},
-		{"local firewall", func(c *Config) { c.Dialer = errDialer{syscall.EACCES} }, live, "no route to host"},
-		{"other failure", func(c *Config) { c.Dialer = errDialer{errors.New("proxy said no")} }, live, "refused"},
-		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live, "refused"},
-		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81), "refused"},
+		{"refused", nil, refused, "refused", syscall.ECONNREFUSED},
+		{"no answer", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live, "no route to host", syscall.EHOSTUNREACH},
+		{"host unreachable", func(c *Config) { c.Dialer = errDialer{syscall.EHOSTUNREACH} }, live, "no route to host", syscall.EHOSTUNREACH},
+		{"net unreachable", func(c *Config) { c.Dialer = errDialer{syscall.ENETUNREACH} }, live, "network is unreachable", syscall.ENETUNREACH},
+		{"local firewall", func(c *Config) { c.Dialer = errDialer{syscall.EACCES} }, live, "no route to host", syscall.EHOSTUNREACH},
+		{"other failure", func(c *Config) { c.Dialer = errDialer{errors.New("proxy said no")} }, live, "refused", syscall.ECONNREFUSED},
+		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live, "refused", syscall.ECONNREFUSED},
+		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81), "refused", syscall.ECONNREFUSED},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -885,6 +888,10 @@ func TestDialFailureAnswers(t *testing.T) {
 			c.port.flowMu.Unlock()
 			if n != 0 {
 				t.Errorf("%d SYNs still recorded after the dial ended", n)
+			}
+			cs := newClientStack(t, gw, cli2)
+			if _, err := cs.DialContext(ctx, "tcp", tt.dst.String()); !errors.Is(err, tt.errno) {
+				t.Errorf("ClientStack: err = %v, want errno %v", err, tt.errno)
 			}
 		})
 	}
@@ -1053,4 +1060,35 @@ func TestScanDoesNotStarveOthers(t *testing.T) {
 		t.Fatalf("the other session's connect during the scan: %v", err)
 	}
 	c.Close()
+}
+
+// TestClientStackReset: a server's reset reaches a tunnel.Client program as
+// ECONNRESET on its next read, as on a host socket.
+func TestClientStackReset(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.ServeListener(t, l, func(c net.Conn) {
+		c.Read(make([]byte, 1))
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	})
+	gw := newGW(t, nil)
+	cs := newClientStack(t, gw, cliAddr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dst := netip.AddrPortFrom(far, uint16(l.Addr().(*net.TCPAddr).Port))
+	c, err := cs.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("x"))
+	_, err = io.ReadAll(c)
+	var oe *net.OpError
+	if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || oe.Op != "read" {
+		t.Fatalf("read after the server's reset: %v, want a read OpError with ECONNRESET", err)
+	}
 }
