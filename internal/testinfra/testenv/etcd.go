@@ -17,13 +17,16 @@ import (
 // small data dir elects itself in about a second.
 const etcdStartTimeout = 20 * time.Second
 
-// Etcd is a single-member etcd (Debian's etcd-server) on loopback with a
-// data directory in the test's temp dir. Stop and Start restart it with the
-// same data and ports, for outage tests.
+// Etcd is an etcd member (Debian's etcd-server) on loopback with a data
+// directory in the test's temp dir: a single-member cluster (StartEtcd) or
+// one of a cluster's (StartEtcdCluster). Stop and Start restart it with
+// the same data and ports, for outage tests.
 type Etcd struct {
 	Endpoint string // the client URL, http://127.0.0.1:PORT
 
 	t       testing.TB
+	name    string
+	cluster string // --initial-cluster: name=peerURL of every member
 	dir     string
 	peerURL string
 	proc    *Proc
@@ -37,12 +40,32 @@ var host = &Netns{Name: "host"}
 // missing etcd is a failure.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
+	return StartEtcdCluster(t, 1)[0]
+}
+
+// StartEtcdCluster starts an n-member etcd cluster on loopback (members
+// m1..mn) and waits until every member reports itself healthy, which
+// needs an elected leader. Each member is stopped in t.Cleanup.
+func StartEtcdCluster(t testing.TB, n int) []*Etcd {
+	t.Helper()
 	RequireTool(t, "etcd")
-	e := &Etcd{t: t, dir: t.TempDir()}
-	e.Endpoint = "http://" + freeLoopbackPort(t)
-	e.peerURL = "http://" + freeLoopbackPort(t)
-	e.Start()
-	return e
+	members := make([]*Etcd, n)
+	var cluster []string
+	for i := range members {
+		e := &Etcd{t: t, name: fmt.Sprintf("m%d", i+1), dir: t.TempDir()}
+		e.Endpoint = "http://" + freeLoopbackPort(t)
+		e.peerURL = "http://" + freeLoopbackPort(t)
+		cluster = append(cluster, e.name+"="+e.peerURL)
+		members[i] = e
+	}
+	for _, e := range members {
+		e.cluster = strings.Join(cluster, ",")
+		e.start() // all first: a member of a cluster is healthy only once a quorum has formed
+	}
+	for _, e := range members {
+		e.waitHealthy()
+	}
+	return members
 }
 
 func freeLoopbackPort(t testing.TB) string {
@@ -55,21 +78,32 @@ func freeLoopbackPort(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// Start starts the member (again) and waits until /health says true.
+// Start starts the member (again) and waits until /health says true (for
+// a cluster's member: until it has a leader again).
 func (e *Etcd) Start() {
+	e.t.Helper()
+	e.start()
+	e.waitHealthy()
+}
+
+func (e *Etcd) start() {
 	e.t.Helper()
 	path, err := LookTool("etcd")
 	if err != nil {
 		e.t.Fatalf("testenv: %v; %s", err, installHint)
 	}
 	cmd := exec.Command(path,
-		"--name", "t", "--data-dir", e.dir,
+		"--name", e.name, "--data-dir", e.dir,
 		"--listen-client-urls", e.Endpoint, "--advertise-client-urls", e.Endpoint,
 		"--listen-peer-urls", e.peerURL, "--initial-advertise-peer-urls", e.peerURL,
-		"--initial-cluster", "t="+e.peerURL, "--initial-cluster-state", "new",
+		"--initial-cluster", e.cluster, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-outputs", "stderr")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	e.proc = host.StartCmd(e.t, cmd)
+}
+
+func (e *Etcd) waitHealthy() {
+	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), etcdStartTimeout)
 	defer cancel()
 	var last error
