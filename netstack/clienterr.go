@@ -35,6 +35,9 @@ var errnoOf = func() map[string]syscall.Errno {
 			m[e.String()] = n
 		}
 	}
+	// Where a Linux socket says otherwise than gVisor's sentry: connect()
+	// without a free ephemeral port fails with EADDRNOTAVAIL (ip(7)).
+	m[(&tcpip.ErrNoPortAvailable{}).String()] = syscall.EADDRNOTAVAIL
 	return m
 }()
 
@@ -66,6 +69,10 @@ func (c clientTCPConn) Write(b []byte) (int, error) {
 	n, err := c.TCPConn.Write(b)
 	return n, asErrno(err)
 }
+
+func (c clientTCPConn) CloseWrite() error { return asErrno(c.TCPConn.CloseWrite()) }
+
+func (c clientTCPConn) CloseRead() error { return asErrno(c.TCPConn.CloseRead()) }
 
 // clientUDPConn is clientTCPConn's UDP counterpart.
 type clientUDPConn struct{ *gonet.UDPConn }

@@ -99,6 +99,16 @@ func (s *Stack) fragment4(p *Port, b []byte, mtu int) {
 	flags := binary.BigEndian.Uint16(b[6:8])
 	base := int(flags&0x1fff) * 8
 	mf := flags & 0x2000
+	id := binary.BigEndian.Uint16(b[4:6])
+	if id == 0 && base == 0 && mf == 0 {
+		// A whole packet without an IP id (gVisor sends DF packets with
+		// 0, and so do the stack's echo replies): its fragments need one,
+		// or two big datagrams to one client would mix in its reassembly
+		// (RFC 6864 4.1: ids of fragmentable datagrams must not repeat).
+		for id == 0 {
+			id = uint16(s.ipID.Add(1))
+		}
+	}
 	s.stats.fragmented.Add(1)
 	for off := 0; off < len(payload); off += per {
 		n := min(per, len(payload)-off)
@@ -116,6 +126,7 @@ func (s *Stack) fragment4(p *Port, b []byte, mtu int) {
 			fo |= 0x2000
 		}
 		binary.BigEndian.PutUint16(f[2:4], uint16(size))
+		binary.BigEndian.PutUint16(f[4:6], id)
 		binary.BigEndian.PutUint16(f[6:8], fo)
 		f[10], f[11] = 0, 0
 		binary.BigEndian.PutUint16(f[10:12], ^fold(sum(f[:hl], 0)))

@@ -311,10 +311,16 @@ func TestFragmentedEcho(t *testing.T) {
 	// The reply is as big: it comes back in fragments of the port's MTU,
 	// in order.
 	var icmp []byte
+	var id uint16
 	for more := true; more; {
 		f := nextPacket(t, p, 2*time.Second)
 		if len(f) > gw.mtu || f[9] != protoICMP {
 			t.Fatalf("a %d-byte packet of protocol %d to a %d MTU", len(f), f[9], gw.mtu)
+		}
+		if fid := binary.BigEndian.Uint16(f[4:6]); fid == 0 || (id != 0 && fid != id) {
+			t.Fatalf("fragment IP id %d (the first's %d): want one non-zero id", fid, id)
+		} else {
+			id = fid
 		}
 		icmp = append(icmp, f[20:]...)
 		more = f[6]&0x20 != 0
@@ -327,7 +333,8 @@ func TestFragmentedEcho(t *testing.T) {
 }
 
 // TestReassemblyRules drives reassemble directly with hand-made fragments:
-// the kernel's rules for duplicates, overlaps, sizes, timeouts and limits.
+// Linux's rules for duplicates, overlaps, sizes and ends, the timeout, the
+// limits, and a session's end.
 func TestReassemblyRules(t *testing.T) {
 	gw := newGW(t, nil)
 	p, err := gw.Attach(cliAddr, testHeadroom, 0)
@@ -335,13 +342,14 @@ func TestReassemblyRules(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	dg := ipv4Packet(cliAddr, far, protoUDP, pattern(64))
+	data := pattern(64)
+	dg := ipv4Packet(cliAddr, far, protoUDP, data)
 	binary.BigEndian.PutUint16(dg[4:6], 77) // IP id
 	fr := fragmentsOf(dg, 16)               // 4 fragments of 16 bytes
 	fr[0][6] |= 0x40                        // DF on the first: the whole datagram keeps it
-	frag := func(off, n int, more bool, data []byte) []byte {
-		f := slices.Clone(fr[0][:20])
-		f = append(f, data[:n]...)
+	frag := func(off, n int, more bool, b []byte) []byte {
+		f := slices.Clone(fr[1][:20])
+		f = append(f, b[:n]...)
 		fo := uint16(off / 8)
 		if more {
 			fo |= 0x2000
@@ -350,18 +358,16 @@ func TestReassemblyRules(t *testing.T) {
 		binary.BigEndian.PutUint16(f[6:8], fo)
 		return f
 	}
+	other := pattern(64)
+	slices.Reverse(other)
 	t0 := time.Now()
-	feed := func(now time.Time, fs ...[]byte) (whole []byte) {
-		for _, f := range fs {
-			ip, err := parseIP(f)
-			if err != nil || !ip.frag {
-				t.Fatalf("not a fragment: %v", err)
-			}
-			if w := gw.reassemble(p, &ip, now); w != nil {
-				whole = w
-			}
+	feed := func(q *Port, now time.Time, f []byte) []byte {
+		t.Helper()
+		ip, err := parseIP(f)
+		if err != nil || !ip.frag {
+			t.Fatalf("not a fragment: %v", err)
 		}
-		return whole
+		return gw.reassemble(q, &ip, now)
 	}
 	for _, tc := range []struct {
 		name    string
@@ -373,11 +379,15 @@ func TestReassemblyRules(t *testing.T) {
 		{"in order", fr, 0, true, 0},
 		{"reversed", [][]byte{fr[3], fr[2], fr[1], fr[0]}, 0, true, 0},
 		{"an exact duplicate is ignored", [][]byte{fr[0], fr[1], fr[1], fr[2], fr[3]}, 0, true, 0},
+		{"a fragment inside received bytes is a duplicate, whatever it carries", [][]byte{fr[0], fr[1], frag(8, 8, true, other[8:]), fr[2], fr[3]}, 0, true, 0},
 		{"a missing fragment", [][]byte{fr[0], fr[1], fr[3]}, 0, false, 0},
-		{"an overlap with other bytes", [][]byte{fr[0], frag(8, 16, true, pattern(64)[8:]), fr[1], fr[2], fr[3]}, 0, false, 1},
-		{"a second, different end", [][]byte{fr[0], fr[3], frag(32, 8, false, pattern(64)[32:])}, 0, false, 1},
-		{"a middle fragment not a multiple of 8", [][]byte{frag(16, 12, true, pattern(64)[16:])}, 0, false, 1},
-		{"over 65535 bytes", [][]byte{frag(65528, 16, false, pattern(64))}, 0, false, 1},
+		{"a partial overlap", [][]byte{fr[0], frag(8, 16, true, data[8:]), fr[1], fr[2], fr[3]}, 0, false, 1},
+		{"a superset of received bytes", [][]byte{fr[1], frag(8, 32, true, data[8:]), fr[0], fr[2], fr[3]}, 0, false, 1},
+		{"a second, different end", [][]byte{fr[0], fr[3], frag(32, 8, false, data[32:])}, 0, false, 1},
+		{"bytes beyond the end", [][]byte{fr[3], frag(64, 8, true, data)}, 0, false, 1},
+		{"a middle fragment is cut to 8-byte units", [][]byte{fr[0], frag(16, 12, true, data[16:]), frag(24, 40, false, data[24:])}, 0, true, 0},
+		{"an empty fragment", [][]byte{fr[0], frag(16, 0, true, data), fr[1], fr[2], fr[3]}, 0, false, 1},
+		{"over 65535 bytes", [][]byte{frag(65528, 16, false, data)}, 0, false, 1},
 		{"the last fragment after 31 s", fr, 31 * time.Second, false, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -388,7 +398,7 @@ func TestReassemblyRules(t *testing.T) {
 				if i == len(tc.frags)-1 {
 					now = now.Add(tc.later)
 				}
-				if w := feed(now, f); w != nil {
+				if w := feed(p, now, f); w != nil {
 					whole = w
 				}
 			}
@@ -396,7 +406,7 @@ func TestReassemblyRules(t *testing.T) {
 				t.Fatalf("whole datagram %v, want %v", whole != nil, tc.whole)
 			}
 			if whole != nil {
-				if !bytes.Equal(whole[20:], dg[20:]) {
+				if !bytes.Equal(whole[20:], data) {
 					t.Fatal("payload differs")
 				}
 				if binary.BigEndian.Uint16(whole[6:8]) != 0x4000 || fold(sum(whole[:20], 0)) != 0xffff || int(binary.BigEndian.Uint16(whole[2:4])) != len(dg) {
@@ -406,26 +416,72 @@ func TestReassemblyRules(t *testing.T) {
 			if d := gw.stats.fragmentsDropped.Load(); d != tc.dropped {
 				t.Errorf("FragmentsDropped %d, want %d", d, tc.dropped)
 			}
-			p.frags.clear(gw) // leftovers of an incomplete case
-			if n := gw.fragBytes.Load(); n != 0 {
-				t.Errorf("%d bytes still accounted after clear", n)
+			gw.frags.clearPort(gw, p) // leftovers of an incomplete case
+			if n := gw.frags.heldBytes(); n != 0 || p.fragDatagrams != 0 {
+				t.Errorf("%d bytes, %d datagrams still held after clearPort", n, p.fragDatagrams)
 			}
 		})
 	}
 
-	// One session holds at most maxFragDatagramsPerPort incomplete
-	// datagrams: the oldest goes for a new one.
-	gw.stats.fragmentsDropped.Store(0)
-	for id := range maxFragDatagramsPerPort + 3 {
-		f := slices.Clone(fr[0])
-		binary.BigEndian.PutUint16(f[4:6], uint16(1000+id))
-		feed(t0, f)
+	withID := func(f []byte, id int) []byte {
+		f = slices.Clone(f)
+		binary.BigEndian.PutUint16(f[4:6], uint16(id))
+		return f
 	}
-	if n, d := len(p.frags.dgs), gw.stats.fragmentsDropped.Load(); n != maxFragDatagramsPerPort || d != 3 {
-		t.Errorf("%d datagrams held, %d dropped; want %d and 3", n, d, maxFragDatagramsPerPort)
-	}
-	p.Close()
-	if n := gw.fragBytes.Load(); n != 0 {
-		t.Errorf("%d bytes still accounted after Close", n)
-	}
+	t.Run("at most 8 datagrams per session, the oldest go", func(t *testing.T) {
+		gw.stats.fragmentsDropped.Store(0)
+		for id := range maxFragDatagramsPerPort + 3 {
+			feed(p, t0, withID(fr[0], 1000+id))
+		}
+		if n, d := p.fragDatagrams, gw.stats.fragmentsDropped.Load(); n != maxFragDatagramsPerPort || d != 3 {
+			t.Errorf("%d datagrams held, %d dropped; want %d and 3", n, d, maxFragDatagramsPerPort)
+		}
+		if feed(p, t0, withID(fr[1], 1000)) != nil || feed(p, t0, withID(fr[1], 1000+maxFragDatagramsPerPort+2)) != nil {
+			t.Error("a discarded datagram went on")
+		}
+		gw.frags.clearPort(gw, p)
+	})
+	t.Run("another session's stale datagram frees its bytes", func(t *testing.T) {
+		p2, err := gw.Attach(cli2, testHeadroom, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p2.Close()
+		gw.stats.fragmentsDropped.Store(0)
+		feed(p, t0, fr[0]) // incomplete, and p goes quiet
+		held := gw.frags.heldBytes()
+		dg2 := ipv4Packet(cli2, far, protoUDP, data)
+		for _, f := range fragmentsOf(dg2, 16)[:2] {
+			feed(p2, t0.Add(31*time.Second), f)
+		}
+		if d := gw.stats.fragmentsDropped.Load(); d != 1 || p.fragDatagrams != 0 || gw.frags.heldBytes() != 2*(16+fragOverhead) {
+			t.Errorf("after 31 s: %d dropped, %d of p's datagrams held, %d bytes charged (p's were %d)", d, p.fragDatagrams, gw.frags.heldBytes(), held)
+		}
+		gw.frags.clearPort(gw, p2)
+	})
+	t.Run("the budget charges what was received", func(t *testing.T) {
+		gw.stats.fragmentsDropped.Store(0)
+		feed(p, t0, frag(65496, 8, true, data)) // 8 bytes at the far end
+		if n := gw.frags.heldBytes(); n != 8+fragOverhead {
+			t.Errorf("%d bytes charged for one 8-byte fragment, want %d", n, 8+fragOverhead)
+		}
+		gw.frags.clearPort(gw, p)
+	})
+	t.Run("a session's end discards its datagrams", func(t *testing.T) {
+		p3, err := gw.Attach(netip.MustParseAddr("10.99.0.9"), testHeadroom, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gw.stats.fragmentsDropped.Store(0)
+		dg3 := ipv4Packet(p3.addr, far, protoUDP, data)
+		f3 := fragmentsOf(dg3, 16)
+		feed(p3, t0, f3[0])
+		p3.Close()
+		if d, n := gw.stats.fragmentsDropped.Load(), gw.frags.heldBytes(); d != 1 || n != 0 {
+			t.Errorf("after Close: %d dropped, %d bytes charged; want 1 and 0", d, n)
+		}
+		if feed(p3, t0, f3[1]) != nil || gw.frags.heldBytes() != 0 {
+			t.Error("a closed session's fragment was held")
+		}
+	})
 }

@@ -92,7 +92,7 @@ func FuzzReassemble(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		defer p.frags.clear(s)
+		defer s.frags.clearPort(s, p)
 		now := time.Now()
 		for len(in) >= 4 {
 			fo, id, n := binary.BigEndian.Uint16(in[0:2]), in[2], int(in[3])
@@ -115,8 +115,8 @@ func FuzzReassemble(f *testing.F) {
 					t.Fatal(err)
 				}
 			}
-			if n := s.fragBytes.Load(); n < 0 || n > maxFragBytes || len(p.frags.dgs) > maxFragDatagramsPerPort {
-				t.Fatalf("%d bytes, %d datagrams held", n, len(p.frags.dgs))
+			if n := s.frags.heldBytes(); n < 0 || n > maxFragBytes || p.fragDatagrams > maxFragDatagramsPerPort {
+				t.Fatalf("%d bytes, %d datagrams held", n, p.fragDatagrams)
 			}
 		}
 	})

@@ -58,9 +58,9 @@ type Port struct {
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
 
-	// frags holds the client's IPv4 fragments until their datagram is
-	// whole (reassembly.go).
-	frags fragTable
+	// fragDatagrams counts the client's datagrams under reassembly
+	// (reassembly.go), guarded by the stack's fragTable lock.
+	fragDatagrams int
 
 	// tcpFlows and udpFlows count this port's forwarded flows, reserved
 	// before the dial (Config.MaxTCPFlowsPerPort, MaxUDPFlowsPerPort);
@@ -193,7 +193,7 @@ func (p *Port) Close() error {
 	for f := range flows {
 		f.abort(ErrClosed)
 	}
-	p.frags.clear(s)
+	s.frags.clearPort(s, p)
 	return nil
 }
 

@@ -1,7 +1,7 @@
 package netstack
 
 import (
-	"bytes"
+	"container/list"
 	"encoding/binary"
 	"slices"
 	"sync"
@@ -14,16 +14,19 @@ import (
 // datagram is whole and only then looks at it: echo forwarding, the SYN
 // record, policy answers and gVisor all see one packet, as a Linux router's
 // conntrack reassembles (nf_defrag_ipv4) before NAT and forwarding. Without
-// it, a fragmented ping (ping -s 8000 through a 1400-byte tunnel) was
-// forwarded with its first fragment's payload only.
+// it, a fragmented ping (ping -s 65000 through openconnect) was forwarded
+// with its first fragment's payload only.
 //
-// The rules are the kernel's (net/ipv4/ip_fragment.c): a datagram is keyed
-// by source, destination, IP id and protocol; fragments other than the last
-// carry a multiple of 8 bytes (RFC 791 3.2); an exact duplicate is ignored
-// and any other overlap discards the whole datagram (Linux since 4.19, as
-// RFC 5722 requires for IPv6); a datagram that would exceed 65535 bytes is
-// discarded (the "ping of death"). IPv6 fragments go to gVisor's own
-// reassembly: nothing before it looks inside an IPv6 fragment.
+// The rules are Linux's (net/ipv4/ip_fragment.c ip_frag_queue and
+// net/ipv4/inet_fragment.c inet_frag_queue_insert): a datagram is keyed by
+// session, destination, IP id and protocol; a fragment other than the last
+// is cut to a multiple of 8 bytes (RFC 791 3.2); a fragment inside bytes
+// already received is a duplicate and ignored, whatever it carries; one
+// that overlaps them only in part, an empty one, one that contradicts the
+// datagram's end, or one that would make it exceed 65535 bytes discards
+// the whole datagram (RFC 5722's rule, which Linux applies to IPv4 since
+// 4.19). IPv6 fragments go to gVisor's own reassembly: nothing before it
+// looks inside an IPv6 fragment.
 
 const (
 	// fragTimeout is how long an incomplete datagram is kept: Linux's
@@ -32,31 +35,51 @@ const (
 	// maxFragDatagramsPerPort bounds the datagrams one session may have
 	// under reassembly. A client's kernel sends a datagram's fragments
 	// back to back, so more than a few at once means loss or a flood; the
-	// oldest is discarded for the newest.
+	// session's oldest is discarded for its newest.
 	maxFragDatagramsPerPort = 8
-	// maxFragBytes bounds the bytes held in incomplete datagrams,
-	// stack-wide: Linux's ipfrag_high_thresh default (4 MiB).
+	// maxFragBytes bounds what incomplete datagrams hold, stack-wide:
+	// Linux's ipfrag_high_thresh default (4 MiB). Past it the oldest
+	// datagrams, of any session, are discarded first (Linux's evictor).
 	maxFragBytes = 4 << 20
+	// fragOverhead is what each held fragment is charged beyond its bytes
+	// (its bookkeeping; Linux charges an skb's truesize), so that many
+	// tiny fragments cannot hold the budget with little data.
+	fragOverhead = 256
 	// maxIPv4Payload is the most an IPv4 datagram can carry after a
 	// minimal header: its 16-bit total length.
 	maxIPv4Payload = 0xffff - header.IPv4MinimumSize
 )
 
-// fragTable is one port's datagrams under reassembly.
+// fragTable holds the stack's datagrams under reassembly. Fragments are
+// rare next to whole packets, so one lock serves every session.
 type fragTable struct {
-	mu  sync.Mutex
-	dgs []*fragDatagram // few (maxFragDatagramsPerPort): searched linearly
+	mu    sync.Mutex
+	dgs   map[fragKey]*fragDatagram
+	order list.List // of *fragDatagram, oldest first: expiry and eviction
+	bytes int       // charged for held fragments (maxFragBytes)
+}
+
+type fragKey struct {
+	port  *Port // the session (its source address was checked)
+	dst   [4]byte
+	id    uint16
+	proto uint8
 }
 
 type fragDatagram struct {
-	src, dst [4]byte
-	id       uint16
-	proto    uint8
-	hdr      []byte // the first fragment's IP header, once it came
-	data     []byte // the payload so far, indexed by fragment offset
-	spans    []span // the byte ranges received: sorted, merged
-	total    int    // the payload length, known from the last fragment; -1 before
-	started  time.Time
+	key     fragKey
+	elem    *list.Element // in fragTable.order
+	hdr     []byte        // the first fragment's IP header, once it came
+	pieces  []fragPiece   // the fragments held, by offset
+	runs    []span        // the byte ranges received: sorted, merged
+	total   int           // the payload length, once the last fragment came; -1 before
+	charged int           // what it holds of fragTable.bytes
+	started time.Time
+}
+
+type fragPiece struct {
+	off int
+	b   []byte
 }
 
 type span struct{ start, end int }
@@ -67,153 +90,196 @@ func isFragment(b []byte) bool { return binary.BigEndian.Uint16(b[6:8])&0x3fff !
 
 // reassemble adds ip, an IPv4 fragment from p's client, to its datagram.
 // It returns the whole datagram (a new buffer, header flags and offset
-// cleared) once every fragment came, else nil: the fragment is held, was a
-// duplicate, or was dropped (counted in Stats.FragmentsDropped).
+// cleared but for DF) once every fragment came, else nil: the fragment is
+// held, was a duplicate, or its datagram was discarded (counted in
+// Stats.FragmentsDropped).
 func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	b := ip.pkt
 	fo := binary.BigEndian.Uint16(b[6:8])
 	off, more := int(fo&0x1fff)*8, fo&0x2000 != 0
 	payload := b[ip.hdrLen:]
 	end := off + len(payload)
-	if end > maxIPv4Payload || (more && len(payload)%8 != 0) || (more && len(payload) == 0) {
-		s.stats.fragmentsDropped.Add(1)
-		return nil
+	if more {
+		end &^= 7 // fragments but the last carry 8-byte units
+		payload = payload[:end-off]
 	}
-	t := &p.frags
+	key := fragKey{port: p, dst: [4]byte(b[16:20]), id: binary.BigEndian.Uint16(b[4:6]), proto: b[9]}
+
+	t := &s.frags
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if p.closed.Load() { // Close has cleared (or will clear) p's datagrams
+		return nil
+	}
 	t.expire(s, now)
-	d := t.find(b)
-	if d == nil {
-		if len(t.dgs) >= maxFragDatagramsPerPort {
-			t.discard(s, 0)
-		}
-		d = &fragDatagram{src: [4]byte(b[12:16]), dst: [4]byte(b[16:20]), id: binary.BigEndian.Uint16(b[4:6]),
-			proto: b[9], total: -1, started: now}
-		t.dgs = append(t.dgs, d)
-	}
-	i := slices.Index(t.dgs, d)
-	switch dup, ok := d.fits(off, end, more, payload); {
-	case !ok:
-		t.discard(s, i)
-		return nil
-	case dup:
-		return nil
-	}
-	if grow := end - len(d.data); grow > 0 {
-		if s.fragBytes.Add(int64(grow)) > maxFragBytes {
-			s.fragBytes.Add(-int64(grow))
+	d := t.dgs[key]
+	if end > maxIPv4Payload || end <= off {
+		if d != nil {
+			t.discard(s, d)
+		} else {
 			s.stats.fragmentsDropped.Add(1)
-			return nil
 		}
-		d.data = append(d.data, make([]byte, grow)...)
+		return nil
 	}
-	copy(d.data[off:], payload)
-	d.add(span{off, end})
+	if d == nil {
+		if p.fragDatagrams >= maxFragDatagramsPerPort {
+			t.discardOldestOf(s, p)
+		}
+		d = &fragDatagram{key: key, total: -1, started: now}
+		d.elem = t.order.PushBack(d)
+		if t.dgs == nil {
+			t.dgs = make(map[fragKey]*fragDatagram)
+		}
+		t.dgs[key] = d
+		p.fragDatagrams++
+	}
+	dup, ok := d.fits(off, end, more)
+	if !ok {
+		t.discard(s, d)
+		return nil
+	}
+	if dup {
+		return nil
+	}
+	cost := len(payload) + fragOverhead
+	for t.bytes+cost > maxFragBytes && t.order.Front() != nil && t.order.Front().Value.(*fragDatagram) != d {
+		t.discard(s, t.order.Front().Value.(*fragDatagram)) // Linux's evictor: the oldest first
+	}
+	if t.bytes+cost > maxFragBytes {
+		t.discard(s, d)
+		return nil
+	}
+	t.bytes += cost
+	d.charged += cost
+	i, _ := slices.BinarySearchFunc(d.pieces, off, func(pc fragPiece, off int) int { return pc.off - off })
+	d.pieces = slices.Insert(d.pieces, i, fragPiece{off, slices.Clone(payload)})
+	d.addRun(span{off, end})
 	if !more {
 		d.total = end
 	}
 	if off == 0 {
 		d.hdr = slices.Clone(b[:ip.hdrLen])
 	}
-	if d.hdr == nil || d.total < 0 || len(d.spans) != 1 || d.spans[0] != (span{0, d.total}) {
+	if d.hdr == nil || d.total < 0 || len(d.runs) != 1 || d.runs[0] != (span{0, d.total}) {
 		return nil
 	}
 	hl := len(d.hdr)
 	if hl+d.total > 0xffff { // options on the first fragment made it too long
-		t.discard(s, i)
+		t.discard(s, d)
 		return nil
 	}
 	whole := make([]byte, hl+d.total)
 	copy(whole, d.hdr)
-	copy(whole[hl:], d.data[:d.total])
+	for _, pc := range d.pieces {
+		copy(whole[hl+pc.off:], pc.b)
+	}
 	binary.BigEndian.PutUint16(whole[2:4], uint16(len(whole)))
 	binary.BigEndian.PutUint16(whole[6:8], binary.BigEndian.Uint16(d.hdr[6:8])&0x4000) // keep DF only
 	whole[10], whole[11] = 0, 0
 	binary.BigEndian.PutUint16(whole[10:12], ^fold(sum(whole[:hl], 0)))
-	t.remove(s, i)
+	t.remove(d)
 	s.stats.reassembled.Add(1)
 	return whole
 }
 
-// fits checks the fragment [off, end) against what d has: dup for an exact
-// repeat of bytes already held, !ok for an overlap with other bytes or a
-// length that contradicts the last fragment's.
-func (d *fragDatagram) fits(off, end int, more bool, payload []byte) (dup, ok bool) {
+// fits checks the fragment [off, end) against what d has, as
+// inet_frag_queue_insert and ip_frag_queue do: dup for one inside a run
+// already received, !ok for a partial overlap or an end that contradicts
+// the datagram's.
+func (d *fragDatagram) fits(off, end int, more bool) (dup, ok bool) {
+	last := 0 // the highest byte received so far
+	if n := len(d.runs); n > 0 {
+		last = d.runs[n-1].end
+	}
 	switch {
-	case d.total >= 0 && end > d.total, // beyond the end
-		!more && d.total >= 0 && end != d.total,                        // a second, different end
-		!more && len(d.spans) > 0 && d.spans[len(d.spans)-1].end > end: // bytes beyond this end
-		return false, false
+	case !more && (end < last || (d.total >= 0 && end != d.total)):
+		return false, false // a second, different end, or bytes beyond it
+	case more && d.total >= 0 && end > d.total:
+		return false, false // bytes beyond the end
 	}
-	for _, sp := range d.spans {
-		if off >= sp.end || end <= sp.start {
-			continue
+	i, _ := slices.BinarySearchFunc(d.runs, off, func(r span, off int) int {
+		if r.end <= off {
+			return -1
 		}
-		if off >= sp.start && end <= sp.end && bytes.Equal(d.data[off:end], payload) {
-			return true, true
-		}
-		return false, false
+		return 1
+	})
+	if i == len(d.runs) || end <= d.runs[i].start {
+		return false, true // touches no run
 	}
-	return false, true
+	if r := d.runs[i]; off >= r.start && end <= r.end {
+		return true, true
+	}
+	return false, false
 }
 
-// add records [sp.start, sp.end) as received, merging touching spans. It
-// does not overlap any span (fits checked).
-func (d *fragDatagram) add(sp span) {
-	i, _ := slices.BinarySearchFunc(d.spans, sp.start, func(a span, start int) int { return a.start - start })
-	d.spans = slices.Insert(d.spans, i, sp)
-	merged := d.spans[:1]
-	for _, x := range d.spans[1:] {
-		if last := &merged[len(merged)-1]; last.end == x.start {
-			last.end = x.end
-		} else {
-			merged = append(merged, x)
-		}
+// addRun records [sp.start, sp.end) as received, merging touching runs. It
+// overlaps no run (fits said so).
+func (d *fragDatagram) addRun(sp span) {
+	i, _ := slices.BinarySearchFunc(d.runs, sp.start, func(r span, start int) int { return r.start - start })
+	d.runs = slices.Insert(d.runs, i, sp)
+	if i+1 < len(d.runs) && d.runs[i].end == d.runs[i+1].start {
+		d.runs[i].end = d.runs[i+1].end
+		d.runs = slices.Delete(d.runs, i+1, i+2)
 	}
-	d.spans = merged
-}
-
-func (t *fragTable) find(b []byte) *fragDatagram {
-	id := binary.BigEndian.Uint16(b[4:6])
-	for _, d := range t.dgs {
-		if d.id == id && d.proto == b[9] && d.src == [4]byte(b[12:16]) && d.dst == [4]byte(b[16:20]) {
-			return d
-		}
+	if i > 0 && d.runs[i-1].end == d.runs[i].start {
+		d.runs[i-1].end = d.runs[i].end
+		d.runs = slices.Delete(d.runs, i, i+1)
 	}
-	return nil
 }
 
 // expire discards the datagrams older than fragTimeout. A router answers
 // ICMP time exceeded (code 1) only when it has the first fragment; the
-// gateway's client learns nothing either way that it can act on, so it
-// stays silent, as for any other dropped packet.
+// gateway's client could not act on it, so it stays silent, as for any
+// other packet it drops.
 func (t *fragTable) expire(s *Stack, now time.Time) {
-	for i := 0; i < len(t.dgs); {
-		if now.Sub(t.dgs[i].started) > fragTimeout {
-			t.discard(s, i)
-			continue
+	for e := t.order.Front(); e != nil; e = t.order.Front() {
+		d := e.Value.(*fragDatagram)
+		if now.Sub(d.started) <= fragTimeout {
+			return
 		}
-		i++
+		t.discard(s, d)
 	}
 }
 
-// discard drops datagram i, counting its loss.
-func (t *fragTable) discard(s *Stack, i int) {
+// discardOldestOf discards p's oldest datagram.
+func (t *fragTable) discardOldestOf(s *Stack, p *Port) {
+	for e := t.order.Front(); e != nil; e = e.Next() {
+		if d := e.Value.(*fragDatagram); d.key.port == p {
+			t.discard(s, d)
+			return
+		}
+	}
+}
+
+// discard drops d, counting its loss.
+func (t *fragTable) discard(s *Stack, d *fragDatagram) {
 	s.stats.fragmentsDropped.Add(1)
-	t.remove(s, i)
+	t.remove(d)
 }
 
-func (t *fragTable) remove(s *Stack, i int) {
-	s.fragBytes.Add(-int64(len(t.dgs[i].data)))
-	t.dgs = slices.Delete(t.dgs, i, i+1)
+func (t *fragTable) remove(d *fragDatagram) {
+	t.bytes -= d.charged
+	t.order.Remove(d.elem)
+	delete(t.dgs, d.key)
+	d.key.port.fragDatagrams--
 }
 
-// clear drops every datagram (the port closed).
-func (t *fragTable) clear(s *Stack) {
+// clearPort discards p's datagrams (p closed).
+func (t *fragTable) clearPort(s *Stack, p *Port) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for len(t.dgs) > 0 {
-		t.remove(s, 0)
+	for e := t.order.Front(); e != nil && p.fragDatagrams > 0; {
+		next := e.Next()
+		if d := e.Value.(*fragDatagram); d.key.port == p {
+			t.discard(s, d)
+		}
+		e = next
 	}
+}
+
+// heldBytes is what incomplete datagrams are charged now (tests).
+func (t *fragTable) heldBytes() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes
 }

@@ -182,10 +182,11 @@ type Stack struct {
 	pools  packetPools
 	stats  counters
 	echo   echoState
-	pinger Pinger // nil: pings to other hosts are refused
+	frags  fragTable     // clients' IPv4 datagrams under reassembly
+	ipID   atomic.Uint32 // IP ids for fragmented packets that had none (fragment4)
+	pinger Pinger        // nil: pings to other hosts are refused
 
 	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
-	fragBytes    atomic.Int64 // bytes held in incomplete datagrams (maxFragBytes)
 	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 

@@ -1091,4 +1091,10 @@ func TestClientStackReset(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) || !errors.As(err, &oe) || oe.Op != "read" {
 		t.Fatalf("read after the server's reset: %v, want a read OpError with ECONNRESET", err)
 	}
+	if _, err := c.Write([]byte("y")); !errors.Is(err, syscall.EPIPE) {
+		t.Errorf("write after the reset: %v, want EPIPE", err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); !errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("CloseWrite after the reset: %v, want ENOTCONN", err)
+	}
 }

@@ -33,8 +33,9 @@ type Stats struct {
 	TooBigAnswered uint64 // outbound packets over their port's MTU that could not be fragmented, answered to their sender with frag-needed / Packet Too Big
 	// Reassembled counts clients' IPv4 datagrams made whole from their
 	// fragments before anything looked at them; FragmentsDropped the
-	// fragments and incomplete datagrams discarded: overlapping, too long,
-	// timed out (30 s), or over the reassembly limits (reassembly.go).
+	// datagrams discarded before they were whole: an overlapping, empty or
+	// contradicting fragment, over 65535 bytes, incomplete after 30 s, over
+	// the reassembly limits, or their session closed (reassembly.go).
 	Reassembled, FragmentsDropped uint64
 
 	TCPActive     int64  // forwarded TCP flows now

@@ -71,10 +71,13 @@ func TestSiteStoreQuorum(t *testing.T) {
 	}
 	dial(t, addrs[1], "alice", "secret") // a new sign-in
 	liveID := sessionID(t, s[0], live.cookie)
+	failedA := s[0].site.failures.Load()
 	if err := s[0].Disconnect(liveID); err != nil {
 		t.Fatal(err)
 	}
 	live.waitDisconnect(t)
+	// A's attempt to publish must have failed, not merely be in flight.
+	waitFor(t, func() bool { return s[0].site.failures.Load() > failedA }, "A to fail publishing")
 	if s[1].isRevoked(liveID) {
 		t.Fatal("B learnt a revocation without a quorum")
 	}

@@ -69,7 +69,7 @@ func NewCollector(src Source) *Collector {
 		{d("echo_capped_total", "Client pings refused because their session had its share of forwarded pings in flight."), c, func(s *snapshot) float64 { return float64(s.Stack.EchoCapped) }},
 		{d("fragmented_packets_total", "Packets to clients fragmented to their transport's MTU (CONNECT-IP: 1280)."), c, func(s *snapshot) float64 { return float64(s.Stack.Fragmented) }},
 		{d("reassembled_packets_total", "Client IPv4 datagrams reassembled from their fragments before forwarding."), c, func(s *snapshot) float64 { return float64(s.Stack.Reassembled) }},
-		{d("fragment_drops_total", "Client IPv4 fragments or incomplete datagrams discarded (overlapping, too long, timed out, or over the reassembly limits)."), c, func(s *snapshot) float64 { return float64(s.Stack.FragmentsDropped) }},
+		{d("fragment_drops_total", "Client IPv4 datagrams discarded before they were whole (overlapping, empty or contradicting fragments, too long, timed out, over the reassembly limits, or their session ended)."), c, func(s *snapshot) float64 { return float64(s.Stack.FragmentsDropped) }},
 		{d("ttl_exceeded_total", "Client packets whose TTL ran out at the gateway (answered with ICMP time exceeded)."), c, func(s *snapshot) float64 { return float64(s.Stack.TTLExceeded) }},
 		{d("policy_drops_total", "Client packets to destinations outside the routes (answered)."), c, func(s *snapshot) float64 { return float64(s.Stack.DropNotAllowed) }},
 		{d("spoofed_drops_total", "Client packets whose source was not the session's address."), c, func(s *snapshot) float64 { return float64(s.Stack.DropSpoofed) }},
