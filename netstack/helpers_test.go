@@ -48,6 +48,21 @@ func (l *loopDialer) DialContext(ctx context.Context, network, address string) (
 	return l.d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
 }
 
+// wrapDialer is loopDialer behind a connection type the stack does not
+// know, as a custom Dialer's (a proxy's, a namespace's) may be: it can
+// half-close and reset, but offers no raw descriptor to poll.
+type wrapDialer struct{ loopDialer }
+
+type wrappedConn struct{ *net.TCPConn }
+
+func (w wrapDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	c, err := w.loopDialer.DialContext(ctx, network, address)
+	if tc, ok := c.(*net.TCPConn); ok {
+		return wrappedConn{tc}, nil
+	}
+	return c, err
+}
+
 // hangDialer never connects; it waits for ctx.
 type hangDialer struct{}
 

@@ -39,6 +39,9 @@ type hostSide struct {
 	buf *[]byte
 	n   int
 	err error
+	// nowait makes read return syscall.EAGAIN instead of waiting when
+	// there is nothing to read (a flow the poller wakes).
+	nowait bool
 }
 
 func (h *hostSide) init(c net.Conn) {
@@ -68,14 +71,14 @@ func (h *hostSide) rawRead(fd uintptr) bool {
 	}
 	if h.err == syscall.EAGAIN {
 		putBuf(b)
-		return false // wait for readability, then call again
+		return h.nowait // else wait for readability, then call again
 	}
 	h.buf = b
 	return true
 }
 
 // read returns data in a pooled buffer (release with putBuf) or an error;
-// io.EOF at end of stream.
+// io.EOF at end of stream, syscall.EAGAIN for no data yet if h.nowait.
 func (h *hostSide) read() (*[]byte, int, error) {
 	if h.rc == nil {
 		b := getBuf()
@@ -98,6 +101,9 @@ func (h *hostSide) read() (*[]byte, int, error) {
 	}
 	b, n, err := h.buf, h.n, h.err
 	h.buf = nil
+	if err == syscall.EAGAIN { // nowait: rawRead kept no buffer
+		return nil, 0, err
+	}
 	if err != nil || n < 0 {
 		putBuf(b)
 		return nil, 0, err

@@ -184,6 +184,11 @@ type Stack struct {
 	echo   echoState
 	pinger Pinger // nil: pings to other hosts are refused
 
+	// poller wakes idle TCP flows when their host socket turns readable
+	// (poller_linux.go); nil where epoll is unavailable, and then each
+	// flow keeps a reader goroutine.
+	poller *poller
+
 	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
 	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
@@ -252,6 +257,11 @@ func New(cfg Config) (*Stack, error) {
 		st.Wait()
 		s.cancel()
 		return nil, err
+	}
+	if p, err := newPoller(); err == nil {
+		s.poller = p
+	} else {
+		log.Warn("netstack: no epoll set for idle flows; each TCP flow keeps a reader goroutine", "err", err)
 	}
 	return s, nil
 }
@@ -371,6 +381,9 @@ func (s *Stack) Close() error {
 	s.st.Close() // aborts remaining endpoints, incl. handshakes in progress
 	s.wg.Wait()
 	s.st.Wait()
+	if s.poller != nil {
+		s.poller.close() // every flow has ended: none uses it
+	}
 	return nil
 }
 

@@ -48,10 +48,27 @@ func freePort(t testing.TB, network string) uint16 {
 	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
+// TestTCPRelayHalfClose relays each size both ways with half-closes, for
+// a host socket the stack's poller watches (an idle flow has no reader
+// goroutine) and for a custom Dialer's connection without a raw
+// descriptor (a reader waits in Read).
 func TestTCPRelayHalfClose(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		dialer Dialer
+	}{
+		{"watched", &loopDialer{}},
+		{"wrapped", wrapDialer{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testTCPRelayHalfClose(t, tc.dialer) })
+	}
+}
+
+func testTCPRelayHalfClose(t *testing.T, d Dialer) {
 	var mu sync.Mutex
 	var recs []FlowRecord
 	gw := newGW(t, func(c *Config) {
+		c.Dialer = d
 		c.FlowLog = func(r FlowRecord) { mu.Lock(); recs = append(recs, r); mu.Unlock() }
 	})
 	dst := echoServer(t)
