@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"errors"
+	"os"
 	"sync"
 	"syscall"
 
@@ -11,10 +12,10 @@ import (
 // poller watches the host sockets of idle flows for readability in one
 // epoll set, so an idle flow parks no goroutine: a parked reader costs its
 // stack (2 KiB, grown to 4 KiB and more once data has moved) and its g,
-// about half of an idle flow's memory (issue 14; TestFlowMemory measures
-// it). One goroutine waits in epoll_wait(2) for all flows and only
-// dispatches: on readability it calls the flow's ready, which starts a
-// goroutine for the burst of data (tcpFlow.kickDown) and returns.
+// about 40 % of an idle flow's memory (issue 14; TestFlowMemory measures
+// it). One goroutine, parked in the Go runtime's poller on the set itself,
+// takes the events of all flows (epoll_wait(2)) and only dispatches: on readability it calls the flow's ready, which starts a
+// goroutine for the burst of data (tcpFlow.ready) and returns.
 //
 // Each socket is registered EPOLLONESHOT: an event disarms it, so one
 // burst runs at a time per flow, and the burst re-arms it (arm) when the
@@ -29,11 +30,16 @@ import (
 // a stale event can only name a flow id that is gone, and is ignored.
 type poller struct {
 	epfd int
-	wake int // eventfd: written by close to end run
+	// file is epfd as an *os.File, so run waits for the set's readiness
+	// in the Go runtime's poller (an epoll set is itself pollable) like
+	// any socket's reader: no thread blocks in epoll_wait, and a wake-up
+	// costs what the reader goroutine it replaces cost. Closing it ends
+	// run.
+	file *os.File
 
 	mu    sync.Mutex
 	flows map[uint32]watched
-	next  uint32 // last id handed out; 0 is the wake descriptor's
+	next  uint32 // last id handed out; never 0
 
 	done chan struct{}
 }
@@ -51,45 +57,50 @@ func newPoller() (*poller, error) {
 	if err != nil {
 		return nil, err
 	}
-	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	// Non-blocking, or os.NewFile would not register it with the
+	// runtime's poller (epoll_wait itself is called with timeout 0).
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(epfd), "netstack-epoll")
+	rc, err := f.SyscallConn()
 	if err != nil {
-		unix.Close(epfd)
+		f.Close()
 		return nil, err
 	}
-	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wake, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: 0}); err != nil {
-		unix.Close(wake)
-		unix.Close(epfd)
-		return nil, err
-	}
-	p := &poller{epfd: epfd, wake: wake, flows: make(map[uint32]watched), done: make(chan struct{})}
-	go p.run()
+	p := &poller{epfd: epfd, file: f, flows: make(map[uint32]watched), done: make(chan struct{})}
+	go p.run(rc)
 	return p, nil
 }
 
-func (p *poller) run() {
+func (p *poller) run(rc syscall.RawConn) {
 	defer close(p.done)
 	var evs [pollEvents]unix.EpollEvent
-	for {
-		n, err := unix.EpollWait(p.epfd, evs[:], -1)
-		if err != nil {
+	// The runtime watches the set edge-triggered: take every event that
+	// is ready before waiting again (a later event is a new edge).
+	_ = rc.Read(func(uintptr) bool {
+		for {
+			n, err := unix.EpollWait(p.epfd, evs[:], 0)
 			if err == unix.EINTR {
 				continue
 			}
-			return // EBADF etc.: only if the set was closed under us
-		}
-		for i := range n {
-			id := uint32(evs[i].Fd)
-			if id == 0 {
-				return // close
+			if err != nil {
+				return true // EBADF etc.: the set is gone
 			}
-			p.mu.Lock()
-			w := p.flows[id]
-			p.mu.Unlock()
-			if w != nil {
-				w.ready()
+			for i := range n {
+				p.mu.Lock()
+				w := p.flows[uint32(evs[i].Fd)]
+				p.mu.Unlock()
+				if w != nil {
+					w.ready()
+				}
+			}
+			if n < len(evs) {
+				return false // wait for the next edge
 			}
 		}
-	}
+	}) // returns once close closes the file
 }
 
 // errNotWatched is add's answer when the socket's descriptor is gone.
@@ -147,9 +158,6 @@ func (p *poller) ctl(rc syscall.RawConn, op int, id uint32) error {
 // close ends run and releases the epoll set; call it once no flow uses
 // the poller.
 func (p *poller) close() {
-	one := [8]byte{1}
-	_, _ = unix.Write(p.wake, one[:]) // an eventfd takes 8 bytes; any nonzero count wakes
+	p.file.Close()
 	<-p.done
-	unix.Close(p.epfd)
-	unix.Close(p.wake)
 }
