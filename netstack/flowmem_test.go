@@ -43,7 +43,21 @@ func TestFlowMemEchoHelper(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fmt.Printf("port %d\n", l.Addr().(*net.TCPAddr).Port)
+	u, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		b := make([]byte, 2048)
+		for {
+			n, from, err := u.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			u.WriteTo(b[:n], from)
+		}
+	}()
+	fmt.Printf("port %d %d\n", l.Addr().(*net.TCPAddr).Port, u.LocalAddr().(*net.UDPAddr).Port)
 	os.Stdout.Sync()
 	go func() { // the parent closes our stdin when done (or dies)
 		io.Copy(io.Discard, os.Stdin)
@@ -72,8 +86,9 @@ func TestFlowMemEchoHelper(t *testing.T) {
 	}
 }
 
-// startEcho runs the echo helper in a child process and returns its port.
-func startEcho(t *testing.T) uint16 {
+// startEcho runs the echo helper in a child process and returns its TCP
+// and UDP ports.
+func startEcho(t *testing.T) (tcpPort, udpPort uint16) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestFlowMemEchoHelper$", "-test.count=1")
 	cmd.Env = append(os.Environ(), echoHelperEnv+"=1")
 	stdin, err := cmd.StdinPipe()
@@ -99,11 +114,11 @@ func startEcho(t *testing.T) uint16 {
 		t.Fatalf("echo helper: %v", err)
 	}
 	go io.Copy(os.Stderr, rd) // anything else it says
-	p, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "port ")))
-	if err != nil {
-		t.Fatalf("echo helper said %q", line)
+	var tp, up uint16
+	if _, err := fmt.Sscanf(line, "port %d %d", &tp, &up); err != nil {
+		t.Fatalf("echo helper said %q: %v", line, err)
 	}
-	return uint16(p)
+	return tp, up
 }
 
 // rss is the process's resident set (/proc/self/statm) after two GCs and
@@ -141,12 +156,13 @@ func (m memPoint) per(base memPoint, n int) string {
 		float64(m.goroutines-base.goroutines)/float64(n))
 }
 
-// TestFlowMemory opens n TCP flows through the stack to an echo server in
-// a child process (hand-built client segments, so no client stack is
-// measured), and reports RSS, heap and stack per flow and goroutines per
-// flow twice: idle after the handshake (never used), and idle again after
-// one byte each way (used). It checks that an idle flow, used or not,
-// parks no goroutine of its own; memory is reported, not asserted.
+// TestFlowMemory opens n flows through the stack to an echo server in a
+// child process (hand-built client packets, so no client stack is
+// measured) and reports RSS, heap and stack per flow and goroutines per
+// flow: for TCP idle after the handshake (never used) and idle again after
+// one byte each way (used); for UDP idle after one datagram each way. It
+// checks that an idle flow parks no goroutine of its own and that
+// Port.Close ends idle flows; memory is reported, not asserted.
 func TestFlowMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens hundreds of loopback sockets")
@@ -158,8 +174,12 @@ func TestFlowMemory(t *testing.T) {
 	if n > 40000 {
 		t.Fatalf("-flowmem.n=%d: client ports are 20000+i, so at most 40000 flows", n)
 	}
-	echo := startEcho(t)
-	dst := netip.AddrPortFrom(far, echo)
+	tcpEcho, udpEcho := startEcho(t)
+	t.Run("tcp", func(t *testing.T) { flowMemTCP(t, n, netip.AddrPortFrom(far, tcpEcho)) })
+	t.Run("udp", func(t *testing.T) { flowMemUDP(t, n, netip.AddrPortFrom(far, udpEcho)) })
+}
+
+func flowMemTCP(t *testing.T, n int, dst netip.AddrPort) {
 	gw := newGW(t, func(c *Config) {
 		c.MaxTCPFlowsPerPort = n
 		// Loopback dials to a busy echo process on a loaded 2-core
@@ -244,32 +264,83 @@ func TestFlowMemory(t *testing.T) {
 	t.Logf("%d flows: %d MiB RSS in all; 64,000 such flows ≈ %d MiB",
 		n, (used.rss-base.rss)>>20, (used.rss-base.rss)/int64(n)*64000>>20)
 
-	if dir := *flowMemProfile; dir != "" {
-		for _, name := range []string{"heap", "goroutine"} {
-			f, err := os.Create(filepath.Join(dir, name+".pprof"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
-				t.Fatal(err)
-			}
-			f.Close()
-		}
-		t.Logf("profiles in %s", dir)
-	}
+	writeProfiles(t, "tcp")
 	// Closing the port resets every idle flow, though none has a
 	// goroutine to notice.
 	p.Close()
 	waitFor(t, "flows ended by Port.Close", func() bool { return gw.Stats().TCPActive == 0 })
+	checkNoGoroutines(t, n, base, map[string]memPoint{"never used": fresh, "used": used})
+}
 
-	// An idle flow parks no goroutine: allow a few for the stack's own
-	// workers, none per flow.
-	for _, m := range []struct {
-		name string
-		at   memPoint
-	}{{"never used", fresh}, {"used", used}} {
-		if extra := m.at.goroutines - base.goroutines; extra > 8 {
-			t.Errorf("%s: %d idle flows hold %d goroutines, want none per flow", m.name, n, extra)
+// flowMemUDP opens n UDP flows (client ports 20000+i), each carrying one
+// datagram each way, and measures them idle.
+func flowMemUDP(t *testing.T, n int, dst netip.AddrPort) {
+	gw := newGW(t, func(c *Config) {
+		c.MaxUDPFlowsPerPort = n
+		c.DialTimeout = time.Minute
+		c.UDPIdleTimeout = 10 * time.Minute // longer than the test
+	})
+	p, err := gw.Attach(cliAddr, testHeadroom, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := measure(t)
+	const batch = 250
+	start := time.Now()
+	for first := 0; first < n; first += batch {
+		last := min(first+batch, n)
+		for i := first; i < last; i++ {
+			if err := p.Inject(udpPacket(netip.AddrPortFrom(cliAddr, uint16(20000+i)), dst, []byte("x"))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for got := first; got < last; {
+			b := nextPacketOr(t, p, time.Minute, func() string {
+				return fmt.Sprintf("reply %d of %d: %+v", got, n, gw.Stats())
+			})
+			if b[9] == protoUDP {
+				got++
+			}
+		}
+	}
+	waitFor(t, "flows counted", func() bool { return gw.Stats().UDPActive == int64(n) })
+	t.Logf("%d UDP flows set up in %v", n, time.Since(start).Round(time.Millisecond))
+	time.Sleep(500 * time.Millisecond) // flow goroutines settle
+	used := measure(t)
+	t.Logf("idle, used (1 datagram each way): %s", used.per(base, n))
+	t.Logf("%d flows: %d MiB RSS in all; 64,000 such flows ≈ %d MiB",
+		n, (used.rss-base.rss)>>20, (used.rss-base.rss)/int64(n)*64000>>20)
+	writeProfiles(t, "udp")
+	p.Close()
+	waitFor(t, "flows ended by Port.Close", func() bool { return gw.Stats().UDPActive == 0 })
+	checkNoGoroutines(t, n, base, map[string]memPoint{"used": used})
+}
+
+// writeProfiles writes heap and goroutine profiles to -flowmem.profile.
+func writeProfiles(t *testing.T, prefix string) {
+	dir := *flowMemProfile
+	if dir == "" {
+		return
+	}
+	for _, name := range []string{"heap", "goroutine"} {
+		f, err := os.Create(filepath.Join(dir, prefix+"-"+name+".pprof"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.Lookup(name).WriteTo(f, 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	t.Logf("profiles in %s", dir)
+}
+
+// checkNoGoroutines fails if n idle flows hold more goroutines than a few
+// (the stack's own workers), at any of the points measured.
+func checkNoGoroutines(t *testing.T, n int, base memPoint, at map[string]memPoint) {
+	for name, m := range at {
+		if extra := m.goroutines - base.goroutines; extra > 8 {
+			t.Errorf("%s: %d idle flows hold %d goroutines, want none per flow", name, n, extra)
 		}
 	}
 }

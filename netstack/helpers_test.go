@@ -53,12 +53,18 @@ func (l *loopDialer) DialContext(ctx context.Context, network, address string) (
 // half-close and reset, but offers no raw descriptor to poll.
 type wrapDialer struct{ loopDialer }
 
-type wrappedConn struct{ *net.TCPConn }
+type (
+	wrappedTCP struct{ *net.TCPConn }
+	wrappedUDP struct{ *net.UDPConn }
+)
 
 func (w wrapDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	c, err := w.loopDialer.DialContext(ctx, network, address)
-	if tc, ok := c.(*net.TCPConn); ok {
-		return wrappedConn{tc}, nil
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return wrappedTCP{c}, nil
+	case *net.UDPConn:
+		return wrappedUDP{c}, nil
 	}
 	return c, err
 }

@@ -329,8 +329,27 @@ func TestICMPEcho(t *testing.T) {
 	}
 }
 
+// TestUDPRelayAndIdle relays datagrams, keeps a flow with traffic alive
+// past the idle timeout, and ends it once idle, for a host socket the
+// stack's poller watches and for a custom Dialer's connection.
 func TestUDPRelayAndIdle(t *testing.T) {
-	gw := newGW(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond })
+	for _, tc := range []struct {
+		name   string
+		dialer Dialer
+	}{
+		{"watched", &loopDialer{}},
+		{"wrapped", wrapDialer{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testUDPRelayAndIdle(t, tc.dialer) })
+	}
+}
+
+func testUDPRelayAndIdle(t *testing.T, d Dialer) {
+	// idle is long enough that only a stall of most of a second on a
+	// loaded box could end the flow between the keep-alive datagrams
+	// below (sent every idle/10).
+	const idle = time.Second
+	gw := newGW(t, func(c *Config) { c.Dialer = d; c.UDPIdleTimeout = idle })
 	port := udpServer(t, func(b []byte) []byte { return append([]byte("re:"), b...) })
 	c := newClient(t, gw, cliAddr, 0)
 	dst := netip.AddrPortFrom(far, port)
@@ -356,6 +375,20 @@ func TestUDPRelayAndIdle(t *testing.T) {
 	}
 	if a := gw.Stats().UDPActive; a != 1 {
 		t.Fatalf("UDPActive = %d, want 1 (one 4-tuple)", a)
+	}
+	// Traffic keeps it: datagrams for twice the idle timeout, one flow.
+	for end := time.Now().Add(2 * idle); time.Now().Before(end); {
+		time.Sleep(idle / 10)
+		uc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := uc.Write([]byte("k")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := uc.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := gw.Stats(); st.UDPFlows != 1 || st.UDPActive != 1 {
+		t.Fatalf("after traffic past the idle timeout: %d flows, %d active; want the first still open", st.UDPFlows, st.UDPActive)
 	}
 	waitFor(t, "udp idle expiry", func() bool { return gw.Stats().UDPActive == 0 })
 	// A new datagram opens a new flow.

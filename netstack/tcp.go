@@ -149,18 +149,10 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 // starts a reader that waits in Read where there is none. Nothing else may
 // run for the flow yet: it sets the reader's mode.
 func (f *tcpFlow) watch() {
-	if p := f.s.poller; p != nil && f.h.rc != nil {
-		f.h.nowait = true
-		// Armed at once: data the server sent first (a banner) wakes it.
-		err := p.add(f.h.rc, f, &f.pollID)
-		if err == nil {
-			return
-		}
-		f.h.nowait = false // not watched (so no reader started): wait in Read
-		f.s.log.Debug("netstack: tcp flow not watched", "src", f.src, "dst", f.dst, "err", err)
+	if !f.s.watch(&f.h, f, &f.pollID, f.src, f.dst) {
+		f.reader.Store(drainRunning)
+		go f.downstream()
 	}
-	f.reader.Store(drainRunning)
-	go f.downstream()
 }
 
 // kick starts a drain goroutine unless one is running or the direction is
