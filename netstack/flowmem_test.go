@@ -150,10 +150,13 @@ func measure(t *testing.T) memPoint {
 	return memPoint{rss: r, heap: int64(ms.HeapInuse), stack: int64(ms.StackInuse), goroutines: runtime.NumGoroutine()}
 }
 
-func (m memPoint) per(base memPoint, n int) string {
-	return fmt.Sprintf("RSS %d B/flow, heap %d B/flow, stacks %d B/flow, %.2f goroutines/flow",
-		(m.rss-base.rss)/int64(n), (m.heap-base.heap)/int64(n), (m.stack-base.stack)/int64(n),
-		float64(m.goroutines-base.goroutines)/float64(n))
+// report logs m's cost per flow over base, and what 64,000 such flows
+// would take (the reference product's connections per server).
+func (m memPoint) report(t *testing.T, what string, base memPoint, n int) {
+	per := (m.rss - base.rss) / int64(n)
+	t.Logf("%s: RSS %d B/flow, heap %d B/flow, stacks %d B/flow, %.2f goroutines/flow; 64,000 such flows ≈ %d MiB",
+		what, per, (m.heap-base.heap)/int64(n), (m.stack-base.stack)/int64(n),
+		float64(m.goroutines-base.goroutines)/float64(n), per*64000>>20)
 }
 
 // TestFlowMemory opens n flows through the stack to an echo server in a
@@ -206,7 +209,7 @@ func flowMemTCP(t *testing.T, n int, dst netip.AddrPort) {
 		}
 		for got := first; got < last; {
 			b := nextPacketOr(t, p, time.Minute, func() string {
-				return fmt.Sprintf("handshake %d of %d: %+v", got, n, gw.Stats())
+				return fmt.Sprintf("at handshake %d of %d: %+v", got, n, gw.Stats())
 			})
 			if b[9] != protoTCP || b[33] != tcpFlagSYN|tcpFlagACK {
 				continue
@@ -224,7 +227,7 @@ func flowMemTCP(t *testing.T, n int, dst netip.AddrPort) {
 	time.Sleep(200 * time.Millisecond) // let handler goroutines exit
 	fresh := measure(t)
 	t.Logf("%d flows set up in %v (%d packets out)", n, setup.Round(time.Millisecond), gw.Stats().PacketsOut)
-	t.Logf("idle, never used: %s", fresh.per(base, n))
+	fresh.report(t, "idle, never used", base, n)
 
 	// One byte each way: the client sends "x", the echo server returns it,
 	// the client acknowledges it.
@@ -238,7 +241,7 @@ func flowMemTCP(t *testing.T, n int, dst netip.AddrPort) {
 		}
 		for got := first; got < last; {
 			b := nextPacketOr(t, p, time.Minute, func() string {
-				return fmt.Sprintf("echo %d of %d: %+v", got, n, gw.Stats())
+				return fmt.Sprintf("at echo %d of %d: %+v", got, n, gw.Stats())
 			})
 			ihl := int(b[0]&0xf) * 4
 			if b[9] != protoTCP {
@@ -260,9 +263,7 @@ func flowMemTCP(t *testing.T, n int, dst netip.AddrPort) {
 	}
 	time.Sleep(500 * time.Millisecond) // stragglers: delayed ACKs, drains exiting
 	used := measure(t)
-	t.Logf("idle, used (1 byte each way): %s", used.per(base, n))
-	t.Logf("%d flows: %d MiB RSS in all; 64,000 such flows ≈ %d MiB",
-		n, (used.rss-base.rss)>>20, (used.rss-base.rss)/int64(n)*64000>>20)
+	used.report(t, "idle, used (1 byte each way)", base, n)
 
 	writeProfiles(t, "tcp")
 	// Closing the port resets every idle flow, though none has a
@@ -296,7 +297,7 @@ func flowMemUDP(t *testing.T, n int, dst netip.AddrPort) {
 		}
 		for got := first; got < last; {
 			b := nextPacketOr(t, p, time.Minute, func() string {
-				return fmt.Sprintf("reply %d of %d: %+v", got, n, gw.Stats())
+				return fmt.Sprintf("at reply %d of %d: %+v", got, n, gw.Stats())
 			})
 			if b[9] == protoUDP {
 				got++
@@ -307,9 +308,7 @@ func flowMemUDP(t *testing.T, n int, dst netip.AddrPort) {
 	t.Logf("%d UDP flows set up in %v", n, time.Since(start).Round(time.Millisecond))
 	time.Sleep(500 * time.Millisecond) // flow goroutines settle
 	used := measure(t)
-	t.Logf("idle, used (1 datagram each way): %s", used.per(base, n))
-	t.Logf("%d flows: %d MiB RSS in all; 64,000 such flows ≈ %d MiB",
-		n, (used.rss-base.rss)>>20, (used.rss-base.rss)/int64(n)*64000>>20)
+	used.report(t, "idle, used (1 datagram each way)", base, n)
 	writeProfiles(t, "udp")
 	p.Close()
 	waitFor(t, "flows ended by Port.Close", func() bool { return gw.Stats().UDPActive == 0 })
@@ -369,20 +368,3 @@ func tcpSeg(src, dst netip.AddrPort, seq, ack uint32, flags byte, opts, data []b
 var linuxSYNOpts = []byte{2, 4, 0x05, 0xb4, 4, 2, 1, 3, 3, 7}
 
 const tcpFlagPSH = 0x08
-
-// nextPacketOr is nextPacket with a description of the state on failure.
-func nextPacketOr(t *testing.T, p *Port, d time.Duration, state func() string) []byte {
-	t.Helper()
-	select {
-	case pk, ok := <-p.Packets():
-		if !ok {
-			t.Fatal("port closed")
-		}
-		b := append([]byte(nil), pk.Frame()[p.headroom:]...)
-		pk.Release()
-		return b
-	case <-time.After(d):
-		t.Fatalf("no packet: %s", state())
-	}
-	return nil
-}

@@ -69,6 +69,14 @@ func (w wrapDialer) DialContext(ctx context.Context, network, address string) (n
 	return c, err
 }
 
+// eachDialer runs fn for a host socket the stack's poller watches (an idle
+// flow has no reader goroutine) and for a custom Dialer's connection
+// without a raw descriptor (a reader waits in Read).
+func eachDialer(t *testing.T, fn func(*testing.T, Dialer)) {
+	t.Run("watched", func(t *testing.T) { fn(t, &loopDialer{}) })
+	t.Run("wrapped", func(t *testing.T) { fn(t, wrapDialer{}) })
+}
+
 // hangDialer never connects; it waits for ctx.
 type hangDialer struct{}
 
@@ -236,6 +244,12 @@ func echoRequest(src, dst netip.Addr, seq uint16) []byte {
 // nextPacket waits for one outbound packet on p and returns its IP bytes.
 func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
 	t.Helper()
+	return nextPacketOr(t, p, d, func() string { return "" })
+}
+
+// nextPacketOr is nextPacket that says state() when no packet comes.
+func nextPacketOr(t testing.TB, p *Port, d time.Duration, state func() string) []byte {
+	t.Helper()
 	select {
 	case pk, ok := <-p.Packets():
 		if !ok {
@@ -245,7 +259,7 @@ func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
 		pk.Release()
 		return b
 	case <-time.After(d):
-		t.Fatal("no packet")
+		t.Fatalf("no packet %s", state())
 	}
 	return nil
 }

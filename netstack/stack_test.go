@@ -52,17 +52,7 @@ func freePort(t testing.TB, network string) uint16 {
 // a host socket the stack's poller watches (an idle flow has no reader
 // goroutine) and for a custom Dialer's connection without a raw
 // descriptor (a reader waits in Read).
-func TestTCPRelayHalfClose(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		dialer Dialer
-	}{
-		{"watched", &loopDialer{}},
-		{"wrapped", wrapDialer{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) { testTCPRelayHalfClose(t, tc.dialer) })
-	}
-}
+func TestTCPRelayHalfClose(t *testing.T) { eachDialer(t, testTCPRelayHalfClose) }
 
 func testTCPRelayHalfClose(t *testing.T, d Dialer) {
 	var mu sync.Mutex
@@ -332,17 +322,7 @@ func TestICMPEcho(t *testing.T) {
 // TestUDPRelayAndIdle relays datagrams, keeps a flow with traffic alive
 // past the idle timeout, and ends it once idle, for a host socket the
 // stack's poller watches and for a custom Dialer's connection.
-func TestUDPRelayAndIdle(t *testing.T) {
-	for _, tc := range []struct {
-		name   string
-		dialer Dialer
-	}{
-		{"watched", &loopDialer{}},
-		{"wrapped", wrapDialer{}},
-	} {
-		t.Run(tc.name, func(t *testing.T) { testUDPRelayAndIdle(t, tc.dialer) })
-	}
-}
+func TestUDPRelayAndIdle(t *testing.T) { eachDialer(t, testUDPRelayAndIdle) }
 
 func testUDPRelayAndIdle(t *testing.T, d Dialer) {
 	// idle is long enough that only a stall of most of a second on a
