@@ -53,8 +53,9 @@ type Config struct {
 	// Pinger, pings to other hosts are refused (administratively
 	// prohibited), since the embedder owns the network path.
 	Pinger Pinger
-	// FlowLog, if set, is called (from the flow's goroutine) when a
-	// forwarded TCP or UDP flow ends.
+	// FlowLog, if set, is called (from one of the flow's goroutines,
+	// never from Port.Close's caller) when a forwarded TCP or UDP flow
+	// ends.
 	FlowLog func(FlowRecord)
 	// MaxInFlight caps TCP connection attempts being dialed upstream at
 	// once; further SYNs are ignored (the client retransmits). 0 means
