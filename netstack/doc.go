@@ -59,8 +59,11 @@
 //   - A TCP SYN is answered (SYN-ACK) only once the upstream connection is up,
 //     so the client's handshake takes the upstream round trip too.
 //
-// Scale: per-flow memory is kept small (TCP buffers are caps that auto-tune,
-// relay buffers come from a pool only while data moves) so that tens of
-// thousands of idle flows fit a small server; the packet paths avoid
-// per-packet allocations and locks.
+// Scale: per-flow memory is kept small so that tens of thousands of idle
+// flows fit a small server: TCP buffers are caps that auto-tune, relay
+// buffers come from a pool only while data moves, and an idle flow parks no
+// goroutine (gVisor's waiter callbacks and one epoll set per stack start a
+// goroutine per burst of data; about 7 KB per idle TCP flow and 3 KB per
+// UDP flow, BENCHMARKS.md). The packet paths avoid per-packet allocations
+// and locks.
 package netstack

@@ -48,6 +48,35 @@ func (l *loopDialer) DialContext(ctx context.Context, network, address string) (
 	return l.d.DialContext(ctx, network, net.JoinHostPort("127.0.0.1", port))
 }
 
+// wrapDialer is loopDialer behind a connection type the stack does not
+// know, as a custom Dialer's (a proxy's, a namespace's) may be: it can
+// half-close and reset, but offers no raw descriptor to poll.
+type wrapDialer struct{ loopDialer }
+
+type (
+	wrappedTCP struct{ *net.TCPConn }
+	wrappedUDP struct{ *net.UDPConn }
+)
+
+func (w wrapDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	c, err := w.loopDialer.DialContext(ctx, network, address)
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return wrappedTCP{c}, nil
+	case *net.UDPConn:
+		return wrappedUDP{c}, nil
+	}
+	return c, err
+}
+
+// eachDialer runs fn for a host socket the stack's poller watches (an idle
+// flow has no reader goroutine) and for a custom Dialer's connection
+// without a raw descriptor (a reader waits in Read).
+func eachDialer(t *testing.T, fn func(*testing.T, Dialer)) {
+	t.Run("watched", func(t *testing.T) { fn(t, &loopDialer{}) })
+	t.Run("wrapped", func(t *testing.T) { fn(t, wrapDialer{}) })
+}
+
 // hangDialer never connects; it waits for ctx.
 type hangDialer struct{}
 
@@ -261,6 +290,12 @@ func echoRequest(src, dst netip.Addr, seq uint16) []byte {
 // nextPacket waits for one outbound packet on p and returns its IP bytes.
 func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
 	t.Helper()
+	return nextPacketOr(t, p, d, func() string { return "" })
+}
+
+// nextPacketOr is nextPacket that says state() when no packet comes.
+func nextPacketOr(t testing.TB, p *Port, d time.Duration, state func() string) []byte {
+	t.Helper()
 	select {
 	case pk, ok := <-p.Packets():
 		if !ok {
@@ -270,7 +305,7 @@ func nextPacket(t testing.TB, p *Port, d time.Duration) []byte {
 		pk.Release()
 		return b
 	case <-time.After(d):
-		t.Fatal("no packet")
+		t.Fatalf("no packet %s", state())
 	}
 	return nil
 }

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 	"syscall"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -39,6 +39,9 @@ type hostSide struct {
 	buf *[]byte
 	n   int
 	err error
+	// nowait makes read return syscall.EAGAIN instead of waiting when
+	// there is nothing to read (a flow the poller wakes).
+	nowait bool
 }
 
 func (h *hostSide) init(c net.Conn) {
@@ -68,14 +71,14 @@ func (h *hostSide) rawRead(fd uintptr) bool {
 	}
 	if h.err == syscall.EAGAIN {
 		putBuf(b)
-		return false // wait for readability, then call again
+		return h.nowait // else wait for readability, then call again
 	}
 	h.buf = b
 	return true
 }
 
 // read returns data in a pooled buffer (release with putBuf) or an error;
-// io.EOF at end of stream.
+// io.EOF at end of stream, syscall.EAGAIN for no data yet if h.nowait.
 func (h *hostSide) read() (*[]byte, int, error) {
 	if h.rc == nil {
 		b := getBuf()
@@ -98,6 +101,9 @@ func (h *hostSide) read() (*[]byte, int, error) {
 	}
 	b, n, err := h.buf, h.n, h.err
 	h.buf = nil
+	if err == syscall.EAGAIN { // nowait: rawRead kept no buffer
+		return nil, 0, err
+	}
 	if err != nil || n < 0 {
 		putBuf(b)
 		return nil, 0, err
@@ -116,6 +122,25 @@ func (h *hostSide) isStream() bool {
 	return !ok
 }
 
+// watch hands a flow's host socket to the stack's poller, armed: w.ready
+// is then called when it turns readable (data the server sent first, a
+// banner, included), and h.read returns syscall.EAGAIN rather than wait.
+// It reports false, changing nothing, where there is no poller or no raw
+// descriptor (a custom Dialer's connection): the caller then starts a
+// reader that waits in Read. Nothing may run for the flow yet.
+func (s *Stack) watch(h *hostSide, w watched, id *uint32, src, dst netip.AddrPort) bool {
+	if s.poller == nil || h.rc == nil {
+		return false
+	}
+	h.nowait = true
+	if err := s.poller.add(h.rc, w, id); err != nil {
+		h.nowait = false // not watched, so no reader started
+		s.log.Debug("netstack: flow not watched", "src", src, "dst", dst, "err", err)
+		return false
+	}
+	return true
+}
+
 // closeWrite half-closes the upstream connection if it can; otherwise it
 // does nothing and the flow ends when the destination closes.
 func closeWrite(c net.Conn) error {
@@ -125,13 +150,11 @@ func closeWrite(c net.Conn) error {
 	return nil
 }
 
-// epSide is the gVisor endpoint of a flow, with wait channels registered
-// once for the flow's life.
+// epSide is the gVisor endpoint of a flow, with a write wait channel
+// registered once for the flow's life.
 type epSide struct {
 	ep     tcpip.Endpoint
 	wq     waiter.Queue
-	rEntry waiter.Entry
-	rCh    chan struct{}
 	wEntry waiter.Entry
 	wCh    chan struct{}
 	sw     tcpip.SliceWriter
@@ -140,34 +163,13 @@ type epSide struct {
 
 const readMask = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 
+// register registers the channel write waits on.
 func (e *epSide) register() {
-	e.rEntry, e.rCh = waiter.NewChannelEntry(readMask)
-	e.wq.EventRegister(&e.rEntry)
 	e.wEntry, e.wCh = waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	e.wq.EventRegister(&e.wEntry)
 }
 
-func (e *epSide) unregister() {
-	e.wq.EventUnregister(&e.rEntry)
-	e.wq.EventUnregister(&e.wEntry)
-}
-
-var errTimeout = errors.New("netstack: idle timeout")
-
-// waitReadable blocks until the endpoint is readable (or has an error or
-// hang-up), ctx ends, or timeout fires; it holds no buffer meanwhile.
-func (e *epSide) waitReadable(ctx context.Context, timeout <-chan time.Time) error {
-	for e.ep.Readiness(readMask) == 0 {
-		select {
-		case <-e.rCh:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timeout:
-			return errTimeout
-		}
-	}
-	return nil
-}
+func (e *epSide) unregister() { e.wq.EventUnregister(&e.wEntry) }
 
 // read reads what is available into a pooled buffer (release with putBuf).
 func (e *epSide) read() (*[]byte, int, tcpip.Error) {

@@ -53,8 +53,9 @@ type Config struct {
 	// Pinger, pings to other hosts are refused (administratively
 	// prohibited), since the embedder owns the network path.
 	Pinger Pinger
-	// FlowLog, if set, is called (from the flow's goroutine) when a
-	// forwarded TCP or UDP flow ends.
+	// FlowLog, if set, is called (from one of the flow's goroutines,
+	// never from Port.Close's caller) when a forwarded TCP or UDP flow
+	// ends.
 	FlowLog func(FlowRecord)
 	// MaxInFlight caps TCP connection attempts being dialed upstream at
 	// once; further SYNs are ignored (the client retransmits). 0 means
@@ -186,6 +187,11 @@ type Stack struct {
 	ipID   atomic.Uint32 // IP ids for fragmented packets that had none (fragment4)
 	pinger Pinger        // nil: pings to other hosts are refused
 
+	// poller wakes idle TCP flows when their host socket turns readable
+	// (poller_linux.go); nil where epoll is unavailable, and then each
+	// flow keeps a reader goroutine.
+	poller *poller
+
 	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
 	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
@@ -254,6 +260,11 @@ func New(cfg Config) (*Stack, error) {
 		st.Wait()
 		s.cancel()
 		return nil, err
+	}
+	if p, err := newPoller(); err == nil {
+		s.poller = p
+	} else {
+		log.Warn("netstack: no epoll set for idle flows; each TCP flow keeps a reader goroutine", "err", err)
 	}
 	return s, nil
 }
@@ -373,6 +384,9 @@ func (s *Stack) Close() error {
 	s.st.Close() // aborts remaining endpoints, incl. handshakes in progress
 	s.wg.Wait()
 	s.st.Wait()
+	if s.poller != nil {
+		s.poller.close() // every flow has ended: none uses it
+	}
 	return nil
 }
 

@@ -48,10 +48,17 @@ func freePort(t testing.TB, network string) uint16 {
 	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
 
-func TestTCPRelayHalfClose(t *testing.T) {
+// TestTCPRelayHalfClose relays each size both ways with half-closes, for
+// a host socket the stack's poller watches (an idle flow has no reader
+// goroutine) and for a custom Dialer's connection without a raw
+// descriptor (a reader waits in Read).
+func TestTCPRelayHalfClose(t *testing.T) { eachDialer(t, testTCPRelayHalfClose) }
+
+func testTCPRelayHalfClose(t *testing.T, d Dialer) {
 	var mu sync.Mutex
 	var recs []FlowRecord
 	gw := newGW(t, func(c *Config) {
+		c.Dialer = d
 		c.FlowLog = func(r FlowRecord) { mu.Lock(); recs = append(recs, r); mu.Unlock() }
 	})
 	dst := echoServer(t)
@@ -312,8 +319,17 @@ func TestICMPEcho(t *testing.T) {
 	}
 }
 
-func TestUDPRelayAndIdle(t *testing.T) {
-	gw := newGW(t, func(c *Config) { c.UDPIdleTimeout = 300 * time.Millisecond })
+// TestUDPRelayAndIdle relays datagrams, keeps a flow with traffic alive
+// past the idle timeout, and ends it once idle, for a host socket the
+// stack's poller watches and for a custom Dialer's connection.
+func TestUDPRelayAndIdle(t *testing.T) { eachDialer(t, testUDPRelayAndIdle) }
+
+func testUDPRelayAndIdle(t *testing.T, d Dialer) {
+	// idle is long enough that only a stall of most of a second on a
+	// loaded box could end the flow between the keep-alive datagrams
+	// below (sent every idle/10).
+	const idle = time.Second
+	gw := newGW(t, func(c *Config) { c.Dialer = d; c.UDPIdleTimeout = idle })
 	port := udpServer(t, func(b []byte) []byte { return append([]byte("re:"), b...) })
 	c := newClient(t, gw, cliAddr, 0)
 	dst := netip.AddrPortFrom(far, port)
@@ -339,6 +355,20 @@ func TestUDPRelayAndIdle(t *testing.T) {
 	}
 	if a := gw.Stats().UDPActive; a != 1 {
 		t.Fatalf("UDPActive = %d, want 1 (one 4-tuple)", a)
+	}
+	// Traffic keeps it: datagrams for twice the idle timeout, one flow.
+	for end := time.Now().Add(2 * idle); time.Now().Before(end); {
+		time.Sleep(idle / 10)
+		uc.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := uc.Write([]byte("k")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := uc.Read(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := gw.Stats(); st.UDPFlows != 1 || st.UDPActive != 1 {
+		t.Fatalf("after traffic past the idle timeout: %d flows, %d active; want the first still open", st.UDPFlows, st.UDPActive)
 	}
 	waitFor(t, "udp idle expiry", func() bool { return gw.Stats().UDPActive == 0 })
 	// A new datagram opens a new flow.

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -16,13 +17,18 @@ import (
 
 // tcpFlow relays one client TCP connection to its upstream connection.
 //
-// An idle flow costs one parked goroutine (the upstream reader, waiting in
-// the runtime poller without a buffer) plus the gVisor endpoint. The client
-// -> upstream direction has no goroutine while idle: a waiter callback
-// starts a drain goroutine when the endpoint becomes readable, and the
-// drain exits once it has emptied the receive queue. That is a goroutine
-// per burst of client data, not per packet: a busy flow's drain keeps
-// running while segments keep arriving.
+// An idle flow parks no goroutine and holds no buffer: it costs the gVisor
+// endpoint, the host socket and this struct. Each direction starts a
+// goroutine per burst of data and ends it when its source has nothing more
+// to read, so a busy flow's goroutines keep running while data keeps
+// coming:
+//   - client -> upstream: a waiter callback starts the drain (upstream)
+//     when the endpoint becomes readable;
+//   - upstream -> client: the stack's poller (poller_linux.go) starts the
+//     reader (downstream) when the host socket becomes readable, and the
+//     reader re-arms it when the socket is empty. Without a poller (not
+//     Linux) or for a custom Dialer's connection (no raw descriptor), the
+//     reader waits in the socket's Read instead: one parked goroutine.
 type tcpFlow struct {
 	s        *Stack
 	port     *Port
@@ -33,7 +39,9 @@ type tcpFlow struct {
 	up, down uint64   // bytes client->upstream (drain), upstream->client (reader)
 
 	entry  waiter.Entry
-	drain  atomic.Int32 // drainIdle, drainRunning or drainDone
+	drain  atomic.Int32 // upstream: drainIdle, drainRunning or drainDone
+	reader atomic.Int32 // downstream: the same states
+	pollID uint32       // the poller's id for the host socket; 0: not watched
 	halves atomic.Int32 // directions still running; the last one tears down
 
 	once sync.Once
@@ -128,10 +136,23 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 	s.stats.tcpActive.Add(1)
 	reserved = false // halfDone releases it
 	f.halves.Store(2)
+	// Upstream -> client first, while nothing else runs for the flow: its
+	// reader may start (and fail, and abort) as soon as watch returns, and
+	// the drain started below then reads the aborted endpoint's error.
+	f.watch()
 	f.entry = waiter.NewFunctionEntry(readMask, func(waiter.EventMask) { f.kick() })
 	f.g.wq.EventRegister(&f.entry)
 	f.kick() // data may have arrived with the handshake
-	go f.downstream()
+}
+
+// watch hands the upstream -> client direction to the stack's poller, or
+// starts a reader that waits in Read where there is none. Nothing else may
+// run for the flow yet: it sets the reader's mode.
+func (f *tcpFlow) watch() {
+	if !f.s.watch(&f.h, f, &f.pollID, f.src, f.dst) {
+		f.reader.Store(drainRunning)
+		go f.downstream()
+	}
 }
 
 // kick starts a drain goroutine unless one is running or the direction is
@@ -139,6 +160,16 @@ func (s *Stack) handleTCP(r *tcp.ForwarderRequest) {
 func (f *tcpFlow) kick() {
 	if f.drain.CompareAndSwap(drainIdle, drainRunning) {
 		go f.upstream()
+	}
+}
+
+// ready starts a reader goroutine unless one is running or the direction
+// is finished. Called by the poller (the host socket is readable) and by
+// abort (the socket is closed, which the poller no longer reports): it
+// must not block.
+func (f *tcpFlow) ready() {
+	if f.reader.CompareAndSwap(drainIdle, drainRunning) {
+		go f.downstream()
 	}
 }
 
@@ -150,6 +181,9 @@ func (f *tcpFlow) halfDone() {
 	s := f.s
 	f.g.wq.EventUnregister(&f.entry)
 	f.g.wq.EventUnregister(&f.g.wEntry)
+	if f.pollID != 0 {
+		s.poller.remove(f.h.rc, f.pollID)
+	}
 	f.port.removeFlow(f)
 	f.port.tcpFlows.Add(-1)
 	f.g.ep.Close()
@@ -174,6 +208,9 @@ func (f *tcpFlow) abort(err error) {
 		}
 		f.h.conn.Close()
 	})
+	// An idle watched reader has no goroutine to see the close, and the
+	// poller reports nothing for a closed socket: start one.
+	f.ready()
 }
 
 // upstream drains client -> upstream until the receive queue is empty
@@ -216,24 +253,42 @@ func (f *tcpFlow) upstream() {
 }
 
 // downstream copies upstream -> client until upstream EOF (propagated as a
-// FIN) or an error (both sides reset).
+// FIN) or an error (both sides reset). A watched flow's reader (h.nowait)
+// also returns when the socket has nothing more to read, after re-arming
+// the poller; the next readability (or abort) starts a new one.
 func (f *tcpFlow) downstream() {
-	defer f.halfDone()
 	ctx := f.s.ctx
 	for {
 		b, n, err := f.h.read()
+		if err == syscall.EAGAIN {
+			f.reader.Store(drainIdle)
+			aerr := f.s.poller.arm(f.h.rc, f.pollID)
+			if aerr != nil {
+				// The socket is closing (abort has run, and its ready
+				// may have found this reader still running), or the
+				// poller failed: end the flow either way. abort's ready
+				// starts the reader that reads the close, unless one
+				// has started already.
+				f.abort(aerr)
+			}
+			return // the poller (or abort) starts the next reader
+		}
 		if err != nil {
 			if err == io.EOF {
 				f.g.ep.Shutdown(tcpip.ShutdownWrite)
 			} else {
 				f.abort(err)
 			}
+			f.reader.Store(drainDone)
+			f.halfDone()
 			return
 		}
 		err = f.g.write(ctx, (*b)[:n])
 		putBuf(b)
 		if err != nil {
 			f.abort(err)
+			f.reader.Store(drainDone)
+			f.halfDone()
 			return
 		}
 		f.down += uint64(n)
