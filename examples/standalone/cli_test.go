@@ -63,6 +63,8 @@ func TestCommandFlags(t *testing.T) {
 		"disconnect":    admin,
 		"import-cert":   {"admin-socket", "cert", "delay", "json", "key", "password-file", "pfx"},
 		"server stop":   {"admin-socket", "timeout"},
+		"site push":     {"config", "revision", "timeout", "wait"},
+		"site pull":     {"config"},
 		"help":          nil,
 	}
 	for _, c := range commands {
