@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -129,4 +132,92 @@ func TestSitePushPull(t *testing.T) {
 	if code, _, errs := runCLI("site", "push", "-config", plain, goodFile); code != exitConfig || !strings.Contains(errs, "no site.store") {
 		t.Fatalf("push without site.store: exit %d: %s", code, errs)
 	}
+}
+
+// TestSiteConfigCache: a server whose configuration comes from the store
+// caches the last good one and starts from that copy while the store is
+// down; without a copy it refuses to start, saying why.
+func TestSiteConfigCache(t *testing.T) {
+	bin := testenv.BuildBinary(t, "./examples/standalone")
+	e := testenv.StartEtcd(t)
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	local := writeFile(t, dir, "gw.yaml", fmt.Sprintf(`listen: %q
+disable_udp: true
+site:
+  name: hq
+  server_name: gw-a
+  store: {endpoints: [%q], server_config: true}
+log: {level: debug}
+`, listen, e.Endpoint))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the whole test
+	defer cancel()
+
+	// Store down, no cached copy: no start.
+	e.Stop()
+	srv := startServe(ctx, t, bin, local, dir)
+	select {
+	case err := <-srv.exited:
+		srv.exited <- err
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != exitConfig || !strings.Contains(srv.output(), "no site configuration to start with") {
+			t.Fatalf("start without store or cache: %v\n%s", err, srv.output())
+		}
+	case <-ctx.Done():
+		t.Fatal("underpass serve started without a site configuration")
+	}
+
+	e.Start()
+	doc := "banner: cached\nsplit_include: [10.0.0.0/8]\n"
+	if code, out, errs := runCLI("site", "push", "-config", local, writeFile(t, dir, "site.yaml", doc)); code != exitOK {
+		t.Fatalf("push: exit %d\n%s%s", code, out, errs)
+	}
+	srv = startServe(ctx, t, bin, local, dir)
+	if err := srv.waitListen(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(dir, "underpass", "site-config.json")
+	if fi, err := os.Stat(cache); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("cache %s: %v (mode %v), want 0600", cache, err, fi)
+	}
+	// Its health record says it runs the pushed configuration.
+	st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/underpass/hq/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for {
+		hs, err := st.Servers(ctx)
+		if err == nil && len(hs) == 1 && hs[0].Config == config.Hash([]byte(doc)) && hs[0].ConfigSchema == config.Schema && hs[0].Version != "" {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("health records %+v, %v: want gw-a running %s", hs, err, config.Hash([]byte(doc)))
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	srv.stop(t)
+
+	// Store down: it starts from the cached copy.
+	e.Stop()
+	srv = startServe(ctx, t, bin, local, dir)
+	if err := srv.waitListen(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	if out := srv.output(); !strings.Contains(out, "starting with the cached copy") || !strings.Contains(out, "hash="+config.Hash([]byte(doc))) {
+		t.Fatalf("start from the cache:\n%s", out)
+	}
+	srv.stop(t)
+}
+
+// freeAddr is a free loopback TCP address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }

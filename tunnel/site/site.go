@@ -69,8 +69,9 @@ type Health struct {
 	// its Store's Announce to fill them); a gateway leaves them empty.
 	Version      string   // the server's software version
 	ConfigSchema int      // the config schema it reads (0: unknown)
-	Config       string   // the hash of the site configuration it runs ("": none)
-	ConfigError  string   // why it refused the newest site configuration ("": it did not)
+	Config       string   // the hash of the site configuration it runs ("": its own config file)
+	Refused      string   // the hash of the newest site configuration it refused ("": none)
+	ConfigError  string   // why it refused it
 	Restart      []string // settings changed by the site configuration that wait for a restart
 }
 

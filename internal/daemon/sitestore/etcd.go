@@ -324,6 +324,7 @@ type health struct {
 	Version      string   `json:"version,omitempty"`
 	ConfigSchema int      `json:"config_schema,omitempty"`
 	Config       string   `json:"config,omitempty"`
+	Refused      string   `json:"refused,omitempty"`
 	ConfigError  string   `json:"config_error,omitempty"`
 	Restart      []string `json:"restart,omitempty"`
 }
