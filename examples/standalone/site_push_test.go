@@ -134,10 +134,13 @@ func TestSitePushPull(t *testing.T) {
 	}
 }
 
-// TestSiteConfigCache: a server whose configuration comes from the store
-// caches the last good one and starts from that copy while the store is
-// down; without a copy it refuses to start, saying why.
-func TestSiteConfigCache(t *testing.T) {
+// TestSiteConfigServer: a server whose configuration comes from the
+// store announces the one it runs; `site push -wait` reports a restart
+// setting as "rolling restart required" and a configuration the server
+// refuses (valid alone, not with its own file) as refused. The server
+// caches the last good configuration and starts from that copy while the
+// store is down; without a copy it refuses to start, saying why.
+func TestSiteConfigServer(t *testing.T) {
 	bin := testenv.BuildBinary(t, "./examples/standalone")
 	e := testenv.StartEtcd(t)
 	dir := t.TempDir()
@@ -147,6 +150,7 @@ disable_udp: true
 site:
   name: hq
   server_name: gw-a
+  servers: 2
   store: {endpoints: [%q], server_config: true}
 log: {level: debug}
 `, listen, e.Endpoint))
@@ -197,15 +201,32 @@ log: {level: debug}
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+
+	// A restart setting (mtu) is applied where it can be and reported.
+	restart := writeFile(t, dir, "restart.yaml", "banner: restart\nsplit_include: [10.0.0.0/8]\nmtu: 1300\n")
+	code, out, errs := runCLI("site", "push", "-config", local, "-wait", "-timeout", "30s", restart)
+	if code != exitOK || !strings.Contains(out, "gw-a\tapplied; rolling restart required for mtu") || !strings.Contains(out, "rolling restart required: gw-a") {
+		t.Fatalf("push of a restart setting: exit %d\n%s%s", code, out, errs)
+	}
+	// Valid alone, refused by the server: its two-server site does not
+	// fit 200 sessions each in a /24.
+	refused := writeFile(t, dir, "refused.yaml", "pool: 10.7.0.0/24\nlimits: {max_sessions: 200}\n")
+	code, out, errs = runCLI("site", "push", "-config", local, "-wait", "-timeout", "30s", refused)
+	if code != exitFail || !strings.Contains(out, "gw-a\trefused it:") || !strings.Contains(out, "fewer than 2 server(s)") {
+		t.Fatalf("push the server refuses: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(srv.output(), "site configuration refused; keeping the running one") {
+		t.Fatalf("the server did not log the refusal:\n%s", srv.output())
+	}
 	srv.stop(t)
 
-	// Store down: it starts from the cached copy.
+	// Store down: it starts from the cached copy (the last good one).
 	e.Stop()
 	srv = startServe(ctx, t, bin, local, dir)
 	if err := srv.waitListen(ctx, listen); err != nil {
 		t.Fatal(err)
 	}
-	if out := srv.output(); !strings.Contains(out, "starting with the cached copy") || !strings.Contains(out, "hash="+config.Hash([]byte(doc))) {
+	if out := srv.output(); !strings.Contains(out, "starting with the cached copy") || !strings.Contains(out, "hash="+config.Hash([]byte("banner: restart\nsplit_include: [10.0.0.0/8]\nmtu: 1300\n"))) {
 		t.Fatalf("start from the cache:\n%s", out)
 	}
 	srv.stop(t)
