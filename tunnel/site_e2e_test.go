@@ -130,6 +130,8 @@ type site struct {
 	key     []byte
 	signIns atomic.Int64
 	servers [siteServers + 1]*siteServer // by number, 1-based
+	// drainDelay is each server's Config.DrainDelay.
+	drainDelay time.Duration
 }
 
 // start (re)starts server n on its fixed ports.
@@ -151,6 +153,7 @@ func (s *site) start(t *testing.T, n int) *siteServer {
 		SplitInclude:      []netip.Prefix{testenv.CorpNet},
 		Dialer:            nsDialer{s.tp.GW},
 		DPD:               2 * time.Second,
+		DrainDelay:        s.drainDelay,
 		Logger:            slog.New(slog.NewTextHandler(srv.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -167,7 +170,7 @@ func (s *site) start(t *testing.T, n int) *siteServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.ready = &http.Server{Handler: metrics.Handler(gw, func() error { return nil }), ReadHeaderTimeout: 5 * time.Second}
+	srv.ready = &http.Server{Handler: metrics.Handler(gw, gw.Ready), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.ready.Serve(rl) }()
 	s.owner.Cleanup(func() { srv.kill() })
 	s.servers[n] = srv
