@@ -273,7 +273,7 @@ func importCert(f *adminFlags, cf *certFlags, delay int, inv *invocation) int {
 // serverStopCommand binds the flags of `underpass server stop`.
 func serverStopCommand(fs *flag.FlagSet) runFunc {
 	f := bindAdmin(fs, false)
-	timeout := fs.Duration("timeout", shutdownGrace, "drain deadline")
+	timeout := fs.Duration("timeout", shutdownGrace, "drain deadline, counted after the config's drain_delay")
 	return func(inv *invocation) int {
 		if code, ok := f.call(inv, "POST", "/v1/stop?timeout="+timeout.String(), nil, nil); !ok {
 			return code

@@ -176,7 +176,7 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	code, out, _ := runCLI("help", "server", "stop")
-	if code != exitOK || !strings.Contains(out, "drain deadline (default 10s)") {
+	if code != exitOK || !strings.Contains(out, "drain_delay (default 10s)") {
 		t.Errorf("help server stop shows no default: %d\n%s", code, out)
 	}
 }

@@ -65,6 +65,7 @@ type server struct {
 	store              *sitestore.Store          // site.store; nil: none
 	site               *siteState                // with a store: what the health record says of the configuration
 	pushed             chan sitestore.SiteConfig // site configurations pushed, the newest only
+	drainDelay         time.Duration             // drain_delay as running (a reload may change it)
 
 	cleanups []func() // run in reverse order when serve returns
 }
@@ -233,7 +234,7 @@ func (s *server) startGateway() int {
 	if err != nil {
 		return s.fail(exitConfig, err)
 	}
-	s.gw = gw
+	s.gw, s.drainDelay = gw, s.cfg.Tunnel.DrainDelay
 	s.onExit(func() { gw.Close() })
 	l, err := net.Listen("tcp", listenAddr(s.cfg.Tunnel.ListenAddr))
 	if err != nil {
@@ -364,6 +365,7 @@ func (s *server) reload(cfg *config.Config) (tunnel.ReloadResult, error) {
 	old := s.release
 	s.release = r
 	old()
+	s.drainDelay = cfg.Tunnel.DrainDelay
 	return res, nil
 }
 
@@ -397,10 +399,11 @@ func (s *server) applySiteConfig(c sitestore.SiteConfig) {
 	log.Error("site configuration refused; keeping the running one", "err", err)
 }
 
-// drain shuts the gateway down within grace, logs its totals and removes
-// the admin socket.
+// drain shuts the gateway down: /readyz fails at once, the clients are
+// told to reconnect after drain_delay, and grace bounds the rest. It logs
+// the totals and removes the admin socket.
 func (s *server) drain(grace time.Duration) int {
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	ctx, cancel := context.WithTimeout(context.Background(), s.drainDelay+grace)
 	defer cancel()
 	if err := s.gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		s.logger.Warn("shutdown", "err", err)
