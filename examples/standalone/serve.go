@@ -280,8 +280,14 @@ func (s *server) startAdminSocket() int {
 	s.stopAdmin = stopAdmin
 	s.onExit(stopAdmin)
 	gw, bans, certs, ring, listen := s.gw, s.cfg.Tunnel.Bans, s.certs, s.ring, s.listen
+	var siteFn admin.SiteFunc
+	if s.store != nil {
+		v := newSiteView(s.store)
+		go v.run(actx)
+		siteFn = v.status
+	}
 	go func() {
-		_ = admin.Serve(actx, al, &admin.Backend{Gateway: gw, Bans: bans, Certs: certs, Events: ring, Listen: listen, Started: time.Now(),
+		_ = admin.Serve(actx, al, &admin.Backend{Gateway: gw, Bans: bans, Certs: certs, Events: ring, Listen: listen, Started: time.Now(), Site: siteFn,
 			Stop: func(d time.Duration) {
 				select {
 				case stopc <- d:
