@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -27,6 +28,8 @@ type Etcd struct {
 	dir     string
 	peerURL string
 	proc    *Proc
+	tlsArgs []string     // StartEtcdTLS: etcd's TLS flags
+	hc      *http.Client // the health check's client (nil: http.DefaultClient)
 }
 
 // host names the host's own network namespace in process messages.
@@ -41,6 +44,23 @@ func StartEtcd(t testing.TB) *Etcd {
 	e := &Etcd{t: t, dir: t.TempDir()}
 	e.Endpoint = "http://" + freeLoopbackPort(t)
 	e.peerURL = "http://" + freeLoopbackPort(t)
+	e.Start()
+	return e
+}
+
+// StartEtcdTLS is StartEtcd with clients on TLS (https://127.0.0.1:PORT,
+// certFile and keyFile, for 127.0.0.1) that must present a certificate
+// caFile signed (etcd's --client-cert-auth: with auth enabled, the
+// certificate's CN is the etcd user). client is what the health check
+// presents.
+func StartEtcdTLS(t testing.TB, caFile, certFile, keyFile string, client *tls.Config) *Etcd {
+	t.Helper()
+	RequireTool(t, "etcd")
+	e := &Etcd{t: t, dir: t.TempDir()}
+	e.Endpoint = "https://" + freeLoopbackPort(t)
+	e.peerURL = "http://" + freeLoopbackPort(t)
+	e.tlsArgs = []string{"--cert-file", certFile, "--key-file", keyFile, "--client-cert-auth", "--trusted-ca-file", caFile}
+	e.hc = &http.Client{Transport: &http.Transport{TLSClientConfig: client, DisableKeepAlives: true}}
 	e.Start()
 	return e
 }
@@ -68,6 +88,7 @@ func (e *Etcd) Start() {
 		"--listen-peer-urls", e.peerURL, "--initial-advertise-peer-urls", e.peerURL,
 		"--initial-cluster", "t="+e.peerURL, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-outputs", "stderr")
+	cmd.Args = append(cmd.Args, e.tlsArgs...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	e.proc = host.StartCmd(e.t, cmd)
 	ctx, cancel := context.WithTimeout(context.Background(), etcdStartTimeout)
@@ -96,7 +117,11 @@ func (e *Etcd) healthy(ctx context.Context) error {
 		return err
 	}
 	req.Close = true // no idle connection (and its goroutines) left behind
-	resp, err := http.DefaultClient.Do(req)
+	hc := e.hc
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
