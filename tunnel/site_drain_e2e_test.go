@@ -2,15 +2,10 @@ package tunnel_test
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"maps"
-	"net/netip"
-	"slices"
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
@@ -22,22 +17,11 @@ import (
 // with its address, without signing in again.
 func TestSiteDrain(t *testing.T) {
 	t.Parallel()
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "haproxy", "iptables")
-	tp := testenv.Topology(t)
 	// The delay: several of HAProxy's check intervals here (inter 300ms,
 	// fall 2), as the default is for a production balancer.
-	s := &site{owner: t, tp: tp, cert: testenv.NewCert(t, testenv.GWAddr.String()), key: make([]byte, auth.SealerKeySize),
-		drainDelay: 4 * time.Second}
-	_, _ = rand.Read(s.key)
-	echo := startCorpEcho(t, tp, 7)
+	s, echo, front, hap := startSite(t, 4*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute) // the whole scenario, generously
 	defer cancel()
-	for n := 1; n <= siteServers; n++ {
-		s.start(t, n)
-	}
-	front := fmt.Sprintf("%s:443", testenv.GWAddr)
-	hap := testenv.HAProxy(t, tp.GW, haproxyConfig(), front)
 	up := func(n int) bool {
 		st, err := hap.ServersUp("site")
 		if err != nil {
@@ -45,27 +29,11 @@ func TestSiteDrain(t *testing.T) {
 		}
 		return st[fmt.Sprint("s", n)]
 	}
-	waitFor(t, 20*time.Second, "HAProxy to see every server up", func() bool {
-		st, err := hap.ServersUp("site")
-		return err == nil && len(st) == siteServers && !slices.Contains(slices.Collect(maps.Values(st)), false)
-	})
+	s.waitReady(t, hap)
 	s.warm(t, ctx, 1, 2)
 	s.warm(t, ctx, 2, 3)
 
-	oc := testenv.Openconnect(t, tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
-		User: "alice", Password: "secret", Mode: testenv.ModeTun, ExtraArgs: []string{"--reconnect-timeout", "60"}})
-	addr, err := netip.ParseAddr(oc.Env()["INTERNAL_IP4_ADDRESS"])
-	if err != nil {
-		t.Fatalf("no address: %v", oc.Env())
-	}
-	if err := echoThrough(ctx, tp.Client.Dial, echo.tcp.String(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	old := s.holder(addr)
-	if old == nil {
-		t.Fatalf("no server holds %v", addr)
-	}
-	other := s.servers[3-old.n]
+	oc, addr, old, other := s.openconnect(ctx, t, front, echo)
 	signIns := s.signIns.Load()
 
 	t.Logf("openconnect has %v on server %d; stopping it with a %v drain delay", addr, old.n, s.drainDelay)
@@ -87,7 +55,7 @@ func TestSiteDrain(t *testing.T) {
 	// A new client now signs in on the other server (balance source would
 	// send this client's address to the draining one).
 	before := len(other.gw.Sessions())
-	if _, err := testenv.Authenticate(t, tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
+	if _, err := testenv.Authenticate(t, s.tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
 		User: "alice", Password: "secret"}); err != nil {
 		t.Fatalf("a new client during the drain: %v", err)
 	}
@@ -109,7 +77,7 @@ func TestSiteDrain(t *testing.T) {
 	if info, ok := other.gw.WhoIs(addr); !ok || !info.Connected {
 		t.Fatalf("server %d: WhoIs(%v) = %+v, %v; want the drained client", other.n, addr, info, ok)
 	}
-	if err := echoThrough(ctx, tp.Client.Dial, echo.tcp.String(), 20*time.Second); err != nil {
+	if err := echoThrough(ctx, s.tp.Client.Dial, echo.tcp.String(), 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if n := s.signIns.Load() - signIns; n != 1 {

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/crypto/bcrypt"
-
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
@@ -46,16 +44,7 @@ func startEtcdIn(t *testing.T, ns *testenv.Netns) {
 // openconnect sessions and new ones; an invalid push is refused with
 // file:line and changes nothing.
 func TestSiteConfigPush(t *testing.T) {
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "ocproxy", "curl", "ip", "etcd")
-	bin := testenv.BuildBinary(t, "./examples/standalone")
-	tp := testenv.Topology(t)
-	web := tp.ServeHTTP(t, 8080)
-	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	hash, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin, tp, web, cert, hash := e2eBase(t, "etcd")
 	startEtcdIn(t, tp.GW)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole test
 	defer cancel()

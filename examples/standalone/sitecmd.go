@@ -32,28 +32,33 @@ func (f *siteFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&f.config, "config", "", "this server's config file (its site.store says where the site store is)")
 }
 
-// open connects to the site store the config file names.
-func (f *siteFlags) open(inv *invocation) (*sitestore.Store, *config.SiteStore, int) {
+// withStore connects to the site store the config file names and runs
+// fn with it and a context bounding fn's first store calls; it returns
+// fn's exit code.
+func (f *siteFlags) withStore(inv *invocation, fn func(ctx context.Context, st *sitestore.Store) int) int {
 	if f.config == "" {
-		return nil, nil, inv.usageError("needs -config FILE (a server's config file with site.store)")
+		return inv.usageError("needs -config FILE (a server's config file with site.store)")
 	}
 	cfg, err := config.Load(f.config)
 	if err != nil {
 		fmt.Fprintln(inv.stderr, err)
-		return nil, nil, exitConfig
+		return exitConfig
 	}
 	sc := cfg.SiteStore
 	if sc == nil {
 		fmt.Fprintf(inv.stderr, "underpass: %s: %v\n", f.config, errNoSiteStore)
-		return nil, nil, exitConfig
+		return exitConfig
 	}
 	st, err := sitestore.New(sitestore.Config{Endpoints: sc.Endpoints, Prefix: sc.Prefix,
 		CAFile: sc.CAFile, CertFile: sc.CertFile, KeyFile: sc.KeyFile})
 	if err != nil {
 		fmt.Fprintln(inv.stderr, "underpass: site.store:", err)
-		return nil, nil, exitConfig
+		return exitConfig
 	}
-	return st, sc, exitOK
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), siteCallWait)
+	defer cancel()
+	return fn(ctx, st)
 }
 
 // sitePushFlags are the flags of `underpass site push`.
@@ -93,13 +98,14 @@ func sitePush(f *sitePushFlags, inv *invocation) int {
 		fmt.Fprintln(inv.stderr, "underpass:", err)
 		return exitConfig
 	}
-	st, _, code := f.open(inv)
-	if st == nil {
-		return code
-	}
-	defer st.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), siteCallWait)
-	defer cancel()
+	return f.withStore(inv, func(ctx context.Context, st *sitestore.Store) int {
+		return pushTo(ctx, st, f, file, b, need, newer, inv)
+	})
+}
+
+// pushTo is sitePush once the document is valid: it checks the live
+// servers, writes, and waits.
+func pushTo(ctx context.Context, st *sitestore.Store, f *sitePushFlags, file string, b []byte, need int, newer []string, inv *invocation) int {
 	servers, err := st.Servers(ctx)
 	if err != nil {
 		fmt.Fprintln(inv.stderr, "underpass: site store unavailable:", err)
@@ -250,14 +256,12 @@ func reportApplied(servers []site.Health, hash string, inv *invocation) int {
 func sitePullCommand(fs *flag.FlagSet) runFunc {
 	f := &siteFlags{}
 	f.bind(fs)
-	return func(inv *invocation) int {
-		st, _, code := f.open(inv)
-		if st == nil {
-			return code
-		}
-		defer st.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), siteCallWait)
-		defer cancel()
+	return func(inv *invocation) int { return f.withStore(inv, pull(inv)) }
+}
+
+// pull prints the site configuration.
+func pull(inv *invocation) func(ctx context.Context, st *sitestore.Store) int {
+	return func(ctx context.Context, st *sitestore.Store) int {
 		c, err := st.GetConfig(ctx)
 		switch {
 		case errors.Is(err, sitestore.ErrNoConfig):
