@@ -149,7 +149,7 @@ func (s *server) connectStore() int {
 	if !sc.ServerConfig {
 		return exitOK
 	}
-	cfg, c, err := startupSiteConfig(s.flags.config, sc, st, s.logger)
+	cfg, c, err := startupSiteConfig(s.flags.config, sc, st, s.site, s.logger)
 	if err != nil {
 		return s.fail(exitConfig, "underpass:", err)
 	}

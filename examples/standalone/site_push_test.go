@@ -220,6 +220,29 @@ log: {level: debug}
 	}
 	srv.stop(t)
 
+	// Restarted, it refuses the store's configuration again, starts from
+	// its cached copy and says so in its health record.
+	srv = startServe(ctx, t, bin, local, dir)
+	if err := srv.waitListen(ctx, listen); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(srv.output(), "the store's is refused; trying the cached copy") {
+		t.Fatalf("start with a refused store configuration:\n%s", srv.output())
+	}
+	refusedHash := config.Hash([]byte("pool: 10.7.0.0/24\nlimits: {max_sessions: 200}\n"))
+	for {
+		hs, err := st.Servers(ctx)
+		if err == nil && len(hs) == 1 && hs[0].Refused == refusedHash && strings.Contains(hs[0].ConfigError, "fewer than 2 server(s)") {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("health records %+v, %v: want gw-a refusing %s", hs, err, refusedHash)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	srv.stop(t)
+
 	// Store down: it starts from the cached copy (the last good one).
 	e.Stop()
 	srv = startServe(ctx, t, bin, local, dir)

@@ -160,9 +160,10 @@ func readCache(path string) (sitestore.SiteConfig, error) {
 }
 
 // startupSiteConfig finds the site configuration to start with: the
-// store's, else (store unreachable, or its configuration refused) the
-// cached last good one. It returns the merged configuration.
-func startupSiteConfig(file string, sc *config.SiteStore, st *sitestore.Store, logger *slog.Logger) (*config.Config, sitestore.SiteConfig, error) {
+// store's, else (store unreachable, or its configuration refused, which
+// state records for the health record) the cached last good one. It
+// returns the merged configuration.
+func startupSiteConfig(file string, sc *config.SiteStore, st *sitestore.Store, state *siteState, logger *slog.Logger) (*config.Config, sitestore.SiteConfig, error) {
 	cache, err := cachePath(sc)
 	if err != nil {
 		return nil, sitestore.SiteConfig{}, err
@@ -180,6 +181,7 @@ func startupSiteConfig(file string, sc *config.SiteStore, st *sitestore.Store, l
 			return cfg, c, nil
 		}
 		storeErr = lerr
+		state.setRefused(c.Hash, lerr)
 		logger.Error("site configuration: the store's is refused; trying the cached copy", "revision", c.Revision, "err", lerr)
 	} else {
 		storeErr = err

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,7 @@ users:
   - {name: alice, password_hash: %q}
 identity:
   bans: {threshold: 4, ban_for: 10m}
+drain_delay: 8s
 site:
   name: hq
   server_name: %s
@@ -128,7 +130,13 @@ site:
 		t.Fatalf("bans lift not-an-ip: exit %d: %s", code, errs)
 	}
 
-	// b leaves: a lists it as missing from the store.
+	// b drains, then leaves: a lists it as draining, then as missing from
+	// the store. (The drain delay outlasts b's next health announcement,
+	// 3 s away at most.)
+	if err := b.srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus("gw-a up", "gw-b draining")
 	b.srv.stop(t)
 	waitStatus("gw-a up", "gw-b missing from the store")
 
