@@ -57,7 +57,8 @@ func TestSitePushPull(t *testing.T) {
 	}
 	good := "# the site's settings\npool: 10.9.0.0/16\nsplit_include: [198.19.0.0/24]\n"
 	goodFile := writeFile(t, dir, "site.yaml", good)
-	if code, out, errs := runCLI("site", "push", "-config", local, goodFile); code != exitOK || !strings.Contains(out, "hash "+config.Hash([]byte(good))) {
+	if code, out, errs := runCLI("site", "push", "-config", local, "-wait", goodFile); code != exitOK || !strings.Contains(out, "hash "+config.Hash([]byte(good))) ||
+		!strings.Contains(out, "no live server") {
 		t.Fatalf("push: exit %d\n%s%s", code, out, errs)
 	}
 	if got := pulled(); got != good {

@@ -229,6 +229,9 @@ func waitApplied(st *sitestore.Store, hash string, timeout time.Duration, inv *i
 // reportApplied prints where hash runs; exitFail when a server refused it.
 func reportApplied(servers []site.Health, hash string, inv *invocation) int {
 	code := exitOK
+	if len(servers) == 0 {
+		fmt.Fprintln(inv.stdout, "no live server in the site store: servers apply it when they start")
+	}
 	var restart []string
 	for _, h := range servers {
 		switch {
