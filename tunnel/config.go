@@ -166,6 +166,14 @@ type Config struct {
 	// ReconnectGrace is how long a session survives without a connection
 	// before its address is released. Default DefaultReconnectGrace.
 	ReconnectGrace time.Duration
+	// DrainDelay is how long Shutdown waits, once Ready reports draining
+	// (a load balancer's readiness check on /readyz then fails), before it
+	// stops accepting and tells the clients to reconnect (R-O4): by then
+	// the balancer has taken this server out and sends their reconnects to
+	// the other servers of the site. Zero: no wait (no balancer probes
+	// this server). The underpass binary defaults it to 10 s behind a
+	// balancer (see its drain_delay key). Must not be negative.
+	DrainDelay time.Duration
 	// Banner is shown to users after sign-in.
 	Banner string
 	// PreLoginBanner, if set, is shown on the sign-in form and the SSO form
@@ -446,6 +454,9 @@ func (c Config) Validate() error {
 		if d.v < time.Second {
 			errs.add(d.name, "%v: must be at least 1s", d.v)
 		}
+	}
+	if c.DrainDelay < 0 {
+		errs.add("DrainDelay", "%v: must not be negative", c.DrainDelay)
 	}
 	if c.MaxSessions < 0 {
 		errs.add("MaxSessions", "%d: must not be negative (0: no limit)", c.MaxSessions)

@@ -157,7 +157,10 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 // Ready reports whether the gateway accepts new sessions: nil, or why not
 // (for readiness probes).
 func (g *Gateway) Ready() error {
-	if g.isDraining() {
+	g.mu.Lock()
+	unready := g.unready || g.draining || g.closed
+	g.mu.Unlock()
+	if unready {
 		return fmt.Errorf("%w: draining or stopped", ErrClosed)
 	}
 	return nil

@@ -100,7 +100,8 @@ type Gateway struct {
 
 	mu       sync.Mutex
 	closed   bool
-	draining bool
+	draining bool                 // Shutdown stops accepting (after the drain delay)
+	unready  bool                 // Shutdown has begun: Ready fails, the health record says draining
 	links    map[link]struct{}    // live transport connections
 	revoked  map[string]time.Time // sealed session ids ended here or revoked site-wide -> their expiry
 	site     *siteSync            // nil without Site.Store
@@ -472,11 +473,27 @@ func (g *Gateway) pruneRevoked(now time.Time) {
 	}
 }
 
-// Shutdown stops accepting connections, then closes every tunnel connection
-// without logging the clients off, so they reconnect (through a load
-// balancer, to another server). It then waits for the tunnels to end or ctx
-// to expire, and closes the gateway.
+// Shutdown drains the gateway (R-O4). Ready reports draining at once; after
+// Config.DrainDelay (or when ctx ends, if sooner) it stops accepting
+// connections, then closes every tunnel connection without logging the
+// clients off, so they reconnect (through a load balancer, to another
+// server). It then waits for the tunnels to end or ctx to expire, and
+// closes the gateway.
 func (g *Gateway) Shutdown(ctx context.Context) error {
+	g.mu.Lock()
+	g.unready = true
+	g.mu.Unlock()
+	if d := g.conf().DrainDelay; d > 0 {
+		// Serving as usual meanwhile: a client the balancer still sends
+		// here signs in and is moved with the others.
+		g.log.Info("draining: not ready; clients are told to reconnect after the drain delay", "drain_delay", d)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+	}
 	g.mu.Lock()
 	g.draining = true
 	g.mu.Unlock()

@@ -57,6 +57,7 @@ var liveFields = []liveField{
 	{"IdleTimeout", func(c *Config) any { return c.IdleTimeout }},
 	{"SessionTimeout", func(c *Config) any { return c.SessionTimeout }},
 	{"ReconnectGrace", func(c *Config) any { return c.ReconnectGrace }},
+	{"DrainDelay", func(c *Config) any { return c.DrainDelay }},
 	{"Banner", func(c *Config) any { return c.Banner }},
 	{"PreLoginBanner", func(c *Config) any { return c.PreLoginBanner }},
 	{"MaxSessions", func(c *Config) any { return c.MaxSessions }},

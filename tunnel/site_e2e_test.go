@@ -130,6 +130,8 @@ type site struct {
 	key     []byte
 	signIns atomic.Int64
 	servers [siteServers + 1]*siteServer // by number, 1-based
+	// drainDelay is each server's Config.DrainDelay.
+	drainDelay time.Duration
 }
 
 // start (re)starts server n on its fixed ports.
@@ -151,6 +153,7 @@ func (s *site) start(t *testing.T, n int) *siteServer {
 		SplitInclude:      []netip.Prefix{testenv.CorpNet},
 		Dialer:            nsDialer{s.tp.GW},
 		DPD:               2 * time.Second,
+		DrainDelay:        s.drainDelay,
 		Logger:            slog.New(slog.NewTextHandler(srv.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -167,7 +170,7 @@ func (s *site) start(t *testing.T, n int) *siteServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv.ready = &http.Server{Handler: metrics.Handler(gw, func() error { return nil }), ReadHeaderTimeout: 5 * time.Second}
+	srv.ready = &http.Server{Handler: metrics.Handler(gw, gw.Ready), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.ready.Serve(rl) }()
 	s.owner.Cleanup(func() { srv.kill() })
 	s.servers[n] = srv
@@ -203,6 +206,34 @@ func (s *site) holder(a netip.Addr) *siteServer {
 		}
 	}
 	return nil
+}
+
+// openconnect connects the real openconnect (tun mode, reconnecting for
+// up to a minute) through the balancer at front, checks an echo to corp
+// through it, and returns its address, the server holding its session and
+// the other server.
+func (s *site) openconnect(ctx context.Context, t *testing.T, front string, echo *corpEcho) (oc *testenv.OCSession, addr netip.Addr, holder, other *siteServer) {
+	t.Helper()
+	oc = testenv.Openconnect(t, s.tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
+		User: "alice", Password: "secret", Mode: testenv.ModeTun,
+		ExtraArgs: []string{"--reconnect-timeout", "60"}})
+	addr, err := netip.ParseAddr(oc.Env()["INTERNAL_IP4_ADDRESS"])
+	if err != nil {
+		t.Fatalf("no address: %v", oc.Env())
+	}
+	if err := echoThrough(ctx, s.tp.Client.Dial, echo.tcp.String(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	holder = s.holder(addr)
+	if holder == nil {
+		t.Fatalf("no server holds %v", addr)
+	}
+	for _, srv := range s.servers[1:] {
+		if srv != holder {
+			other = srv
+		}
+	}
+	return oc, addr, holder, other
 }
 
 // proxiedDialer dials a server directly from gw's loopback (a trusted
@@ -269,35 +300,47 @@ func echoThrough(ctx context.Context, dial func(context.Context, string, string)
 	return fmt.Errorf("no echo within %v: %v", d, last)
 }
 
+// startSite starts the site's servers (each with drainDelay), HAProxy in
+// front of them on front, and the corp echo server.
+func startSite(t *testing.T, drainDelay time.Duration) (s *site, echo *corpEcho, front string, hap *testenv.HAProxyProc) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "openconnect", "haproxy", "iptables")
+	tp := testenv.Topology(t)
+	s = &site{owner: t, tp: tp, cert: testenv.NewCert(t, testenv.GWAddr.String()), key: make([]byte, auth.SealerKeySize),
+		drainDelay: drainDelay}
+	_, _ = rand.Read(s.key)
+	echo = startCorpEcho(t, tp, 7)
+	for n := 1; n <= siteServers; n++ {
+		s.start(t, n)
+	}
+	front = fmt.Sprintf("%s:443", testenv.GWAddr)
+	return s, echo, front, testenv.HAProxy(t, tp.GW, haproxyConfig(), front)
+}
+
+// waitReady waits until HAProxy's checks see every server up.
+func (s *site) waitReady(t *testing.T, hap *testenv.HAProxyProc) {
+	t.Helper()
+	waitFor(t, 20*time.Second, "HAProxy to see every server up", func() bool {
+		up, err := hap.ServersUp("site")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(up) == siteServers && !slices.Contains(slices.Collect(maps.Values(up)), false)
+	})
+}
+
 // TestSite runs a two-server site behind HAProxy: failover keeps the
 // address for openconnect and tunnel.Client, the PROXY protocol carries
 // the client's address, and bans hit the client, never HAProxy.
 func TestSite(t *testing.T) {
 	t.Parallel()
-	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "haproxy", "iptables")
-	tp := testenv.Topology(t)
-	s := &site{owner: t, tp: tp, cert: testenv.NewCert(t, testenv.GWAddr.String()), key: make([]byte, auth.SealerKeySize)}
-	_, _ = rand.Read(s.key)
-	echo := startCorpEcho(t, tp, 7)
+	s, echo, front, hap := startSite(t, 0)
+	tp := s.tp
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole scenario, generously
 	defer cancel()
-	for n := 1; n <= siteServers; n++ {
-		s.start(t, n)
-	}
-	front := fmt.Sprintf("%s:443", testenv.GWAddr)
-	hap := testenv.HAProxy(t, tp.GW, haproxyConfig(), front)
 	// waitReady waits until HAProxy's checks see every server up.
-	waitReady := func(t *testing.T) {
-		t.Helper()
-		waitFor(t, 20*time.Second, "HAProxy to see every server up", func() bool {
-			up, err := hap.ServersUp("site")
-			if err != nil {
-				t.Fatal(err)
-			}
-			return len(up) == siteServers && !slices.Contains(slices.Collect(maps.Values(up)), false)
-		})
-	}
+	waitReady := func(t *testing.T) { s.waitReady(t, hap) }
 	waitReady(t)
 	// Uneven warm-up: every server hands its first client the first
 	// address of its stride; after this each one's next is different.
@@ -305,26 +348,7 @@ func TestSite(t *testing.T) {
 	s.warm(t, ctx, 2, 3)
 
 	t.Run("openconnect keeps its address when its server dies", func(t *testing.T) {
-		oc := testenv.Openconnect(t, tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
-			User: "alice", Password: "secret", Mode: testenv.ModeTun,
-			ExtraArgs: []string{"--reconnect-timeout", "60"}})
-		addr, err := netip.ParseAddr(oc.Env()["INTERNAL_IP4_ADDRESS"])
-		if err != nil {
-			t.Fatalf("no address: %v", oc.Env())
-		}
-		if err := echoThrough(ctx, tp.Client.Dial, echo.tcp.String(), 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		old := s.holder(addr)
-		if old == nil {
-			t.Fatalf("no server holds %v", addr)
-		}
-		var other *siteServer
-		for _, srv := range s.servers[1:] {
-			if srv != old {
-				other = srv
-			}
-		}
+		oc, addr, old, other := s.openconnect(ctx, t, front, echo)
 		if _, held := other.gw.WhoIs(addr); held {
 			t.Fatalf("the other server holds %v already", addr)
 		}

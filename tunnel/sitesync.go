@@ -152,7 +152,7 @@ func (g *Gateway) flush(ctx context.Context) {
 func (g *Gateway) announce(ctx context.Context) {
 	ss := g.site
 	g.mu.Lock()
-	draining := g.draining
+	draining := g.unready || g.draining
 	g.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, siteCallTimeout)
 	err := ss.store.Announce(cctx, site.Health{

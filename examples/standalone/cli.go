@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -120,7 +121,31 @@ func query[T any](f *adminFlags, inv *invocation, path string, human func(w io.W
 // statusCommand binds the flags of `underpass status`.
 func statusCommand(fs *flag.FlagSet) runFunc {
 	f := bindAdmin(fs, true)
-	return func(inv *invocation) int { return query(f, inv, "/v1/status", printStatus) }
+	siteWide := fs.Bool("site", false, "every server of the site, from the site store")
+	return func(inv *invocation) int {
+		if *siteWide {
+			return query(f, inv, "/v1/site", printSite)
+		}
+		return query(f, inv, "/v1/status", printStatus)
+	}
+}
+
+// bansLiftCommand binds the flags of `underpass bans lift IP`.
+func bansLiftCommand(fs *flag.FlagSet) runFunc {
+	f := bindAdmin(fs, true)
+	return func(inv *invocation) int {
+		var res admin.LiftResult
+		if code, ok := f.call(inv, "POST", "/v1/bans/"+url.PathEscape(inv.args[0])+"/lift", nil, &res); !ok {
+			return code
+		}
+		return f.print(inv, res, func(w io.Writer) {
+			if res.WasBanned {
+				fmt.Fprintf(w, "ban on %v lifted here and on every server of the site\n", res.Addr)
+			} else {
+				fmt.Fprintf(w, "%v was not banned here; the lift goes to every server of the site\n", res.Addr)
+			}
+		})
+	}
 }
 
 // printStatus writes the server's status as a table.
@@ -273,7 +298,7 @@ func importCert(f *adminFlags, cf *certFlags, delay int, inv *invocation) int {
 // serverStopCommand binds the flags of `underpass server stop`.
 func serverStopCommand(fs *flag.FlagSet) runFunc {
 	f := bindAdmin(fs, false)
-	timeout := fs.Duration("timeout", shutdownGrace, "drain deadline")
+	timeout := fs.Duration("timeout", shutdownGrace, "drain deadline, counted after the config's drain_delay")
 	return func(inv *invocation) int {
 		if code, ok := f.call(inv, "POST", "/v1/stop?timeout="+timeout.String(), nil, nil); !ok {
 			return code

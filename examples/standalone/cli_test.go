@@ -54,7 +54,8 @@ func TestCommandFlags(t *testing.T) {
 		"check cert":    {"cert", "config", "host", "key", "password-file", "pfx"},
 		"check network": {"config"},
 		"hash-password": {"cost"},
-		"status":        adminJSON,
+		"status":        {"admin-socket", "json", "site"},
+		"bans lift":     adminJSON,
 		"show users":    adminJSON,
 		"show sessions": adminJSON,
 		"show bans":     adminJSON,
@@ -63,6 +64,8 @@ func TestCommandFlags(t *testing.T) {
 		"disconnect":    admin,
 		"import-cert":   {"admin-socket", "cert", "delay", "json", "key", "password-file", "pfx"},
 		"server stop":   {"admin-socket", "timeout"},
+		"site push":     {"config", "revision", "timeout", "wait"},
+		"site pull":     {"config"},
 		"help":          nil,
 	}
 	for _, c := range commands {
@@ -174,7 +177,7 @@ func TestHelp(t *testing.T) {
 		}
 	}
 	code, out, _ := runCLI("help", "server", "stop")
-	if code != exitOK || !strings.Contains(out, "drain deadline (default 10s)") {
+	if code != exitOK || !strings.Contains(out, "drain_delay (default 10s)") {
 		t.Errorf("help server stop shows no default: %d\n%s", code, out)
 	}
 }

@@ -30,18 +30,27 @@ type e2e struct {
 	sock string // its admin socket
 }
 
-func startE2E(t *testing.T) *e2e {
+// e2eBase builds the binary and sets up the standard topology with the
+// corporate web server, a certificate for GWAddr and alice's password
+// hash ("alice-pw"); tools are needed besides openconnect's.
+func e2eBase(t *testing.T, tools ...string) (bin string, tp *testenv.Topo, web string, cert *testenv.Cert, hash []byte) {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "ocproxy", "curl", "ip")
-	bin := testenv.BuildBinary(t, "./examples/standalone")
-	tp := testenv.Topology(t)
-	web := tp.ServeHTTP(t, 8080)
-	cert := testenv.NewCert(t, testenv.GWAddr.String())
+	testenv.RequireTool(t, append([]string{"openconnect", "ocproxy", "curl", "ip"}, tools...)...)
+	bin = testenv.BuildBinary(t, "./examples/standalone")
+	tp = testenv.Topology(t)
+	web = tp.ServeHTTP(t, 8080)
+	cert = testenv.NewCert(t, testenv.GWAddr.String())
 	hash, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin, tp, web, cert, hash
+}
+
+func startE2E(t *testing.T) *e2e {
+	t.Helper()
+	bin, tp, web, cert, hash := e2eBase(t)
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "underpass.yaml")
 	doc := fmt.Sprintf(`listen: %q

@@ -40,20 +40,16 @@ func prepare(cfg *config.Config, logger *slog.Logger) (release func(), err error
 	return cfg.BuildIdentity(ictx, logger)
 }
 
-// reload re-reads the config file and applies it to the running gateway
-// (SIGHUP, R-C7): live sessions stay; settings that need a restart are
-// reported. On any error the running configuration is kept. It returns
-// the new identity's release (the caller releases the old one), or nil.
-func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slog.Logger) (release func()) {
-	cfg, err := config.Load(file)
-	if err != nil {
-		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
-		return nil
-	}
+// reload applies cfg, the config file read again (SIGHUP, an edit, or a
+// pushed site configuration: R-C7), to the running gateway: live sessions
+// stay; settings that need a restart are reported. On any error the
+// running configuration is kept. It returns the new identity's release
+// (the caller releases the old one) and what changed.
+func reload(gw *tunnel.Gateway, cfg *config.Config, running *config.Config, logger *slog.Logger) (release func(), res tunnel.ReloadResult, err error) {
 	release, err = prepare(cfg, logger)
 	if err != nil {
 		logger.Error("reload: identity rejected; keeping the running configuration", "err", err)
-		return nil
+		return nil, res, err
 	}
 	t := cfg.Tunnel
 	// The certificate store keeps serving (and follows file changes): a
@@ -66,17 +62,17 @@ func reload(gw *tunnel.Gateway, file string, running *config.Config, logger *slo
 	if !reflect.DeepEqual(cfg.SiteStore, running.SiteStore) {
 		logger.Warn("reload: these settings take effect only after a restart", "settings", []string{"site.store"})
 	}
-	res, err := gw.Reload(t)
+	res, err = gw.Reload(t)
 	if err != nil {
 		release()
 		logger.Error("reload: configuration rejected; keeping the running one", "err", err)
-		return nil
+		return nil, res, err
 	}
 	if len(res.NeedRestart) > 0 {
 		logger.Warn("reload: these settings take effect only after a restart", "settings", config.Keys(res.NeedRestart))
 	}
 	logger.Info("reload: applied", "settings", config.Keys(res.Applied))
-	return release
+	return release, res, nil
 }
 
 // configPoll is how often the config file is checked for edits: cheap

@@ -57,11 +57,15 @@ type server struct {
 	storeCtx           context.Context // ends when serve returns
 	release            func()          // releases the running identity
 	gw                 *tunnel.Gateway
-	listen             string             // the address the gateway listens on
-	errc               chan error         // the gateway's serve loop ended
-	stopc              chan time.Duration // `underpass server stop`, with its drain deadline
-	sockPath           string             // the admin socket
-	stopAdmin          context.CancelFunc // stops serving the admin socket
+	listen             string                    // the address the gateway listens on
+	errc               chan error                // the gateway's serve loop ended
+	stopc              chan time.Duration        // `underpass server stop`, with its drain deadline
+	sockPath           string                    // the admin socket
+	stopAdmin          context.CancelFunc        // stops serving the admin socket
+	store              *sitestore.Store          // site.store; nil: none
+	site               *siteState                // with a store: what the health record says of the configuration
+	pushed             chan sitestore.SiteConfig // site configurations pushed, the newest only
+	drainDelay         time.Duration             // drain_delay as running (a reload may change it)
 
 	cleanups []func() // run in reverse order when serve returns
 }
@@ -71,7 +75,7 @@ type server struct {
 func serve(f *serveFlags, stdout, stderr io.Writer) int {
 	s := &server{flags: f, stdout: stdout, stderr: stderr}
 	defer s.cleanup()
-	for _, step := range []func() int{s.loadConfig, s.raiseFDLimit, s.prepareIdentity, s.startGateway, s.startAdminSocket} {
+	for _, step := range []func() int{s.loadConfig, s.raiseFDLimit, s.connectStore, s.prepareIdentity, s.startGateway, s.startAdminSocket} {
 		if code := step(); code != exitOK {
 			return code
 		}
@@ -121,6 +125,41 @@ func (s *server) loadConfig() int {
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug).Writer())
 	s.cfg.Tunnel.Logger = s.logger
+	return exitOK
+}
+
+// connectStore connects to the site store (site.store), without waiting
+// for etcd: a server starts, and serves, while the store is down
+// (underpass_site_store_up says so). With site.store.server_config it
+// reads the site configuration, from the store or else from its cached
+// copy, and runs it with the server's own file.
+func (s *server) connectStore() int {
+	sc := s.cfg.SiteStore
+	if sc == nil {
+		return exitOK
+	}
+	st, err := sitestore.New(sitestore.Config{Endpoints: sc.Endpoints, Prefix: sc.Prefix,
+		CAFile: sc.CAFile, CertFile: sc.CertFile, KeyFile: sc.KeyFile, Logger: s.logger})
+	if err != nil {
+		return s.fail(exitConfig, "underpass: site.store:", err)
+	}
+	s.onExit(func() { st.Close() }) // after the gateway's Close: it withdraws its health record
+	s.store, s.site = st, &siteState{serverConfig: sc.ServerConfig}
+	s.logger.Info("site store", "endpoints", sc.Endpoints, "prefix", sc.Prefix, "server_config", sc.ServerConfig)
+	if !sc.ServerConfig {
+		return exitOK
+	}
+	cfg, c, err := startupSiteConfig(s.flags.config, sc, st, s.site, s.logger)
+	if err != nil {
+		return s.fail(exitConfig, "underpass:", err)
+	}
+	if s.flags.listen != "" {
+		cfg.Tunnel.ListenAddr = s.flags.listen
+	}
+	cfg.Tunnel.Logger = s.logger
+	s.cfg = cfg
+	s.site.setApplied(c, nil)
+	s.logger.Info("site configuration", "revision", c.Revision, "hash", c.Hash)
 	return exitOK
 }
 
@@ -188,23 +227,14 @@ func (s *server) selfSigned() int {
 // demo page and the admin HTTP listener when configured; it prints the
 // banner.
 func (s *server) startGateway() int {
-	if sc := s.cfg.SiteStore; sc != nil {
-		// Connecting does not wait for etcd: a server starts, and serves,
-		// while the store is down (underpass_site_store_up says so).
-		st, err := sitestore.New(sitestore.Config{Endpoints: sc.Endpoints, Prefix: sc.Prefix,
-			CAFile: sc.CAFile, CertFile: sc.CertFile, KeyFile: sc.KeyFile, Logger: s.logger})
-		if err != nil {
-			return s.fail(exitConfig, "underpass: site.store:", err)
-		}
-		s.onExit(func() { st.Close() }) // after the gateway's Close: it withdraws its health record
-		s.cfg.Tunnel.Site.Store = st
-		s.logger.Info("site store", "endpoints", sc.Endpoints, "prefix", sc.Prefix)
+	if s.store != nil {
+		s.cfg.Tunnel.Site.Store = annotatedStore{Store: s.store, st: s.site}
 	}
 	gw, err := tunnel.New(s.cfg.Tunnel)
 	if err != nil {
 		return s.fail(exitConfig, err)
 	}
-	s.gw = gw
+	s.gw, s.drainDelay = gw, s.cfg.Tunnel.DrainDelay
 	s.onExit(func() { gw.Close() })
 	l, err := net.Listen("tcp", listenAddr(s.cfg.Tunnel.ListenAddr))
 	if err != nil {
@@ -250,8 +280,14 @@ func (s *server) startAdminSocket() int {
 	s.stopAdmin = stopAdmin
 	s.onExit(stopAdmin)
 	gw, bans, certs, ring, listen := s.gw, s.cfg.Tunnel.Bans, s.certs, s.ring, s.listen
+	var siteFn admin.SiteFunc
+	if s.store != nil {
+		v := newSiteView(s.store)
+		go v.run(actx)
+		siteFn = v.status
+	}
 	go func() {
-		_ = admin.Serve(actx, al, &admin.Backend{Gateway: gw, Bans: bans, Certs: certs, Events: ring, Listen: listen, Started: time.Now(),
+		_ = admin.Serve(actx, al, &admin.Backend{Gateway: gw, Bans: bans, Certs: certs, Events: ring, Listen: listen, Started: time.Now(), Site: siteFn,
 			Stop: func(d time.Duration) {
 				select {
 				case stopc <- d:
@@ -272,17 +308,26 @@ func (s *server) loop() int {
 	if s.flags.config != "" {
 		go watchFile(s.storeCtx, s.flags.config, edited)
 	}
-	// reloadFile applies the config file again (SIGHUP or an edit); the
-	// identity it replaces is released once the gateway runs on the new one.
+	s.pushed = make(chan sitestore.SiteConfig, 1)
+	if s.site != nil && s.site.serverConfig {
+		go func() {
+			_ = s.store.WatchConfig(s.storeCtx, s.site.current().Revision, func(c sitestore.SiteConfig) { latest(s.pushed, c) })
+		}()
+	}
+	// reloadFile applies the config file again (SIGHUP or an edit), with
+	// the running site configuration if any.
 	reloadFile := func() {
-		if r := reload(s.gw, s.flags.config, s.cfg, s.logger); r != nil {
-			old := s.release
-			s.release = r
-			old()
+		cfg, err := s.loadAgain()
+		if err != nil {
+			s.logger.Error("reload: configuration rejected; keeping the running one", "err", err)
+			return
 		}
+		_, _ = s.reload(cfg)
 	}
 	for {
 		select {
+		case c := <-s.pushed:
+			s.applySiteConfig(c)
 		case <-edited:
 			s.logger.Info("reload: the config file changed")
 			reloadFile()
@@ -306,10 +351,65 @@ func (s *server) loop() int {
 	}
 }
 
-// drain shuts the gateway down within grace, logs its totals and removes
-// the admin socket.
+// loadAgain reads the server's own file again, with the running site
+// configuration when it comes from the store.
+func (s *server) loadAgain() (*config.Config, error) {
+	if s.site == nil || !s.site.serverConfig {
+		return config.Load(s.flags.config)
+	}
+	c := s.site.current()
+	return config.LoadWithSite(s.flags.config, siteConfigName(s.cfg.SiteStore.Prefix, c), c.YAML)
+}
+
+// reload applies cfg to the running gateway; the identity it replaces is
+// released once the gateway runs on the new one.
+func (s *server) reload(cfg *config.Config) (tunnel.ReloadResult, error) {
+	r, res, err := reload(s.gw, cfg, s.cfg, s.logger)
+	if err != nil {
+		return res, err
+	}
+	old := s.release
+	s.release = r
+	old()
+	s.drainDelay = cfg.Tunnel.DrainDelay
+	return res, nil
+}
+
+// applySiteConfig runs a pushed site configuration through the reload
+// path, caches it when it runs, and records the outcome for the health
+// record (`underpass site push --wait` reads it).
+func (s *server) applySiteConfig(c sitestore.SiteConfig) {
+	if c.Hash == s.site.current().Hash {
+		return
+	}
+	log := s.logger.With("revision", c.Revision, "hash", c.Hash)
+	cfg, err := config.LoadWithSite(s.flags.config, siteConfigName(s.cfg.SiteStore.Prefix, c), c.YAML)
+	if err == nil {
+		var res tunnel.ReloadResult
+		if res, err = s.reload(cfg); err == nil {
+			restart := config.Keys(res.NeedRestart)
+			s.site.setApplied(c, restart)
+			if path, perr := cachePath(s.cfg.SiteStore); perr != nil {
+				log.Warn("site configuration: not cached", "err", perr)
+			} else if werr := writeCache(path, c); werr != nil {
+				log.Warn("site configuration: not cached", "path", path, "err", werr)
+			}
+			log.Info("site configuration applied")
+			if len(restart) > 0 {
+				log.Warn("site configuration: rolling restart required", "settings", restart)
+			}
+			return
+		}
+	}
+	s.site.setRefused(c.Hash, err)
+	log.Error("site configuration refused; keeping the running one", "err", err)
+}
+
+// drain shuts the gateway down: /readyz fails at once, the clients are
+// told to reconnect after drain_delay, and grace bounds the rest. It logs
+// the totals and removes the admin socket.
 func (s *server) drain(grace time.Duration) int {
-	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	ctx, cancel := context.WithTimeout(context.Background(), s.drainDelay+grace)
 	defer cancel()
 	if err := s.gw.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		s.logger.Warn("shutdown", "err", err)

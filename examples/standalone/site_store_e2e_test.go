@@ -23,12 +23,7 @@ func TestServeSiteStore(t *testing.T) {
 	e := testenv.StartEtcd(t)
 	e.Stop() // the server must start without its store
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	listen := l.Addr().String()
-	l.Close()
+	listen := freeAddr(t)
 	cfg := filepath.Join(dir, "underpass.yaml")
 	doc := fmt.Sprintf(`listen: %q
 disable_udp: true
@@ -43,41 +38,9 @@ log: {level: debug}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the whole test
 	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "serve", "-config", cfg, "-admin-socket", filepath.Join(dir, "admin.sock"))
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
-	logPath := filepath.Join(dir, "serve.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("underpass serve output:\n%s", b)
-		}
-	})
-	for {
-		c, err := net.DialTimeout("tcp", listen, time.Second)
-		if err == nil {
-			c.Close()
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("underpass serve exited with etcd down: %v", err)
-		case <-ctx.Done():
-			t.Fatal("underpass serve did not listen with etcd down")
-		case <-time.After(50 * time.Millisecond):
-		}
+	srv := startServe(ctx, t, bin, cfg, dir)
+	if err := srv.waitListen(ctx, listen); err != nil {
+		t.Fatalf("with etcd down: %v", err)
 	}
 
 	e.Start()
@@ -100,16 +63,83 @@ log: {level: debug}
 		}
 	}
 	// Stopped, it withdraws its record at once (not after the TTL).
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	srv.stop(t)
+	if listed() {
+		t.Fatal("the stopped server's health record is still listed")
+	}
+}
+
+// served is one `underpass serve` on the host (loopback) for a test.
+type served struct {
+	cmd     *exec.Cmd
+	exited  chan error // its exit, once
+	logPath string     // its stdout and stderr
+}
+
+// startServe runs `underpass serve -config cfg` with dir as its state
+// directory; it is killed at the end of the test, and its output shown
+// if the test failed.
+func startServe(ctx context.Context, t *testing.T, bin, cfg, dir string) *served {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, "serve", "-config", cfg, "-admin-socket", filepath.Join(dir, "admin.sock"))
+	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
+	s := &served{cmd: cmd, exited: make(chan error, 1), logPath: filepath.Join(dir, fmt.Sprintf("serve-%d.log", time.Now().UnixNano()))}
+	logf, err := os.Create(s.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logf.Close() })
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		err := <-s.exited
+		s.exited <- err
+		if t.Failed() {
+			t.Logf("underpass serve output:\n%s", s.output())
+		}
+	})
+	return s
+}
+
+func (s *served) output() string {
+	b, _ := os.ReadFile(s.logPath)
+	return string(b)
+}
+
+// waitListen waits until the server accepts on listen; an exit first is
+// an error.
+func (s *served) waitListen(ctx context.Context, listen string) error {
+	for {
+		c, err := net.DialTimeout("tcp", listen, time.Second)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case err := <-s.exited:
+			s.exited <- err
+			return fmt.Errorf("underpass serve exited (%v) before listening", err)
+		case <-ctx.Done():
+			return fmt.Errorf("underpass serve did not listen on %s", listen)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for the exit.
+func (s *served) stop(t *testing.T) {
+	t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case <-exited:
-		exited <- nil // for the cleanup
+	case err := <-s.exited:
+		s.exited <- err // for the cleanup
 	case <-time.After(30 * time.Second):
 		t.Fatal("underpass serve did not exit on SIGTERM")
-	}
-	if listed() {
-		t.Fatal("the stopped server's health record is still listed")
 	}
 }

@@ -64,6 +64,15 @@ type Health struct {
 	Draining bool      // Shutdown has begun
 	Started  time.Time // when the gateway was created
 	Updated  time.Time // when this record was written
+
+	// Set by the program around the gateway (the underpass binary wraps
+	// its Store's Announce to fill them); a gateway leaves them empty.
+	Version      string   // the server's software version
+	ConfigSchema int      // the config schema it reads (0: unknown)
+	Config       string   // the hash of the site configuration it runs ("": its own config file)
+	Refused      string   // the hash of the newest site configuration it refused ("": none)
+	ConfigError  string   // why it refused it
+	Restart      []string // settings changed by the site configuration that wait for a restart
 }
 
 // Store is what a gateway needs of the site store. All methods are safe

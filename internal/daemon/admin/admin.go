@@ -36,6 +36,9 @@ type Backend struct {
 	Started time.Time
 	// Stop drains and stops the server (SIGTERM's path), within timeout.
 	Stop func(timeout time.Duration)
+	// Site reports the servers of the site (status --site); nil: no site
+	// store.
+	Site SiteFunc
 }
 
 // Status is the answer to `underpass status`.
@@ -95,6 +98,7 @@ func Handler(b *Backend) http.Handler {
 		_ = json.NewEncoder(w).Encode(v)
 	}
 	fail := func(w http.ResponseWriter, status int, err error) { reply(w, status, apiError{err.Error()}) }
+	siteRoutes(mux, b, reply, fail)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st := b.Gateway.Stats()
 		s := Status{Listen: b.Listen, Uptime: time.Since(b.Started).Round(time.Second).String(), Ready: b.Gateway.Ready() == nil,

@@ -91,6 +91,8 @@ func TestAPI(t *testing.T) {
 		{"POST", "/v1/sessions/nope/disconnect", nil, 404},
 		{"POST", "/v1/cert", ImportRequest{CertPEM: []byte("x")}, 501}, // no certificate store here
 		{"GET", "/v1/nothing", nil, 404},
+		{"GET", "/v1/site", nil, 501},                 // no site store here
+		{"POST", "/v1/bans/not-an-ip/lift", nil, 400}, // an address is required
 	} {
 		err := c.Do(tc.method, tc.path, tc.body, nil)
 		if !errors.As(err, &se) || se.Code != tc.code {

@@ -31,6 +31,14 @@ import (
 	"github.com/underpass/underpass/tunnel"
 )
 
+// DefaultDrainDelay is drain_delay's default behind a load balancer: twice
+// a typical health check interval of 5 s, so the balancer has seen a
+// failed /readyz check and taken the server out before its clients
+// reconnect. It also covers HAProxy's defaults (inter 2s, fall 3: out
+// after at most 8 s). Without a balancer nothing probes /readyz, and
+// waiting would only delay the clients' reconnect: the default is 0.
+const DefaultDrainDelay = 10 * time.Second
+
 // maxFileSize bounds a config file: real ones are a few KiB, even with 500
 // route rules; anything larger is a mistake (a binary, a log).
 const maxFileSize = 4 << 20
@@ -61,14 +69,18 @@ type File struct {
 	UDPIdleTimeout Duration             `yaml:"udp_idle_timeout"` // 0: 2 minutes
 	SessionTimeout Duration             `yaml:"session_timeout"`
 	ReconnectGrace Duration             `yaml:"reconnect_grace"`
-	Banner         string               `yaml:"banner"`
-	PreLoginBanner string               `yaml:"pre_login_banner"` // on the sign-in forms, before credentials
-	DNSProxy       DNSProxy             `yaml:"dns_proxy"`
-	Identity       *IdentityFile        `yaml:"identity"`
-	Users          []User               `yaml:"users"`
-	Log            LogConfig            `yaml:"log"`
-	DemoPage       *bool                `yaml:"demo_page"`
-	HostAddrs      []string             `yaml:"host_addrs"`
+	// DrainDelay: how long a stopping server stays up, answering /readyz
+	// with 503, before it tells its clients to reconnect (R-O4). Default
+	// DefaultDrainDelay behind a balancer (proxy_protocol_from), else 0.
+	DrainDelay     *Duration     `yaml:"drain_delay"`
+	Banner         string        `yaml:"banner"`
+	PreLoginBanner string        `yaml:"pre_login_banner"` // on the sign-in forms, before credentials
+	DNSProxy       DNSProxy      `yaml:"dns_proxy"`
+	Identity       *IdentityFile `yaml:"identity"`
+	Users          []User        `yaml:"users"`
+	Log            LogConfig     `yaml:"log"`
+	DemoPage       *bool         `yaml:"demo_page"`
+	HostAddrs      []string      `yaml:"host_addrs"`
 	// ProxyProtocolFrom lists trusted load balancers' networks: the PROXY
 	// protocol header is required from them and refused from others.
 	ProxyProtocolFrom []string `yaml:"proxy_protocol_from"`
@@ -183,6 +195,15 @@ type StoreFile struct {
 	CA        string   `yaml:"ca"`        // verifies etcd's certificate (https)
 	Cert      string   `yaml:"cert"`      // this server's client certificate and key
 	Key       string   `yaml:"key"`
+	// ServerConfig: the server configuration (every key but the
+	// per-server ones, see LocalKeys) comes from the store, where
+	// `underpass site push` puts it; this file then holds only per-server
+	// keys.
+	ServerConfig bool `yaml:"server_config"`
+	// Cache is where the last site configuration applied is kept, so the
+	// server starts while the store is down. Default: site-config.yaml in
+	// the state directory.
+	Cache string `yaml:"cache"`
 }
 
 // SiteStore is site.store after validation, with file paths resolved.
@@ -190,6 +211,8 @@ type SiteStore struct {
 	Endpoints                 []string
 	Prefix                    string
 	CAFile, CertFile, KeyFile string
+	ServerConfig              bool   // the server configuration comes from the store
+	CacheFile                 string // site.store.cache, resolved; "": the binary's default
 }
 
 // ProxyFile is the proxy section: settings pushed to clients (R-C6).
@@ -220,6 +243,15 @@ func (e *Error) Error() string {
 // Load reads and validates the file at path. Relative paths inside it
 // (certificate files) are resolved against the file's directory.
 func Load(path string) (*Config, error) {
+	b, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, b)
+}
+
+// readFile reads a config file of at most maxFileSize bytes.
+func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -232,33 +264,39 @@ func Load(path string) (*Config, error) {
 	if len(b) > maxFileSize {
 		return nil, &Error{File: path, Problems: []string{fmt.Sprintf("file larger than %d bytes", maxFileSize)}}
 	}
-	return Parse(path, b)
+	return b, nil
 }
 
 // Parse validates a YAML document; name is used in messages and to resolve
 // relative paths. Every problem is listed at once, in an *Error.
 func Parse(name string, b []byte) (*Config, error) {
-	p := &parser{name: name, e: &Error{File: name}}
-	var root yaml.Node
-	if err := yaml.Unmarshal(b, &root); err != nil {
-		p.e.Problems = append(p.e.Problems, yamlMsg(name, err)...)
-		return nil, p.e
-	}
-	var f File
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
-		p.e.Problems = append(p.e.Problems, yamlMsg(name, err)...)
-		var te *yaml.TypeError
-		if !errors.As(err, &te) {
+	return parse(name, []part{{name: name, b: b, role: whole}})
+}
+
+// parse validates the configuration the parts make together (their
+// top-level keys are disjoint: see sitecfg.go); name is the file the
+// result's relative paths resolve against and the *Error's File.
+func parse(name string, parts []part) (*Config, error) {
+	p := &parser{name: name, e: &Error{File: name}, lines: map[string]string{}}
+	roots := make([]*yaml.Node, 0, len(parts))
+	for _, pt := range parts {
+		root, ok := p.decodePart(pt)
+		if !ok {
 			return nil, p.e
 		}
-		// Unknown keys or wrong types: report them and keep validating
-		// what did decode, so one pass lists every problem.
-		f = File{}
-		_ = yaml.Unmarshal(b, &f)
+		roots = append(roots, root)
 	}
-	p.lines = keyLines(&root)
+	b := parts[0].b
+	if len(parts) > 1 {
+		b = mustYAML(mergeRoots(roots))
+	}
+	// Unknown keys and wrong types are reported above, per part; what
+	// did decode is validated too, so one pass lists every problem.
+	var f File
+	_ = yaml.Unmarshal(b, &f)
+	if len(parts) == 1 && parts[0].role == siteDoc {
+		f.placeholderSessionKey()
+	}
 
 	c := &Config{Log: f.Log, Users: f.Users, DemoPage: f.DemoPage == nil || *f.DemoPage,
 		IdentityFile: f.Identity, dir: filepath.Dir(name)}
@@ -275,12 +313,38 @@ func Parse(name string, b []byte) (*Config, error) {
 	return c, nil
 }
 
-// parser is one Parse under way: the file's name, the line of each
-// top-level key, and the problems found so far.
+// parser is one Parse under way: the file's name, where each top-level
+// key is ("file:line"), and the problems found so far.
 type parser struct {
 	name  string
-	lines map[string]int
+	lines map[string]string
 	e     *Error
+}
+
+// decodePart checks one part strictly (unknown keys, wrong types, keys
+// its role does not allow) and notes where its top-level keys are. ok is
+// false when the part is not YAML at all.
+func (p *parser) decodePart(pt part) (root *yaml.Node, ok bool) {
+	root = &yaml.Node{}
+	if err := yaml.Unmarshal(pt.b, root); err != nil {
+		p.e.Problems = append(p.e.Problems, yamlMsg(pt.name, err)...)
+		return nil, false
+	}
+	var f File
+	dec := yaml.NewDecoder(bytes.NewReader(pt.b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil && !errors.Is(err, io.EOF) {
+		p.e.Problems = append(p.e.Problems, yamlMsg(pt.name, err)...)
+		var te *yaml.TypeError
+		if !errors.As(err, &te) {
+			return nil, false
+		}
+	}
+	for k, l := range keyLines(root) {
+		p.lines[k] = fmt.Sprintf("%s:%d", pt.name, l)
+	}
+	p.checkRole(pt, root, &f)
+	return root, true
 }
 
 // bad records a problem with key ("file:line: key: ...").
@@ -291,8 +355,8 @@ func (p *parser) bad(key, format string, args ...any) {
 // problem records msg at the line of top-level key lineKey, or at the
 // file when the file does not have that key.
 func (p *parser) problem(lineKey, msg string) {
-	if l, ok := p.lines[lineKey]; ok {
-		p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s:%d: %s", p.name, l, msg))
+	if at, ok := p.lines[lineKey]; ok {
+		p.e.Problems = append(p.e.Problems, at+": "+msg)
 		return
 	}
 	p.e.Problems = append(p.e.Problems, fmt.Sprintf("%s: %s", p.name, msg))
@@ -370,6 +434,12 @@ func (p *parser) tunnelSettings(f *File, c *Config) {
 	t.UDPIdleTimeout = time.Duration(f.UDPIdleTimeout)
 	t.SessionTimeout = time.Duration(f.SessionTimeout)
 	t.ReconnectGrace = time.Duration(f.ReconnectGrace)
+	switch {
+	case f.DrainDelay != nil:
+		t.DrainDelay = time.Duration(*f.DrainDelay)
+	case len(f.ProxyProtocolFrom) > 0:
+		t.DrainDelay = DefaultDrainDelay
+	}
 	t.Banner = f.Banner
 	t.PreLoginBanner = f.PreLoginBanner
 	t.DisableDNSProxy = f.DNSProxy.Disable
@@ -475,7 +545,8 @@ func (p *parser) siteStore(f *File, c *Config) {
 	if len(sf.Endpoints) == 0 {
 		bad("endpoints: at least one etcd client URL (http://host:2379)")
 	}
-	st := &SiteStore{Prefix: sf.Prefix, CAFile: c.rel(sf.CA), CertFile: c.rel(sf.Cert), KeyFile: c.rel(sf.Key)}
+	st := &SiteStore{Prefix: sf.Prefix, CAFile: c.rel(sf.CA), CertFile: c.rel(sf.Cert), KeyFile: c.rel(sf.Key),
+		ServerConfig: sf.ServerConfig, CacheFile: c.rel(sf.Cache)}
 	for i, e := range sf.Endpoints {
 		u, err := url.Parse(e)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
@@ -571,7 +642,7 @@ var tunnelKeys = map[string]string{
 	"Pool": "pool", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
 	"SplitInclude": "split_include", "SplitExclude": "split_exclude",
 	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout", "UDPIdleTimeout": "udp_idle_timeout",
-	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "Banner": "banner", "PreLoginBanner": "pre_login_banner",
+	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "DrainDelay": "drain_delay", "Banner": "banner", "PreLoginBanner": "pre_login_banner",
 	"MaxSessions": "limits.max_sessions", "DisableUDP": "disable_udp", "DTLS": "dtls", "DTLSPort": "dtls_port",
 	"DNSProxy": "dns_proxy", "HostAddrs": "host_addrs", "SecretPath": "secret_path", "FlowLog": "log.access",
 	"Proxy": "proxy", "Proxy.PACURL": "proxy.pac_url", "Proxy.Server": "proxy.server", "Proxy.Exclude": "proxy.exclude",

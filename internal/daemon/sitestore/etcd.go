@@ -7,6 +7,7 @@
 //	revoked/<session id>   a revocation, under a lease that ends with the cookie
 //	bans/<address>         a ban, under a lease that ends with the ban; deleting it lifts the ban
 //	servers/<server name>  a health record, under a lease with a 10 s TTL kept alive by Announce
+//	config                 the site configuration (`underpass site push`; see config.go)
 //
 // The store holds user-free records only: session ids, client addresses
 // and server names. The session key never enters it.
@@ -319,6 +320,13 @@ type health struct {
 	Draining bool      `json:"draining"`
 	Started  time.Time `json:"started"`
 	Updated  time.Time `json:"updated"`
+
+	Version      string   `json:"version,omitempty"`
+	ConfigSchema int      `json:"config_schema,omitempty"`
+	Config       string   `json:"config,omitempty"`
+	Refused      string   `json:"refused,omitempty"`
+	ConfigError  string   `json:"config_error,omitempty"`
+	Restart      []string `json:"restart,omitempty"`
 }
 
 // Announce implements site.Store: it writes the record under this

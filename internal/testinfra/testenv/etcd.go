@@ -30,6 +30,8 @@ type Etcd struct {
 	dir     string
 	peerURL string
 	proc    *Proc
+	tlsArgs []string     // StartEtcdTLS: etcd's TLS flags
+	hc      *http.Client // the health check's client (nil: http.DefaultClient)
 }
 
 // host names the host's own network namespace in process messages.
@@ -98,6 +100,7 @@ func (e *Etcd) start() {
 		"--listen-peer-urls", e.peerURL, "--initial-advertise-peer-urls", e.peerURL,
 		"--initial-cluster", e.cluster, "--initial-cluster-state", "new",
 		"--logger", "zap", "--log-outputs", "stderr")
+	cmd.Args = append(cmd.Args, e.tlsArgs...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	e.proc = host.StartCmd(e.t, cmd)
 }
@@ -130,7 +133,11 @@ func (e *Etcd) healthy(ctx context.Context) error {
 		return err
 	}
 	req.Close = true // no idle connection (and its goroutines) left behind
-	resp, err := http.DefaultClient.Do(req)
+	hc := e.hc
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return err
 	}
