@@ -14,9 +14,10 @@ import (
 func StartEtcdTLS(t testing.TB, caFile, certFile, keyFile string, client *tls.Config) *Etcd {
 	t.Helper()
 	RequireTool(t, "etcd")
-	e := &Etcd{t: t, dir: t.TempDir()}
+	e := &Etcd{t: t, name: "m1", dir: t.TempDir()}
 	e.Endpoint = "https://" + freeLoopbackPort(t)
 	e.peerURL = "http://" + freeLoopbackPort(t)
+	e.cluster = e.name + "=" + e.peerURL
 	e.tlsArgs = []string{"--cert-file", certFile, "--key-file", keyFile, "--client-cert-auth", "--trusted-ca-file", caFile}
 	e.hc = &http.Client{Transport: &http.Transport{TLSClientConfig: client, DisableKeepAlives: true}}
 	e.Start()
