@@ -7,9 +7,11 @@
 //	revoked/<session id>   a revocation, under a lease that ends with the cookie
 //	bans/<address>         a ban, under a lease that ends with the ban; deleting it lifts the ban
 //	servers/<server name>  a health record, under a lease with a 10 s TTL kept alive by Announce
+//	leases/<address>       a site-wide address lease and session record (site.Leases), under a
+//	                       lease that ends with the session's cookie; written by compare-and-swap
 //
-// The store holds user-free records only: session ids, client addresses
-// and server names. The session key never enters it.
+// The store holds session ids, client addresses, server names and, in
+// leases/, user names. The session key never enters it.
 package sitestore
 
 import (
