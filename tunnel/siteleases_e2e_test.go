@@ -58,6 +58,9 @@ func TestSiteLeases(t *testing.T) {
 	if err := a.g.Close(); err != nil {
 		t.Fatal(err)
 	}
+	if l, ok := leaseOf(t, st, c1.tunAddr); !ok || l.Server != "s1" {
+		t.Fatalf("s1 went away and its session's lease is %+v (found %v), want it kept for the resume elsewhere", l, ok)
+	}
 	c1b, status := connectTunnel(t, b.addr, c1.cookie)
 	if c1b == nil || c1b.tunAddr != c1.tunAddr {
 		t.Fatalf("resume on s2: status %d, client %+v; want %v", status, c1b, c1.tunAddr)
