@@ -53,6 +53,8 @@ type leaser interface {
 	Claim(key string, a netip.Addr) error
 	// Release returns an address at the session's end.
 	Release(a netip.Addr)
+	// Contains reports whether a is one of the pool's client addresses.
+	Contains(a netip.Addr) bool
 }
 
 // Gateway terminates client sessions (AnyConnect over TLS with DTLS, and

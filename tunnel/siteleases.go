@@ -23,12 +23,15 @@ const (
 	// own stride is full of its earlier sessions' leases, which their
 	// clients may resume elsewhere). All tries share one siteCallTimeout.
 	siteAllocTries = 16
-	// siteHoldFor is how long an address found leased to another server's
-	// session is kept out of this server's Allocate (held in the local
-	// pool under a placeholder key) before the store is asked again: the
-	// other session may end at any time, and asking once per 30 s costs
-	// one store call.
-	siteHoldFor = 30 * time.Second
+	// siteLearnEvery is how often a server lists the site's leases and
+	// sets aside (holds in its pool under a placeholder key) every
+	// address leased to a session it does not run, returning those whose
+	// lease has gone. It also lists them when it first reaches the store
+	// and after every outage, so a restarted server knows at once which
+	// of its stride's addresses its earlier sessions still hold. 30 s:
+	// an address freed elsewhere is usable here within that, and one
+	// list per server per 30 s is light even at 10,000 leases (~2 MB).
+	siteLearnEvery = 30 * time.Second
 	// heldKeyPrefix starts the local pool keys of those placeholders; a
 	// session id (sealed or random) never starts with a NUL.
 	heldKeyPrefix = "\x00held:"
@@ -110,8 +113,19 @@ func (g *Gateway) allocate(s *session) (netip.Addr, error) {
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, siteCallTimeout)
 	defer cancel()
+	relearned := false
 	for range siteAllocTries {
 		a, err := g.pool.Allocate(s.id)
+		if errors.Is(err, ippool.ErrExhausted) && !relearned && g.holding() {
+			// Addresses set aside may have been released since the last
+			// learn: list the leases now (one caller at a time) and retry.
+			relearned = true
+			if g.site.learning.TryLock() {
+				g.site.learning.Unlock()
+				g.learn(ctx)
+			}
+			a, err = g.pool.Allocate(s.id)
+		}
 		if err != nil {
 			return a, err
 		}
@@ -137,12 +151,8 @@ func (g *Gateway) hold(a netip.Addr, l site.Lease) {
 	if g.pool.Claim(key, a) != nil {
 		return // taken meanwhile by another sign-in, which asks the store itself
 	}
-	until := time.Now().Add(siteHoldFor)
-	if l.Until.Before(until) {
-		until = l.Until
-	}
 	ss.mu.Lock()
-	ss.held[a] = heldAddr{key: key, until: until}
+	ss.held[a] = heldAddr{key: key, until: l.Until}
 	ss.mu.Unlock()
 	g.log.Debug("address leased elsewhere in the site: set aside", "addr", a, "held_by", l.Session, "server", l.Server)
 }
@@ -160,20 +170,56 @@ func (g *Gateway) unhold(a netip.Addr) {
 	}
 }
 
-// sweepHeld returns held addresses whose time is up.
-func (g *Gateway) sweepHeld(now time.Time) {
+// holding reports whether addresses are set aside for other servers.
+func (g *Gateway) holding() bool {
+	g.site.mu.Lock()
+	defer g.site.mu.Unlock()
+	return len(g.site.held) > 0
+}
+
+// learn lists the site's leases: every address leased to a session that
+// does not run here with it is held; held addresses whose lease has gone
+// (or ended) return to the pool. It reports whether the store answered.
+func (g *Gateway) learn(ctx context.Context) bool {
 	ss := g.site
-	var due []netip.Addr
+	ss.learning.Lock()
+	defer ss.learning.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, siteCallTimeout)
+	ls, err := ss.leases.Leases(cctx)
+	cancel()
+	g.setUp(err == nil, err)
+	if err != nil {
+		return false
+	}
+	now := time.Now()
+	leased := make(map[netip.Addr]bool, len(ls))
+	for _, l := range ls {
+		if !now.Before(l.Until) || !g.pool.Contains(l.Addr) {
+			continue
+		}
+		leased[l.Addr] = true
+		if s := g.sessions.get(l.Session); s != nil && s.address() == l.Addr {
+			continue // ours
+		}
+		ss.mu.Lock()
+		_, held := ss.held[l.Addr]
+		ss.mu.Unlock()
+		if !held {
+			g.hold(l.Addr, l)
+		}
+	}
+	var gone []netip.Addr
 	ss.mu.Lock()
 	for a, h := range ss.held {
-		if !now.Before(h.until) {
-			due = append(due, a)
+		if !leased[a] || !now.Before(h.until) {
+			gone = append(gone, a)
 		}
 	}
 	ss.mu.Unlock()
-	for _, a := range due {
+	for _, a := range gone {
 		g.unhold(a)
 	}
+	return true
 }
 
 // claim leases the cookie's address a to a resuming session: free in the
@@ -265,7 +311,7 @@ func (g *Gateway) queueLease(op leaseOp) {
 	ss.leaseOps = append(ss.leaseOps, op)
 	ss.mu.Unlock()
 	select {
-	case ss.kick <- struct{}{}:
+	case ss.leaseKick <- struct{}{}:
 	default:
 	}
 }

@@ -221,7 +221,10 @@ func TestSiteStoreOutage(t *testing.T) {
 
 	e.Stop()
 	for i, srv := range s {
-		waitFor(t, func() bool { return !srv.g.Stats().SiteStore.Up }, fmt.Sprintf("server %d to see the store down", i+1))
+		// Noticing takes up to an announcement plus a call timeout (5 s),
+		// as long as DPD's dead-peer limit (2.5 × 2 s): the live client
+		// answers DPD meanwhile, as a real one does.
+		waitFor(t, func() bool { _ = live.ping(); return !srv.g.Stats().SiteStore.Up }, fmt.Sprintf("server %d to see the store down", i+1))
 	}
 	if err := s[0].g.Ready(); err != nil {
 		t.Fatalf("Ready with the store down: %v", err)

@@ -37,6 +37,11 @@ type siteSync struct {
 	store  site.Store
 	server string
 	kick   chan struct{} // something was queued
+	// leaseKick: a lease call was queued. Lease calls have their own
+	// goroutine (leaseLoop): a busy server's releases must not wait
+	// behind its revocations, or other servers see stale leases.
+	leaseKick chan struct{}
+	learning  sync.Mutex // one learn at a time
 
 	leases site.Leases // store as site.Leases; nil: it keeps no leases
 
@@ -87,6 +92,11 @@ func (g *Gateway) startSite(cfg *Config) {
 	g.wg.Add(2)
 	go g.siteWatch()
 	go g.siteLoop()
+	if g.site.leases != nil {
+		g.site.leaseKick = make(chan struct{}, 1)
+		g.wg.Add(1)
+		go g.leaseLoop()
+	}
 }
 
 func (g *Gateway) siteStats() SiteStoreStats {
@@ -192,7 +202,13 @@ func (g *Gateway) announce(ctx context.Context) {
 func (g *Gateway) siteLoop() {
 	defer g.wg.Done()
 	ss := g.site
+	learned := false // the leases were listed since the last outage
+	if ss.leases != nil {
+		learned = g.learn(g.ctx)
+	}
 	g.announce(g.ctx)
+	learn := time.NewTicker(siteLearnEvery)
+	defer learn.Stop()
 	announce := time.NewTicker(siteAnnounceEvery)
 	defer announce.Stop()
 	retry := time.NewTicker(siteRetryEvery)
@@ -204,23 +220,51 @@ func (g *Gateway) siteLoop() {
 			return
 		case <-announce.C:
 			g.announce(g.ctx)
-			g.sync(g.ctx)
-		case now := <-retry.C:
-			g.sync(g.ctx)
+			g.flush(g.ctx)
+		case <-retry.C:
+			g.flush(g.ctx)
+		case <-learn.C:
 			if ss.leases != nil {
-				g.sweepHeld(now)
+				learned = g.learn(g.ctx)
 			}
 		case <-ss.kick:
-			g.sync(g.ctx)
+			g.flush(g.ctx)
+		}
+		if ss.leases != nil {
+			if ss.down.Load() {
+				learned = false
+			} else if !learned {
+				learned = g.learn(g.ctx) // back from an outage (after replaying the queue)
+			}
 		}
 	}
 }
 
-// sync publishes the outbox, then replays the lease queue.
+// sync publishes the outbox, then (at exit) replays the lease queue.
 func (g *Gateway) sync(ctx context.Context) {
 	g.flush(ctx)
-	if g.site.leases != nil && !g.site.down.Load() {
+	if g.site.leases != nil && !g.site.down.Load() && ctx.Err() == nil {
 		g.reconcile(ctx)
+	}
+}
+
+// leaseLoop replays queued lease calls as they come, and every second
+// while the store is unreachable (siteLoop's announcements find it back).
+func (g *Gateway) leaseLoop() {
+	defer g.wg.Done()
+	ss := g.site
+	retry := time.NewTicker(siteRetryEvery)
+	defer retry.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-retry.C:
+		case <-ss.leaseKick:
+		}
+		if !ss.down.Load() {
+			g.reconcile(g.ctx)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/underpass/underpass/tunnel/site"
@@ -146,6 +147,9 @@ func (s *Store) ReleaseLease(ctx context.Context, addr netip.Addr, session, serv
 		return err
 	}
 	_, err = s.cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return nil // revoked meanwhile (a resume elsewhere took the key over) or expired: either way not ours now
+	}
 	return err
 }
 
