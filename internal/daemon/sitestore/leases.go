@@ -25,6 +25,60 @@ var _ site.Leases = (*Store)(nil)
 // in a row mean a fight the caller should see as an error.
 const claimTries = 3
 
+// leaseBucket groups address leases by expiry: every leases/ key whose
+// Until falls in one minute shares one etcd lease (granted once, per
+// store client), which ends at the minute's end. One etcd write per
+// claim instead of two (a Grant is a write too), and one etcd lease per
+// minute of sign-ins instead of one per session; a key outlives its
+// cookie by under a minute, and a session's end deletes it anyway.
+const leaseBucket = time.Minute
+
+// bucket returns the shared etcd lease for keys ending at until.
+func (s *Store) bucket(ctx context.Context, until time.Time) (clientv3.LeaseID, error) {
+	span := s.span
+	if span == 0 {
+		span = leaseBucket
+	}
+	end := until.Truncate(span).Add(span)
+	s.bmu.Lock()
+	id, ok := s.buckets[end]
+	s.bmu.Unlock()
+	if ok {
+		return id, nil
+	}
+	g, err := s.cli.Grant(ctx, ttlUntil(end))
+	if err != nil {
+		return 0, err
+	}
+	now := time.Now()
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	if s.buckets == nil {
+		s.buckets = make(map[time.Time]clientv3.LeaseID)
+	}
+	if id, ok := s.buckets[end]; ok { // granted by a concurrent claim: ours stays unused and expires
+		return id, nil
+	}
+	for e := range s.buckets {
+		if e.Before(now) {
+			delete(s.buckets, e)
+		}
+	}
+	s.buckets[end] = g.ID
+	return g.ID, nil
+}
+
+// forgetBucket drops a bucket's etcd lease that etcd no longer knows.
+func (s *Store) forgetBucket(id clientv3.LeaseID) {
+	s.bmu.Lock()
+	defer s.bmu.Unlock()
+	for e, b := range s.buckets {
+		if b == id {
+			delete(s.buckets, e)
+		}
+	}
+}
+
 // lease is a Lease's JSON form in etcd (the address is the key).
 type lease struct {
 	Session string    `json:"session"`
@@ -58,12 +112,11 @@ func (s *Store) decodeLease(kv *mvccpb.KeyValue) (site.Lease, error) {
 }
 
 // ClaimLease implements site.Leases. The key leases/<addr> lives under an
-// etcd lease whose TTL ends at l.Until, so a session that never comes
-// back frees its address when its cookie expires. The write is one
-// transaction: put if the key does not exist (its create revision is 0),
-// or if it is unchanged since it was read and names l.Session; else the
-// holder is read back in the same transaction. A lease taken over (a
-// resume elsewhere) has its old etcd lease revoked.
+// etcd lease that ends within a minute after l.Until (leaseBucket), so a
+// session that never comes back frees its address when its cookie
+// expires. The write is one transaction: put if the key does not exist
+// (its create revision is 0), or if it is unchanged since it was read and
+// names l.Session; else the holder is read back in the same transaction.
 func (s *Store) ClaimLease(ctx context.Context, l site.Lease) error {
 	if !l.Addr.IsValid() || l.Session == "" {
 		return errors.New("sitestore: a lease needs an address and a session")
@@ -76,55 +129,50 @@ func (s *Store) ClaimLease(ctx context.Context, l site.Lease) error {
 	if err != nil {
 		return err
 	}
-	g, err := s.cli.Grant(ctx, ttl)
+	id, err := s.bucket(ctx, l.Until)
 	if err != nil {
 		return err
 	}
 	k := s.leaseKey(l.Addr)
 	cmp := clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
-	var old clientv3.LeaseID
+	regranted := false
 	for range claimTries {
-		tr, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, string(v), clientv3.WithLease(g.ID))).Else(clientv3.OpGet(k)).Commit()
+		tr, err := s.cli.Txn(ctx).If(cmp).Then(clientv3.OpPut(k, string(v), clientv3.WithLease(id))).Else(clientv3.OpGet(k)).Commit()
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) && !regranted {
+			// The bucket's etcd lease is gone (revoked by hand, or etcd
+			// restored from a backup): grant another.
+			regranted = true
+			s.forgetBucket(id)
+			if id, err = s.bucket(ctx, l.Until); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
-			s.revoke(ctx, g.ID)
 			return err
 		}
 		if tr.Succeeded {
-			if old != 0 {
-				s.revoke(ctx, old)
-			}
 			return nil
 		}
 		kvs := tr.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 { // released meanwhile
-			cmp, old = clientv3.Compare(clientv3.CreateRevision(k), "=", 0), 0
+			cmp = clientv3.Compare(clientv3.CreateRevision(k), "=", 0)
 			continue
 		}
 		cur, err := s.decodeLease(kvs[0])
 		if err != nil {
 			s.log.Warn("site store: unreadable lease overwritten", "key", k, "err", err)
 		} else if cur.Session != l.Session {
-			s.revoke(ctx, g.ID)
 			return &site.HeldError{Holder: cur}
 		}
-		cmp, old = clientv3.Compare(clientv3.ModRevision(k), "=", kvs[0].ModRevision), clientv3.LeaseID(kvs[0].Lease)
+		cmp = clientv3.Compare(clientv3.ModRevision(k), "=", kvs[0].ModRevision)
 	}
-	s.revoke(ctx, g.ID)
 	return fmt.Errorf("sitestore: lease of %s: %d compare-and-swap rounds lost", l.Addr, claimTries)
 }
 
-// revoke revokes an etcd lease that holds no key (any more). A failure
-// only leaves it to expire with its TTL, so it is not an error.
-func (s *Store) revoke(ctx context.Context, id clientv3.LeaseID) {
-	if _, err := s.cli.Revoke(ctx, id); err != nil {
-		s.log.Debug("site store: unused etcd lease not revoked (it expires with its TTL)", "lease", int64(id), "err", err)
-	}
-}
-
 // ReleaseLease implements site.Leases: it reads the lease and, if it is
-// session's on server, revokes its etcd lease, which deletes the key. A
-// resume elsewhere between the read and the revoke re-puts the key under
-// a new etcd lease, which the revoke does not touch.
+// session's on server, deletes it unless it changed since (a resume
+// elsewhere in between keeps it).
 func (s *Store) ReleaseLease(ctx context.Context, addr netip.Addr, session, server string) error {
 	if !addr.IsValid() {
 		return errors.New("sitestore: release of an invalid address")
@@ -142,14 +190,7 @@ func (s *Store) ReleaseLease(ctx context.Context, addr netip.Addr, session, serv
 	if err == nil && (cur.Session != session || cur.Server != server) {
 		return nil
 	}
-	if kv.Lease == 0 { // written without a TTL (not by this package): delete if unchanged
-		_, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", kv.ModRevision)).Then(clientv3.OpDelete(k)).Commit()
-		return err
-	}
-	_, err = s.cli.Revoke(ctx, clientv3.LeaseID(kv.Lease))
-	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return nil // revoked meanwhile (a resume elsewhere took the key over) or expired: either way not ours now
-	}
+	_, err = s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", kv.ModRevision)).Then(clientv3.OpDelete(k)).Commit()
 	return err
 }
 

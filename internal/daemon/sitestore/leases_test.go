@@ -18,8 +18,9 @@ import (
 
 // TestLeases: a lease is claimed once (a second session gets a HeldError
 // naming the holder), moves with its session to another server, is
-// released only by the server holding it, expires with its Until, and is
-// listed sorted by address with every field.
+// released only by the server holding it (without taking the leases that
+// share its etcd lease along), expires with its Until, and is listed
+// sorted by address with every field.
 func TestLeases(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
@@ -62,13 +63,23 @@ func TestLeases(t *testing.T) {
 	if err != nil || len(ls) != 2 || ls[0] != moved || ls[1] != y1 {
 		t.Fatalf("Leases = %+v, %v; want [%+v %+v]", ls, err, moved, y1)
 	}
+	// z shares b's etcd lease with x: releasing x must not end it.
+	z := site.Lease{Addr: netip.MustParseAddr("10.0.0.12"), Session: "s-5", Server: "b", Since: since, Until: until}
+	if err := b.ClaimLease(c, z); err != nil {
+		t.Fatal(err)
+	}
 	if err := b.ReleaseLease(c, x, "s-1", "b"); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.ClaimLease(c, other); err != nil {
 		t.Fatalf("claim after the release: %v", err)
 	}
-	// A lease ends with its Until (etcd's TTL, whole seconds).
+	if ls, err := a.Leases(c); err != nil || len(ls) != 3 || ls[0] != other || ls[1] != y1 || ls[2] != z {
+		t.Fatalf("after the move and release of %v: Leases = %+v, %v; want %+v, %+v, %+v", x, ls, err, other, y1, z)
+	}
+	// A lease ends with its Until, within the bucket's span (a second
+	// here, so the wait is short).
+	a.span = time.Second
 	short := site.Lease{Addr: netip.MustParseAddr("10.0.0.11"), Session: "s-4", Server: "a", Until: time.Now().Add(time.Second)}
 	if err := a.ClaimLease(c, short); err != nil {
 		t.Fatal(err)
@@ -79,7 +90,7 @@ func TestLeases(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(ls) == 2 {
+		if len(ls) == 3 {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -87,14 +98,14 @@ func TestLeases(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// The etcd leases of moved and released claims are revoked, not left
-	// to expire: two live keys, two live etcd leases.
+	// One etcd lease per client and minute of expiries, not one per key:
+	// a's and b's for the hour (the short one has expired) for 3 keys.
 	resp, err := a.cli.Leases(c)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n := len(resp.Leases); n != 2 {
-		t.Fatalf("%d etcd leases live, want 2 (one per live lease)", n)
+		t.Fatalf("%d etcd leases live for 3 keys of one expiry minute from 2 clients, want 2", n)
 	}
 }
 
