@@ -414,14 +414,19 @@ func (g *Gateway) popLease(op leaseOp) {
 	}
 }
 
-// SiteLeases lists the site's address leases (its sessions on every
-// server) from the site store: who, on which server, from which client
-// address, since when. It returns an error without a store that keeps
-// leases, or when the store does not answer within ctx.
+// ErrNoSiteLeases is SiteLeases' error without a Site.Store that
+// implements site.Leases.
+var ErrNoSiteLeases = errors.New("tunnel: no site store keeping address leases (Site.Store)")
+
+// SiteLeases lists the site's address leases, which are its sessions on
+// every server, from the site store: who, on which server, from which
+// client address, since when, sorted by address. It returns
+// ErrNoSiteLeases without a store that keeps leases, and the store's
+// error when it does not answer within ctx.
 func (g *Gateway) SiteLeases(ctx context.Context) ([]site.Lease, error) {
 	ls := g.siteLeases()
 	if ls == nil {
-		return nil, errors.New("tunnel: no site store with leases (Site.Store)")
+		return nil, ErrNoSiteLeases
 	}
 	return ls.Leases(ctx)
 }

@@ -56,7 +56,7 @@ func TestCommandFlags(t *testing.T) {
 		"hash-password": {"cost"},
 		"status":        adminJSON,
 		"show users":    adminJSON,
-		"show sessions": adminJSON,
+		"show sessions": {"admin-socket", "json", "site"},
 		"show bans":     adminJSON,
 		"show events":   adminJSON,
 		"show session":  adminJSON,
