@@ -67,6 +67,11 @@ func (g *Gateway) admitResume(r *http.Request, ca netip.AddrPort) (*session, *re
 	if s == nil || time.Now().After(s.expires) {
 		return nil, refuseBadCookie
 	}
+	s.mu.Lock()
+	if !s.clientAddr.IsValid() {
+		s.clientAddr = ca // rebuilt from its cookie here: its site lease records where it is from
+	}
+	s.mu.Unlock()
 	if end, err := g.renew(r.Context(), s); err != nil {
 		g.log.Info("resume refused: sign-in renewal failed", "session", s.id, "user", s.ident.User, "reason", end.String(), "err", err)
 		g.endSession(s, end)

@@ -65,7 +65,7 @@ func TestSiteLeases(t *testing.T) {
 	if c1b == nil || c1b.tunAddr != c1.tunAddr {
 		t.Fatalf("resume on s2: status %d, client %+v; want %v", status, c1b, c1.tunAddr)
 	}
-	if l, _ := leaseOf(t, st, c1.tunAddr); l.Server != "s2" || l.Session != id1 {
+	if l, _ := leaseOf(t, st, c1.tunAddr); l.Server != "s2" || l.Session != id1 || l.Client != netip.MustParseAddr("127.0.0.1") {
 		t.Fatalf("after the resume on s2 the lease is %+v", l)
 	}
 	// s1 restarts with an empty pool: its first address is c1's.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -84,6 +85,13 @@ log: {level: debug}
 			t.Fatal("underpass serve did not listen with etcd down")
 		case <-time.After(50 * time.Millisecond):
 		}
+	}
+
+	// Views say the store is unavailable (the admin API's 503: exit 1).
+	out, err := exec.CommandContext(ctx, bin, "show", "sessions", "--site", "-admin-socket", filepath.Join(dir, "admin.sock")).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFail || !strings.Contains(string(out), "site store unavailable") {
+		t.Fatalf("show sessions --site with etcd down: %v\n%s", err, out)
 	}
 
 	e.Start()
