@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -26,19 +25,9 @@ import (
 // closed (the session stays, detached, holding its address).
 type lightClient struct{ timeout time.Duration }
 
-func (lc lightClient) exchange(c net.Conn, br *bufio.Reader, method, path, cookie, body string) (*http.Response, error) {
-	req, _ := http.NewRequest(method, "https://gw"+path, strings.NewReader(body))
-	req.Header.Set("X-Aggregate-Auth", "1")
-	req.Header.Set("X-Transcend-Version", "1")
-	if method == http.MethodConnect {
-		req.Body, req.ContentLength = nil, 0
-		req.Header.Set("X-CSTP-Version", "1")
-		req.Header.Set("X-CSTP-MTU", "1400")
-		req.Header.Set("X-CSTP-Address-Type", "IPv4")
-	}
-	if cookie != "" {
-		req.Header.Set("Cookie", "webvpn="+cookie)
-	}
+// exchange sends req on c and reads its answer (the body of a refusal or
+// of a sign-in step is read and closed).
+func (lc lightClient) exchange(c net.Conn, br *bufio.Reader, req *http.Request) (*http.Response, error) {
 	if err := req.Write(c); err != nil {
 		return nil, err
 	}
@@ -46,7 +35,7 @@ func (lc lightClient) exchange(c net.Conn, br *bufio.Reader, method, path, cooki
 	if err != nil {
 		return nil, err
 	}
-	if method != http.MethodConnect || resp.StatusCode != http.StatusOK {
+	if req.Method != http.MethodConnect || resp.StatusCode != http.StatusOK {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
@@ -71,10 +60,10 @@ func (lc lightClient) signInConnect(addr, user, pass string) (string, netip.Addr
 		return "", netip.Addr{}, err
 	}
 	defer c.Close()
-	if _, err := lc.exchange(c, br, http.MethodPost, "/", "", initXML); err != nil {
+	if _, err := lc.exchange(c, br, xmlRequest("/", "", initXML)); err != nil {
 		return "", netip.Addr{}, err
 	}
-	resp, err := lc.exchange(c, br, http.MethodPost, "/auth", "", replyXML(user, pass))
+	resp, err := lc.exchange(c, br, xmlRequest("/auth", "", replyXML(user, pass)))
 	if err != nil {
 		return "", netip.Addr{}, err
 	}
@@ -106,7 +95,12 @@ func (lc lightClient) connect(addr, cookie string) (netip.Addr, int, error) {
 }
 
 func (lc lightClient) connectOn(c net.Conn, br *bufio.Reader, cookie string) (netip.Addr, int, error) {
-	resp, err := lc.exchange(c, br, http.MethodConnect, "/CSCOSSLC/tunnel", cookie, "")
+	req, _ := http.NewRequest(http.MethodConnect, "https://gw/CSCOSSLC/tunnel", nil)
+	req.Header.Set("Cookie", "webvpn="+cookie)
+	req.Header.Set("X-CSTP-Version", "1")
+	req.Header.Set("X-CSTP-MTU", "1400")
+	req.Header.Set("X-CSTP-Address-Type", "IPv4")
+	resp, err := lc.exchange(c, br, req)
 	if err != nil {
 		return netip.Addr{}, 0, err
 	}
