@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/daemon/sitestore"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel/site"
@@ -168,5 +169,43 @@ func TestSiteLeasesOutage(t *testing.T) {
 	waitFor(t, func() bool { return strict.g.Stats().SiteStore.Up }, "the strict server to see the store")
 	if c, status := connectTunnel(t, strict.addr, c0.cookie); c == nil || c.tunAddr != c0.tunAddr {
 		t.Fatalf("strict server with the store back: status %d", status)
+	}
+}
+
+// TestSiteLeasesRestart: a server restarting with an empty pool lists the
+// site's leases first, so it skips at once every address of its stride
+// that its earlier sessions (resumed on another server) still hold, even
+// more of them than one sign-in tries (siteAllocTries).
+func TestSiteLeasesRestart(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	sealers := siteSealers(t, 2)
+	pool := func(c *Config) { c.Pool = netip.MustParsePrefix("10.96.0.0/26") } // 61 client addresses: strides of 30 and 31
+	a := startStoreServer(t, e, sealers[0], 0, 2, pool)
+	b := startStoreServer(t, e, sealers[1], 1, 2, pool)
+	const n = siteAllocTries + 4
+	var clients []*testClient
+	for range n {
+		clients = append(clients, dial(t, a.addr, "alice", "secret"))
+	}
+	if err := a.g.Close(); err != nil {
+		t.Fatal(err)
+	}
+	held := map[netip.Addr]bool{}
+	for _, c := range clients {
+		moved, status := connectTunnel(t, b.addr, c.cookie)
+		if moved == nil || moved.tunAddr != c.tunAddr {
+			t.Fatalf("resume on s2: status %d", status)
+		}
+		held[c.tunAddr] = true
+	}
+	a2 := startStoreServer(t, e, sealers[0], 0, 2, pool)
+	waitFor(t, func() bool { return a2.g.Stats().SiteStore.Up }, "the restarted s1 to reach the store")
+	c := dial(t, a2.addr, "bob", "hunter2")
+	if held[c.tunAddr] {
+		t.Fatalf("the restarted s1 handed out %v, held by a session on s2", c.tunAddr)
+	}
+	p := a2.g.pool.(*ippool.Pool)
+	if _, own := p.Strides(); p.StrideOf(c.tunAddr) != own {
+		t.Fatalf("the restarted s1 handed out %v, outside its own stride", c.tunAddr)
 	}
 }
