@@ -209,3 +209,26 @@ func TestSiteLeasesRestart(t *testing.T) {
 		t.Fatalf("the restarted s1 handed out %v, outside its own stride", c.tunAddr)
 	}
 }
+
+// TestSiteLeasesGoingAway: a session that ends because its server goes
+// away (Close, Shutdown) keeps its lease, so its client resumes elsewhere
+// with it; one ended for good (logoff, operator, grace) releases it.
+// (Through Close itself the difference does not show: Close stops the
+// site loop before it ends the sessions.)
+func TestSiteLeasesGoingAway(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a := startStoreServer(t, e, siteSealers(t, 1)[0], 0, 1, leasePool)
+	st := siteStore(t, e)
+	for _, tc := range []struct {
+		r    EndReason
+		kept bool
+	}{{EndGoingAway, true}, {EndGraceExpired, false}} {
+		c := dial(t, a.addr, "alice", "secret")
+		s := a.g.sessions.get(sessionID(t, a.g, c.cookie))
+		a.g.endSession(s, tc.r)
+		waitFor(t, func() bool { return a.g.Stats().SiteStore.LeasesQueued == 0 }, "the lease queue to drain")
+		if _, ok := leaseOf(t, st, c.tunAddr); ok != tc.kept {
+			t.Errorf("%v: lease of %v kept %v, want %v", tc.r, c.tunAddr, ok, tc.kept)
+		}
+	}
+}
