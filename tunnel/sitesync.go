@@ -87,13 +87,12 @@ func (g *Gateway) startSite(cfg *Config) {
 		return
 	}
 	g.site = &siteSync{store: cfg.Site.Store, server: cfg.Site.name(), kick: make(chan struct{}, 1),
-		releasing: make(map[string]netip.Addr), held: make(map[netip.Addr]heldAddr)}
+		leaseKick: make(chan struct{}, 1), releasing: make(map[string]netip.Addr), held: make(map[netip.Addr]heldAddr)}
 	g.site.leases, _ = cfg.Site.Store.(site.Leases)
 	g.wg.Add(2)
 	go g.siteWatch()
 	go g.siteLoop()
 	if g.site.leases != nil {
-		g.site.leaseKick = make(chan struct{}, 1)
 		g.wg.Add(1)
 		go g.leaseLoop()
 	}
