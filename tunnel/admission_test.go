@@ -18,6 +18,7 @@ import (
 	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/daemon/sitestore"
 )
 
 // answer is what a client sees when it presents a cookie: an HTTP status
@@ -147,6 +148,22 @@ func TestSameAnswerOnEveryTransport(t *testing.T) {
 			}
 			return addrB, cookie
 		}, answer{http.StatusServiceUnavailable, refuseFull.reason}},
+		{"strict mode, site store unreachable", func(t *testing.T) (string, string) {
+			// A real etcd client whose etcd is not there (port 1 refuses).
+			st, err := sitestore.New(sitestore.Config{Endpoints: []string{"http://127.0.0.1:1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { st.Close() })
+			_, addrA := startGateway(t, func(c *Config) { c.Sealer = sealer() })
+			gB, addrB := startGateway(t, func(c *Config) {
+				c.Sealer = sealer()
+				c.Site = Site{ServerName: "b", Store: st, Strict: true}
+			})
+			cookie, _ := signIn(t, addrA, "alice", "secret") // sealed at A, resumed at B
+			waitFor(t, func() bool { return gB.site.down.Load() }, "B to find the store unreachable")
+			return addrB, cookie
+		}, answer{http.StatusServiceUnavailable, refuseSiteStrict.reason}},
 		{"drain", func(t *testing.T) (string, string) {
 			g, addr := startGateway(t, nil)
 			cookie, _ := signIn(t, addr, "alice", "secret")

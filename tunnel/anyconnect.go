@@ -383,7 +383,7 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		sc = auth.NewSessionClaims(id, g.claimNames(), now, exp)
 		s.id = sc.ID
 	}
-	a, err := g.pool.Allocate(s.id)
+	a, err := g.allocate(s)
 	if err != nil {
 		g.log.Warn("no address for session", "session", s.id, "err", err)
 		return nil, "", errNoAddress
@@ -393,7 +393,7 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 	if sc != nil {
 		sc.Address = a
 		if cookie, err = g.conf().Sealer.Seal(sc); err != nil {
-			g.pool.Release(a)
+			g.release(s, a, EndLogoff)
 			return nil, "", err
 		}
 		s.cookieKey = sha256.Sum256([]byte(cookie))
@@ -401,7 +401,7 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		cookie, s.cookieKey = newCookie()
 	}
 	if !g.sessions.add(s, g.conf().MaxSessions) {
-		g.pool.Release(a)
+		g.release(s, a, EndLogoff)
 		return nil, "", ErrFull
 	}
 	g.sessions.setAddr(s, a)

@@ -57,9 +57,8 @@ func tlsDial(t testing.TB, addr string) *tls.Conn {
 	return c
 }
 
-// post sends one XML request on c and returns the response and body.
-func post(t testing.TB, c net.Conn, br *bufio.Reader, path, cookie, body string) (*http.Response, string) {
-	t.Helper()
+// xmlRequest is an AnyConnect XML POST as openconnect sends it.
+func xmlRequest(path, cookie, body string) *http.Request {
 	req, _ := http.NewRequest(http.MethodPost, "https://gw"+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/xml")
 	req.Header.Set("X-Aggregate-Auth", "1")
@@ -67,6 +66,13 @@ func post(t testing.TB, c net.Conn, br *bufio.Reader, path, cookie, body string)
 	if cookie != "" {
 		req.Header.Set("Cookie", "webvpn="+cookie)
 	}
+	return req
+}
+
+// post sends one XML request on c and returns the response and body.
+func post(t testing.TB, c net.Conn, br *bufio.Reader, path, cookie, body string) (*http.Response, string) {
+	t.Helper()
+	req := xmlRequest(path, cookie, body)
 	if err := req.Write(c); err != nil {
 		t.Fatalf("write request: %v", err)
 	}

@@ -301,7 +301,28 @@ type Site struct {
 	// records; Stats.SiteStore). The one risk of an outage: a session
 	// revoked here can resume on another server until the store is back
 	// or its cookie expires.
+	//
+	// A store that also implements site.Leases (the binary's etcd store
+	// does) leases addresses for the whole site: every sign-in confirms
+	// the local pool's pick with it and every resume claims its cookie's
+	// address from it (compare-and-swap), so no two live sessions of the
+	// site hold one address, even when a stride is borrowed or a server
+	// restarts while its clients resume elsewhere. A resume whose address
+	// another session of the site holds is refused with 503, as a local
+	// conflict is. These calls are the store's only ones on a client's
+	// path, bounded by 2 s (siteCallTimeout); while the store does not
+	// answer, the local pool decides alone and the lease is queued, then
+	// claimed when the store is back (a conflict is then counted and
+	// logged, and neither session is ended; Stats.SiteStore).
 	Store site.Store
+	// Strict refuses resumes of sessions from other servers (a sealed
+	// cookie this server does not know yet) with 503 and X-Reason "site
+	// store unavailable…" while the store does not answer, on CSTP and
+	// CONNECT-IP alike: during an outage a revoked cookie could resume
+	// here, and an address could be claimed twice. Sign-ins still work
+	// (they check credentials, and take addresses from this server's
+	// stride), and so do reconnects of sessions live here. Needs Store.
+	Strict bool
 }
 
 // name is ServerName or the host name.
@@ -536,6 +557,9 @@ func poolClients(p netip.Prefix) int {
 func (c Config) validateSite() fieldErrs {
 	var errs fieldErrs
 	s := c.Site
+	if s.Strict && s.Store == nil {
+		errs.add("Site.Strict", "strict mode needs Site.Store")
+	}
 	if s.Servers < 0 {
 		errs.add("Site.Servers", "%d: must not be negative (0: a single server)", s.Servers)
 		return errs

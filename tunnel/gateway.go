@@ -42,11 +42,10 @@ var ErrFull = errors.New("tunnel: gateway full")
 // ErrNoSession is returned for an unknown session id.
 var ErrNoSession = errors.New("tunnel: no such session")
 
-// leaser is what the session core needs of address leases: this server's
-// pool (*ippool.Pool). It is the seam where a site-wide lease store
-// (compare-and-swap leases shared by the servers of a site) will wrap the
-// local pool. Claim's errors wrap ippool.ErrTaken when another session
-// holds the address.
+// leaser is what the session core needs of this server's pool
+// (*ippool.Pool). The site-wide leases (siteleases.go: allocate, claim,
+// release) wrap it with the site store's confirmation. Claim's errors
+// wrap ippool.ErrTaken when another session holds the address.
 type leaser interface {
 	// Allocate leases any address to a session key (at sign-in).
 	Allocate(key string) (netip.Addr, error)
@@ -54,6 +53,8 @@ type leaser interface {
 	Claim(key string, a netip.Addr) error
 	// Release returns an address at the session's end.
 	Release(a netip.Addr)
+	// Contains reports whether a is one of the pool's client addresses.
+	Contains(a netip.Addr) bool
 }
 
 // Gateway terminates client sessions (AnyConnect over TLS with DTLS, and

@@ -14,8 +14,6 @@ import (
 	"net/http"
 	"net/netip"
 	"time"
-
-	"github.com/underpass/underpass/internal/core/ippool"
 )
 
 // refusal is the answer to a connection the gateway will not tunnel: the
@@ -69,6 +67,11 @@ func (g *Gateway) admitResume(r *http.Request, ca netip.AddrPort) (*session, *re
 	if s == nil || time.Now().After(s.expires) {
 		return nil, refuseBadCookie
 	}
+	s.mu.Lock()
+	if !s.clientAddr.IsValid() {
+		s.clientAddr = ca // rebuilt from its cookie here: its site lease records where it is from
+	}
+	s.mu.Unlock()
 	if end, err := g.renew(r.Context(), s); err != nil {
 		g.log.Info("resume refused: sign-in renewal failed", "session", s.id, "user", s.ident.User, "reason", end.String(), "err", err)
 		g.endSession(s, end)
@@ -137,29 +140,20 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 // any when the cookie carries none (sealed before addresses were sealed).
 func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
 	if !s.want.IsValid() {
-		a, err := g.pool.Allocate(s.id)
+		if g.siteLeases() != nil && g.conf().Site.Strict && g.site.down.Load() {
+			return netip.Addr{}, refuseSiteStrict
+		}
+		a, err := g.allocate(s)
 		if err != nil {
 			g.log.Warn("no address for session", "session", s.id, "err", err)
 			return netip.Addr{}, refuseNoAddress
 		}
 		return a, nil
 	}
-	err := g.pool.Claim(s.id, s.want)
-	switch {
-	case err == nil:
-		return s.want, nil
-	case errors.Is(err, ippool.ErrTaken):
-		other := g.sessions.lookupAddr(s.want)
-		attrs := []any{"session", s.id, "user", s.ident.User, "addr", s.want}
-		if other != nil {
-			attrs = append(attrs, "held_by", other.id, "held_by_user", other.ident.User)
-		}
-		g.log.Warn("resume refused: address held by another session", attrs...)
-		return netip.Addr{}, refuseAddrTaken
-	default: // not in this server's pool (a site whose servers disagree on Pool), or held otherwise
-		g.log.Warn("resume refused: cookie's address unusable here", "session", s.id, "user", s.ident.User, "addr", s.want, "err", err)
-		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "this session's address " + s.want.String() + " is not usable on this server"}
+	if rf := g.claim(s, s.want); rf != nil {
+		return netip.Addr{}, rf
 	}
+	return s.want, nil
 }
 
 // register makes l the session's connection: a previous connection is
@@ -278,7 +272,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 		port.Close() // resets the session's flows
 	}
 	if addr.IsValid() {
-		g.pool.Release(addr)
+		g.release(s, addr, r)
 	}
 	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

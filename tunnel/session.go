@@ -95,6 +95,13 @@ type session struct {
 // identity is the session's current identity: the latest renewal's, else
 // the sign-in's. Policy checks and renewals read it; the user, the method
 // and the device ID never change with a renewal.
+// address is the session's address (invalid before prepare leased one).
+func (s *session) address() netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
 func (s *session) identity() *auth.Identity {
 	s.mu.Lock()
 	defer s.mu.Unlock()

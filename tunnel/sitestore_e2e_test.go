@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,22 +36,42 @@ func startStoreSite(t *testing.T, e *testenv.Etcd, n int) []storeServer {
 	sealers := siteSealers(t, n)
 	var out []storeServer
 	for i := range n {
-		st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/t/" + t.Name()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() }) // after the gateway's Close (cleanups run last-in first-out)
-		bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
-		g, addr := startGateway(t, func(c *Config) {
-			c.Sealer, c.Bans = sealers[i], bans
-			c.Site = Site{Servers: n, ServerIndex: i + 1, ServerName: fmt.Sprintf("s%d", i+1), Store: st}
-		})
-		out = append(out, storeServer{g, addr, bans})
+		out = append(out, startStoreServer(t, e, sealers[i], i, n, nil))
 	}
 	for _, s := range out {
 		waitFor(t, func() bool { return s.g.Stats().SiteStore.Up }, "the store up on "+s.g.conf().Site.ServerName)
 	}
 	return out
+}
+
+// startStoreServer starts server i (0-based, named s<i+1>) of an n-server
+// site with its own etcd client under the test's prefix (siteStore);
+// mod adjusts its config last.
+func startStoreServer(t *testing.T, e *testenv.Etcd, sealer *auth.Sealer, i, n int, mod func(*Config)) storeServer {
+	t.Helper()
+	st := siteStore(t, e)
+	bans := auth.NewBans(auth.BanConfig{Threshold: 3 * auth.FailurePoints, BanFor: time.Minute})
+	g, addr := startGateway(t, func(c *Config) {
+		c.Sealer, c.Bans = sealer, bans
+		c.Site = Site{Servers: n, ServerIndex: i + 1, ServerName: fmt.Sprintf("s%d", i+1), Store: st}
+		if mod != nil {
+			mod(c)
+		}
+	})
+	return storeServer{g, addr, bans}
+}
+
+// siteStore is an etcd client under the test's own key prefix, closed
+// after the gateways using it (cleanups run last-in first-out).
+func siteStore(t *testing.T, e *testenv.Etcd) *sitestore.Store {
+	t.Helper()
+	name, _, _ := strings.Cut(t.Name(), "/") // subtests share their test's prefix
+	st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/t/" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
 
 // ping checks that the tunnel still answers a DPD request.
@@ -200,7 +221,10 @@ func TestSiteStoreOutage(t *testing.T) {
 
 	e.Stop()
 	for i, srv := range s {
-		waitFor(t, func() bool { return !srv.g.Stats().SiteStore.Up }, fmt.Sprintf("server %d to see the store down", i+1))
+		// Noticing takes up to an announcement plus a call timeout (5 s),
+		// as long as DPD's dead-peer limit (2.5 × 2 s): the live client
+		// answers DPD meanwhile, as a real one does.
+		waitFor(t, func() bool { _ = live.ping(); return !srv.g.Stats().SiteStore.Up }, fmt.Sprintf("server %d to see the store down", i+1))
 	}
 	if err := s[0].g.Ready(); err != nil {
 		t.Fatalf("Ready with the store down: %v", err)

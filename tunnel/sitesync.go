@@ -37,16 +37,31 @@ type siteSync struct {
 	store  site.Store
 	server string
 	kick   chan struct{} // something was queued
+	// leaseKick: a lease call was queued. Lease calls have their own
+	// goroutine (leaseLoop): a busy server's releases must not wait
+	// behind its revocations, or other servers see stale leases.
+	leaseKick chan struct{}
+	learning  sync.Mutex // one learn at a time
 
-	up       atomic.Bool
-	dropped  atomic.Uint64
-	failures atomic.Uint64 // Publish calls that failed (the record stayed queued)
+	leases site.Leases // store as site.Leases; nil: it keeps no leases
+
+	up        atomic.Bool
+	down      atomic.Bool // the last store call failed (up is false before the first call too)
+	conflicts atomic.Uint64
+	dropped   atomic.Uint64
+	failures  atomic.Uint64 // Publish calls that failed (the record stayed queued)
 
 	mu     sync.Mutex
 	outbox []site.Record
 	// sending: flush is publishing outbox[0]. That record is never
 	// dropped, so a record counted in Dropped never reaches the store.
 	sending bool
+	// leaseOps are lease calls waiting for the store (reconcile);
+	// releasing maps a session whose release is queued to its address;
+	// held are addresses set aside for other servers' sessions.
+	leaseOps  []leaseOp
+	releasing map[string]netip.Addr
+	held      map[netip.Addr]heldAddr
 }
 
 // SiteStoreStats is the gateway's view of its site store.
@@ -54,17 +69,33 @@ type SiteStoreStats struct {
 	Configured bool   // Site.Store is set
 	Up         bool   // the store answered the gateway's last call
 	Queued     int    // records applied here, not yet published
-	Dropped    uint64 // records dropped from a full queue (siteMaxQueued)
+	Dropped    uint64 // records and lease calls dropped from a full queue (siteMaxQueued)
+	// Leases: the store keeps site-wide address leases (site.Leases).
+	Leases bool
+	// LeasesQueued counts lease calls (claims made in degraded mode,
+	// releases) waiting for the store.
+	LeasesQueued int
+	// LeaseConflicts counts addresses found leased to another session of
+	// the site where this server's session needed them: resumes refused
+	// (503) and leases made during an outage that the store refused
+	// afterwards (both sessions kept; logged).
+	LeaseConflicts uint64
 }
 
 func (g *Gateway) startSite(cfg *Config) {
 	if cfg.Site.Store == nil {
 		return
 	}
-	g.site = &siteSync{store: cfg.Site.Store, server: cfg.Site.name(), kick: make(chan struct{}, 1)}
+	g.site = &siteSync{store: cfg.Site.Store, server: cfg.Site.name(), kick: make(chan struct{}, 1),
+		leaseKick: make(chan struct{}, 1), releasing: make(map[string]netip.Addr), held: make(map[netip.Addr]heldAddr)}
+	g.site.leases, _ = cfg.Site.Store.(site.Leases)
 	g.wg.Add(2)
 	go g.siteWatch()
 	go g.siteLoop()
+	if g.site.leases != nil {
+		g.wg.Add(1)
+		go g.leaseLoop()
+	}
 }
 
 func (g *Gateway) siteStats() SiteStoreStats {
@@ -73,9 +104,10 @@ func (g *Gateway) siteStats() SiteStoreStats {
 		return SiteStoreStats{}
 	}
 	ss.mu.Lock()
-	n := len(ss.outbox)
+	n, nl := len(ss.outbox), len(ss.leaseOps)
 	ss.mu.Unlock()
-	return SiteStoreStats{Configured: true, Up: ss.up.Load(), Queued: n, Dropped: ss.dropped.Load()}
+	return SiteStoreStats{Configured: true, Up: ss.up.Load(), Queued: n, Dropped: ss.dropped.Load(),
+		Leases: ss.leases != nil, LeasesQueued: nl, LeaseConflicts: ss.conflicts.Load()}
 }
 
 // publish queues r for the site store. r has been applied here already.
@@ -109,13 +141,14 @@ func (g *Gateway) publish(r site.Record) {
 
 // setUp records whether the store answered, logging each change.
 func (g *Gateway) setUp(ok bool, err error) {
+	g.site.down.Store(!ok)
 	if g.site.up.Swap(ok) == ok {
 		return
 	}
 	if ok {
 		g.log.Info("site store available")
 	} else {
-		g.log.Warn("site store unavailable: revocations and bans apply here and are queued", "err", err)
+		g.log.Warn("site store unavailable: revocations, bans and address leases apply here and are queued", "err", err)
 	}
 }
 
@@ -168,7 +201,13 @@ func (g *Gateway) announce(ctx context.Context) {
 func (g *Gateway) siteLoop() {
 	defer g.wg.Done()
 	ss := g.site
+	learned := false // the leases were listed since the last outage
+	if ss.leases != nil {
+		learned = g.learn(g.ctx)
+	}
 	g.announce(g.ctx)
+	learn := time.NewTicker(siteLearnEvery)
+	defer learn.Stop()
 	announce := time.NewTicker(siteAnnounceEvery)
 	defer announce.Stop()
 	retry := time.NewTicker(siteRetryEvery)
@@ -183,8 +222,47 @@ func (g *Gateway) siteLoop() {
 			g.flush(g.ctx)
 		case <-retry.C:
 			g.flush(g.ctx)
+		case <-learn.C:
+			if ss.leases != nil {
+				learned = g.learn(g.ctx)
+			}
 		case <-ss.kick:
 			g.flush(g.ctx)
+		}
+		if ss.leases != nil {
+			if ss.down.Load() {
+				learned = false
+			} else if !learned {
+				learned = g.learn(g.ctx) // back from an outage (after replaying the queue)
+			}
+		}
+	}
+}
+
+// sync publishes the outbox, then (at exit) replays the lease queue.
+func (g *Gateway) sync(ctx context.Context) {
+	g.flush(ctx)
+	if g.site.leases != nil && !g.site.down.Load() && ctx.Err() == nil {
+		g.reconcile(ctx)
+	}
+}
+
+// leaseLoop replays queued lease calls as they come, and every second
+// while the store is unreachable (siteLoop's announcements find it back).
+func (g *Gateway) leaseLoop() {
+	defer g.wg.Done()
+	ss := g.site
+	retry := time.NewTicker(siteRetryEvery)
+	defer retry.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-retry.C:
+		case <-ss.leaseKick:
+		}
+		if !ss.down.Load() {
+			g.reconcile(g.ctx)
 		}
 	}
 }
@@ -195,13 +273,13 @@ func (g *Gateway) siteFinish() {
 	ss := g.site
 	ctx, cancel := context.WithTimeout(context.Background(), siteCallTimeout)
 	defer cancel()
-	g.flush(ctx)
+	g.sync(ctx)
 	if err := ss.store.Withdraw(ctx, ss.server); err != nil {
 		g.log.Debug("site store: health record not withdrawn (it expires with its TTL)", "err", err)
 	}
 	ss.mu.Lock()
-	if n := len(ss.outbox); n > 0 {
-		g.log.Warn("site store unavailable at exit: records not published", "records", n)
+	if n, nl := len(ss.outbox), len(ss.leaseOps); n+nl > 0 {
+		g.log.Warn("site store unavailable at exit: records not published", "records", n, "lease_calls", nl)
 	}
 	ss.mu.Unlock()
 }

@@ -163,7 +163,11 @@ func printStatus(w io.Writer, st admin.Status) {
 // showSessionsCommand binds the flags of `underpass show sessions`.
 func showSessionsCommand(fs *flag.FlagSet) runFunc {
 	f := bindAdmin(fs, true)
+	site := fs.Bool("site", false, "every server's sessions, from the site store")
 	return func(inv *invocation) int {
+		if *site {
+			return showSiteSessions(f, inv)
+		}
 		return query(f, inv, "/v1/sessions", func(w io.Writer, ss []tunnel.SessionInfo) {
 			fmt.Fprintln(w, "ID\tUSER\tADDRESS\tCLIENT\tCONNECTED\tSINCE\tIN\tOUT")
 			for _, s := range ss {
@@ -172,6 +176,22 @@ func showSessionsCommand(fs *flag.FlagSet) runFunc {
 			}
 		})
 	}
+}
+
+// showSiteSessions prints the site's sessions on every server, as the
+// site store's address leases record them.
+func showSiteSessions(f *adminFlags, inv *invocation) int {
+	return query(f, inv, "/v1/site/sessions", func(w io.Writer, ss []admin.SiteSession) {
+		fmt.Fprintln(w, "ADDRESS\tSERVER\tUSER\tCLIENT\tSINCE\tEXPIRES\tID")
+		for _, s := range ss {
+			client := "-"
+			if s.Client.IsValid() {
+				client = s.Client.String()
+			}
+			fmt.Fprintf(w, "%v\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Address, s.Server, s.User, client,
+				s.Since.Local().Format(time.DateTime), s.Expires.Local().Format(time.DateTime), s.Session)
+		}
+	})
 }
 
 // showSessionCommand binds the flags of `underpass show session ID`.

@@ -57,7 +57,7 @@ func TestCommandFlags(t *testing.T) {
 		"status":        {"admin-socket", "json", "site"},
 		"bans lift":     adminJSON,
 		"show users":    adminJSON,
-		"show sessions": adminJSON,
+		"show sessions": {"admin-socket", "json", "site"},
 		"show bans":     adminJSON,
 		"show events":   adminJSON,
 		"show session":  adminJSON,

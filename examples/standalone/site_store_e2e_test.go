@@ -2,22 +2,29 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/underpass/underpass/internal/daemon/admin"
 	"github.com/underpass/underpass/internal/daemon/sitestore"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
+	"github.com/underpass/underpass/tunnel/site"
 )
 
 // TestServeSiteStore: `underpass serve` with site.store starts and serves
-// while etcd is down, announces its health record once etcd is up, and
-// withdraws it when stopped.
+// while etcd is down, announces its health record once etcd is up, lists
+// the site's sessions (another server's included) with `show sessions
+// --site`, and withdraws its health record when stopped.
 func TestServeSiteStore(t *testing.T) {
 	bin := testenv.BuildBinary(t, "./examples/standalone")
 	e := testenv.StartEtcd(t)
@@ -43,6 +50,13 @@ log: {level: debug}
 		t.Fatalf("with etcd down: %v", err)
 	}
 
+	// Views say the store is unavailable (the admin API's 503: exit 1).
+	out, err := exec.CommandContext(ctx, bin, "show", "sessions", "--site", "-admin-socket", filepath.Join(dir, "admin.sock")).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFail || !strings.Contains(string(out), "site store unavailable") {
+		t.Fatalf("show sessions --site with etcd down: %v\n%s", err, out)
+	}
+
 	e.Start()
 	st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/underpass/hq/"})
 	if err != nil {
@@ -62,6 +76,7 @@ log: {level: debug}
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+	checkSiteSessions(ctx, t, bin, filepath.Join(dir, "admin.sock"), st)
 	// Stopped, it withdraws its record at once (not after the TTL).
 	srv.stop(t)
 	if listed() {
@@ -141,5 +156,35 @@ func (s *served) stop(t *testing.T) {
 		s.exited <- err // for the cleanup
 	case <-time.After(30 * time.Second):
 		t.Fatal("underpass serve did not exit on SIGTERM")
+	}
+}
+
+// checkSiteSessions: a session another server of the site leased shows in
+// `underpass show sessions --site` (table and JSON) of this one.
+func checkSiteSessions(ctx context.Context, t *testing.T, bin, sock string, st *sitestore.Store) {
+	t.Helper()
+	now := time.Now().Truncate(time.Second)
+	l := site.Lease{Addr: netip.MustParseAddr("169.254.7.9"), Session: "sess-on-b", Server: "gw-b", User: "carol",
+		Client: netip.MustParseAddr("198.51.100.4"), Since: now, Until: now.Add(time.Hour)}
+	if err := st.ClaimLease(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		out, err := exec.CommandContext(ctx, bin, append(args, "-admin-socket", sock)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("underpass %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	out := run("show", "sessions", "--site")
+	for _, want := range []string{"169.254.7.9", "gw-b", "carol", "198.51.100.4", "sess-on-b"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("show sessions --site lacks %q:\n%s", want, out)
+		}
+	}
+	var ss []admin.SiteSession
+	if out := run("show", "sessions", "--site", "--json"); json.Unmarshal([]byte(out), &ss) != nil || len(ss) != 1 ||
+		ss[0].Address != l.Addr || ss[0].Server != "gw-b" || ss[0].User != "carol" || !ss[0].Expires.Equal(l.Until) {
+		t.Fatalf("show sessions --site --json: %s", out)
 	}
 }

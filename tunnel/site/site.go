@@ -1,13 +1,16 @@
 // Package site is the interface between a gateway (tunnel.Gateway) and the
-// store the servers of a site share: revocations, bans and per-server
-// health records. It has no dependencies; the underpass binary's etcd
+// store the servers of a site share: revocations, bans, per-server
+// health records and, optionally (Leases), site-wide address leases that
+// double as the site's session records. It has no dependencies; the underpass binary's etcd
 // backend (internal/daemon/sitestore) implements it, and an embedder may
 // bring its own.
 //
 // The store is never on the packet path nor in a readiness check: a
 // gateway applies every record locally first and publishes it afterwards,
 // queueing what the store cannot take while it is unreachable (see
-// tunnel.Site.Store).
+// tunnel.Site.Store). Leases are the exception: a sign-in or resume asks
+// the store, bounded by a short timeout, and falls back to the local pool
+// when the store does not answer.
 package site
 
 import (
@@ -98,4 +101,50 @@ type Store interface {
 	Withdraw(ctx context.Context, server string) error
 	// Servers lists the live health records, sorted by Server.
 	Servers(ctx context.Context) ([]Health, error)
+}
+
+// Lease is a site-wide address lease: the address a session holds, on
+// whichever server of the site runs it. It is also the site's record of
+// the session (who, on which server, from where, since when), which is
+// what a site-wide sessions view lists.
+type Lease struct {
+	Addr    netip.Addr // the session's address in the tunnel: the lease's key
+	Session string     // the sealed session id holding it
+	Server  string     // the server that claimed it last (Site.ServerName)
+	User    string     // the signed-in user
+	Client  netip.Addr // the client's address (the PROXY protocol's, behind a balancer); may be invalid
+	Since   time.Time  // when the session signed in
+	// Until is the cookie's expiry: no resume can claim the address after
+	// it, so the store forgets the lease then.
+	Until time.Time
+}
+
+// HeldError is ClaimLease's answer when another session holds the
+// address.
+type HeldError struct {
+	Holder Lease // the lease as the store holds it
+}
+
+func (e *HeldError) Error() string {
+	return "site: address " + e.Holder.Addr.String() + " is leased to session " + e.Holder.Session + " on server " + e.Holder.Server
+}
+
+// Leases is the optional part of a Store that leases addresses for the
+// whole site. A gateway whose Site.Store implements it confirms every
+// address it hands out or resumes with ClaimLease, so no two sessions of
+// the site hold one address.
+type Leases interface {
+	// ClaimLease leases l.Addr to l.Session until l.Until, atomically
+	// (compare-and-swap): it succeeds when no lease of l.Addr exists or
+	// the existing one is l.Session's (a resume on another server: the
+	// lease moves to l.Server and its other fields are replaced). When
+	// another session holds the address it returns a *HeldError naming
+	// it. Other errors mean the store is unreachable or refused.
+	ClaimLease(ctx context.Context, l Lease) error
+	// ReleaseLease ends the lease of addr if session holds it on server;
+	// a lease that has moved to another server, or is gone, is left
+	// alone (nil error).
+	ReleaseLease(ctx context.Context, addr netip.Addr, session, server string) error
+	// Leases lists the live leases, sorted by address.
+	Leases(ctx context.Context) ([]Lease, error)
 }

@@ -72,6 +72,22 @@ type User struct {
 	BytesOut  uint64       `json:"bytes_out"`
 }
 
+// SiteSession is one session of the site, on any server, as the site
+// store's address lease records it (`underpass show sessions --site`).
+type SiteSession struct {
+	Address netip.Addr `json:"address"`
+	Session string     `json:"session"`
+	Server  string     `json:"server"`
+	User    string     `json:"user"`
+	Client  netip.Addr `json:"client"` // invalid (null): unknown
+	Since   time.Time  `json:"since"`
+	Expires time.Time  `json:"expires"` // the cookie's expiry
+}
+
+// siteTimeout bounds the site store's answer to an operator's view: a
+// reachable etcd lists 10,000 leases well within it.
+const siteTimeout = 5 * time.Second
+
 // ImportRequest stages a certificate (`underpass import-cert`).
 type ImportRequest struct {
 	CertPEM      []byte `json:"cert_pem,omitempty"`
@@ -134,6 +150,24 @@ func Handler(b *Backend) http.Handler {
 			return
 		}
 		reply(w, 200, map[string]string{"disconnected": r.PathValue("id")})
+	})
+	mux.HandleFunc("GET /v1/site/sessions", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), siteTimeout)
+		defer cancel()
+		ls, err := b.Gateway.SiteLeases(ctx)
+		switch {
+		case errors.Is(err, tunnel.ErrNoSiteLeases):
+			fail(w, http.StatusConflict, errors.New("no site store on this server (site.store): the site's sessions are not shared"))
+			return
+		case err != nil:
+			fail(w, http.StatusServiceUnavailable, fmt.Errorf("site store unavailable: %w", err))
+			return
+		}
+		out := make([]SiteSession, 0, len(ls))
+		for _, l := range ls {
+			out = append(out, SiteSession{Address: l.Addr, Session: l.Session, Server: l.Server, User: l.User, Client: l.Client, Since: l.Since, Expires: l.Until})
+		}
+		reply(w, 200, out)
 	})
 	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
 		byUser := map[string]*User{}

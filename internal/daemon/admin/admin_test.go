@@ -88,6 +88,7 @@ func TestAPI(t *testing.T) {
 		code         int
 	}{
 		{"GET", "/v1/sessions/nope", nil, 404},
+		{"GET", "/v1/site/sessions", nil, 409}, // no site store here
 		{"POST", "/v1/sessions/nope/disconnect", nil, 404},
 		{"POST", "/v1/cert", ImportRequest{CertPEM: []byte("x")}, 501}, // no certificate store here
 		{"GET", "/v1/nothing", nil, 404},

@@ -183,9 +183,12 @@ type SiteFile struct {
 	Servers     int    `yaml:"servers"`
 	ServerIndex int    `yaml:"server_index"`
 	ServerName  string `yaml:"server_name"`
-	// Store is the site store (etcd): revocations, bans and health
-	// records shared by the servers. Absent: none.
+	// Store is the site store (etcd): revocations, bans, health records
+	// and address leases shared by the servers. Absent: none.
 	Store *StoreFile `yaml:"store"`
+	// Strict refuses resumes while the store is unreachable (needs
+	// Store). See tunnel.Site.Strict.
+	Strict bool `yaml:"strict"`
 }
 
 // StoreFile is site.store: how this server reaches the site's etcd.
@@ -507,7 +510,10 @@ func (p *parser) logAndUsers(f *File) {
 func (p *parser) siteAndHealth(f *File, c *Config) {
 	bad := p.bad
 	c.Site = f.Site
-	c.Tunnel.Site = tunnel.Site{Servers: f.Site.Servers, ServerIndex: f.Site.ServerIndex, ServerName: f.Site.ServerName}
+	c.Tunnel.Site = tunnel.Site{Servers: f.Site.Servers, ServerIndex: f.Site.ServerIndex, ServerName: f.Site.ServerName, Strict: f.Site.Strict}
+	if f.Site.Strict && f.Site.Store == nil {
+		bad("site", "strict: true needs site.store (strict mode refuses resumes while the site store is unreachable)")
+	}
 	if d := c.rel(f.TLS.ExtraRootsDir); d != "" {
 		if _, err := outbound.Roots(d); err != nil {
 			bad("tls", "extra_roots_dir: %v", err)
@@ -623,7 +629,9 @@ func (p *parser) tunnelProblems(t *tunnel.Config) {
 		if errors.As(err, &ce) {
 			for _, pe := range ce.Errs {
 				var fe *tunnel.FieldError
-				if errors.As(pe, &fe) && fe.Field == "Authenticator" {
+				// The caller supplies the authenticator and the site store
+				// (from site.store, which siteAndHealth checks strict against).
+				if errors.As(pe, &fe) && (fe.Field == "Authenticator" || fe.Field == "Site.Strict") {
 					continue
 				}
 				key, msg := fieldProblem(pe)
@@ -651,7 +659,7 @@ var tunnelKeys = map[string]string{
 	"Sealer": "identity.session_key", "ClientCerts": "identity.client_certs", "SSO": "identity.sso",
 	"ProxyProtocolFrom": "proxy_protocol_from", "BanExempt": "ban_exempt",
 	"Site": "site", "Site.Servers": "site.servers", "Site.ServerIndex": "site.server_index", "Site.ServerName": "site.server_name",
-	"Site.Store": "site.store",
+	"Site.Store": "site.store", "Site.Strict": "site.strict",
 }
 
 // Key returns the config file's key for a tunnel.Config field name, or

@@ -63,6 +63,7 @@ func TestSiteErrors(t *testing.T) {
 		{"cert without key", "site: {store: {endpoints: [\"https://e:2379\"], cert: /nonexistent/c.pem}}\n", []string{"set both cert and key"}},
 		{"relative prefix", "site: {store: {endpoints: [\"http://e:2379\"], prefix: site}}\n", []string{"prefix \"site\": must start with /"}},
 		{"unknown key", "site: {store: {endpoint: [\"http://e:2379\"]}}\n", []string{"endpoint"}},
+		{"strict without store", "\nsite:\n  strict: true\n", []string{"gw.yaml:2: site: strict: true needs site.store"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -109,6 +110,16 @@ site:
 	}
 	if c.SiteStore == nil || c.SiteStore.Prefix != "/a/" || c.SiteStore.Endpoints[0] != "http://127.0.0.1:2379" {
 		t.Fatalf("SiteStore = %+v", c.SiteStore)
+	}
+	if c.Tunnel.Site.Strict {
+		t.Fatal("Site.Strict set without site.strict")
+	}
+	c, err = Parse("gw.yaml", []byte("site: {strict: true, store: {endpoints: [\"http://127.0.0.1:2379\"]}}\n"))
+	if err != nil {
+		t.Fatalf("site.strict with site.store: %v", err)
+	}
+	if !c.Tunnel.Site.Strict {
+		t.Fatal("site.strict: true did not set Site.Strict")
 	}
 	if c, err = Parse("gw.yaml", []byte("site: {name: hq}\n")); err != nil || c.SiteStore != nil {
 		t.Fatalf("no store: %+v, %v", c.SiteStore, err)

@@ -97,7 +97,9 @@ func NewCollector(src Source) *Collector {
 		// The site store (tunnel.Stats.SiteStore; 0 without one).
 		{d("site_store_up", "1 when the site store answered this server's last call; 0 when it did not or none is configured."), g, func(s *snapshot) float64 { return b2f(s.SiteStore.Up) }},
 		{d("site_store_queued_records", "Revocations and bans applied here and waiting for the site store."), g, func(s *snapshot) float64 { return float64(s.SiteStore.Queued) }},
-		{d("site_store_dropped_records_total", "Records dropped from a full site store queue during an outage."), c, func(s *snapshot) float64 { return float64(s.SiteStore.Dropped) }},
+		{d("site_store_dropped_records_total", "Records and lease calls dropped from a full site store queue during an outage."), c, func(s *snapshot) float64 { return float64(s.SiteStore.Dropped) }},
+		{d("site_store_queued_leases", "Address lease claims and releases waiting for the site store."), g, func(s *snapshot) float64 { return float64(s.SiteStore.LeasesQueued) }},
+		{d("site_lease_conflicts_total", "Addresses found leased to another session of the site: resumes refused, and outage leases refused afterwards."), c, func(s *snapshot) float64 { return float64(s.SiteStore.LeaseConflicts) }},
 	}}
 }
 

@@ -297,12 +297,13 @@ func (s siteSource) Stats() tunnel.Stats { return tunnel.Stats{SiteStore: s.st} 
 // TestSiteStoreMetrics: the site store's families follow Stats.SiteStore.
 func TestSiteStoreMetrics(t *testing.T) {
 	for _, tc := range []struct {
-		st                  tunnel.SiteStoreStats
-		up, queued, dropped float64
+		st                                     tunnel.SiteStoreStats
+		up, queued, dropped, leases, conflicts float64
 	}{
-		{tunnel.SiteStoreStats{}, 0, 0, 0},
-		{tunnel.SiteStoreStats{Configured: true, Up: true}, 1, 0, 0},
-		{tunnel.SiteStoreStats{Configured: true, Queued: 3, Dropped: 2}, 0, 3, 2},
+		{tunnel.SiteStoreStats{}, 0, 0, 0, 0, 0},
+		{tunnel.SiteStoreStats{Configured: true, Up: true}, 1, 0, 0, 0, 0},
+		{tunnel.SiteStoreStats{Configured: true, Queued: 3, Dropped: 2}, 0, 3, 2, 0, 0},
+		{tunnel.SiteStoreStats{Configured: true, Leases: true, LeasesQueued: 4, LeaseConflicts: 5}, 0, 0, 0, 4, 5},
 	} {
 		srv := httptest.NewServer(Handler(siteSource{tc.st}, func() error { return nil }))
 		fams := scrape(t, srv.URL)
@@ -310,6 +311,7 @@ func TestSiteStoreMetrics(t *testing.T) {
 		for name, want := range map[string]float64{
 			"underpass_site_store_up": tc.up, "underpass_site_store_queued_records": tc.queued,
 			"underpass_site_store_dropped_records_total": tc.dropped,
+			"underpass_site_store_queued_leases":         tc.leases, "underpass_site_lease_conflicts_total": tc.conflicts,
 		} {
 			if v := value(t, fams, name); v != want {
 				t.Errorf("%+v: %s = %v, want %v", tc.st, name, v, want)

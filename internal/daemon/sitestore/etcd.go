@@ -7,10 +7,14 @@
 //	revoked/<session id>   a revocation, under a lease that ends with the cookie
 //	bans/<address>         a ban, under a lease that ends with the ban; deleting it lifts the ban
 //	servers/<server name>  a health record, under a lease with a 10 s TTL kept alive by Announce
+//	leases/<address>       a site-wide address lease and session record (site.Leases), under an
+//	                       etcd lease that ends within a minute after the session's cookie (one per
+//	                       server and minute, leaseBucket); written by compare-and-swap
 //	config                 the site configuration (`underpass site push`; see config.go)
 //
-// The store holds user-free records only: session ids, client addresses
-// and server names. The session key never enters it.
+// The store holds session ids, client addresses, server names, in
+// leases/, user names, and in config the site configuration (static users'
+// password hashes, IdP secrets). The session key never enters it.
 package sitestore
 
 import (
@@ -70,6 +74,10 @@ type Store struct {
 
 	mu    sync.Mutex
 	lease clientv3.LeaseID // the health record's lease; 0: none yet
+
+	bmu     sync.Mutex
+	buckets map[time.Time]clientv3.LeaseID // address leases' shared etcd leases by end (leaseBucket)
+	span    time.Duration                  // a bucket's span; 0: leaseBucket (tests shorten it)
 }
 
 var _ site.Store = (*Store)(nil)
