@@ -89,9 +89,11 @@ func (st *siteState) current() sitestore.SiteConfig {
 // annotatedStore is the site store the gateway gets: its health records
 // carry the server's version and configuration state.
 type annotatedStore struct {
-	site.Store
-	st *siteState
+	*sitestore.Store // all of it: the gateway also uses its site.Leases
+	st               *siteState
 }
+
+var _ site.Leases = annotatedStore{} // the gateway finds the leases by this assertion
 
 func (a annotatedStore) Announce(ctx context.Context, h site.Health) error {
 	a.st.annotate(&h)
