@@ -63,7 +63,9 @@ func TestCommandFlags(t *testing.T) {
 		"disconnect":    admin,
 		"import-cert":   {"admin-socket", "cert", "delay", "json", "key", "password-file", "pfx"},
 		"server stop":   {"admin-socket", "timeout"},
-		"help":          nil,
+		"loadtest": {"bulk-bytes", "bulk-flows", "concurrency", "duration", "echo", "flow-bytes", "flows", "gateway-pid", "hold", "json",
+			"metrics", "mode", "password-file", "rate", "reconnect", "server", "servercert", "sessions", "setup-timeout", "target", "user", "v"},
+		"help": nil,
 	}
 	for _, c := range commands {
 		fs, _ := c.flags()

@@ -1,0 +1,348 @@
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/underpass/underpass/internal/testinfra/gwtest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// quic-go's UDP reader and timers end asynchronously after Close.
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+// testTimeout bounds every run here: the sizes below take a second or two.
+const testTimeout = 60 * time.Second
+
+// echoTarget serves ServeEcho on loopback until the test ends and returns
+// its corporate stand-in address (gwtest's gateway dials it on loopback).
+func echoTarget(t *testing.T) string {
+	t.Helper()
+	return serveTarget(t, func(ctx context.Context, l net.Listener) error { return ServeEcho(ctx, l) })
+}
+
+// serveTarget serves l with serve until the test ends.
+func serveTarget(t *testing.T, serve func(context.Context, net.Listener) error) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("echo server: %v", err)
+		}
+	})
+	return gwtest.Corp(netip.MustParseAddrPort(l.Addr().String())).String()
+}
+
+func baseConfig(g *gwtest.Gateway) Config {
+	return Config{Server: g.Addr, PinSHA256: g.Pin, Username: gwtest.User, Password: gwtest.Password,
+		Duration: testTimeout, Gateway: ProcProbe{PID: os.Getpid()}}
+}
+
+// sessionsNow is the gateway's signed-in session count.
+func sessionsNow(g *gwtest.Gateway) int { return len(g.Sessions()) }
+
+// TestRun: every mode holds its sessions and flows, moves its bulk bytes,
+// survives the reconnect storm with its flows intact, loses nothing, and
+// logs every session off at the end.
+func TestRun(t *testing.T) {
+	g := gwtest.Start(t, nil)
+	target := echoTarget(t)
+	for _, tc := range []struct {
+		mode      Mode
+		flows     int
+		bulk      int
+		reconnect int // sessions the storm brings back
+	}{
+		{ModeLight, 0, 0, 12},
+		{ModeTLS, 3, 2, 12},
+		{ModeQUIC, 3, 2, 0}, // QUIC keeps its own UDP socket: no storm
+	} {
+		t.Run(string(tc.mode), func(t *testing.T) {
+			cfg := baseConfig(g)
+			cfg.Mode, cfg.Sessions, cfg.Rate, cfg.Concurrency = tc.mode, 12, 200, 4
+			cfg.Target, cfg.Flows, cfg.FlowBytes = target, tc.flows, 20_000
+			cfg.BulkFlows, cfg.BulkBytes = tc.bulk, 1<<20
+			cfg.Hold, cfg.Reconnect = 100*time.Millisecond, true
+			held := make(chan int, 1)
+			res, err := runWatching(t, cfg, g, held)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sb strings.Builder
+			WriteSummary(&sb, res)
+			t.Log("\n" + sb.String())
+			if res.Errors != (Errors{}) || res.Interrupted != nil {
+				t.Errorf("errors %+v, interrupted %v", res.Errors, res.Interrupted)
+			}
+			if res.Sessions != 12 || res.Flows != 12*tc.flows {
+				t.Errorf("sessions %d, flows %d; want 12, %d", res.Sessions, res.Flows, 12*tc.flows)
+			}
+			if want := int64(tc.bulk) << 20; res.BulkBytes != want {
+				t.Errorf("bulk bytes %d, want %d", res.BulkBytes, want)
+			}
+			if res.Reconnected != tc.reconnect {
+				t.Errorf("reconnected %d, want %d", res.Reconnected, tc.reconnect)
+			}
+			if n := <-held; n != 12 {
+				t.Errorf("gateway held %d sessions during the run, want 12", n)
+			}
+			if res.Gateway.RSSHeld == 0 || res.Gateway.Source == "" {
+				t.Errorf("gateway usage not measured: %+v", res.Gateway)
+			}
+			noneConnected(t, g)
+		})
+	}
+}
+
+// noneConnected fails the test if a session still has a connection after
+// the run: every session's connection was closed. (A logoff that races
+// data the gateway is still sending can be seen by the gateway as a lost
+// connection, so the session may linger detached for ReconnectGrace:
+// see the report of this package's commit.)
+func noneConnected(t *testing.T, g *gwtest.Gateway) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // a dozen closes: milliseconds
+	for {
+		var connected []string
+		for _, s := range g.Sessions() {
+			if s.Connected {
+				connected = append(connected, s.DeviceID)
+			}
+		}
+		if len(connected) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions still connected after the run: %v", connected)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, s := range g.Sessions() {
+		t.Logf("session %s (%s) lingers detached after the run's logoff", s.ID, s.DeviceID)
+		_ = g.Disconnect(s.ID)
+	}
+}
+
+// runWatching runs cfg and reports on held the gateway's session count
+// seen when the run reaches its hold (the probe's "flows" mark).
+func runWatching(t *testing.T, cfg Config, g *gwtest.Gateway, held chan<- int) (*Result, error) {
+	t.Helper()
+	cfg.Gateway = &hookProbe{Probe: cfg.Gateway, at: 3, fn: func() { held <- sessionsNow(g) }}
+	return Run(context.Background(), cfg)
+}
+
+// hookProbe calls fn at its at'th sample (start, setup, flows, ...).
+type hookProbe struct {
+	Probe
+	n, at int
+	fn    func()
+}
+
+func (h *hookProbe) Sample(ctx context.Context) (uint64, time.Duration, error) {
+	if h.n++; h.n == h.at {
+		h.fn()
+	}
+	return h.Probe.Sample(ctx)
+}
+
+// waitSessions waits until the gateway holds n sessions (logoff is
+// asynchronous on its side).
+func waitSessions(t *testing.T, g *gwtest.Gateway, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second) // logoff of a dozen sessions: milliseconds
+	for sessionsNow(g) != n {
+		if time.Now().After(deadline) {
+			for _, s := range g.Sessions() {
+				t.Logf("left: %s device %s connected %v created %v in %d out %d", s.ID, s.DeviceID, s.Connected, s.Created.Format("15:04:05.000"), s.BytesIn, s.BytesOut)
+			}
+			t.Fatalf("gateway holds %d sessions, want %d", sessionsNow(g), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestRunCountsFailures: each failure lands in its category, byte-exact.
+func TestRunCountsFailures(t *testing.T) {
+	g := gwtest.Start(t, nil)
+	// corrupt echoes its input with one byte changed at offset 1000.
+	corrupt := serveTarget(t, serveEach(func(c net.Conn) {
+		b, _ := io.ReadAll(io.LimitReader(c, 4000))
+		if len(b) > 1000 {
+			b[1000] ^= 0xff
+		}
+		_, _ = c.Write(b)
+	}))
+	// short reads all 4000 bytes but echoes only the first 3000, then
+	// closes (a FIN: nothing is left unread, so no reset).
+	short := serveTarget(t, serveEach(func(c net.Conn) {
+		b := make([]byte, 4000)
+		_, _ = io.ReadFull(c, b)
+		_, _ = c.Write(b[:3000])
+	}))
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := gwtest.Corp(netip.MustParseAddrPort(l.Addr().String())).String()
+	l.Close() // nothing listens: the gateway resets the flows
+
+	for _, tc := range []struct {
+		name   string
+		mod    func(*Config)
+		want   Errors
+		flows  int
+		setups int
+	}{
+		{"wrong password", func(c *Config) { c.Password = "wrong" }, Errors{SignInRefused: 3}, 0, 0},
+		{"wrong password, tls", func(c *Config) { c.Mode, c.Password = ModeTLS, "wrong" }, Errors{SignInRefused: 3}, 0, 0},
+		{"wrong pin", func(c *Config) { c.PinSHA256 = "pin-sha256:" + strings.Repeat("A", 43) + "=" }, Errors{ConnectFailed: 3}, 0, 0},
+		{"differs", func(c *Config) { c.Mode, c.Target = ModeTLS, corrupt }, Errors{FlowFailed: 6, BytesLost: 6 * 3000}, 0, 3},
+		{"short", func(c *Config) { c.Mode, c.Target = ModeTLS, short }, Errors{FlowFailed: 6, BytesLost: 6 * 1000}, 0, 3},
+		{"refused", func(c *Config) { c.Mode, c.Target = ModeTLS, closed }, Errors{FlowReset: 6}, 0, 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := baseConfig(g)
+			cfg.Sessions, cfg.FlowBytes, cfg.SetupTimeout = 3, 4000, 10*time.Second
+			tc.mod(&cfg)
+			if cfg.Target != "" {
+				cfg.Flows = 2
+			}
+			res, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Errors != tc.want {
+				t.Errorf("errors %+v, want %+v", res.Errors, tc.want)
+			}
+			if res.Sessions != tc.setups || res.Flows != tc.flows {
+				t.Errorf("sessions %d, flows %d; want %d, %d", res.Sessions, res.Flows, tc.setups, tc.flows)
+			}
+			waitSessions(t, g, 0)
+		})
+	}
+}
+
+// serveEach serves each connection with handle, closing it after.
+func serveEach(handle func(net.Conn)) func(context.Context, net.Listener) error {
+	return func(ctx context.Context, l net.Listener) error {
+		testenvServe(ctx, l, handle)
+		return nil
+	}
+}
+
+// testenvServe accepts until ctx ends.
+func testenvServe(ctx context.Context, l net.Listener, handle func(net.Conn)) {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(testTimeout))
+			handle(c)
+		}()
+	}
+}
+
+// TestSessionDropped: a session the gateway ends during the hold is
+// counted as dropped.
+func TestSessionDropped(t *testing.T) {
+	g := gwtest.Start(t, nil)
+	cfg := baseConfig(g)
+	cfg.Sessions, cfg.Hold = 4, 2*time.Second
+	cfg.Gateway = &hookProbe{Probe: cfg.Gateway, at: 3, fn: func() {
+		ss := g.Sessions()
+		if len(ss) == 0 {
+			t.Error("no sessions to disconnect")
+			return
+		}
+		if err := g.Disconnect(ss[0].ID); err != nil {
+			t.Error(err)
+		}
+	}}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Errors{SessionDropped: 1}); res.Errors != want {
+		t.Errorf("errors %+v, want %+v", res.Errors, want)
+	}
+}
+
+// TestConfigErrors: a Config that cannot run is refused, naming its field.
+func TestConfigErrors(t *testing.T) {
+	ok := Config{Server: "127.0.0.1:1", Username: "u"}
+	for _, tc := range []struct {
+		field string
+		mod   func(*Config)
+	}{
+		{"Server", func(c *Config) { c.Server = "" }},
+		{"Server", func(c *Config) { c.Server = "ftp://x" }},
+		{"Username", func(c *Config) { c.Username = "" }},
+		{"Mode", func(c *Config) { c.Mode = "udp" }},
+		{"Sessions", func(c *Config) { c.Sessions = -1 }},
+		{"Rate", func(c *Config) { c.Rate = -1 }},
+		{"Flows", func(c *Config) { c.Flows, c.Target = 1, "x:1" }}, // light mode
+		{"Target", func(c *Config) { c.Mode, c.Flows = ModeTLS, 1 }},
+		{"BulkBytes", func(c *Config) { c.Mode, c.BulkFlows, c.Target = ModeTLS, 1, "x:1" }},
+		{"PinSHA256", func(c *Config) { c.PinSHA256 = "pin-sha256:abc" }},
+	} {
+		cfg := ok
+		tc.mod(&cfg)
+		_, err := Run(context.Background(), cfg)
+		var ce *ConfigError
+		if !errors.As(err, &ce) || ce.Field != tc.field {
+			t.Errorf("%s: err %v, want a ConfigError on %s", tc.field, err, tc.field)
+		}
+	}
+}
+
+// TestEcho: the echo check passes on an exact echo and measures the loss
+// of a short one, from the first byte missing.
+func TestEcho(t *testing.T) {
+	for _, tc := range []struct {
+		n, echoed int64
+		lost      int64
+	}{{100_000, 100_000, 0}, {100_000, 70_000, 30_000}, {10, 0, 10}} {
+		a, b := net.Pipe()
+		go func() {
+			buf := make([]byte, tc.n)
+			_, _ = io.ReadFull(b, buf)
+			_, _ = b.Write(buf[:tc.echoed])
+			b.Close()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		got, err := echo(ctx, a, 5, tc.n)
+		cancel()
+		a.Close()
+		var le *lostError
+		switch {
+		case tc.lost == 0 && (err != nil || got != tc.n):
+			t.Errorf("n=%d: echo = %d, %v", tc.n, got, err)
+		case tc.lost > 0 && (!errors.As(err, &le) || le.lost != tc.lost || got != tc.echoed):
+			t.Errorf("n=%d echoed=%d: echo = %d, %v; want %d lost", tc.n, tc.echoed, got, err, tc.lost)
+		}
+	}
+}
