@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/tunnel"
 )
 
 func TestMain(m *testing.M) {
@@ -345,4 +346,23 @@ func TestEcho(t *testing.T) {
 			t.Errorf("n=%d echoed=%d: echo = %d, %v; want %d lost", tc.n, tc.echoed, got, err, tc.lost)
 		}
 	}
+}
+
+// TestLightAnswersDPD: light sessions stay up past the gateway's
+// dead-peer time because they answer its DPD requests (they send nothing
+// else).
+func TestLightAnswersDPD(t *testing.T) {
+	g := gwtest.Start(t, func(c *tunnel.Config) { c.DPD = time.Second }) // the least; dead after 2.5 s of silence
+	cfg := baseConfig(g)
+	cfg.Sessions, cfg.Hold = 4, 4*time.Second
+	held := make(chan int, 1)
+	res, err := runWatching(t, cfg, g, held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Errors != (Errors{}) || res.Sessions != 4 {
+		t.Errorf("sessions %d, errors %+v", res.Sessions, res.Errors)
+	}
+	<-held
+	noneConnected(t, g)
 }
