@@ -124,7 +124,7 @@ func (f *loadtestFlags) run(inv *invocation) int {
 func flagSpelling(ce *loadgen.ConfigError) string {
 	flags := map[string]string{"Server": "-server", "PinSHA256": "-servercert", "Username": "-user", "Mode": "-mode",
 		"Sessions": "-sessions", "Rate": "-rate", "Concurrency": "-concurrency", "Flows": "-flows", "FlowBytes": "-flow-bytes",
-		"Target": "-target", "BulkFlows": "-bulk-flows", "BulkBytes": "-bulk-bytes"}
+		"Target": "-target", "BulkFlows": "-bulk-flows", "BulkBytes": "-bulk-bytes", "Reconnect": "-reconnect"}
 	name, ok := flags[ce.Field]
 	if !ok {
 		name = ce.Field

@@ -120,8 +120,11 @@ func isReset(err error) bool {
 }
 
 // countFlow files a flow's failure: the bytes it lost, and the flow under
-// reset or failed. It returns err.
-func (r *run) countFlow(err error) error {
+// reset or failed, unless the run's end (ctx) cut it short. It returns err.
+func (r *run) countFlow(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return err
+	}
 	var le *lostError
 	if errors.As(err, &le) {
 		r.errs.lost.Add(le.lost)
@@ -173,12 +176,12 @@ func (r *run) openFlows(ctx context.Context) int {
 				defer cancel()
 				c, err := s.dial(fctx, r.cfg.Target)
 				if err != nil {
-					r.log.Debug("flow dial failed", "err", r.countFlow(err))
+					r.log.Debug("flow dial failed", "err", r.countFlow(ctx, err))
 					return
 				}
 				if _, err := echo(fctx, c, int(id.Add(1)), int64(r.cfg.FlowBytes)); err != nil {
 					c.Close()
-					r.log.Debug("flow echo failed", "err", r.countFlow(err))
+					r.log.Debug("flow echo failed", "err", r.countFlow(ctx, err))
 					return
 				}
 				r.mu.Lock()
@@ -217,7 +220,7 @@ func (r *run) recheckFlows(ctx context.Context) {
 			defer cancel()
 			if _, err := echo(fctx, c, 2<<20+i, int64(r.cfg.FlowBytes)); err != nil {
 				c.Close()
-				r.log.Debug("held flow failed after the storm", "err", r.countFlow(err))
+				r.log.Debug("held flow failed after the storm", "err", r.countFlow(ctx, err))
 				return
 			}
 			kept.Lock()
@@ -249,14 +252,14 @@ func (r *run) bulk(ctx context.Context) (int64, time.Duration) {
 			defer wg.Done()
 			c, err := s.dial(ctx, r.cfg.Target)
 			if err != nil {
-				r.log.Debug("bulk flow dial failed", "err", r.countFlow(err))
+				r.log.Debug("bulk flow dial failed", "err", r.countFlow(ctx, err))
 				return
 			}
 			defer c.Close()
 			n, err := echo(ctx, c, 1<<20+i, r.cfg.BulkBytes)
 			total.Add(n)
 			if err != nil {
-				r.log.Debug("bulk flow failed", "err", r.countFlow(err))
+				r.log.Debug("bulk flow failed", "err", r.countFlow(ctx, err))
 			}
 		}()
 	}

@@ -80,11 +80,11 @@ func (s *full) done() <-chan struct{} { return s.c.Done() }
 const reconnectPoll = 20 * time.Millisecond
 
 // reconnect cuts the TLS connection and waits for the Client to come
-// back on its own with its cookie. QUIC sessions keep theirs
-// (errNoReconnect): their UDP socket is the Client's own.
+// back on its own with its cookie. (Config refuses a storm of QUIC
+// sessions: their UDP socket is the Client's own.)
 func (s *full) reconnect(ctx context.Context) error {
 	if s.c.Transport() != "tls" {
-		return errNoReconnect
+		return fmt.Errorf("a %s session cannot be made to reconnect", s.c.Transport())
 	}
 	n := s.c.Reconnects()
 	if !s.d.sever() {

@@ -101,7 +101,8 @@ type Config struct {
 	Hold time.Duration
 	// Reconnect runs a reconnect storm after the hold: every session's
 	// connection is dropped at once and comes back with its cookie (light
-	// and TLS sessions; QUIC sessions keep their connection).
+	// and TLS sessions: a QUIC client's UDP socket is its own, so it
+	// cannot be cut from outside).
 	Reconnect bool
 	// Duration bounds the whole run; default DefaultDuration.
 	Duration time.Duration
@@ -205,6 +206,9 @@ func (c *Config) validate() error {
 	}
 	if c.Mode == ModeLight && (c.Flows > 0 || c.BulkFlows > 0) {
 		return &ConfigError{"Flows", "light sessions have no IP stack: flows need mode tls or quic"}
+	}
+	if c.Mode == ModeQUIC && c.Reconnect {
+		return &ConfigError{"Reconnect", "QUIC sessions cannot be made to reconnect (the client's UDP socket is its own): use mode light or tls"}
 	}
 	if (c.Flows > 0 || c.BulkFlows > 0) && c.Target == "" {
 		return &ConfigError{"Target", "flows need an echo server (underpass loadtest -echo ADDR serves one)"}
@@ -359,11 +363,13 @@ func (r *run) setup(ctx context.Context, res *Result) {
 			defer cancel()
 			s, err := r.open(sctx, i)
 			if err != nil {
-				r.countSetup(err)
+				if ctx.Err() == nil { // not the run's end cutting it short
+					r.countSetup(err)
+				}
 				r.log.Debug("session setup failed", "n", i, "err", err)
 				return
 			}
-			last.Store(int64(time.Since(start)))
+			storeMax(&last, int64(time.Since(start)))
 			r.mu.Lock()
 			r.sessions = append(r.sessions, s)
 			r.mu.Unlock()
@@ -430,15 +436,14 @@ func (r *run) storm(ctx context.Context) (int, time.Duration) {
 			sctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
 			defer cancel()
 			if err := s.reconnect(sctx); err != nil {
-				if errors.Is(err, errNoReconnect) {
-					return
+				if ctx.Err() == nil {
+					r.errs.reconnect.Add(1)
 				}
-				r.errs.reconnect.Add(1)
 				r.log.Debug("reconnect failed", "err", err)
 				return
 			}
 			back.Add(1)
-			last.Store(int64(time.Since(start)))
+			storeMax(&last, int64(time.Since(start)))
 		}()
 	}
 	wg.Wait()
@@ -447,8 +452,15 @@ func (r *run) storm(ctx context.Context) (int, time.Duration) {
 	return int(back.Load()), d
 }
 
-// errNoReconnect: the session's transport has no reconnect to storm.
-var errNoReconnect = errors.New("loadgen: this transport cannot be made to reconnect")
+// storeMax stores v in a unless a holds more.
+func storeMax(a *atomic.Int64, v int64) {
+	for {
+		old := a.Load()
+		if old >= v || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}
 
 // closeAll closes the flows, then logs every session off.
 func (r *run) closeAll() {

@@ -189,8 +189,15 @@ func (s *sampler) usage(sessions int) GatewayUsage {
 	if start.ok && setup.ok {
 		u.CPUSetup = setup.cpu - start.cpu
 	}
+	// RSS held: at the end of the hold, else the last phase reached (a
+	// run cut short).
+	for _, m := range []sample{hold, flows, setup} {
+		if m.ok {
+			u.RSSHeld = m.rss
+			break
+		}
+	}
 	if flows.ok && hold.ok {
-		u.RSSHeld = hold.rss
 		u.CPUHold = hold.cpu - flows.cpu
 		u.Hold = hold.at.Sub(flows.at)
 	}

@@ -23,11 +23,15 @@ func WriteSummary(w io.Writer, res *Result) {
 		mbps = fmt.Sprintf("%.0f", res.Mbps())
 	}
 	if u.Source != "" && u.Sessions > 0 {
-		if u.RSSHeld > 0 {
+		switch {
+		case u.RSSHeld == 0:
+		case u.RSSHeld < u.RSSStart: // the heap shrank more than the sessions added: too few to measure
+			rss = "below noise (RSS fell)"
+		default:
 			rss = fmt.Sprintf("%.1f MiB", u.RSSPerSession()*1000/(1<<20))
 		}
 		if u.Hold > 0 {
-			idle = fmt.Sprintf("%.1f %% of a core", u.IdleCores()*100*1000/float64(u.Sessions))
+			idle = fmt.Sprintf("%.2f %% of a core", u.IdleCores()*100*1000/float64(u.Sessions))
 		}
 		setup = fmt.Sprintf("%.2f ms", float64(u.CPUPerSetup())/float64(time.Millisecond))
 	}
@@ -37,8 +41,11 @@ func WriteSummary(w io.Writer, res *Result) {
 		fmt.Fprintf(w, "bulk: %d bytes echoed each way in %v\n", res.BulkBytes, res.BulkTime.Round(time.Millisecond))
 	}
 	if u.Source != "" {
-		fmt.Fprintf(w, "gateway: RSS %d MiB before setup, %d MiB held; CPU %v in setup, %v over a %v hold\n",
-			u.RSSStart>>20, u.RSSHeld>>20, u.CPUSetup.Round(time.Millisecond), u.CPUHold.Round(time.Millisecond), u.Hold.Round(time.Millisecond))
+		fmt.Fprintf(w, "gateway: RSS %d MiB before setup, %d MiB held; CPU %v in setup", u.RSSStart>>20, u.RSSHeld>>20, u.CPUSetup.Round(time.Millisecond))
+		if u.Hold > 0 {
+			fmt.Fprintf(w, ", %v over a %v hold", u.CPUHold.Round(time.Millisecond), u.Hold.Round(time.Millisecond))
+		}
+		fmt.Fprintln(w)
 		if u.Err != "" {
 			fmt.Fprintf(w, "gateway: a reading failed: %s\n", u.Err)
 		}
