@@ -64,7 +64,7 @@ func (f *loadtestFlags) run(inv *invocation) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if f.echo != "" {
-		return serveEcho(ctx, inv, f.echo)
+		return serveEcho(ctx, inv, f.echo, slog.New(slog.NewTextHandler(inv.stderr, nil)))
 	}
 	c := &f.cfg
 	c.Mode = loadgen.Mode(f.mode)
@@ -170,14 +170,14 @@ func readPasswordFile(name string, stdin io.Reader) (string, error) {
 }
 
 // serveEcho serves the flows' echo target until ctx ends.
-func serveEcho(ctx context.Context, inv *invocation, addr string) int {
+func serveEcho(ctx context.Context, inv *invocation, addr string, log *slog.Logger) int {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		fmt.Fprintln(inv.stderr, "underpass loadtest:", err)
 		return exitFail
 	}
 	fmt.Fprintf(inv.stdout, "echo server listening on %s\n", l.Addr())
-	if err := loadgen.ServeEcho(ctx, l); err != nil {
+	if err := loadgen.ServeEcho(ctx, l, log); err != nil {
 		fmt.Fprintln(inv.stderr, "underpass loadtest:", err)
 		return exitFail
 	}

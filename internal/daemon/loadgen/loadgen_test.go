@@ -4,16 +4,19 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
 
@@ -31,7 +34,7 @@ const testTimeout = 60 * time.Second
 // its corporate stand-in address (gwtest's gateway dials it on loopback).
 func echoTarget(t *testing.T) string {
 	t.Helper()
-	return serveTarget(t, func(ctx context.Context, l net.Listener) error { return ServeEcho(ctx, l) })
+	return serveTarget(t, func(ctx context.Context, l net.Listener) error { return ServeEcho(ctx, l, nil) })
 }
 
 // serveTarget serves l with serve until the test ends.
@@ -366,4 +369,101 @@ func TestLightAnswersDPD(t *testing.T) {
 	}
 	<-held
 	noneConnected(t, g)
+}
+
+// openFDs counts this process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// TestEchoOneDescriptorPerConnection: a held echo connection costs the
+// server one descriptor (io.Copy between sockets would splice through a
+// pipe: three), so the echo server holds as many flows as its limit.
+func TestEchoOneDescriptorPerConnection(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeEcho(ctx, l, nil) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	const n = 50
+	before := openFDs(t)
+	for i := range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := echo(ctx, c, i, 3000); err != nil { // the server's copy loop is running
+			t.Fatal(err)
+		}
+	}
+	// Each connection: the client's descriptor and the server's.
+	if got := openFDs(t) - before; got > 2*n+4 { // +4: the runtime may open a few of its own
+		t.Errorf("%d connections opened %d descriptors, want about %d", n, got, 2*n)
+	}
+}
+
+// TestEchoSurvivesEMFILE: when accept fails for lack of descriptors the
+// echo server logs, waits and serves again once descriptors are free.
+func TestEchoSurvivesEMFILE(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs testenv.LogBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeEcho(ctx, l, slog.New(slog.NewTextHandler(&logs, nil))) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	restore := func() { _ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) }
+	defer restore()
+	// The client's socket takes the last descriptor; the server's accept
+	// then has none.
+	low := lim
+	low.Cur = uint64(openFDs(t)) // the count includes ReadDir's own descriptor, closed since: room for one more
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		restore()
+		t.Fatalf("dial under the low limit: %v", err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(5 * time.Second) // the first retry comes after 5 ms
+	for !strings.Contains(logs.String(), "too many open files") {
+		if time.Now().After(deadline) {
+			restore()
+			t.Fatalf("no accept failure logged: %q", logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	restore()
+	ectx, ecancel := context.WithTimeout(ctx, 10*time.Second) // the backoff is at most 1 s
+	defer ecancel()
+	if _, err := echo(ectx, c, 1, 1000); err != nil {
+		t.Errorf("echo after the limit was raised: %v", err)
+	}
 }
