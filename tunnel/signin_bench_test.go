@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime/pprof"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -142,24 +141,11 @@ func signInOnce(addr, token, user, pass string) error {
 	defer c.Close()
 	br := bufio.NewReader(c)
 	post := func(path string, body []byte) (*http.Response, []byte, error) {
-		req, _ := http.NewRequest(http.MethodPost, "https://"+addr+path, strings.NewReader(string(body)))
-		req.Header.Set("X-Aggregate-Auth", "1")
-		req.Header.Set("X-Transcend-Version", "1")
-		req.Header.Set("Content-Type", "application/xml")
+		req := authxml.NewRequest(http.MethodPost, "https://"+addr+path, "bench", body)
 		if token != "" {
 			req.Header.Set("Authorization", "Bearer "+token)
 		}
-		if err := req.Write(c); err != nil {
-			return nil, nil, err
-		}
-		resp, err := http.ReadResponse(br, req)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer resp.Body.Close()
-		var sb strings.Builder
-		_, err = bufio.NewReader(resp.Body).WriteTo(&sb)
-		return resp, []byte(sb.String()), err
+		return authxml.RoundTrip(c, br, req)
 	}
 	hasCookie := func(resp *http.Response) bool {
 		for _, ck := range resp.Cookies() {

@@ -55,34 +55,24 @@ func TestLoadtest(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "underpass.yaml")
 	// dpd 1s (the least): the light sessions' 3 s hold outlives the
 	// gateway's dead-peer time (2.5 DPD) only if they answer its DPD
 	// requests.
-	doc := fmt.Sprintf(`listen: %q
+	gw, _, _ := serveConfig(t, tp, bin, dir, fmt.Sprintf(`listen: %q
 tls: {cert: %q, key: %q}
 split_include: [198.19.0.0/24]
 dpd: 1s
 users:
   - {name: alice, password_hash: %q}
-`, gwListen, cert.CertFile, cert.KeyFile, hash)
-	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
-		t.Fatal(err)
-	}
+`, gwListen, cert.CertFile, cert.KeyFile, hash))
 	pwFile := filepath.Join(dir, "password")
 	if err := os.WriteFile(pwFile, []byte("alice-pw\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := tp.GW.Exec(context.Background(), bin, "serve", "-config", cfg, "-admin-socket", filepath.Join(dir, "admin.sock"))
-	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
-	gw := tp.GW.StartCmd(t, cmd)
-	echo := tp.Corp.Start(t, bin, "loadtest", "-echo", net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(echoPort)))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // cold start incl. stack set-up
-	defer cancel()
-	if err := tp.GW.WaitTCP(ctx, gwListen, gw); err != nil {
-		t.Fatalf("gateway did not listen: %v\n%s", err, gw.Tail(20))
-	}
 	target := net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(echoPort))
+	echo := tp.Corp.Start(t, bin, "loadtest", "-echo", target)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // the echo server starts in milliseconds
+	defer cancel()
 	if err := tp.Corp.WaitTCP(ctx, target, echo); err != nil {
 		t.Fatalf("echo server did not listen: %v\n%s", err, echo.Tail(20))
 	}

@@ -155,42 +155,24 @@ func (r *run) carriers() []flowDialer {
 // holds.
 func (r *run) openFlows(ctx context.Context) int {
 	ss := r.carriers()
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
 	start := time.Now()
-	var id atomic.Int64
-	for _, s := range ss {
-		for range r.cfg.Flows {
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				fctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
-				defer cancel()
-				c, err := s.dial(fctx, r.cfg.Target)
-				if err != nil {
-					r.log.Debug("flow dial failed", "err", r.countFlow(ctx, err))
-					return
-				}
-				if _, err := echo(fctx, c, int(id.Add(1)), int64(r.cfg.FlowBytes)); err != nil {
-					c.Close()
-					r.log.Debug("flow echo failed", "err", r.countFlow(ctx, err))
-					return
-				}
-				r.mu.Lock()
-				r.flows = append(r.flows, c)
-				r.mu.Unlock()
-			}()
+	fanOut(ctx, len(ss)*r.cfg.Flows, r.cfg.Concurrency, nil, func(i int) {
+		fctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
+		defer cancel()
+		c, err := ss[i/r.cfg.Flows].dial(fctx, r.cfg.Target)
+		if err != nil {
+			r.log.Debug("flow dial failed", "err", r.countFlow(ctx, err))
+			return
 		}
-	}
-	wg.Wait()
+		if _, err := echo(fctx, c, i, int64(r.cfg.FlowBytes)); err != nil {
+			c.Close()
+			r.log.Debug("flow echo failed", "err", r.countFlow(ctx, err))
+			return
+		}
+		r.mu.Lock()
+		r.flows = append(r.flows, c)
+		r.mu.Unlock()
+	})
 	r.mu.Lock()
 	n := len(r.flows)
 	r.mu.Unlock()
@@ -206,29 +188,24 @@ func (r *run) recheckFlows(ctx context.Context) {
 	flows := r.flows
 	r.flows = nil
 	r.mu.Unlock()
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
 	var kept sync.Mutex
 	var held []net.Conn
-	for i, c := range flows {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			fctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
-			defer cancel()
-			if _, err := echo(fctx, c, 2<<20+i, int64(r.cfg.FlowBytes)); err != nil {
-				c.Close()
-				r.log.Debug("held flow failed after the storm", "err", r.countFlow(ctx, err))
-				return
-			}
-			kept.Lock()
-			held = append(held, c)
-			kept.Unlock()
-		}()
+	keep := func(c net.Conn) {
+		kept.Lock()
+		held = append(held, c)
+		kept.Unlock()
 	}
-	wg.Wait()
+	started := fanOut(ctx, len(flows), r.cfg.Concurrency, nil, func(i int) {
+		fctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
+		defer cancel()
+		if _, err := echo(fctx, flows[i], 2<<20+i, int64(r.cfg.FlowBytes)); err != nil {
+			flows[i].Close()
+			r.log.Debug("held flow failed after the storm", "err", r.countFlow(ctx, err))
+			return
+		}
+		keep(flows[i])
+	})
+	held = append(held, flows[started:]...) // not checked (the run ended): still held, closed by closeAll
 	r.mu.Lock()
 	r.flows = append(r.flows, held...)
 	r.mu.Unlock()

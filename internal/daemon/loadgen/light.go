@@ -9,7 +9,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -129,29 +128,12 @@ func (s *light) dialTLS(ctx context.Context) (net.Conn, *bufio.Reader, error) {
 }
 
 func (s *light) request(method, path string, body []byte) *http.Request {
-	req, _ := http.NewRequest(method, "https://"+net.JoinHostPort(s.ep.host, s.ep.port)+path, bytes.NewReader(body))
-	req.Header.Set("User-Agent", "AnyConnect-compatible underpass-loadtest")
-	req.Header.Set("X-Transcend-Version", "1")
-	req.Header.Set("X-Aggregate-Auth", "1")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/xml")
-	}
-	return req
+	return authxml.NewRequest(method, "https://"+net.JoinHostPort(s.ep.host, s.ep.port)+path, "AnyConnect-compatible underpass-loadtest", body)
 }
 
 // post sends an XML message and returns the reply and its body.
 func (s *light) post(conn net.Conn, br *bufio.Reader, path string, body []byte) (*http.Response, []byte, error) {
-	req := s.request(http.MethodPost, path, body)
-	if err := req.Write(conn); err != nil {
-		return nil, nil, err
-	}
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, authxml.MaxMessageSize+1))
-	return resp, b, err
+	return authxml.RoundTrip(conn, br, s.request(http.MethodPost, path, body))
 }
 
 // signIn runs the AnyConnect XML exchange (init, then the form's reply)

@@ -340,12 +340,40 @@ func (r *run) setup(ctx context.Context, res *Result) {
 	if r.cfg.Rate > 0 {
 		lim = rate.NewLimiter(rate.Limit(r.cfg.Rate), 1)
 	}
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
 	start := time.Now()
 	var last atomic.Int64
-	for i := 0; i < r.cfg.Sessions; i++ {
-		if lim.Wait(ctx) != nil {
+	fanOut(ctx, r.cfg.Sessions, r.cfg.Concurrency, lim.Wait, func(i int) {
+		sctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
+		defer cancel()
+		s, err := r.open(sctx, i)
+		if err != nil {
+			if ctx.Err() == nil { // not the run's end cutting it short
+				r.countSetup(err)
+			}
+			r.log.Debug("session setup failed", "n", i, "err", err)
+			return
+		}
+		storeMax(&last, int64(time.Since(start)))
+		r.mu.Lock()
+		r.sessions = append(r.sessions, s)
+		r.mu.Unlock()
+		go r.watch(s)
+	})
+	res.Sessions = len(r.sessions)
+	res.SetupTime = time.Duration(last.Load())
+	r.log.Info("setup done", "sessions", res.Sessions, "in", res.SetupTime.Round(time.Millisecond))
+}
+
+// fanOut runs fn(0) ... fn(n-1), each on its own goroutine, at most limit
+// at once; before starting each it waits for wait (the ramp's rate, or
+// nil) and a free slot. It starts no more once ctx ends, and returns how
+// many it started when all of those have returned.
+func fanOut(ctx context.Context, n, limit int, wait func(context.Context) error, fn func(i int)) int {
+	sem := make(chan struct{}, max(limit, 1))
+	var wg sync.WaitGroup
+	started := 0
+	for ; started < n; started++ {
+		if wait != nil && wait(ctx) != nil {
 			break
 		}
 		select {
@@ -356,30 +384,14 @@ func (r *run) setup(ctx context.Context, res *Result) {
 			break
 		}
 		wg.Add(1)
-		go func() {
+		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			sctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
-			defer cancel()
-			s, err := r.open(sctx, i)
-			if err != nil {
-				if ctx.Err() == nil { // not the run's end cutting it short
-					r.countSetup(err)
-				}
-				r.log.Debug("session setup failed", "n", i, "err", err)
-				return
-			}
-			storeMax(&last, int64(time.Since(start)))
-			r.mu.Lock()
-			r.sessions = append(r.sessions, s)
-			r.mu.Unlock()
-			go r.watch(s)
-		}()
+			fn(i)
+		}(started)
 	}
 	wg.Wait()
-	res.Sessions = len(r.sessions)
-	res.SetupTime = time.Duration(last.Load())
-	r.log.Info("setup done", "sessions", res.Sessions, "in", res.SetupTime.Round(time.Millisecond))
+	return started
 }
 
 // open sets one session up.
@@ -416,37 +428,21 @@ func (r *run) storm(ctx context.Context) (int, time.Duration) {
 	r.mu.Unlock()
 	r.storming.Store(true)
 	defer r.storming.Store(false)
-	sem := make(chan struct{}, r.cfg.Concurrency)
-	var wg sync.WaitGroup
-	var back atomic.Int64
-	var last atomic.Int64
+	var back, last atomic.Int64
 	start := time.Now()
-	for _, s := range ss {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			sctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
-			defer cancel()
-			if err := s.reconnect(sctx); err != nil {
-				if ctx.Err() == nil {
-					r.errs.reconnect.Add(1)
-				}
-				r.log.Debug("reconnect failed", "err", err)
-				return
+	fanOut(ctx, len(ss), r.cfg.Concurrency, nil, func(i int) {
+		sctx, cancel := context.WithTimeout(ctx, r.cfg.SetupTimeout)
+		defer cancel()
+		if err := ss[i].reconnect(sctx); err != nil {
+			if ctx.Err() == nil {
+				r.errs.reconnect.Add(1)
 			}
-			back.Add(1)
-			storeMax(&last, int64(time.Since(start)))
-		}()
-	}
-	wg.Wait()
+			r.log.Debug("reconnect failed", "err", err)
+			return
+		}
+		back.Add(1)
+		storeMax(&last, int64(time.Since(start)))
+	})
 	d := time.Duration(last.Load())
 	r.log.Info("reconnect storm done", "back", back.Load(), "of", len(ss), "in", d.Round(time.Millisecond))
 	return int(back.Load()), d
@@ -472,16 +468,7 @@ func (r *run) closeAll() {
 	for _, f := range flows {
 		f.Close()
 	}
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, max(r.cfg.Concurrency, 1))
-	for _, s := range ss {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			s.close()
-		}()
-	}
-	wg.Wait()
+	// Not the run's context: it may have ended, and every session still
+	// logs off.
+	fanOut(context.Background(), len(ss), r.cfg.Concurrency, nil, func(i int) { ss[i].close() })
 }
