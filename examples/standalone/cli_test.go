@@ -64,7 +64,7 @@ func TestCommandFlags(t *testing.T) {
 		"import-cert":   {"admin-socket", "cert", "delay", "json", "key", "password-file", "pfx"},
 		"server stop":   {"admin-socket", "timeout"},
 		"loadtest": {"bulk-bytes", "bulk-flows", "concurrency", "duration", "echo", "flow-bytes", "flows", "gateway-pid", "hold", "json",
-			"metrics", "mode", "password-file", "rate", "reconnect", "server", "servercert", "sessions", "setup-timeout", "target", "user", "v"},
+			"metrics", "mode", "password-file", "rate", "reconnect", "server", "servercert", "sessions", "setup-timeout", "target", "token-file", "user", "v"},
 		"help": nil,
 	}
 	for _, c := range commands {

@@ -87,7 +87,7 @@ func init() {
 		{name: "server stop", synopsis: "server stop [--timeout 10s]",
 			summary: "Drain the running server and let it exit: it stops accepting and ends its sessions.",
 			setup:   serverStopCommand},
-		{name: "loadtest", synopsis: "loadtest -server ADDR -user NAME -password-file F [-mode light|tls|quic] [-sessions N] [-flows N -target ADDR] ... | loadtest -echo ADDR",
+		{name: "loadtest", synopsis: "loadtest -server ADDR (-user NAME -password-file F | -token-file F) [-mode light|tls|quic] [-sessions N] [-flows N -target ADDR] ... | loadtest -echo ADDR",
 			summary: "Hold sessions, flows and bulk transfers on a gateway and print the sizing table (sessions, flows, Mbit/s, setup rate, RSS and CPU per 1,000 devices); -echo serves the flows' target.",
 			setup:   loadtestCommand},
 		{name: "help", synopsis: "help [CMD]", operands: "CMD", maxArgs: 2,

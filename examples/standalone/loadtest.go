@@ -24,6 +24,7 @@ type loadtestFlags struct {
 	cfg          loadgen.Config
 	mode         string
 	passwordFile string
+	tokenFile    string
 	pid          int
 	metrics      string
 	echo         string
@@ -39,6 +40,7 @@ func loadtestCommand(fs *flag.FlagSet) runFunc {
 	fs.StringVar(&c.PinSHA256, "servercert", "", "accept only the gateway certificate with this pin-sha256:BASE64 (as openconnect --servercert); default: the system roots")
 	fs.StringVar(&c.Username, "user", "", "user every session signs in as")
 	fs.StringVar(&f.passwordFile, "password-file", "", `file whose first line is the password ("-": stdin)`)
+	fs.StringVar(&f.tokenFile, "token-file", "", `instead of -user: file whose first line is an OIDC token every session signs in with ("-": stdin)`)
 	fs.StringVar(&f.mode, "mode", string(loadgen.ModeLight), "light (AnyConnect over TLS, no IP stack), tls or quic (the Go client with its stack; these carry flows)")
 	fs.IntVar(&c.Sessions, "sessions", loadgen.DefaultSessions, "sessions to hold")
 	fs.Float64Var(&c.Rate, "rate", 0, "new sessions per second at most (0: as fast as -concurrency allows)")
@@ -79,19 +81,23 @@ func (f *loadtestFlags) run(inv *invocation) int {
 	switch {
 	case c.Server == "":
 		return inv.usageError("-server is required (or -echo ADDR)")
-	case c.Username == "":
-		return inv.usageError("-user is required")
-	case f.passwordFile == "":
-		return inv.usageError("-password-file is required")
+	case (c.Username == "") == (f.tokenFile == ""):
+		return inv.usageError("give -user NAME with -password-file F, or -token-file F")
+	case c.Username != "" && f.passwordFile == "":
+		return inv.usageError("-password-file is required with -user")
 	case f.pid != 0 && f.metrics != "":
 		return inv.usageError("-gateway-pid and -metrics: give one")
 	}
-	pw, err := readPasswordFile(f.passwordFile, inv.stdin)
+	secret, field := f.passwordFile, &c.Password
+	if f.tokenFile != "" {
+		secret, field = f.tokenFile, &c.Token
+	}
+	v, err := readPasswordFile(secret, inv.stdin)
 	if err != nil {
 		fmt.Fprintln(inv.stderr, "underpass loadtest:", err)
 		return exitUsage
 	}
-	c.Password = pw
+	*field = v
 	switch {
 	case f.pid != 0:
 		c.Gateway = loadgen.ProcProbe{PID: f.pid}
@@ -122,7 +128,7 @@ func (f *loadtestFlags) run(inv *invocation) int {
 
 // flagSpelling names a Config problem by its flag, not its Go field.
 func flagSpelling(ce *loadgen.ConfigError) string {
-	flags := map[string]string{"Server": "-server", "PinSHA256": "-servercert", "Username": "-user", "Mode": "-mode",
+	flags := map[string]string{"Server": "-server", "PinSHA256": "-servercert", "Username": "-user", "Token": "-token-file", "Mode": "-mode",
 		"Sessions": "-sessions", "Rate": "-rate", "Concurrency": "-concurrency", "Flows": "-flows", "FlowBytes": "-flow-bytes",
 		"Target": "-target", "BulkFlows": "-bulk-flows", "BulkBytes": "-bulk-bytes", "Reconnect": "-reconnect"}
 	name, ok := flags[ce.Field]
@@ -147,7 +153,8 @@ func jsonResult(r *loadgen.Result) any {
 	}{r, interrupted, r.SetupRate(), r.Mbps(), r.ReconnectRate()}
 }
 
-// readPasswordFile returns the first line of the file ("-": stdin).
+// readPasswordFile returns the first line of the file ("-": stdin): a
+// password or a token.
 func readPasswordFile(name string, stdin io.Reader) (string, error) {
 	var r io.Reader = stdin
 	if name != "-" {
@@ -164,7 +171,7 @@ func readPasswordFile(name string, stdin io.Reader) (string, error) {
 	}
 	line = strings.TrimRight(line, "\r\n")
 	if line == "" {
-		return "", fmt.Errorf("%s: empty password", name)
+		return "", fmt.Errorf("%s: empty first line", name)
 	}
 	return line, nil
 }

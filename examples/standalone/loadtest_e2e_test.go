@@ -41,8 +41,9 @@ const echoPort = 7007
 // dead-peer time, then reconnected; 200 TLS client sessions with 10 flows each
 // (2,000 flows, each echoing 4 KiB checked byte for byte, held through a
 // reconnect storm and checked again) and bulk flows; 20 QUIC client
-// sessions with 5 flows each. Nothing may be refused, dropped, reset or
-// lost.
+// sessions with 5 flows each; 200 light sessions signing in with an OIDC
+// token (an in-process issuer in corp). Nothing may be refused, dropped,
+// reset or lost.
 func TestLoadtest(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "ip")
@@ -50,11 +51,17 @@ func TestLoadtest(t *testing.T) {
 	bin := testenv.BuildBinary(t, "./examples/standalone")
 	tp := testenv.Topology(t)
 	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	hash, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost) // the run signs in 420 times: cheap hashing
+	hash, err := bcrypt.GenerateFromPassword([]byte("alice-pw"), bcrypt.MinCost) // the run signs in 420 times with it: cheap hashing
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	// The token sign-ins' IdP, in corp, where the gateway finds it at start.
+	il, err := tp.Corp.Listen("tcp", net.JoinHostPort(testenv.CorpAddr.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp := testenv.NewIssuer(t, il)
 	// dpd 1s (the least): the light sessions' 3 s hold outlives the
 	// gateway's dead-peer time (2.5 DPD) only if they answer its DPD
 	// requests.
@@ -64,9 +71,15 @@ split_include: [198.19.0.0/24]
 dpd: 1s
 users:
   - {name: alice, password_hash: %q}
-`, gwListen, cert.CertFile, cert.KeyFile, hash))
+identity:
+  oidc: {issuer: %q, client_id: underpass}
+`, gwListen, cert.CertFile, cert.KeyFile, hash, idp.URL))
 	pwFile := filepath.Join(dir, "password")
 	if err := os.WriteFile(pwFile, []byte("alice-pw\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(idp.Token(t, "bob", "underpass")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	target := net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(echoPort))
@@ -78,8 +91,9 @@ users:
 	}
 	t.Logf("set-up took %v", time.Since(start).Round(time.Millisecond))
 
-	common := []string{"loadtest", "-json", "-server", gwListen, "-servercert", cert.Pin, "-user", "alice",
-		"-password-file", pwFile, "-gateway-pid", strconv.Itoa(gw.Pid()), "-duration", "50s"}
+	common := []string{"loadtest", "-json", "-server", gwListen, "-servercert", cert.Pin,
+		"-gateway-pid", strconv.Itoa(gw.Pid()), "-duration", "50s"}
+	password := []string{"-user", "alice", "-password-file", pwFile}
 	for _, tc := range []struct {
 		name        string
 		args        []string
@@ -88,10 +102,11 @@ users:
 		bulk        int64
 		reconnected int
 	}{
-		{"light", []string{"-mode", "light", "-sessions", "200", "-hold", "3s", "-reconnect"}, 200, 0, 0, 200},
-		{"tls", []string{"-mode", "tls", "-sessions", "200", "-flows", "10", "-flow-bytes", "4096", "-target", target,
-			"-bulk-flows", "4", "-bulk-bytes", "1048576", "-reconnect"}, 200, 2000, 4 << 20, 200},
-		{"quic", []string{"-mode", "quic", "-sessions", "20", "-flows", "5", "-target", target}, 20, 100, 0, 0},
+		{"light", append(password, "-mode", "light", "-sessions", "200", "-hold", "3s", "-reconnect"), 200, 0, 0, 200},
+		{"tls", append(password, "-mode", "tls", "-sessions", "200", "-flows", "10", "-flow-bytes", "4096", "-target", target,
+			"-bulk-flows", "4", "-bulk-bytes", "1048576", "-reconnect"), 200, 2000, 4 << 20, 200},
+		{"quic", append(password, "-mode", "quic", "-sessions", "20", "-flows", "5", "-target", target), 20, 100, 0, 0},
+		{"token", []string{"-token-file", tokenFile, "-mode", "light", "-sessions", "200"}, 200, 0, 0, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			began := time.Now()

@@ -57,11 +57,15 @@ func dialFull(ctx context.Context, cfg *Config, n int) (*full, error) {
 		tr = tunnel.TransportQUIC
 	}
 	d := &severDialer{}
-	c, err := tunnel.Dial(ctx, tunnel.ClientConfig{
+	cc := tunnel.ClientConfig{
 		Server: cfg.Server, Transport: tr, PinSHA256: cfg.PinSHA256,
 		Username: cfg.Username, Password: cfg.Password, Dialer: d,
 		DeviceID: fmt.Sprintf("loadgen-%d", n),
-	})
+	}
+	if tok := cfg.Token; tok != "" {
+		cc.TokenSource = func(context.Context) (string, error) { return tok, nil }
+	}
+	c, err := tunnel.Dial(ctx, cc)
 	if err != nil {
 		var ae *tunnel.AuthError
 		if errors.As(err, &ae) {

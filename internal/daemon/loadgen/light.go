@@ -140,13 +140,23 @@ func (s *light) post(conn net.Conn, br *bufio.Reader, path string, body []byte) 
 // and keeps the session cookie.
 func (s *light) signIn(ctx context.Context, conn net.Conn, br *bufio.Reader, device string) error {
 	group := "https://" + net.JoinHostPort(s.ep.host, s.ep.port) + s.ep.path + "/"
-	resp, body, err := s.post(conn, br, s.ep.path+"/", authxml.RenderInit(device, group))
+	req := s.request(http.MethodPost, s.ep.path+"/", authxml.RenderInit(device, group))
+	if s.cfg.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.cfg.Token)
+	}
+	resp, body, err := authxml.RoundTrip(conn, br, req)
 	if err != nil {
 		return fmt.Errorf("sign-in: %w", err)
+	}
+	if s.takeCookie(resp) {
+		return nil
 	}
 	msg, err := authxml.ParseServer(body)
 	if err != nil {
 		return fmt.Errorf("sign-in: unexpected reply (%s): %w", resp.Status, err)
+	}
+	if s.cfg.Token != "" {
+		return &refusedError{"token: " + orDefault(msg.Error, "no session cookie in the reply")}
 	}
 	action := msg.Action
 	if action == "" {
@@ -156,17 +166,32 @@ func (s *light) signIn(ctx context.Context, conn net.Conn, br *bufio.Reader, dev
 	if err != nil {
 		return fmt.Errorf("sign-in: %w", err)
 	}
-	for _, c := range resp.Cookies() {
-		if c.Name == "webvpn" && c.Value != "" {
-			s.cookie = c.Value
-			return nil
-		}
+	if s.takeCookie(resp) {
+		return nil
 	}
 	reason := "no session cookie in the reply (" + resp.Status + ")"
 	if m, err := authxml.ParseServer(body); err == nil && m.Error != "" {
 		reason = m.Error
 	}
 	return &refusedError{reason}
+}
+
+// takeCookie keeps the session cookie the reply sets, if any.
+func (s *light) takeCookie(resp *http.Response) bool {
+	for _, c := range resp.Cookies() {
+		if c.Name == "webvpn" && c.Value != "" {
+			s.cookie = c.Value
+			return true
+		}
+	}
+	return false
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
 }
 
 // connect sends CSTP CONNECT with the cookie on conn and, once the tunnel

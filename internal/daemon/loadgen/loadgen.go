@@ -57,7 +57,7 @@ const (
 	DefaultDuration = 10 * time.Minute
 )
 
-// Config is one load run. Server, Username and Password are required;
+// Config is one load run. Server and Username with Password, or Token, are required;
 // Target is required when Flows or BulkFlows is set. Other zero values
 // take the defaults above.
 type Config struct {
@@ -70,6 +70,11 @@ type Config struct {
 	// Username and Password sign every session in (a static user or an
 	// IdP's password grant, as openconnect would).
 	Username, Password string
+	// Token, instead, signs every session in with this OIDC access or ID
+	// token (Authorization: Bearer on the first request, as openconnect
+	// --token-mode=oidc --http-auth=Bearer): the sign-in an IdP's users
+	// make, without the IdP in the measurement.
+	Token string
 
 	// Mode is the kind of session; default ModeLight.
 	Mode Mode
@@ -182,8 +187,11 @@ func (c *Config) validate() error {
 	if c.Server == "" {
 		return &ConfigError{"Server", "empty"}
 	}
-	if c.Username == "" {
-		return &ConfigError{"Username", "empty"}
+	if c.Username == "" && c.Token == "" {
+		return &ConfigError{"Username", "empty, and no Token"}
+	}
+	if c.Username != "" && c.Token != "" {
+		return &ConfigError{"Token", "set with Username: give one credential"}
 	}
 	switch c.Mode {
 	case "":

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
@@ -305,6 +307,7 @@ func TestConfigErrors(t *testing.T) {
 		{"Server", func(c *Config) { c.Server = "" }},
 		{"Server", func(c *Config) { c.Server = "ftp://x" }},
 		{"Username", func(c *Config) { c.Username = "" }},
+		{"Token", func(c *Config) { c.Token = "x.y.z" }}, // with Username
 		{"Mode", func(c *Config) { c.Mode = "udp" }},
 		{"Sessions", func(c *Config) { c.Sessions = -1 }},
 		{"Rate", func(c *Config) { c.Rate = -1 }},
@@ -466,4 +469,54 @@ func TestEchoSurvivesEMFILE(t *testing.T) {
 	if _, err := echo(ectx, c, 1, 1000); err != nil {
 		t.Errorf("echo after the limit was raised: %v", err)
 	}
+}
+
+// TestRunToken: sessions of both kinds sign in with a bearer token (one
+// XML request, no form), and a token the gateway does not accept is
+// counted as a refused sign-in.
+func TestRunToken(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp := testenv.NewIssuer(t, l)
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // discovery at a loopback IdP
+	defer cancel()
+	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: idp.URL, Audiences: []string{"underpass"},
+		HTTPClient: &http.Client{Transport: tr, Timeout: 5 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(o.Close)
+	g := gwtest.Start(t, func(c *tunnel.Config) { c.Authenticator = o })
+	for _, tc := range []struct {
+		mode     Mode
+		audience string
+		want     Errors
+		sessions int
+	}{
+		{ModeLight, "underpass", Errors{}, 4},
+		{ModeTLS, "underpass", Errors{}, 4},
+		{ModeLight, "another-app", Errors{SignInRefused: 4}, 0},
+		{ModeTLS, "another-app", Errors{SignInRefused: 4}, 0},
+	} {
+		cfg := baseConfig(g)
+		cfg.Username, cfg.Password = "", ""
+		cfg.Mode, cfg.Sessions, cfg.Token = tc.mode, 4, idp.Token(t, "alice", tc.audience)
+		res, err := Run(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Errors != tc.want || res.Sessions != tc.sessions {
+			t.Errorf("%s, audience %s: %d sessions, errors %+v; want %d, %+v", tc.mode, tc.audience, res.Sessions, res.Errors, tc.sessions, tc.want)
+		}
+	}
+	for _, s := range g.Sessions() {
+		if s.Method != "token" || s.User != "alice" {
+			t.Errorf("session %s: method %q user %q, want a token sign-in of alice", s.ID, s.Method, s.User)
+		}
+	}
+	noneConnected(t, g)
 }
