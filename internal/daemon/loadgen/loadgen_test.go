@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/goleak"
 
 	"github.com/underpass/underpass/auth"
@@ -519,4 +523,38 @@ func TestRunToken(t *testing.T) {
 		}
 	}
 	noneConnected(t, g)
+}
+
+// TestMetricsProbe: the /metrics probe reads the process collector's
+// figures (this process's, as /proc gives them), and a page without them
+// is an error, not zeros.
+func TestMetricsProbe(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	full := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	defer full.Close()
+	empty := httptest.NewServer(promhttp.HandlerFor(prometheus.NewRegistry(), promhttp.HandlerOpts{}))
+	defer empty.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	rss, cpu, err := MetricsProbe{URL: full.URL}.Sample(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prss, pcpu, err := ProcProbe{PID: os.Getpid()}.Sample(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Both read /proc/self, a moment apart: RSS within 50 %, CPU time
+	// within a second.
+	if rss == 0 || rss < prss/2 || rss > prss*3/2 || cpu <= 0 || (pcpu-cpu).Abs() > time.Second {
+		t.Errorf("metrics: rss %d cpu %v; /proc: rss %d cpu %v", rss, cpu, prss, pcpu)
+	}
+	if _, _, err := (MetricsProbe{URL: empty.URL}).Sample(ctx); err == nil || !strings.Contains(err.Error(), "process_resident_memory_bytes") {
+		t.Errorf("a page without the process metrics: err %v", err)
+	}
+	if _, _, err := (MetricsProbe{URL: empty.URL + "/nothing"}).Sample(ctx); err == nil {
+		t.Error("a 404 page: no error")
+	}
 }
