@@ -2,6 +2,7 @@ package loadgen
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"log/slog"
@@ -538,6 +539,11 @@ func TestMetricsProbe(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 
+	// Use some CPU first: the figures count clock ticks (10 ms), and a
+	// fresh test process may not have used one yet.
+	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
+		_ = sha256.Sum256(pattern)
+	}
 	rss, cpu, err := MetricsProbe{URL: full.URL}.Sample(ctx)
 	if err != nil {
 		t.Fatal(err)
