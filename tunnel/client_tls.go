@@ -2,13 +2,11 @@ package tunnel
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -131,29 +129,8 @@ func (c *Client) connectTLS(ctx context.Context) (clientTransport, tunnelParams,
 	return t, p.tunnelParams, nil
 }
 
-// roundTrip sends one HTTP/1.1 request on conn and reads the response.
-func roundTrip(conn net.Conn, br *bufio.Reader, req *http.Request) (*http.Response, []byte, error) {
-	if err := req.Write(conn); err != nil {
-		return nil, nil, err
-	}
-	resp, err := http.ReadResponse(br, req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, authxml.MaxMessageSize+1))
-	return resp, body, err
-}
-
 func (c *Client) newRequest(method, path string, body []byte) *http.Request {
-	req, _ := http.NewRequest(method, "https://"+net.JoinHostPort(c.host, c.port)+path, bytes.NewReader(body))
-	req.Header.Set("User-Agent", "AnyConnect-compatible underpass-go")
-	req.Header.Set("X-Transcend-Version", "1")
-	req.Header.Set("X-Aggregate-Auth", "1")
-	if body != nil {
-		req.Header.Set("Content-Type", "application/xml")
-	}
-	return req
+	return authxml.NewRequest(method, "https://"+net.JoinHostPort(c.host, c.port)+path, "AnyConnect-compatible underpass-go", body)
 }
 
 // signInXML runs the AnyConnect sign-in and stores the session cookie.
@@ -166,7 +143,7 @@ func (c *Client) signInXML(ctx context.Context, conn net.Conn, br *bufio.Reader)
 	if tok != "" {
 		req.Header.Set("Authorization", "Bearer "+tok)
 	}
-	resp, body, err := roundTrip(conn, br, req)
+	resp, body, err := authxml.RoundTrip(conn, br, req)
 	if err != nil {
 		return fmt.Errorf("tunnel: sign-in: %w", err)
 	}
@@ -185,7 +162,7 @@ func (c *Client) signInXML(ctx context.Context, conn net.Conn, br *bufio.Reader)
 		action = c.path + "/"
 	}
 	req = c.newRequest(http.MethodPost, action, authxml.RenderReply(c.cfg.DeviceID, msg.Opaque, c.cfg.Username, c.cfg.Password))
-	resp, body, err = roundTrip(conn, br, req)
+	resp, body, err = authxml.RoundTrip(conn, br, req)
 	if err != nil {
 		return fmt.Errorf("tunnel: sign-in: %w", err)
 	}

@@ -52,7 +52,6 @@ func startE2E(t *testing.T) *e2e {
 	t.Helper()
 	bin, tp, web, cert, hash := e2eBase(t)
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "underpass.yaml")
 	doc := fmt.Sprintf(`listen: %q
 tls: {cert: %q, key: %q}
 split_include: [198.19.0.0/24]
@@ -65,19 +64,30 @@ users:
 log: {level: debug}
 admin_http: 127.0.0.1:9444
 `, gwListen, cert.CertFile, cert.KeyFile, hash)
+	gw, cfg, sock := serveConfig(t, tp, bin, dir, doc)
+	return &e2e{tp: tp, cert: cert, gw: gw, web: web, cfg: cfg, doc: doc, bin: bin, sock: sock}
+}
+
+// serveConfig writes doc as dir/underpass.yaml and runs `underpass serve`
+// with it in gw (state and admin socket in dir) until the test ends; it
+// returns once the gateway listens on gwListen, with the config file's and
+// the admin socket's paths.
+func serveConfig(t *testing.T, tp *testenv.Topo, bin, dir, doc string) (gw *testenv.Proc, cfg, sock string) {
+	t.Helper()
+	cfg = filepath.Join(dir, "underpass.yaml")
 	if err := os.WriteFile(cfg, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "admin.sock")
+	sock = filepath.Join(dir, "admin.sock")
 	cmd := tp.GW.Exec(context.Background(), bin, "serve", "-config", cfg, "-admin-socket", sock)
 	cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
-	gw := tp.GW.StartCmd(t, cmd)
+	gw = tp.GW.StartCmd(t, cmd)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second) // cold start incl. stack set-up
 	defer cancel()
 	if err := tp.GW.WaitTCP(ctx, gwListen, gw); err != nil {
 		t.Fatalf("gateway did not listen: %v\n%s", err, gw.Tail(20))
 	}
-	return &e2e{tp: tp, cert: cert, gw: gw, web: web, cfg: cfg, doc: doc, bin: bin, sock: sock}
+	return gw, cfg, sock
 }
 
 // startUnbound runs unbound as the corporate DNS server on 198.19.0.2:53

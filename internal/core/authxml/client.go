@@ -1,11 +1,50 @@
 package authxml
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/xml"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 )
+
+// NewRequest returns a request of the client's side of the sign-in and
+// CONNECT exchanges to url ("https://host:port/path"), with the headers
+// openconnect sends on them (X-Transcend-Version, X-Aggregate-Auth) and
+// userAgent; a non-nil body is XML. It panics on a malformed method or
+// url (callers build both).
+func NewRequest(method, url, userAgent string, body []byte) *http.Request {
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		panic("authxml: " + err.Error())
+	}
+	req.Header.Set("User-Agent", userAgent)
+	req.Header.Set("X-Transcend-Version", "1")
+	req.Header.Set("X-Aggregate-Auth", "1")
+	if body != nil {
+		req.Header.Set("Content-Type", "application/xml")
+	}
+	return req
+}
+
+// RoundTrip writes req on w as HTTP/1.1 and reads the response from br
+// (the connection's reader, kept for what follows), with its body up to
+// MaxMessageSize+1 bytes: a longer one is the gateway's mistake, which
+// ParseServer then reports.
+func RoundTrip(w io.Writer, br *bufio.Reader, req *http.Request) (*http.Response, []byte, error) {
+	if err := req.Write(w); err != nil {
+		return nil, nil, err
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxMessageSize+1))
+	return resp, body, err
+}
 
 // RenderInit renders the client's first message ("init"), as openconnect
 // sends it.
