@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -440,6 +441,69 @@ func TestIdleWatch(t *testing.T) {
 		s.bytesIn.Add(tc.moved)
 		if got := w.expired(t0.Add(tc.after), tc.limit); got != tc.want {
 			t.Errorf("after %v (moved %d, limit %v): %v, want %v", tc.after, tc.moved, tc.limit, got, tc.want)
+		}
+	}
+}
+
+// TestLogoffWhileGatewaySends: a client that logs off (DISCONNECT, then an
+// abrupt close) while the gateway is busy sending to it ends its session as
+// a logoff: the cookie is refused at once. The gateway's write fails on the
+// closed connection first, and used to win: the session was taken for a
+// lost connection and kept for ReconnectGrace.
+func TestLogoffWhileGatewaySends(t *testing.T) {
+	// A host service that floods whoever writes to it, for at most 10 s
+	// or until the gateway's socket is gone.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer pc.Close()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 64)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				junk := make([]byte, 1200)
+				for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+					if _, err := pc.WriteTo(junk, from); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	flood := netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), uint16(pc.LocalAddr().(*net.UDPAddr).Port))
+
+	g, addr := startGateway(t, nil)
+	const rounds = 8 // the race is the scheduler's: several tries make it likely
+	for i := range rounds {
+		tc := dial(t, addr, "alice", "secret")
+		src := netip.AddrPortFrom(tc.tunAddr, uint16(40000+i))
+		if err := tc.writeFrame(cstp.Data, udpPacket(src, flood, []byte("go"))); err != nil {
+			t.Fatal(err)
+		}
+		// The client stops reading: the gateway's writes fill the
+		// connection and block until it closes.
+		waitFor(t, func() bool { return g.Stats().BytesOut > 0 }, "the flood to reach the tunnel")
+		time.Sleep(50 * time.Millisecond)
+		if err := tc.writeFrame(cstp.Disconnect, []byte{0xb0}); err != nil {
+			t.Fatal(err)
+		}
+		tc.conn.NetConn().(*net.TCPConn).SetLinger(0)
+		tc.conn.NetConn().Close() // unread data: the gateway gets a reset
+		waitFor(t, func() bool { info, ok := g.WhoIs(tc.tunAddr); return !ok || !info.Connected }, "the gateway to see the connection end")
+		if c, st := connectTunnel(t, addr, tc.cookie); c != nil || st != 401 {
+			t.Fatalf("round %d: the cookie still works after a logoff (status %d): taken for a lost connection", i, st)
 		}
 	}
 }

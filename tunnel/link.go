@@ -99,6 +99,12 @@ func (b *linkBase) heard() { b.lastRx.Store(time.Now().UnixNano()) }
 // run is the data loop of l: it writes the session's packets to the
 // client, runs the connection's timers and returns when the connection
 // has ended and l is unregistered.
+// readerVerdictWait bounds how long a failed write waits for the reader's
+// reason (see run): the reader of a closed connection returns as soon as it
+// is scheduled; 100 ms covers a loaded machine and delays only the end of
+// a connection that is gone anyway.
+const readerVerdictWait = 100 * time.Millisecond
+
 func (b *linkBase) run(l link) {
 	b.heard()
 	readerDone := make(chan error, 1)
@@ -150,6 +156,20 @@ loop:
 		}
 		if err != nil {
 			reason, detail = EndConnLost, err
+			// A client that logs off sends DISCONNECT and closes at once;
+			// a write of ours that races the close fails while the
+			// DISCONNECT still waits in the reader's buffer. The reader
+			// sees it, or the closed connection, within moments: its
+			// verdict wins, or a logoff would pass for a lost connection
+			// and the session linger for ReconnectGrace.
+			select {
+			case rerr := <-readerDone:
+				readerDone <- rerr // for the wait below
+				if r := EndReason(readReason.Load()); r == EndLogoff {
+					reason, detail = r, nil
+				}
+			case <-time.After(readerVerdictWait):
+			}
 			break
 		}
 	}
