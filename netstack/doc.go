@@ -8,7 +8,11 @@
 // checking the source (anti-spoofing) and the route policy ([Config.Allow]);
 // [Port.Packets] yields the packets the stack sends back, in pooled buffers
 // that already leave room for the tunnel's frame header. [Port.SetMTU] gives
-// a port its transport's MTU.
+// a port its transport's MTU. A dual-stack session attaches its IPv4 and
+// IPv6 addresses to one port ([Stack.AttachAddrs]): either may be the
+// source of its packets, flows of both families are re-originated with
+// host sockets of the destination's family, and ICMPv6 echo is forwarded
+// like ICMP echo.
 //
 // Flows: a client TCP SYN is answered only after the upstream connection has
 // been dialed, so a refused destination becomes a prompt RST and an
@@ -40,7 +44,9 @@
 //     DSCP and ECN are cleared both ways: both legs send with TOS 0 (gVisor's
 //     endpoints and the host sockets alike), where a router would keep them.
 //   - ICMP errors come from the gateway's tunnel address, not from a router
-//     interface on the client's path.
+//     interface on the client's path. ICMPv6 errors come from the
+//     destination the client addressed: the stack has no IPv6 address of
+//     its own.
 //   - A UDP mapping lives for its idle timeout (Config.UDPIdleTimeout, 2
 //     minutes, RFC 4787 REQ-5) however many packets it has seen; Linux
 //     conntrack drops a mapping that saw only one exchange after 30 s.

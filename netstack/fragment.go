@@ -78,9 +78,9 @@ func (s *Stack) writeOversize(p *Port, pkt *stack.PacketBuffer, mtu int) {
 	s.stats.tooBigAnswered.Add(1)
 	if pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber {
 		// Type 3 code 4; the next-hop MTU is the low 16 bits of the rest.
-		s.deliverICMP(p, p.addr, netipAddr(header.IPv4(b).SourceAddress()), icmp4Unreach, icmp4CodeFragNeeded, uint32(mtu), b)
+		s.deliverICMP(p, p.addrFor(false), netipAddr(header.IPv4(b).SourceAddress()), icmp4Unreach, icmp4CodeFragNeeded, uint32(mtu), b)
 	} else if len(b) >= header.IPv6MinimumSize {
-		s.deliverICMP(p, p.addr, netipAddr(header.IPv6(b).SourceAddress()), icmp6TooBig, 0, uint32(mtu), b)
+		s.deliverICMP(p, p.addrFor(true), netipAddr(header.IPv6(b).SourceAddress()), icmp6TooBig, 0, uint32(mtu), b)
 	}
 }
 

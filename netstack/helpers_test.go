@@ -89,7 +89,14 @@ func (c *client) maxSize() int { return int(c.largest.Load()) }
 
 func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	t.Helper()
-	port, err := gw.Attach(addr, testHeadroom, queueLen)
+	return newClientAddrs(t, gw, []netip.Addr{addr}, queueLen)
+}
+
+// newClientAddrs is newClient for a port with several addresses (a
+// dual-stack session: AttachAddrs).
+func newClientAddrs(t testing.TB, gw *Stack, addrs []netip.Addr, queueLen int) *client {
+	t.Helper()
+	port, err := gw.AttachAddrs(addrs, testHeadroom, queueLen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +110,11 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	if err := st.CreateNIC(1, ep); err != nil {
 		t.Fatal(err)
 	}
-	st.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(addr), PrefixLen: 32}}, stack.AddressProperties{})
-	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	for _, addr := range addrs {
+		st.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: protoOf(addr),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(addr), PrefixLen: addr.BitLen()}}, stack.AddressProperties{})
+	}
+	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}, {Destination: header.IPv6EmptySubnet, NIC: 1}})
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &client{st: st, port: port, ep: ep, stop: cancel}
 	c.wg.Add(2)
@@ -161,11 +170,11 @@ func (c *client) close() {
 }
 
 func (c *client) dialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
-	return gonet.DialContextTCP(ctx, c.st, tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+	return gonet.DialContextTCP(ctx, c.st, tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
 }
 
 func (c *client) dialUDP(dst netip.AddrPort) (*gonet.UDPConn, error) {
-	return gonet.DialUDP(c.st, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+	return gonet.DialUDP(c.st, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
 }
 
 // Hand-built packets for tests that talk to a Port directly.
