@@ -103,7 +103,11 @@ var errNoAddress = errors.New("tunnel: no address available")
 // port, once per session: later connections reuse both, so flows outlive
 // connections. A session resumed from a sealed cookie claims the address
 // the cookie carries, and is refused if that address is not free here.
-// The port stays parked until a link registers.
+// On a dual-stack gateway (Config.Pool6) the same holds for the IPv6
+// address, and the port owns both; a cookie sealed before Pool6 was set
+// gets any IPv6 address, and one that carries an IPv6 address on a
+// gateway without Pool6 resumes IPv4-only. The port stays parked until a
+// link registers. The IPv6 address is in s.addr6 (read under s.mu).
 func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -114,18 +118,32 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 		return s.addr, nil
 	}
 	if !s.addr.IsValid() {
-		a, rf := g.lease(s)
+		a, rf := g.lease(s, g.pool, s.want)
 		if rf != nil {
 			return netip.Addr{}, rf
 		}
 		s.addr = a
 		g.sessions.setAddr(s, a)
 	}
+	if g.pool6 != nil && !s.addr6.IsValid() {
+		a, rf := g.lease(s, g.pool6, s.want6)
+		if rf != nil {
+			// The IPv4 lease stays the session's: a retry (the client
+			// keeps its cookie) needs it again, and endSession returns it.
+			return netip.Addr{}, rf
+		}
+		s.addr6 = a
+		g.sessions.setAddr(s, a)
+	}
+	addrs := []netip.Addr{s.addr}
+	if s.addr6.IsValid() {
+		addrs = append(addrs, s.addr6)
+	}
 	// Headroom for the longest frame header of any transport (CSTP's 8
 	// bytes); DTLS and CONNECT-IP use less of it.
-	p, err := g.stack.Attach(s.addr, cstpHeaderLen, 0)
+	p, err := g.stack.AttachAddrs(addrs, cstpHeaderLen, 0)
 	if err != nil {
-		g.log.Warn("attach failed", "session", s.id, "addr", s.addr, "err", err)
+		g.log.Warn("attach failed", "session", s.id, "addr", s.addr, "addr6", s.addr6, "err", err)
 		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "address busy"}
 	}
 	p.Park()
@@ -133,32 +151,33 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	return s.addr, nil
 }
 
-// lease leases an address for s: the one its cookie carries (s.want), or
-// any when the cookie carries none (sealed before addresses were sealed).
-func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
-	if !s.want.IsValid() {
-		a, err := g.pool.Allocate(s.id)
+// lease leases an address of pool for s: want, the one its cookie carries
+// (s.want or s.want6), or any when the cookie carries none (sealed before
+// addresses, or IPv6 addresses, were sealed).
+func (g *Gateway) lease(s *session, pool leaser, want netip.Addr) (netip.Addr, *refusal) {
+	if !want.IsValid() {
+		a, err := pool.Allocate(s.id)
 		if err != nil {
 			g.log.Warn("no address for session", "session", s.id, "err", err)
 			return netip.Addr{}, refuseNoAddress
 		}
 		return a, nil
 	}
-	err := g.pool.Claim(s.id, s.want)
+	err := pool.Claim(s.id, want)
 	switch {
 	case err == nil:
-		return s.want, nil
+		return want, nil
 	case errors.Is(err, ippool.ErrTaken):
-		other := g.sessions.lookupAddr(s.want)
-		attrs := []any{"session", s.id, "user", s.ident.User, "addr", s.want}
+		other := g.sessions.lookupAddr(want)
+		attrs := []any{"session", s.id, "user", s.ident.User, "addr", want}
 		if other != nil {
 			attrs = append(attrs, "held_by", other.id, "held_by_user", other.ident.User)
 		}
 		g.log.Warn("resume refused: address held by another session", attrs...)
 		return netip.Addr{}, refuseAddrTaken
 	default: // not in this server's pool (a site whose servers disagree on Pool), or held otherwise
-		g.log.Warn("resume refused: cookie's address unusable here", "session", s.id, "user", s.ident.User, "addr", s.want, "err", err)
-		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "this session's address " + s.want.String() + " is not usable on this server"}
+		g.log.Warn("resume refused: cookie's address unusable here", "session", s.id, "user", s.ident.User, "addr", want, "err", err)
+		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "this session's address " + want.String() + " is not usable on this server"}
 	}
 }
 
@@ -263,7 +282,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 		return
 	}
 	s.ended = true
-	l, port, addr := s.link, s.port, s.addr
+	l, port, addr, addr6 := s.link, s.port, s.addr, s.addr6
 	s.mu.Unlock()
 	// The session's DTLS counts leave the table (which Stats walks) and
 	// enter the retired totals in one step, so no snapshot misses them.
@@ -279,6 +298,9 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	}
 	if addr.IsValid() {
 		g.pool.Release(addr)
+	}
+	if addr6.IsValid() {
+		g.pool6.Release(addr6)
 	}
 	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

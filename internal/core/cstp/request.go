@@ -11,11 +11,11 @@ import (
 // CONNECT request header names (anyconnect-protocol.md §2.1, dtls.md §1).
 // Requests go through net/http on both sides, so case does not matter here.
 const (
-	HdrHostname     = "X-CSTP-Hostname"
-	HdrAddressType  = "X-CSTP-Address-Type"
+	HdrHostname    = "X-CSTP-Hostname"
+	HdrAddressType = "X-CSTP-Address-Type"
 	// HdrFullIPv6 is X-CSTP-Full-IPv6-Capability: "true" from a client that
 	// can run IPv6 inside the tunnel (openconnect sends it always).
-	HdrFullIPv6 = "X-CSTP-Full-IPv6-Capability"
+	HdrFullIPv6     = "X-CSTP-Full-IPv6-Capability"
 	HdrMasterSecret = "X-DTLS-Master-Secret"
 	// X-CSTP-Version, X-CSTP-MTU, X-CSTP-Base-MTU, X-CSTP-Address,
 	// X-DTLS-CipherSuite and X-DTLS12-CipherSuite share the response's
