@@ -19,7 +19,9 @@
 // unreachable one an ICMP unreachable, instead of a connection that opens and
 // then dies. UDP gets one connected host socket per 4-tuple, closed after an
 // idle timeout. ICMP echo to the gateway's own address is answered by the
-// stack, echo to other allowed hosts is forwarded ([Config.Pinger]).
+// stack, echo to other allowed hosts is forwarded ([Config.Pinger]); a
+// fragmented echo request is reassembled by the stack first and forwarded
+// whole, and a reply over the port's MTU goes back in fragments.
 // [Stack.ListenTCP] and [Stack.ListenUDP] host in-tunnel services (DNS proxy,
 // a web page) that take precedence over forwarding.
 //
@@ -56,6 +58,10 @@
 //     and one further away stays silent.
 //   - A TCP SYN is answered (SYN-ACK) only once the upstream connection is up,
 //     so the client's handshake takes the upstream round trip too.
+//   - A ping to a host that does not answer gets no answer at all: the
+//     gateway host's ping sockets relay echo replies only, where a router
+//     on the host's subnet reports it unreachable after neighbour
+//     discovery (ARP) gives up.
 //
 // Scale: per-flow memory is kept small (TCP buffers are caps that auto-tune,
 // relay buffers come from a pool only while data moves) so that tens of

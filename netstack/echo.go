@@ -37,6 +37,9 @@ const (
 // echoState is the ICMP echo forwarder's bookkeeping.
 type echoState struct {
 	inFlight atomic.Int32
+	// fragsInFlight counts fragmented echo requests being reassembled
+	// (echofrag.go), at most maxEchoInFlight.
+	fragsInFlight atomic.Int32
 	// disabledAt is the unix nanos of the last failure to open a socket,
 	// per family ([0] IPv4, [1] IPv6): a host without IPv6 (or a Pinger
 	// that only speaks IPv4) must not stop IPv4 pings.
@@ -198,33 +201,47 @@ func addrOf(a net.Addr) netip.Addr {
 }
 
 // sendEchoReply queues an echo reply (ICMPv6 if src is IPv6) from src to
-// the client dst.
+// the client dst. A reply bigger than the port's MTU (a big ping) is sent
+// in fragments, as the host that answers it would (the stack is its
+// source on the tunnel leg: RFC 791 3.2, RFC 8200 4.5).
 func (s *Stack) sendEchoReply(p *Port, src, dst netip.Addr, id, seq uint16, payload []byte) {
 	hl, proto, typ := 20, byte(protoICMP), byte(icmp4EchoReply)
 	if src.Is6() {
 		hl, proto, typ = 40, protoICMPv6, icmp6EchoReply
 	}
 	n := hl + 8 + len(payload)
-	if n > s.mtu {
+	if n-hl > 65535 || (!src.Is6() && n > 65535) { // the length fields' limits
+		return
+	}
+	fill := func(b []byte) {
+		writeIPHeader(b[:hl], src, dst, proto, 8+len(payload))
+		m := b[hl:]
+		m[0], m[1] = typ, 0
+		clear(m[2:4])
+		binary.BigEndian.PutUint16(m[4:6], id)
+		binary.BigEndian.PutUint16(m[6:8], seq)
+		copy(m[8:], payload)
+		if proto == protoICMPv6 {
+			binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
+		} else {
+			binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+		}
+	}
+	if mtu := p.linkMTU(); n > mtu {
+		b := make([]byte, n) // rare (a ping over the MTU): fragmented from here
+		fill(b)
+		if proto == protoICMPv6 {
+			s.fragment6(p, b, mtu)
+		} else {
+			s.fragment4(p, b, mtu)
+		}
 		return
 	}
 	pk := s.pools.get(p.headroom + n)
 	if pk == nil {
 		return
 	}
-	b := pk.buf[p.headroom : p.headroom+n]
-	writeIPHeader(b[:hl], src, dst, proto, 8+len(payload))
-	m := b[hl:]
-	m[0], m[1] = typ, 0
-	clear(m[2:4])
-	binary.BigEndian.PutUint16(m[4:6], id)
-	binary.BigEndian.PutUint16(m[6:8], seq)
-	copy(m[8:], payload)
-	if proto == protoICMPv6 {
-		binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
-	} else {
-		binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	}
+	fill(pk.buf[p.headroom : p.headroom+n])
 	if !p.send(pk, false) {
 		s.stats.rejectsDropped.Add(1)
 	}

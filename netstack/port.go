@@ -57,6 +57,9 @@ type Port struct {
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
 	syns   map[synKey]uint32 // client SYNs' sequence numbers (noteSYN), under flowMu
+	// echoFrags reassembles the client's fragmented echo requests
+	// (echofrag.go), under flowMu.
+	echoFrags echoFrags
 
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
@@ -380,6 +383,20 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.ttlExceeded.Add(1)
 		s.timeExceeded(p, &ip)
 		return ErrTTLExceeded
+	}
+	// A fragment of an ICMP message to another host is reassembled here
+	// (echofrag.go), never by gVisor, which would answer an echo to any
+	// address itself; one to the stack's own IPv4 address is gVisor's.
+	if f, ok := icmpFragment(&ip); ok && ip.dst != s.cfg.Addr {
+		if s.routable(ip.dst) && s.echoFragment(p, &ip, f) {
+			p.traffic.AddIn(len(ip.pkt))
+			return nil
+		}
+		s.stats.dropNotAllowed.Add(1)
+		if f.off == 0 { // errors quote the first fragment only (RFC 1812 4.3.2.7)
+			s.reject(p, &ip)
+		}
+		return ErrNotAllowed
 	}
 	// Echo is the stack's to answer only at its own address. A listener's
 	// address (the DNS proxy's, say) owns just its port, as on a router
