@@ -95,8 +95,7 @@ func TestDualStackOpenconnect(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "openconnect", "iptables", "unbound", "dig")
 	tp := testenv.Topology(t)
-	tp.GW.Run(t, "ip", "-6", "addr", "add", netip.PrefixFrom(gwCorp6, 64).String(), "dev", tp.GWCorpIf, "nodad")
-	tp.Corp.Run(t, "ip", "-6", "addr", "add", netip.PrefixFrom(corp6, 64).String(), "dev", tp.CorpIf, "nodad")
+	addCorp6(t, tp)
 	startUnbound6(t, tp)
 
 	// The IPv6-only service: HTTP on corp6 alone.

@@ -49,6 +49,7 @@ const (
 	portBulk          = 7005 // sends bulkSize bytes of testenv.Pattern
 	portUDPEcho       = 7006 // echoes any datagram
 	portUDPPush       = 7007 // "wait N": acks, then pushes "push" after N seconds
+	portWhoami        = 7008 // writes the client address it sees, closes
 )
 
 const bulkSize = 100 << 20 // the 100 MB byte-exact transfer
@@ -59,7 +60,7 @@ func TestRouterParity(t *testing.T) {
 	testenv.RequireTool(t, "openconnect", "iptables", "ping")
 	tp := testenv.Topology(t)
 	kc := kernelRoutedClient(t, tp)
-	srv := startParityServers(t, tp.Corp)
+	srv := startParityServers(t, tp.Corp, testenv.CorpAddr)
 
 	cert := testenv.NewCert(t, testenv.GWAddr.String())
 	var logs testenv.LogBuffer
@@ -272,10 +273,12 @@ func (s *parityServers) next(ctx context.Context) string {
 	}
 }
 
-func startParityServers(t *testing.T, corp *testenv.Netns) *parityServers {
+// startParityServers serves the probes' corporate end on addr (IPv4 or
+// IPv6) in corp.
+func startParityServers(t *testing.T, corp *testenv.Netns, addr netip.Addr) *parityServers {
 	s := &parityServers{obs: make(chan string, 16)}
 	tcp := func(port int, handle func(c *net.TCPConn)) {
-		l, err := corp.Listen("tcp", net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)))
+		l, err := corp.Listen("tcp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -306,12 +309,16 @@ func startParityServers(t *testing.T, corp *testenv.Netns) *parityServers {
 		s.obs <- fmt.Sprintf("read %d bytes after its FIN, then %s", n, closeKind(err))
 		c.Close()
 	})
+	tcp(portWhoami, func(c *net.TCPConn) {
+		io.WriteString(c, netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().String())
+		c.Close()
+	})
 	tcp(portBulk, func(c *net.TCPConn) {
 		c.Write(testenv.Pattern(bulkSize))
 		c.Close()
 	})
 	udp := func(port int, handle func(pc net.PacketConn, b []byte, from net.Addr)) {
-		pc, err := corp.ListenPacket("udp", net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)))
+		pc, err := corp.ListenPacket("udp", net.JoinHostPort(addr.String(), strconv.Itoa(port)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -357,15 +364,16 @@ func udpPushAfter(ctx context.Context, ns *testenv.Netns, addr string, secs int)
 }
 
 // pingResult runs one ping from ns and reduces its output to what both
-// paths share: a reply, "time to live exceeded" (from whichever router),
-// "unreachable", or no answer.
+// paths share: a reply, "time to live exceeded" (from whichever router;
+// ping's IPv6 "Time exceeded: Hop limit" too), "unreachable", or no
+// answer.
 func pingResult(ctx context.Context, ns *testenv.Netns, args ...string) string {
 	out, _ := ns.Exec(ctx, "ping", append([]string{"-n", "-c", "1", "-W", "3"}, args...)...).CombinedOutput()
 	o := strings.ToLower(string(out))
 	switch {
 	case strings.Contains(o, "1 received"):
 		return "reply"
-	case strings.Contains(o, "time to live exceeded"):
+	case strings.Contains(o, "time to live exceeded"), strings.Contains(o, "time exceeded: hop limit"):
 		return "time to live exceeded"
 	case strings.Contains(o, "unreachable"):
 		return "unreachable"
