@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // bigMTU is the TLS transport's MTU: the stack's link MTU in production.
@@ -187,4 +189,59 @@ func pattern(n int) []byte {
 		b[i] = byte(i*7 + i/251)
 	}
 	return b
+}
+
+// TestPortMTUFragmentsUDP6 is TestPortMTUFragmentsUDP over IPv6 for a
+// dual-stack client: the stack is the datagrams' source on the tunnel leg,
+// so it fragments them to the port's MTU (RFC 8200 4.5), including the
+// fragments gVisor cut to the stack's MTU first.
+func TestPortMTUFragmentsUDP6(t *testing.T) {
+	const mtu = 1280
+	gw := newGW(t, func(c *Config) {
+		c.MTU = bigMTU
+		c.Dialer = &loop6Dialer{}
+	})
+	srv, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.ServePacket(t, srv, func(b []byte, from net.Addr) {
+		size, _ := strconv.Atoi(string(b))
+		srv.WriteTo(pattern(size), from)
+	})
+	port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+	c := newClientAddrs(t, gw, []netip.Addr{cliAddr, cliAddr6}, 0)
+	if err := c.port.SetMTU(mtu); err != nil {
+		t.Fatal(err)
+	}
+	uc, err := c.dialUDP(netip.AddrPortFrom(far6, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	buf := make([]byte, 1<<16)
+	frags := uint64(0)
+	// 1232: the largest payload in 1280 bytes (40 IP + 8 UDP); 15952 the
+	// largest in the stack's 16000; 65527: the largest IPv6 UDP payload.
+	for _, size := range []int{0, 1, 1232, 1233, 2000, 8000, 15952, 15953, 65527} {
+		uc.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := uc.Write([]byte(strconv.Itoa(size))); err != nil {
+			t.Fatal(err)
+		}
+		n, err := uc.Read(buf)
+		if err != nil {
+			t.Fatalf("%d-byte datagram: %v (stats %+v)", size, err, gw.Stats())
+		}
+		if !bytes.Equal(buf[:n], pattern(size)) {
+			t.Fatalf("%d-byte datagram: got %d bytes, not the pattern", size, n)
+		}
+		got := gw.Stats().Fragmented
+		if fragmented := got > frags; fragmented != (size > mtu-48) {
+			t.Errorf("after %d bytes: Fragmented went from %d to %d", size, frags, got)
+		}
+		frags = got
+	}
+	if m := c.maxSize(); m > mtu {
+		t.Errorf("the client got a %d-byte packet over a %d MTU", m, mtu)
+	}
 }
