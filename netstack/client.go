@@ -30,6 +30,10 @@ import (
 type ClientConfig struct {
 	// Addr is the client's in-tunnel address (IPv4), leased by the gateway.
 	Addr netip.Addr
+	// Addr6, if valid, is the client's in-tunnel IPv6 address (a
+	// dual-stack session): the stack then has an IPv6 default route into
+	// the tunnel too.
+	Addr6 netip.Addr
 	// MTU is the tunnel MTU. Default 1280.
 	MTU int
 	// Headroom bytes are reserved in front of each outbound packet for the
@@ -70,6 +74,9 @@ type ClientStack struct {
 func NewClient(cfg ClientConfig) (*ClientStack, error) {
 	if !cfg.Addr.IsValid() || !cfg.Addr.Is4() || cfg.Addr.IsUnspecified() {
 		return nil, fmt.Errorf("%w: ClientConfig.Addr must be an IPv4 address", ErrInvalidAddr)
+	}
+	if a := cfg.Addr6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "") {
+		return nil, fmt.Errorf("%w: ClientConfig.Addr6 %v must be an IPv6 unicast address", ErrInvalidAddr, a)
 	}
 	if cfg.MTU == 0 {
 		cfg.MTU = 1280 // the IPv6 minimum: fits any QUIC datagram path
@@ -115,19 +122,31 @@ func (c *ClientStack) configure() error {
 	if err := c.st.CreateNICWithOptions(nicID, c.link, stack.NICOptions{Name: "tunnel", QDisc: &clientQDisc{c}}); err != nil {
 		return fmt.Errorf("netstack: create NIC: %v", err)
 	}
-	pa := tcpip.ProtocolAddress{
-		Protocol:          ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(c.cfg.Addr), PrefixLen: 32},
+	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
+	for _, a := range []netip.Addr{c.cfg.Addr, c.cfg.Addr6} {
+		if !a.IsValid() {
+			continue
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(a),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(a), PrefixLen: a.BitLen()},
+		}
+		if err := c.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("netstack: add address %v: %v", a, err)
+		}
+		if a.Is6() {
+			routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+		}
 	}
-	if err := c.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
-		return fmt.Errorf("netstack: add address %v: %v", c.cfg.Addr, err)
-	}
-	c.st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	c.st.SetRouteTable(routes)
 	return nil
 }
 
 // Addr returns the stack's address.
 func (c *ClientStack) Addr() netip.Addr { return c.cfg.Addr }
+
+// Addr6 returns the stack's IPv6 address, or the zero Addr.
+func (c *ClientStack) Addr6() netip.Addr { return c.cfg.Addr6 }
 
 // MTU returns the stack's MTU.
 func (c *ClientStack) MTU() int { return c.cfg.MTU }

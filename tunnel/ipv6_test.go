@@ -2,9 +2,13 @@ package tunnel
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -14,6 +18,7 @@ import (
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/core/cstp"
 	"github.com/underpass/underpass/internal/core/ippool"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // testPool6 is the dual-stack tests' IPv6 pool: a ULA /64.
@@ -120,7 +125,7 @@ func TestDualStackSession(t *testing.T) {
 	if st, h := connectHead(t, addr, cookie, ask6); st != 200 || h.Get(cstp.HdrAddressIP6) != a6.String() || h.Get(cstp.HdrAddress) != addr4.String() {
 		t.Fatalf("reconnect: %d, %q %q, want %v %v", st, h.Get(cstp.HdrAddressIP6), h.Get(cstp.HdrAddress), a6, addr4)
 	}
-	// A client that does not ask for IPv6 (the Go client's request) gets
+	// A client that does not ask for IPv6 (an IPv4-only client) gets
 	// no IPv6 header at all.
 	for _, extra := range []string{"X-CSTP-Address-Type: IPv4\r\n", ""} {
 		st, h := connectHead(t, addr, cookie, extra)
@@ -210,5 +215,59 @@ func TestIPv4OnlyReplyUnchanged(t *testing.T) {
 	}
 	if inc := strings.Join(h.Values(cstp.HdrSplitInclude), ","); !strings.Contains(inc, "fd00:1::/48") {
 		t.Errorf("Split-Include %q: want the IPv6 route in the plain header, as before", inc)
+	}
+}
+
+// TestClientDualStack: tunnel.Client on a dual-stack gateway, over TLS
+// and over QUIC, gets an IPv6 address of the pool (Addr6), dials an IPv6
+// corporate service through its stack, resolves an AAAA-only name through
+// the pushed DNS (the gateway's proxy) and reaches it by name; the IPv6
+// routes it was given bound it (an IPv6 address outside them is
+// ErrNotRouted). On an IPv4-only gateway the same client has no Addr6 and
+// refuses IPv6 destinations.
+func TestClientDualStack(t *testing.T) {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.ServeListener(t, ln, func(c net.Conn) { io.Copy(c, c) })
+	port := netip.MustParseAddrPort(ln.Addr().String()).Port()
+	svc := netip.AddrPortFrom(netip.MustParseAddr("fd00:1::1"), port) // LoopCorpDialer: [::1]
+	_, addr := startGateway(t, func(c *Config) {
+		c.Pool6 = testPool6
+		c.SplitInclude = append(c.SplitInclude, testenv.LoopCorpNet6)
+	})
+	for _, tr := range []TransportMode{TransportTLS, TransportQUIC} {
+		c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = tr })
+		if a6 := c.Addr6(); !testPool6.Contains(a6) || !DefaultPool.Contains(c.Addr()) {
+			t.Fatalf("%s: addresses %v and %v", c.Transport(), c.Addr(), a6)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := echoTCP(ctx, c, svc.String(), []byte("over IPv6")); err != nil {
+			t.Errorf("%s: TCP to %v: %v", c.Transport(), svc, err)
+		}
+		ips, err := c.LookupNetIP(ctx, "echo6")
+		if err != nil || len(ips) != 1 || ips[0] != svc.Addr() {
+			t.Errorf("%s: LookupNetIP(echo6) = %v, %v; want %v", c.Transport(), ips, err, svc.Addr())
+		}
+		if err := echoTCP(ctx, c, net.JoinHostPort("echo6.corp.example", itoa(port)), []byte("by name")); err != nil {
+			t.Errorf("%s: TCP to echo6.corp.example: %v", c.Transport(), err)
+		}
+		if _, err := c.DialContext(ctx, "tcp", "[fd00:2::1]:80"); !errors.Is(err, ErrNotRouted) {
+			t.Errorf("%s: dial outside the IPv6 routes: %v, want ErrNotRouted", c.Transport(), err)
+		}
+		cancel()
+		c.Close()
+	}
+
+	_, addr4 := startGateway(t, nil)
+	c := dialClient(t, addr4, nil)
+	if c.Addr6().IsValid() {
+		t.Fatalf("IPv4-only gateway gave %v", c.Addr6())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.DialContext(ctx, "tcp", svc.String()); err == nil || !strings.Contains(err.Error(), "no IPv6 address") {
+		t.Errorf("IPv6 dial on an IPv4-only session: %v", err)
 	}
 }
