@@ -179,10 +179,15 @@ func (c *client) dialUDP(dst netip.AddrPort) (*gonet.UDPConn, error) {
 
 // Hand-built packets for tests that talk to a Port directly.
 
-func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
-	b := make([]byte, 20+len(payload))
+// ipPacket builds an IP packet: IPv4, or IPv6 when src is IPv6.
+func ipPacket(src, dst netip.Addr, proto byte, payload []byte) []byte {
+	hl := 20
+	if src.Is6() {
+		hl = 40
+	}
+	b := make([]byte, hl+len(payload))
 	writeIPHeader(b, src, dst, proto, len(payload))
-	copy(b[20:], payload)
+	copy(b[hl:], payload)
 	return b
 }
 
@@ -198,7 +203,7 @@ func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags byte) []byte {
 	t[13] = flags
 	binary.BigEndian.PutUint16(t[14:16], 65535)
 	binary.BigEndian.PutUint16(t[16:18], l4Checksum(src.Addr(), dst.Addr(), protoTCP, t))
-	return ipv4Packet(src.Addr(), dst.Addr(), protoTCP, t)
+	return ipPacket(src.Addr(), dst.Addr(), protoTCP, t)
 }
 
 func udpPacket(src, dst netip.AddrPort, data []byte) []byte {
@@ -208,7 +213,7 @@ func udpPacket(src, dst netip.AddrPort, data []byte) []byte {
 	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
 	copy(u[8:], data)
 	binary.BigEndian.PutUint16(u[6:8], l4Checksum(src.Addr(), dst.Addr(), protoUDP, u))
-	return ipv4Packet(src.Addr(), dst.Addr(), protoUDP, u)
+	return ipPacket(src.Addr(), dst.Addr(), protoUDP, u)
 }
 
 func echoRequest(src, dst netip.Addr, seq uint16) []byte {
@@ -218,7 +223,7 @@ func echoRequest(src, dst netip.Addr, seq uint16) []byte {
 	binary.BigEndian.PutUint16(m[6:8], seq)
 	copy(m[8:], "underpass-ping!!")
 	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	return ipv4Packet(src, dst, protoICMP, m)
+	return ipPacket(src, dst, protoICMP, m)
 }
 
 // nextPacket waits for one outbound packet on p and returns its IP bytes.

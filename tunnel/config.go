@@ -571,26 +571,20 @@ func (c Config) validatePool6() fieldErrs {
 	return errs
 }
 
-// pool6Clients returns the number of client addresses in an IPv6 pool:
-// the prefix less the network and the kept-back address, capped at
-// ippool.MaxAddrs.
-func pool6Clients(p netip.Prefix) int {
-	hostBits := 128 - p.Bits()
-	if hostBits >= 21 { // 2^21 > ippool.MaxAddrs (2^20)
-		return ippool.MaxAddrs - 1
-	}
-	return min(1<<hostBits-1, ippool.MaxAddrs) - 1
-}
-
-// poolClients returns the number of client addresses in an IPv4 pool:
-// the prefix less network, broadcast and the gateway's own address,
-// capped at ippool.MaxAddrs.
+// poolClients returns the number of client addresses in a pool: the
+// prefix less the network address, the IPv4 broadcast address and the
+// gateway's (IPv4) or kept-back (IPv6) first address, capped at
+// ippool.MaxAddrs (which counts from the address after the network's).
 func poolClients(p netip.Prefix) int {
-	hostBits := 32 - p.Bits()
-	if hostBits >= 31 {
+	hostBits := p.Addr().BitLen() - p.Bits()
+	if hostBits > 20 { // 2^21 > ippool.MaxAddrs (2^20)
 		return ippool.MaxAddrs - 1
 	}
-	return min(1<<hostBits-2, ippool.MaxAddrs) - 1
+	n := 1<<hostBits - 1 // past the network address
+	if p.Addr().Is4() {
+		n-- // broadcast
+	}
+	return min(n, ippool.MaxAddrs) - 1
 }
 
 // validateSite checks Site against the pool and MaxSessions.
@@ -607,25 +601,26 @@ func (c Config) validateSite() fieldErrs {
 	if !c.Pool.Addr().Is4() || c.Pool.Bits() > 30 || c.Pool != c.Pool.Masked() {
 		return errs // reported as a Pool problem already
 	}
-	n := poolClients(c.Pool)
 	servers := max(s.Servers, 1)
-	switch {
-	case servers > n:
-		errs.add("Site.Servers", "%d: more servers than client addresses in Pool %s (%d)", servers, c.Pool, n)
-	case c.MaxSessions > 0 && servers*c.MaxSessions > n:
-		// The pool is shared by the whole site: every server may be full at once.
-		errs.add("Pool", "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
-			c.Pool, n, servers, c.MaxSessions, servers*c.MaxSessions)
-	}
+	pools := []struct {
+		field string
+		p     netip.Prefix
+	}{{"Pool", c.Pool}}
 	if c.Pool6.IsValid() && len(c.validatePool6()) == 0 {
-		// Every session leases one address of each family.
-		n6 := pool6Clients(c.Pool6)
+		pools = append(pools, struct { // every session leases one address of each family
+			field string
+			p     netip.Prefix
+		}{"Pool6", c.Pool6})
+	}
+	for _, pl := range pools {
+		n := poolClients(pl.p)
 		switch {
-		case servers > n6:
-			errs.add("Site.Servers", "%d: more servers than client addresses in Pool6 %s (%d)", servers, c.Pool6, n6)
-		case c.MaxSessions > 0 && servers*c.MaxSessions > n6:
-			errs.add("Pool6", "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
-				c.Pool6, n6, servers, c.MaxSessions, servers*c.MaxSessions)
+		case servers > n:
+			errs.add("Site.Servers", "%d: more servers than client addresses in %s %s (%d)", servers, pl.field, pl.p, n)
+		case c.MaxSessions > 0 && servers*c.MaxSessions > n:
+			// The pool is shared by the whole site: every server may be full at once.
+			errs.add(pl.field, "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
+				pl.p, n, servers, c.MaxSessions, servers*c.MaxSessions)
 		}
 	}
 	return errs

@@ -112,6 +112,20 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 	if _, err := conn.WritePacket(udpPacket(src, dst, []byte("interop"))); err != nil {
 		t.Fatal(err)
 	}
+	awaitPacket(t, conn, "the echo", func(p []byte) bool {
+		ip := header.IPv4(p)
+		if !ip.IsValid(len(p)) || ip.TransportProtocol() != header.UDPProtocolNumber {
+			return false
+		}
+		u := header.UDP(ip.Payload())
+		return string(u.Payload()) == "interop" && u.DestinationPort() == 40000
+	})
+}
+
+// awaitPacket reads packets from conn until match accepts one, and fails
+// t when none comes within 10 s.
+func awaitPacket(t *testing.T, conn *connectip.Conn, what string, match func([]byte) bool) {
+	t.Helper()
 	buf := make([]byte, 2048)
 	done := make(chan struct{})
 	go func() {
@@ -122,12 +136,7 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 				t.Errorf("ReadPacket: %v", err)
 				return
 			}
-			ip := header.IPv4(buf[:n])
-			if !ip.IsValid(n) || ip.TransportProtocol() != header.UDPProtocolNumber {
-				continue
-			}
-			u := header.UDP(ip.Payload())
-			if string(u.Payload()) == "interop" && u.DestinationPort() == 40000 {
+			if match(buf[:n]) {
 				return
 			}
 		}
@@ -135,7 +144,7 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no echo through CONNECT-IP")
+		t.Fatalf("no %s through CONNECT-IP", what)
 	}
 }
 
@@ -211,26 +220,8 @@ func TestConnectIPDualStack(t *testing.T) {
 	if icmp, err := conn.WritePacket(tcpSYN6(src, netip.MustParseAddrPort("[fd00:1::10]:80"))); err != nil || icmp != nil {
 		t.Fatalf("WritePacket: %v (ICMP % x)", err, icmp)
 	}
-	buf := make([]byte, 2048)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			n, err := conn.ReadPacket(buf)
-			if err != nil {
-				t.Errorf("ReadPacket: %v", err)
-				return
-			}
-			p := buf[:n]
-			if n >= 48 && p[0]>>4 == 6 && netip.AddrFrom16([16]byte(p[24:40])) == a6.Addr() &&
-				((p[6] == 6 && p[53]&0x04 != 0) || (p[6] == 58 && p[40] == 1)) {
-				return // a RST, or ICMPv6 destination unreachable
-			}
-		}
-	}()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no answer to an IPv6 SYN over CONNECT-IP")
-	}
+	awaitPacket(t, conn, "answer to an IPv6 SYN", func(p []byte) bool {
+		return len(p) >= 48 && p[0]>>4 == 6 && netip.AddrFrom16([16]byte(p[24:40])) == a6.Addr() &&
+			((p[6] == 6 && p[53]&0x04 != 0) || (p[6] == 58 && p[40] == 1)) // a RST, or ICMPv6 destination unreachable
+	})
 }

@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -31,55 +29,6 @@ var (
 	pool6    = netip.MustParsePrefix("fd7a:5c3e:11::/64")
 )
 
-// startUnbound6 runs unbound in corp on 198.19.0.2 and fd00:c0::2 (port
-// 53), authoritative for corp.example: v6only.corp.example has only an
-// AAAA record (corp6), intranet.corp.example only an A record.
-func startUnbound6(t *testing.T, tp *testenv.Topo) {
-	t.Helper()
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "unbound.conf")
-	doc := fmt.Sprintf(`server:
-	interface: %s
-	interface: %s
-	port: 53
-	do-daemonize: no
-	chroot: ""
-	username: ""
-	directory: %q
-	pidfile: %q
-	use-syslog: no
-	logfile: ""
-	do-ip6: yes
-	num-threads: 1
-	module-config: "iterator"
-	access-control: 198.19.0.0/24 allow
-	access-control: fd00:c0::/64 allow
-	local-zone: "." refuse
-	local-zone: "corp.example." static
-	local-data: "v6only.corp.example. 300 IN AAAA %s"
-	local-data: "intranet.corp.example. 300 IN A %s"
-remote-control:
-	control-enable: no
-`, testenv.CorpAddr, corp6, dir, filepath.Join(dir, "unbound.pid"), corp6, testenv.CorpAddr)
-	if err := os.WriteFile(conf, []byte(doc), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := tp.Corp.Start(t, "unbound", "-d", "-c", conf)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // unbound starts in well under a second
-	defer cancel()
-	for {
-		out, err := tp.Corp.Exec(ctx, "dig", "+short", "+time=1", "+tries=1", "@"+corp6.String(), "AAAA", "v6only.corp.example").Output()
-		if err == nil && strings.TrimSpace(string(out)) == corp6.String() {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("unbound did not answer: %v\n%s", err, p.Tail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 // TestDualStackOpenconnect: the stock openconnect 9.01 (kernel tun) on a
 // gateway with an IPv6 pool gets an IPv6 address and the IPv6 include
 // route, reaches an IPv6-only service on the corporate network by address
@@ -96,7 +45,12 @@ func TestDualStackOpenconnect(t *testing.T) {
 	testenv.RequireTool(t, "openconnect", "iptables", "unbound", "dig")
 	tp := testenv.Topology(t)
 	addCorp6(t, tp)
-	startUnbound6(t, tp)
+	// unbound in corp on both its addresses: v6only.corp.example has only
+	// an AAAA record (corp6), intranet.corp.example only an A record.
+	testenv.Unbound(t, tp.Corp, []netip.Addr{corp6, testenv.CorpAddr}, "corp.example.", []string{
+		"v6only.corp.example. 300 IN AAAA " + corp6.String(),
+		"intranet.corp.example. 300 IN A " + testenv.CorpAddr.String(),
+	})
 
 	// The IPv6-only service: HTTP on corp6 alone.
 	l, err := tp.Corp.Listen("tcp6", netip.AddrPortFrom(corp6, 0).String())
@@ -308,7 +262,7 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // syn sends a TCP SYN src -> dst into the tunnel and returns the TCP flags
 // of the answer from dst to src.
 func (tt *tunTap) syn(src, dst netip.AddrPort, timeout time.Duration) (byte, error) {
-	pkt := tcpSYN6(src, dst)
+	pkt := tunnel.TCPSYN6ForTest(src, dst)
 	to := &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IPV6), Ifindex: tt.ifindex}
 	if err := unix.Sendto(tt.fd, pkt, 0, to); err != nil {
 		return 0, err
@@ -339,36 +293,4 @@ func (tt *tunTap) syn(src, dst netip.AddrPort, timeout time.Duration) (byte, err
 		return b[40+13], nil
 	}
 	return 0, fmt.Errorf("no answer within %v", timeout)
-}
-
-// tcpSYN6 is an IPv6 TCP SYN from src to dst with a valid checksum.
-func tcpSYN6(src, dst netip.AddrPort) []byte {
-	b := make([]byte, 40+20)
-	binary.BigEndian.PutUint32(b[0:4], 6<<28)
-	binary.BigEndian.PutUint16(b[4:6], 20)
-	b[6], b[7] = 6, 64 // TCP, hop limit
-	s16, d16 := src.Addr().As16(), dst.Addr().As16()
-	copy(b[8:24], s16[:])
-	copy(b[24:40], d16[:])
-	t := b[40:]
-	binary.BigEndian.PutUint16(t[0:2], src.Port())
-	binary.BigEndian.PutUint16(t[2:4], dst.Port())
-	binary.BigEndian.PutUint32(t[4:8], 1000)
-	t[12], t[13] = 5<<4, tcpSYN
-	binary.BigEndian.PutUint16(t[14:16], 65535)
-	var sum uint32
-	add := func(p []byte) {
-		for i := 0; i+1 < len(p); i += 2 {
-			sum += uint32(binary.BigEndian.Uint16(p[i:]))
-		}
-	}
-	add(s16[:])
-	add(d16[:])
-	sum += uint32(len(t)) + 6
-	add(t)
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	binary.BigEndian.PutUint16(t[16:18], ^uint16(sum))
-	return b
 }

@@ -1,14 +1,12 @@
 package tunnel_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -76,153 +74,25 @@ func TestRouterParityIPv6(t *testing.T) {
 	oc := testenv.Openconnect(t, tp.Client, ocOpts) // TLS (CSTP) only first
 
 	corp := func(port int) string { return net.JoinHostPort(corp6.String(), strconv.Itoa(port)) }
-	type probe struct {
-		name string
-		run  func(ctx context.Context, ns *testenv.Netns) string
-	}
-	probes := []probe{
-		{"the source address corp sees", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portWhoami))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			b, err := io.ReadAll(c)
-			return fmt.Sprintf("%s, %s", b, errClass(err)) // gw's corp-side address on both paths (NAT66)
-		}},
-		{"client resets", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portResetObserver))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			c.Write([]byte("x"))
-			time.Sleep(50 * time.Millisecond)
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
-			return "server saw " + srv.next(ctx)
-		}},
-		{"server resets", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portResetter))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte("x"))
-			_, err = io.ReadAll(c)
-			return "client saw " + errClass(err)
-		}},
-		{"client half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portHalfClient))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte("hello"))
-			c.(*net.TCPConn).CloseWrite()
-			b, err := io.ReadAll(c)
-			return fmt.Sprintf("got %q, then %s", b, errClass(err))
-		}},
-		{"server half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portHalfServer))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			b, err := io.ReadAll(c)
-			c.Write([]byte("0123456789"))
-			c.(*net.TCPConn).CloseWrite()
-			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
-		}},
-		{"100 MB download", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp6", corp(portBulk))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			got, err := io.ReadAll(c)
-			if err != nil {
-				return "read: " + errClass(err)
-			}
-			return fmt.Sprintf("%d bytes, intact %v", len(got), bytes.Equal(got, testenv.Pattern(bulkSize)))
-		}},
-		{"UDP sizes both ways", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "udp6", corp(portUDPEcho))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			var out []string
-			buf := make([]byte, 1<<16)
-			for _, n := range []int{1, 1232, 1233, 1452, 1453, 8000, 65527} {
-				msg := testenv.Pattern(n)
-				c.SetDeadline(time.Now().Add(3 * time.Second))
-				if _, err := c.Write(msg); err != nil {
-					out = append(out, fmt.Sprintf("%d: write %s", n, errClass(err)))
-					continue
-				}
-				m, err := c.Read(buf)
-				out = append(out, fmt.Sprintf("%d: %v", n, err == nil && bytes.Equal(buf[:m], msg)))
-			}
-			return strings.Join(out, " ")
-		}},
-		{"ping sizes", func(ctx context.Context, ns *testenv.Netns) string {
-			var out []string
-			for _, n := range []string{"56", "1452", "8000", "65000"} {
-				out = append(out, n+": "+pingResult(ctx, ns, "-6", "-s", n, corp6.String()))
-			}
-			return strings.Join(out, " ")
-		}},
-		{"traceroute's first hop", func(ctx context.Context, ns *testenv.Netns) string {
-			return pingResult(ctx, ns, "-6", "-t", "1", corp6.String())
-		}},
-		{"host does not answer", func(ctx context.Context, ns *testenv.Netns) string {
-			_, err := ns.Dial(ctx, "tcp6", "[fd00:c0::77]:80") // corp's subnet, no such host: neighbour discovery fails
-			return errClass(err)
-		}},
-		{"closed port", func(ctx context.Context, ns *testenv.Netns) string {
-			_, err := ns.Dial(ctx, "tcp6", corp(9))
-			return errClass(err)
-		}},
-	}
+	probes := []probe{{"the source address corp sees", func(ctx context.Context, ns *testenv.Netns) string {
+		c, err := ns.Dial(ctx, "tcp", corp(portWhoami))
+		if err != nil {
+			return "dial: " + errClass(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		return fmt.Sprintf("%s, %s", b, errClass(err)) // gw's corp-side address on both paths (NAT66)
+	}}}
+	probes = append(probes, transportProbes(srv, corp, []int{1, 1232, 1233, 1452, 1453, 8000, 65527})...)
+	probes = append(probes, pingProbes(corp6.String(), []string{"56", "1452", "8000", "65000"}, "-6")...)
+	// corp's subnet, no such host: neighbour discovery fails.
+	probes = append(probes, dialProbes("[fd00:c0::77]:80", corp(9))...)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	run := func(pr probe, ns *testenv.Netns) string {
-		pctx, pcancel := context.WithTimeout(ctx, 90*time.Second)
-		defer pcancel()
-		return pr.run(pctx, ns)
-	}
-	kernel := make([]string, len(probes))
-	for i, pr := range probes {
-		kernel[i] = run(pr, kc)
-		if got := run(pr, tp.Client); got != kernel[i] {
-			t.Errorf("%s: kernel router %q, underpass over TLS %q", pr.name, kernel[i], got)
-		} else {
-			t.Logf("%s: both %q", pr.name, got)
-		}
-	}
+	kernel := compareProbes(t, ctx, probes, nil, kc, tp.Client, "TLS")
+	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, tp.Client, "DTLS") })
 
-	if err := oc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	ocOpts.DTLS = true
-	oc = testenv.Openconnect(t, tp.Client, ocOpts)
-	waitFor(t, 15*time.Second, "openconnect's DTLS channel", func() bool { return strings.Contains(oc.Log(), "Established DTLS") })
-	dtlsBefore := gw.Stats().DTLSPacketsIn
-	for i, pr := range probes {
-		if got := run(pr, tp.Client); got != kernel[i] {
-			t.Errorf("%s: kernel router %q, underpass over DTLS %q", pr.name, kernel[i], got)
-		} else {
-			t.Logf("%s (DTLS): %q", pr.name, got)
-		}
-	}
-	if n := gw.Stats().DTLSPacketsIn - dtlsBefore; n < 1000 {
-		t.Errorf("only %d packets came over DTLS during the DTLS pass", n)
-	}
 	// A ping to a host that does not exist is never answered by the
 	// gateway itself, even in fragments (over DTLS, 8000 bytes are: gVisor
 	// used to reassemble them and reply for any address). Not a parity

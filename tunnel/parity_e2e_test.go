@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,112 +75,12 @@ func TestRouterParity(t *testing.T) {
 		name string
 		ns   *testenv.Netns
 	}{{"kernel router", kc}, {"underpass", tp.Client}}
-	type probe struct {
-		name string
-		run  func(ctx context.Context, ns *testenv.Netns) string
-	}
 	corp := func(port int) string { return net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)) }
-	probes := []probe{
-		{"client resets", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp", corp(portResetObserver))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			c.Write([]byte("x"))
-			time.Sleep(50 * time.Millisecond)
-			c.(*net.TCPConn).SetLinger(0)
-			c.Close()
-			return "server saw " + srv.next(ctx)
-		}},
-		{"server resets", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp", corp(portResetter))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte("x"))
-			_, err = io.ReadAll(c)
-			return "client saw " + errClass(err)
-		}},
-		{"client half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp", corp(portHalfClient))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			c.Write([]byte("hello"))
-			c.(*net.TCPConn).CloseWrite()
-			b, err := io.ReadAll(c)
-			return fmt.Sprintf("got %q, then %s", b, errClass(err))
-		}},
-		{"server half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp", corp(portHalfServer))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
-			b, err := io.ReadAll(c)
-			c.Write([]byte("0123456789"))
-			c.(*net.TCPConn).CloseWrite()
-			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
-		}},
-		{"100 MB download", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "tcp", corp(portBulk))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			got, err := io.ReadAll(c)
-			if err != nil {
-				return "read: " + errClass(err)
-			}
-			return fmt.Sprintf("%d bytes, intact %v", len(got), bytes.Equal(got, testenv.Pattern(bulkSize)))
-		}},
-		{"UDP sizes both ways", func(ctx context.Context, ns *testenv.Netns) string {
-			c, err := ns.Dial(ctx, "udp", corp(portUDPEcho))
-			if err != nil {
-				return "dial: " + errClass(err)
-			}
-			defer c.Close()
-			var out []string
-			buf := make([]byte, 1<<16)
-			// 1252/1253: the CONNECT-IP MTU's edge; 1472/1473: a 1500 MTU's;
-			// 8000 fragments on every path; 65507: the IPv4 maximum.
-			for _, n := range []int{1, 1252, 1253, 1472, 1473, 8000, 65507} {
-				msg := testenv.Pattern(n)
-				c.SetDeadline(time.Now().Add(3 * time.Second))
-				if _, err := c.Write(msg); err != nil {
-					out = append(out, fmt.Sprintf("%d: write %s", n, errClass(err)))
-					continue
-				}
-				m, err := c.Read(buf)
-				out = append(out, fmt.Sprintf("%d: %v", n, err == nil && bytes.Equal(buf[:m], msg)))
-			}
-			return strings.Join(out, " ")
-		}},
-		{"ping sizes", func(ctx context.Context, ns *testenv.Netns) string {
-			var out []string
-			for _, n := range []string{"56", "1472", "8000", "65000"} {
-				out = append(out, n+": "+pingResult(ctx, ns, "-s", n, testenv.CorpAddr.String()))
-			}
-			return strings.Join(out, " ")
-		}},
-		{"traceroute's first hop", func(ctx context.Context, ns *testenv.Netns) string {
-			return pingResult(ctx, ns, "-t", "1", testenv.CorpAddr.String())
-		}},
-		{"host does not answer", func(ctx context.Context, ns *testenv.Netns) string {
-			_, err := ns.Dial(ctx, "tcp", "198.19.0.77:80") // corp's subnet, no such host: ARP fails
-			return errClass(err)
-		}},
-		{"closed port", func(ctx context.Context, ns *testenv.Netns) string {
-			_, err := ns.Dial(ctx, "tcp", corp(9))
-			return errClass(err)
-		}},
-	}
+	// 1252/1253: the CONNECT-IP MTU's edge; 1472/1473: a 1500 MTU's; 8000
+	// fragments on every path; 65507: the IPv4 maximum.
+	probes := transportProbes(srv, corp, []int{1, 1252, 1253, 1472, 1473, 8000, 65507})
+	probes = append(probes, pingProbes(testenv.CorpAddr.String(), []string{"56", "1472", "8000", "65000"})...)
+	probes = append(probes, dialProbes("198.19.0.77:80", corp(9))...) // corp's subnet, no such host: ARP fails
 	// UDP mappings across silences (RFC 4787 REQ-5; Linux conntrack's
 	// stream timeout is 120 s): run alongside the rest, both paths at once.
 	type silence struct {
@@ -200,41 +101,12 @@ func TestRouterParity(t *testing.T) {
 		}
 	}
 
-	run := func(pr probe, ns *testenv.Netns) string {
-		pctx, pcancel := context.WithTimeout(ctx, 90*time.Second)
-		defer pcancel()
-		return pr.run(pctx, ns)
-	}
-	kernel := make([]string, len(probes))
-	for i, pr := range probes {
-		kernel[i] = run(pr, paths[0].ns)
-		if got := run(pr, paths[1].ns); got != kernel[i] {
-			t.Errorf("%s: kernel router %q, underpass over TLS %q", pr.name, kernel[i], got)
-		} else {
-			t.Logf("%s: both %q", pr.name, got)
-		}
-	}
+	kernel := compareProbes(t, ctx, probes, nil, paths[0].ns, paths[1].ns, "TLS")
 	wg.Wait()
 
 	// The same probes with openconnect's default UDP channel (DTLS): the
 	// packets that fit the DTLS MTU go over UDP, the rest over CSTP.
-	if err := oc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	ocOpts.DTLS = true
-	oc = testenv.Openconnect(t, tp.Client, ocOpts)
-	waitFor(t, 15*time.Second, "openconnect's DTLS channel", func() bool { return strings.Contains(oc.Log(), "Established DTLS") })
-	dtlsBefore := gw.Stats().DTLSPacketsIn
-	for i, pr := range probes {
-		if got := run(pr, paths[1].ns); got != kernel[i] {
-			t.Errorf("%s: kernel router %q, underpass over DTLS %q", pr.name, kernel[i], got)
-		} else {
-			t.Logf("%s (DTLS): %q", pr.name, got)
-		}
-	}
-	if n := gw.Stats().DTLSPacketsIn - dtlsBefore; n < 1000 {
-		t.Errorf("only %d packets came over DTLS during the DTLS pass", n)
-	}
+	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1].ns, "DTLS") })
 	for _, s := range silences {
 		if s.got[0] != s.got[1] {
 			t.Errorf("UDP push after %d s of silence: kernel router %q, underpass %q", s.secs, s.got[0], s.got[1])
@@ -428,4 +300,174 @@ func tailLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// probe is one observation, made the same way on every path.
+type probe struct {
+	name string
+	run  func(ctx context.Context, ns *testenv.Netns) string
+}
+
+// compareProbes runs each probe on the kernel-routed client (unless the
+// kernel's results are given, from an earlier pass) and on the Underpass
+// client, and fails t where they differ; it returns the kernel's results.
+// over names the Underpass transport in messages.
+func compareProbes(t *testing.T, ctx context.Context, probes []probe, kernel []string, kernelNS, underpassNS *testenv.Netns, over string) []string {
+	t.Helper()
+	run := func(pr probe, ns *testenv.Netns) string {
+		pctx, pcancel := context.WithTimeout(ctx, 90*time.Second)
+		defer pcancel()
+		return pr.run(pctx, ns)
+	}
+	if kernel == nil {
+		kernel = make([]string, len(probes))
+		for i, pr := range probes {
+			kernel[i] = run(pr, kernelNS)
+		}
+	}
+	for i, pr := range probes {
+		if got := run(pr, underpassNS); got != kernel[i] {
+			t.Errorf("%s: kernel router %q, underpass over %s %q", pr.name, kernel[i], over, got)
+		} else {
+			t.Logf("%s (%s): both %q", pr.name, over, got)
+		}
+	}
+	return kernel
+}
+
+// redialDTLS restarts openconnect with its DTLS channel, waits for it,
+// runs pass and checks that DTLS carried the traffic; it returns the new
+// session.
+func redialDTLS(t *testing.T, gw *tunnel.Gateway, oc *testenv.OCSession, opts testenv.OCOptions, pass func()) *testenv.OCSession {
+	t.Helper()
+	if err := oc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.DTLS = true
+	oc = testenv.Openconnect(t, oc.NS, opts)
+	waitFor(t, 15*time.Second, "openconnect's DTLS channel", func() bool { return strings.Contains(oc.Log(), "Established DTLS") })
+	before := gw.Stats().DTLSPacketsIn
+	pass()
+	if n := gw.Stats().DTLSPacketsIn - before; n < 1000 {
+		t.Errorf("only %d packets came over DTLS during the DTLS pass", n)
+	}
+	return oc
+}
+
+// transportProbes are the TCP and UDP probes against srv, whose ports
+// corp names: resets and half-closes both ways, a byte-exact download
+// and UDP datagrams of the given sizes both ways.
+func transportProbes(srv *parityServers, corp func(port int) string, udpSizes []int) []probe {
+	return []probe{
+		{"client resets", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "tcp", corp(portResetObserver))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			c.Write([]byte("x"))
+			time.Sleep(50 * time.Millisecond)
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			return "server saw " + srv.next(ctx)
+		}},
+		{"server resets", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "tcp", corp(portResetter))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte("x"))
+			_, err = io.ReadAll(c)
+			return "client saw " + errClass(err)
+		}},
+		{"client half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "tcp", corp(portHalfClient))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte("hello"))
+			c.(*net.TCPConn).CloseWrite()
+			b, err := io.ReadAll(c)
+			return fmt.Sprintf("got %q, then %s", b, errClass(err))
+		}},
+		{"server half-closes first", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "tcp", corp(portHalfServer))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			b, err := io.ReadAll(c)
+			c.Write([]byte("0123456789"))
+			c.(*net.TCPConn).CloseWrite()
+			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
+		}},
+		{"100 MB download", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "tcp", corp(portBulk))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil {
+				return "read: " + errClass(err)
+			}
+			return fmt.Sprintf("%d bytes, intact %v", len(got), bytes.Equal(got, testenv.Pattern(bulkSize)))
+		}},
+		{"UDP sizes both ways", func(ctx context.Context, ns *testenv.Netns) string {
+			c, err := ns.Dial(ctx, "udp", corp(portUDPEcho))
+			if err != nil {
+				return "dial: " + errClass(err)
+			}
+			defer c.Close()
+			var out []string
+			buf := make([]byte, 1<<16)
+			for _, n := range udpSizes {
+				msg := testenv.Pattern(n)
+				c.SetDeadline(time.Now().Add(3 * time.Second))
+				if _, err := c.Write(msg); err != nil {
+					out = append(out, fmt.Sprintf("%d: write %s", n, errClass(err)))
+					continue
+				}
+				m, err := c.Read(buf)
+				out = append(out, fmt.Sprintf("%d: %v", n, err == nil && bytes.Equal(buf[:m], msg)))
+			}
+			return strings.Join(out, " ")
+		}},
+	}
+}
+
+// pingProbes ping dst with each size, then with TTL (hop limit) 1 for
+// traceroute's first hop; flags go before the other arguments ("-6").
+func pingProbes(dst string, sizes []string, flags ...string) []probe {
+	return []probe{
+		{"ping sizes", func(ctx context.Context, ns *testenv.Netns) string {
+			var out []string
+			for _, n := range sizes {
+				out = append(out, n+": "+pingResult(ctx, ns, append(slices.Clone(flags), "-s", n, dst)...))
+			}
+			return strings.Join(out, " ")
+		}},
+		{"traceroute's first hop", func(ctx context.Context, ns *testenv.Netns) string {
+			return pingResult(ctx, ns, append(slices.Clone(flags), "-t", "1", dst)...)
+		}},
+	}
+}
+
+// dialProbes connect to a host that does not answer and to a closed port.
+func dialProbes(deadHost, closedPort string) []probe {
+	return []probe{
+		{"host does not answer", func(ctx context.Context, ns *testenv.Netns) string {
+			_, err := ns.Dial(ctx, "tcp", deadHost)
+			return errClass(err)
+		}},
+		{"closed port", func(ctx context.Context, ns *testenv.Netns) string {
+			_, err := ns.Dial(ctx, "tcp", closedPort)
+			return errClass(err)
+		}},
+	}
 }
