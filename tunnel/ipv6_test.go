@@ -19,6 +19,7 @@ import (
 	"github.com/underpass/underpass/internal/core/cstp"
 	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
+	"github.com/underpass/underpass/netstack"
 )
 
 // testPool6 is the dual-stack tests' IPv6 pool: a ULA /64.
@@ -236,6 +237,7 @@ func TestClientDualStack(t *testing.T) {
 	_, addr := startGateway(t, func(c *Config) {
 		c.Pool6 = testPool6
 		c.SplitInclude = append(c.SplitInclude, testenv.LoopCorpNet6)
+		c.Pinger = loopCorpPinger{}
 	})
 	for _, tr := range []TransportMode{TransportTLS, TransportQUIC} {
 		c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = tr })
@@ -252,6 +254,9 @@ func TestClientDualStack(t *testing.T) {
 		}
 		if err := echoTCP(ctx, c, net.JoinHostPort("echo6.corp.example", itoa(port)), []byte("by name")); err != nil {
 			t.Errorf("%s: TCP to echo6.corp.example: %v", c.Transport(), err)
+		}
+		if _, err := c.Ping(ctx, svc.Addr()); err != nil {
+			t.Errorf("%s: ping %v: %v", c.Transport(), svc.Addr(), err)
 		}
 		if _, err := c.DialContext(ctx, "tcp", "[fd00:2::1]:80"); !errors.Is(err, ErrNotRouted) {
 			t.Errorf("%s: dial outside the IPv6 routes: %v, want ErrNotRouted", c.Transport(), err)
@@ -270,4 +275,15 @@ func TestClientDualStack(t *testing.T) {
 	if _, err := c.DialContext(ctx, "tcp", svc.String()); err == nil || !strings.Contains(err.Error(), "no IPv6 address") {
 		t.Errorf("IPv6 dial on an IPv4-only session: %v", err)
 	}
+}
+
+// loopCorpPinger pings LoopCorpNet6's addresses on ::1 from the host's own
+// sockets (netstack.HostPinger), as LoopCorpDialer dials them.
+type loopCorpPinger struct{}
+
+func (loopCorpPinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payload []byte) ([]byte, error) {
+	if testenv.LoopCorpNet6.Contains(dst) {
+		dst = netip.IPv6Loopback()
+	}
+	return netstack.HostPinger{}.Ping(ctx, dst, id, seq, payload)
 }
