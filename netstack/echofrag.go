@@ -22,8 +22,9 @@ import (
 //
 // Bounds, so that fragments cost little and cannot pile up: each port
 // reassembles at most maxEchoFrags messages at once, the stack at most
-// maxEchoInFlight (so at most 16 MiB of buffers), each of at most
-// 65535 bytes (the largest an IPv4 packet or an IPv6 one without a
+// maxEchoInFlight (so at most 16 MiB of buffers; a port's messages count
+// until they complete, expire when that port sends its next fragment, or
+// the port closes), each of at most 65535 bytes (the largest an IPv4 packet or an IPv6 one without a
 // jumbogram carries), for at most echoFragTimeout; a fragment past those
 // bounds, an overlapping one (RFC 5722 for IPv6) or a malformed one drops
 // the message (Stats.DropMalformed).
@@ -44,6 +45,19 @@ const (
 // Port.flowMu.
 type echoFrags struct {
 	slots [maxEchoFrags]*echoFrag
+}
+
+// clear drops every message being reassembled and returns how many there
+// were (Port.Close gives them back to the stack's count).
+func (fs *echoFrags) clear() int32 {
+	var n int32
+	for i, e := range fs.slots {
+		if e != nil {
+			fs.slots[i] = nil
+			n++
+		}
+	}
+	return n
 }
 
 // echoFrag is one message being reassembled.

@@ -239,3 +239,27 @@ func TestEchoFragmentBounds(t *testing.T) {
 		t.Fatalf("in flight %d after expiry", n)
 	}
 }
+
+// TestEchoFragmentsFreedOnClose: a closed port's unfinished messages give
+// their slots of the stack's bound back.
+func TestEchoFragmentsFreedOnClose(t *testing.T) {
+	fp := fakePinger{got: make(chan netip.Addr, 1)}
+	gw := newGW(t, func(c *Config) { c.Pinger = fp })
+	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id := uint32(1); id <= maxEchoFrags; id++ {
+		f := fragments(cliAddr6, far6, id, echoMessage(cliAddr6, far6, 1, make([]byte, 3000)), 1232)
+		if err := p.Inject(f[0]); err != nil { // the first fragment only: never complete
+			t.Fatal(err)
+		}
+	}
+	if n := gw.echo.fragsInFlight.Load(); n != maxEchoFrags {
+		t.Fatalf("in flight %d, want %d", n, maxEchoFrags)
+	}
+	p.Close()
+	if n := gw.echo.fragsInFlight.Load(); n != 0 {
+		t.Fatalf("in flight %d after Close, want 0", n)
+	}
+}

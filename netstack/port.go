@@ -251,6 +251,7 @@ func (p *Port) Close() error {
 	p.flowMu.Lock()
 	flows := p.flows
 	p.flows = nil
+	s.echo.fragsInFlight.Add(-p.echoFrags.clear()) // their share of the stack's bound
 	p.flowMu.Unlock()
 	for f := range flows {
 		f.abort(ErrClosed)
