@@ -22,9 +22,8 @@ import (
 //
 // Bounds, so that fragments cost little and cannot pile up: each port
 // reassembles at most maxEchoFrags messages at once, the stack at most
-// maxEchoInFlight (so at most 16 MiB of buffers; a port's messages count
-// until they complete, expire when that port sends its next fragment, or
-// the port closes), each of at most 65535 bytes (the largest an IPv4 packet or an IPv6 one without a
+// maxEchoInFlight (so at most 16 MiB of buffers), each of at most
+// 65535 bytes (the largest an IPv4 packet or an IPv6 one without a
 // jumbogram carries), for at most echoFragTimeout; a fragment past those
 // bounds, an overlapping one (RFC 5722 for IPv6) or a malformed one drops
 // the message (Stats.DropMalformed).
@@ -33,13 +32,15 @@ const (
 	// maxEchoFrags: ping and traceroute have a handful of requests in
 	// flight at once.
 	maxEchoFrags = 4
-	// echoFragTimeout is Linux's reassembly timeout (net.ipv4.ipfrag_time,
-	// 30 s; RFC 8200 4.5 allows up to 60 s).
-	echoFragTimeout = 30 * time.Second
 	// echoFragMax is the largest message reassembled: 65535 bytes of ICMP.
 	echoFragMax = 65535
 	ipv6FragHdr = 44 // RFC 8200 4.5, the Fragment header's next-header value
 )
+
+// echoFragTimeout is Linux's reassembly timeout (net.ipv4.ipfrag_time,
+// 30 s; RFC 8200 4.5 allows up to 60 s). A variable only so that a test
+// can shorten it.
+var echoFragTimeout = 30 * time.Second
 
 // echoFrags is one port's reassembly of fragmented ICMP messages, under
 // Port.flowMu.
@@ -51,13 +52,23 @@ type echoFrags struct {
 // were (Port.Close gives them back to the stack's count).
 func (fs *echoFrags) clear() int32 {
 	var n int32
-	for i, e := range fs.slots {
-		if e != nil {
-			fs.slots[i] = nil
+	for i := range fs.slots {
+		if fs.remove(&fs.slots[i]) {
 			n++
 		}
 	}
 	return n
+}
+
+// remove empties a slot, stopping its message's expiry timer; false if it
+// was empty.
+func (fs *echoFrags) remove(slot **echoFrag) bool {
+	if *slot == nil {
+		return false
+	}
+	(*slot).expiry.Stop()
+	*slot = nil
+	return true
 }
 
 // echoFrag is one message being reassembled.
@@ -69,6 +80,10 @@ type echoFrag struct {
 	have  [(echoFragMax/8 + 63) / 64]uint64 // which 8-byte units of data arrived
 	total int                               // the message length, once the last fragment came; else -1
 	got   int                               // bytes arrived
+	// expiry drops the message echoFragTimeout after its first fragment,
+	// so one a client abandons stops counting against the stack's bound
+	// even if that client sends nothing more.
+	expiry *time.Timer
 }
 
 // fragInfo is what a fragment of an ICMP or ICMPv6 message carries: the
@@ -135,7 +150,8 @@ func (p *Port) addEchoFragment(dst netip.Addr, f fragInfo, now time.Time, inFlig
 	var slot **echoFrag
 	for i, e := range fs.slots {
 		if e != nil && now.Sub(e.start) > echoFragTimeout {
-			fs.slots[i], e = nil, nil // its fragments never all came
+			fs.remove(&fs.slots[i]) // its fragments never all came
+			e = nil
 			inFlight.Add(-1)
 			drops.Add(1)
 		}
@@ -146,8 +162,7 @@ func (p *Port) addEchoFragment(dst netip.Addr, f fragInfo, now time.Time, inFlig
 	}
 	end := f.off + len(f.data)
 	if end > echoFragMax || (f.more && len(f.data)%8 != 0) || len(f.data) == 0 {
-		if slot != nil {
-			*slot = nil
+		if slot != nil && fs.remove(slot) {
 			inFlight.Add(-1)
 		}
 		drops.Add(1)
@@ -167,11 +182,23 @@ func (p *Port) addEchoFragment(dst netip.Addr, f fragInfo, now time.Time, inFlig
 			drops.Add(1)
 			return nil, false
 		}
-		*slot = &echoFrag{dst: dst, id: f.id, start: now, total: -1}
+		e := &echoFrag{dst: dst, id: f.id, start: now, total: -1}
+		e.expiry = time.AfterFunc(echoFragTimeout, func() {
+			p.flowMu.Lock()
+			defer p.flowMu.Unlock()
+			for i := range p.echoFrags.slots {
+				if p.echoFrags.slots[i] == e { // still waiting (not completed, dropped or cleared)
+					p.echoFrags.slots[i] = nil
+					inFlight.Add(-1)
+					drops.Add(1)
+				}
+			}
+		})
+		*slot = e
 	}
 	e := *slot
 	drop := func() ([]byte, bool) {
-		*slot = nil
+		fs.remove(slot)
 		inFlight.Add(-1)
 		drops.Add(1)
 		return nil, false
@@ -199,7 +226,7 @@ func (p *Port) addEchoFragment(dst netip.Addr, f fragInfo, now time.Time, inFlig
 	if e.total < 0 || e.got != e.total {
 		return nil, true
 	}
-	*slot = nil
+	fs.remove(slot)
 	inFlight.Add(-1)
 	return e.data[:e.total], true
 }

@@ -263,3 +263,25 @@ func TestEchoFragmentsFreedOnClose(t *testing.T) {
 		t.Fatalf("in flight %d after Close, want 0", n)
 	}
 }
+
+// TestEchoFragmentsExpire: a message whose fragments never all come stops
+// counting against the stack's bound after the timeout, though its client
+// sends nothing more.
+func TestEchoFragmentsExpire(t *testing.T) {
+	defer func(d time.Duration) { echoFragTimeout = d }(echoFragTimeout)
+	echoFragTimeout = 50 * time.Millisecond
+	gw := newGW(t, nil)
+	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	f := fragments(cliAddr6, far6, 1, echoMessage(cliAddr6, far6, 1, make([]byte, 3000)), 1232)
+	if err := p.Inject(f[0]); err != nil {
+		t.Fatal(err)
+	}
+	if n := gw.echo.fragsInFlight.Load(); n != 1 {
+		t.Fatalf("in flight %d, want 1", n)
+	}
+	waitFor(t, "the abandoned message to expire", func() bool { return gw.echo.fragsInFlight.Load() == 0 })
+}
