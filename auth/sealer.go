@@ -31,7 +31,8 @@ type SessionClaims struct {
 	Overage  bool           `json:"go,omitempty"` // Identity.GroupsOverage
 	DeviceID string         `json:"d,omitempty"`
 	Method   string         `json:"m,omitempty"`
-	Address  netip.Addr     `json:"a,omitzero"` // assigned tunnel address
+	Address  netip.Addr     `json:"a,omitzero"`  // assigned tunnel address
+	Address6 netip.Addr     `json:"a6,omitzero"` // a dual-stack session's IPv6 tunnel address (zero: IPv4 only)
 	Claims   map[string]any `json:"c,omitempty"`
 	IssuedAt time.Time      `json:"iat"`
 	Expiry   time.Time      `json:"exp"`

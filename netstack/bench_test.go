@@ -105,16 +105,25 @@ func benchTCP(b *testing.B, mtu int, up bool) {
 // BenchmarkPacketPath is the gateway's own per-packet cost with nothing
 // else in the process: one ICMP echo request injected, one reply copied to
 // a pooled Packet, received and released. allocs/op is per packet pair.
-func BenchmarkPacketPath(b *testing.B) { benchPacketPath(b, 0) }
+func BenchmarkPacketPath(b *testing.B) { benchPacketPath(b, 0, false) }
 
 // BenchmarkPacketPathManyPorts is BenchmarkPacketPath with 20,000 other
 // ports attached: the per-packet port lookup at a full gateway's size.
-func BenchmarkPacketPathManyPorts(b *testing.B) { benchPacketPath(b, 20000) }
+func BenchmarkPacketPathManyPorts(b *testing.B) { benchPacketPath(b, 20000, false) }
 
-func benchPacketPath(b *testing.B, others int) {
+// BenchmarkPacketPathDualStack is BenchmarkPacketPath on a dual-stack
+// port (AttachAddrs with an IPv6 address too): the same packets, so the
+// difference is what owning a second address costs per packet.
+func BenchmarkPacketPathDualStack(b *testing.B) { benchPacketPath(b, 0, true) }
+
+func benchPacketPath(b *testing.B, others int, dual bool) {
 	gw := newGW(b, nil)
 	attachN(b, gw, others)
-	p, err := gw.Attach(cliAddr, testHeadroom, 16)
+	addrs := []netip.Addr{cliAddr}
+	if dual {
+		addrs = append(addrs, cliAddr6)
+	}
+	p, err := gw.AttachAddrs(addrs, testHeadroom, 16)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -30,6 +30,10 @@ import (
 type ClientConfig struct {
 	// Addr is the client's in-tunnel address (IPv4), leased by the gateway.
 	Addr netip.Addr
+	// Addr6, if valid, is the client's in-tunnel IPv6 address (a
+	// dual-stack session): the stack then has an IPv6 default route into
+	// the tunnel too.
+	Addr6 netip.Addr
 	// MTU is the tunnel MTU. Default 1280.
 	MTU int
 	// Headroom bytes are reserved in front of each outbound packet for the
@@ -71,6 +75,9 @@ func NewClient(cfg ClientConfig) (*ClientStack, error) {
 	if !cfg.Addr.IsValid() || !cfg.Addr.Is4() || cfg.Addr.IsUnspecified() {
 		return nil, fmt.Errorf("%w: ClientConfig.Addr must be an IPv4 address", ErrInvalidAddr)
 	}
+	if a := cfg.Addr6; a.IsValid() && (!a.Is6() || a.Is4In6() || a.IsUnspecified() || a.IsMulticast() || a.Zone() != "") {
+		return nil, fmt.Errorf("%w: ClientConfig.Addr6 %v must be an IPv6 unicast address", ErrInvalidAddr, a)
+	}
 	if cfg.MTU == 0 {
 		cfg.MTU = 1280 // the IPv6 minimum: fits any QUIC datagram path
 	}
@@ -94,7 +101,7 @@ func NewClient(cfg ClientConfig) (*ClientStack, error) {
 	c.pools.init(cfg.MTU)
 	c.st = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 	})
 	c.link = &clientLink{c: c}
 	c.link.mtu = uint32(cfg.MTU)
@@ -115,19 +122,31 @@ func (c *ClientStack) configure() error {
 	if err := c.st.CreateNICWithOptions(nicID, c.link, stack.NICOptions{Name: "tunnel", QDisc: &clientQDisc{c}}); err != nil {
 		return fmt.Errorf("netstack: create NIC: %v", err)
 	}
-	pa := tcpip.ProtocolAddress{
-		Protocol:          ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(c.cfg.Addr), PrefixLen: 32},
+	routes := []tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}}
+	for _, a := range []netip.Addr{c.cfg.Addr, c.cfg.Addr6} {
+		if !a.IsValid() {
+			continue
+		}
+		pa := tcpip.ProtocolAddress{
+			Protocol:          protoOf(a),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(a), PrefixLen: a.BitLen()},
+		}
+		if err := c.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("netstack: add address %v: %v", a, err)
+		}
+		if a.Is6() {
+			routes = append(routes, tcpip.Route{Destination: header.IPv6EmptySubnet, NIC: nicID})
+		}
 	}
-	if err := c.st.AddProtocolAddress(nicID, pa, stack.AddressProperties{}); err != nil {
-		return fmt.Errorf("netstack: add address %v: %v", c.cfg.Addr, err)
-	}
-	c.st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: nicID}})
+	c.st.SetRouteTable(routes)
 	return nil
 }
 
 // Addr returns the stack's address.
 func (c *ClientStack) Addr() netip.Addr { return c.cfg.Addr }
+
+// Addr6 returns the stack's IPv6 address, or the zero Addr.
+func (c *ClientStack) Addr6() netip.Addr { return c.cfg.Addr6 }
 
 // MTU returns the stack's MTU.
 func (c *ClientStack) MTU() int { return c.cfg.MTU }
@@ -269,14 +288,20 @@ func fullAddrProto(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolN
 // ErrPingTimeout is returned by Ping when no reply came before ctx ended.
 var ErrPingTimeout = errors.New("netstack: ping: no reply")
 
-// Ping sends one ICMP echo request to dst through the tunnel and waits for
-// the reply; it returns the round-trip time.
+// Ping sends one ICMP echo request (ICMPv6 to an IPv6 dst, which needs
+// ClientConfig.Addr6) to dst through the tunnel and waits for the reply;
+// it returns the round-trip time.
 func (c *ClientStack) Ping(ctx context.Context, dst netip.Addr) (time.Duration, error) {
-	if !dst.Is4() {
-		return 0, fmt.Errorf("netstack: ping %v: only IPv4 is supported", dst)
+	dst = dst.Unmap()
+	tproto, nproto, echo, reply := icmp.ProtocolNumber4, ipv4.ProtocolNumber, uint8(header.ICMPv4Echo), uint8(header.ICMPv4EchoReply)
+	if dst.Is6() {
+		if !c.cfg.Addr6.IsValid() {
+			return 0, fmt.Errorf("netstack: ping %v: the stack has no IPv6 address", dst)
+		}
+		tproto, nproto, echo, reply = icmp.ProtocolNumber6, ipv6.ProtocolNumber, uint8(header.ICMPv6EchoRequest), uint8(header.ICMPv6EchoReply)
 	}
 	var wq waiter.Queue
-	ep, terr := c.st.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
+	ep, terr := c.st.NewEndpoint(tproto, nproto, &wq)
 	if terr != nil {
 		return 0, fmt.Errorf("netstack: ping endpoint: %v", terr)
 	}
@@ -288,10 +313,13 @@ func (c *ClientStack) Ping(ctx context.Context, dst netip.Addr) (time.Duration, 
 		return 0, fmt.Errorf("netstack: ping %v: %v", dst, terr)
 	}
 	seq := uint16(c.pingID.Add(1))
-	req := make([]byte, header.ICMPv4MinimumSize+8) // 8 bytes of payload carry the send time
-	icmpReq := header.ICMPv4(req)
-	icmpReq.SetType(header.ICMPv4Echo)
-	icmpReq.SetSequence(seq)
+	// The echo header (type, code, checksum, identifier, sequence) has
+	// the same 8-byte layout in ICMP and ICMPv6; gVisor's endpoint fills
+	// in the identifier and the checksum. 8 bytes of payload carry the
+	// send time.
+	req := make([]byte, header.ICMPv4MinimumSize+8)
+	req[0] = echo
+	binary.BigEndian.PutUint16(req[6:8], seq)
 	start := time.Now()
 	binary.BigEndian.PutUint64(req[header.ICMPv4MinimumSize:], uint64(start.UnixNano()))
 	var r bytes.Reader
@@ -315,8 +343,7 @@ func (c *ClientStack) Ping(ctx context.Context, dst netip.Addr) (time.Duration, 
 		if terr != nil {
 			return 0, fmt.Errorf("netstack: ping %v: %v", dst, terr)
 		}
-		rep := header.ICMPv4(w.b)
-		if len(rep) >= header.ICMPv4MinimumSize && rep.Type() == header.ICMPv4EchoReply && rep.Sequence() == seq {
+		if rep := w.b; len(rep) >= header.ICMPv4MinimumSize && rep[0] == reply && binary.BigEndian.Uint16(rep[6:8]) == seq {
 			return time.Since(start), nil
 		}
 	}

@@ -8,14 +8,20 @@
 // checking the source (anti-spoofing) and the route policy ([Config.Allow]);
 // [Port.Packets] yields the packets the stack sends back, in pooled buffers
 // that already leave room for the tunnel's frame header. [Port.SetMTU] gives
-// a port its transport's MTU.
+// a port its transport's MTU. A dual-stack session attaches its IPv4 and
+// IPv6 addresses to one port ([Stack.AttachAddrs]): either may be the
+// source of its packets, flows of both families are re-originated with
+// host sockets of the destination's family, and ICMPv6 echo is forwarded
+// like ICMP echo.
 //
 // Flows: a client TCP SYN is answered only after the upstream connection has
 // been dialed, so a refused destination becomes a prompt RST and an
 // unreachable one an ICMP unreachable, instead of a connection that opens and
 // then dies. UDP gets one connected host socket per 4-tuple, closed after an
 // idle timeout. ICMP echo to the gateway's own address is answered by the
-// stack, echo to other allowed hosts is forwarded ([Config.Pinger]).
+// stack, echo to other allowed hosts is forwarded ([Config.Pinger]); a
+// fragmented echo request is reassembled by the stack first and forwarded
+// whole, and a reply over the port's MTU goes back in fragments.
 // [Stack.ListenTCP] and [Stack.ListenUDP] host in-tunnel services (DNS proxy,
 // a web page) that take precedence over forwarding.
 //
@@ -48,7 +54,9 @@
 //     what enters it (RFC 2475's boundary nodes), and each leg's TCP does
 //     its own congestion control.
 //   - ICMP errors come from the gateway's tunnel address, not from a router
-//     interface on the client's path.
+//     interface on the client's path. ICMPv6 errors come from the
+//     destination the client addressed: the stack has no IPv6 address of
+//     its own.
 //   - A UDP mapping lives for its idle timeout (Config.UDPIdleTimeout, 2
 //     minutes, RFC 4787 REQ-5) however many packets it has seen; Linux
 //     conntrack drops a mapping that saw only one exchange after 30 s.
@@ -58,6 +66,10 @@
 //     and one further away stays silent.
 //   - A TCP SYN is answered (SYN-ACK) only once the upstream connection is up,
 //     so the client's handshake takes the upstream round trip too.
+//   - A ping to a host that does not answer gets no answer at all: the
+//     gateway host's ping sockets relay echo replies only, where a router
+//     on the host's subnet reports it unreachable after neighbour
+//     discovery (ARP) gives up.
 //
 // Scale: per-flow memory is kept small so that tens of thousands of idle
 // flows fit a small server: TCP buffers are caps that auto-tune, relay

@@ -30,12 +30,20 @@ const (
 	echoRetry      = time.Minute
 	icmp4Echo      = 8
 	icmp4EchoReply = 0
+	icmp6Echo      = 128 // RFC 4443 4.1
+	icmp6EchoReply = 129 // RFC 4443 4.2
 )
 
 // echoState is the ICMP echo forwarder's bookkeeping.
 type echoState struct {
-	inFlight   atomic.Int32
-	disabledAt atomic.Int64 // unix nanos of the last failure to open a socket
+	inFlight atomic.Int32
+	// fragsInFlight counts fragmented echo requests being reassembled
+	// (echofrag.go), at most maxEchoInFlight.
+	fragsInFlight atomic.Int32
+	// disabledAt is the unix nanos of the last failure to open a socket,
+	// per family ([0] IPv4, [1] IPv6): a host without IPv6 (or a Pinger
+	// that only speaks IPv4) must not stop IPv4 pings.
+	disabledAt [2]atomic.Int64
 }
 
 // openPing opens a host socket for ICMP echo: an unprivileged ping socket
@@ -43,7 +51,16 @@ type echoState struct {
 // socket (root or CAP_NET_RAW). raw tells which: a raw socket sees every
 // ICMP message and keeps our identifier; a ping socket sees only its own
 // replies and rewrites the identifier.
-func openPing() (c *icmp.PacketConn, raw bool, err error) {
+// For IPv6 the same sysctl governs ping sockets, and the kernel fills in
+// the ICMPv6 checksum on both kinds (RFC 3542 3.1).
+func openPing(v6 bool) (c *icmp.PacketConn, raw bool, err error) {
+	if v6 {
+		if c, err = icmp.ListenPacket("udp6", "::"); err == nil {
+			return c, false, nil
+		}
+		c, err = icmp.ListenPacket("ip6:ipv6-icmp", "::")
+		return c, true, err
+	}
 	if c, err = icmp.ListenPacket("udp4", "0.0.0.0"); err == nil {
 		return c, false, nil
 	}
@@ -52,8 +69,10 @@ func openPing() (c *icmp.PacketConn, raw bool, err error) {
 }
 
 // Pinger forwards ICMP echo requests for clients: it sends an echo with
-// the given identifier, sequence number and payload to dst and returns the
-// reply's payload. Ping must honour ctx.
+// the given identifier, sequence number and payload to dst (IPv4, or IPv6
+// for a dual-stack client's ICMPv6 echo) and returns the reply's payload.
+// Ping must honour ctx. An error other than a timeout stops forwarding of
+// that address family for a minute.
 type Pinger interface {
 	Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payload []byte) ([]byte, error)
 }
@@ -68,7 +87,8 @@ var errEchoTimeout = errors.New("netstack: no echo reply")
 
 // Ping implements Pinger.
 func (HostPinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payload []byte) ([]byte, error) {
-	c, raw, err := openPing()
+	v6 := dst.Is6()
+	c, raw, err := openPing(v6)
 	if err != nil {
 		return nil, err
 	}
@@ -80,10 +100,16 @@ func (HostPinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payl
 	}
 	msg := make([]byte, 8+len(payload))
 	msg[0] = icmp4Echo
+	want := byte(icmp4EchoReply)
+	if v6 {
+		msg[0], want = icmp6Echo, icmp6EchoReply
+	}
 	binary.BigEndian.PutUint16(msg[4:6], id)
 	binary.BigEndian.PutUint16(msg[6:8], seq)
 	copy(msg[8:], payload)
-	binary.BigEndian.PutUint16(msg[2:4], ^fold(sum(msg, 0))) // the kernel redoes it for ping sockets
+	if !v6 { // ICMPv6's checksum covers a pseudo-header: the kernel computes it
+		binary.BigEndian.PutUint16(msg[2:4], ^fold(sum(msg, 0))) // the kernel redoes it for ping sockets
+	}
 	var to net.Addr = &net.UDPAddr{IP: dst.AsSlice()}
 	if raw {
 		to = &net.IPAddr{IP: dst.AsSlice()}
@@ -101,7 +127,7 @@ func (HostPinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payl
 			return nil, err
 		}
 		r := buf[:n]
-		if n < 8 || r[0] != icmp4EchoReply || binary.BigEndian.Uint16(r[6:8]) != seq {
+		if n < 8 || r[0] != want || binary.BigEndian.Uint16(r[6:8]) != seq {
 			continue
 		}
 		if raw && (binary.BigEndian.Uint16(r[4:6]) != id || addrOf(from) != dst) {
@@ -111,16 +137,20 @@ func (HostPinger) Ping(ctx context.Context, dst netip.Addr, id, seq uint16, payl
 	}
 }
 
-// forwardEcho sends a client's IPv4 echo request to its destination through
+// forwardEcho sends a client's echo request (ICMP or ICMPv6) to its destination through
 // the Pinger and relays the reply, as the TCP and UDP forwarders
 // re-originate flows. It reports false when it cannot (no Pinger, the host
 // refused to open ICMP sockets recently, or too many pings are in flight);
 // the caller then refuses the ping.
 func (s *Stack) forwardEcho(p *Port, ip *ipInfo) bool {
-	if s.pinger == nil || ip.v6 || len(ip.l4) < 8 {
+	if s.pinger == nil || len(ip.l4) < 8 {
 		return false
 	}
-	if t := s.echo.disabledAt.Load(); t != 0 && time.Since(time.Unix(0, t)) < echoRetry {
+	fam := 0
+	if ip.v6 {
+		fam = 1
+	}
+	if t := s.echo.disabledAt[fam].Load(); t != 0 && time.Since(time.Unix(0, t)) < echoRetry {
 		return false
 	}
 	if !reserve(&p.echoes, maxEchoPerPort, &s.stats.echoCapped) {
@@ -151,7 +181,7 @@ func (s *Stack) forwardEcho(p *Port, ip *ipInfo) bool {
 		case err == nil:
 			s.sendEchoReply(p, dst, src, id, seq, reply)
 		case !errors.Is(err, errEchoTimeout) && ctx.Err() == nil:
-			s.echo.disabledAt.Store(time.Now().UnixNano())
+			s.echo.disabledAt[fam].Store(time.Now().UnixNano())
 			s.log.Debug("icmp echo forwarding unavailable", "err", err)
 		}
 	}()
@@ -170,37 +200,49 @@ func addrOf(a net.Addr) netip.Addr {
 	return netip.Addr{}
 }
 
-// sendEchoReply queues an echo reply from src to the client dst.
+// sendEchoReply queues an echo reply (ICMPv6 if src is IPv6) from src to
+// the client dst. A reply bigger than the port's MTU (a big ping) is sent
+// in fragments, as the host that answers it would (the stack is its
+// source on the tunnel leg: RFC 791 3.2, RFC 8200 4.5).
 func (s *Stack) sendEchoReply(p *Port, src, dst netip.Addr, id, seq uint16, payload []byte) {
-	n := 20 + 8 + len(payload)
+	hl, proto, typ := 20, byte(protoICMP), byte(icmp4EchoReply)
+	if src.Is6() {
+		hl, proto, typ = 40, protoICMPv6, icmp6EchoReply
+	}
+	n := hl + 8 + len(payload)
+	if n-hl > 65535 || (!src.Is6() && n > 65535) { // the length fields' limits
+		return
+	}
+	fill := func(b []byte) {
+		writeIPHeader(b[:hl], src, dst, proto, 8+len(payload))
+		m := b[hl:]
+		m[0], m[1] = typ, 0
+		clear(m[2:4])
+		binary.BigEndian.PutUint16(m[4:6], id)
+		binary.BigEndian.PutUint16(m[6:8], seq)
+		copy(m[8:], payload)
+		if proto == protoICMPv6 {
+			binary.BigEndian.PutUint16(m[2:4], l4Checksum(src, dst, protoICMPv6, m))
+		} else {
+			binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
+		}
+	}
 	if mtu := p.linkMTU(); n > mtu {
-		// A big ping (ping -s 65000): fragmented to the port's MTU, as
-		// the replying host's kernel would fragment it. Rare, so the
-		// whole reply is built in a buffer of its own first.
-		b := make([]byte, n)
-		writeEchoReply(b, src, dst, id, seq, payload)
-		s.fragment4(p, b, mtu)
+		b := make([]byte, n) // rare (a ping over the MTU): fragmented from here
+		fill(b)
+		if proto == protoICMPv6 {
+			s.fragment6(p, b, mtu)
+		} else {
+			s.fragment4(p, b, mtu)
+		}
 		return
 	}
 	pk := s.pools.get(p.headroom + n)
 	if pk == nil {
 		return
 	}
-	writeEchoReply(pk.buf[p.headroom:p.headroom+n], src, dst, id, seq, payload)
+	fill(pk.buf[p.headroom : p.headroom+n])
 	if !p.send(pk, false) {
 		s.stats.rejectsDropped.Add(1)
 	}
-}
-
-// writeEchoReply writes an IPv4 echo reply carrying payload into b, which
-// is exactly its size (28 bytes more than payload).
-func writeEchoReply(b []byte, src, dst netip.Addr, id, seq uint16, payload []byte) {
-	writeIPHeader(b[:20], src, dst, protoICMP, 8+len(payload))
-	m := b[20:]
-	m[0], m[1] = icmp4EchoReply, 0
-	clear(m[2:4])
-	binary.BigEndian.PutUint16(m[4:6], id)
-	binary.BigEndian.PutUint16(m[6:8], seq)
-	copy(m[8:], payload)
-	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
 }

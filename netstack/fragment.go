@@ -21,8 +21,11 @@ import (
 //     and nobody upstream would learn a smaller MTU from an ICMP error, so
 //     honouring DF would only lose every big datagram (as issue 11 measured
 //     for 1253-byte and larger UDP over CONNECT-IP);
+//   - IPv6 UDP and ICMPv6 are fragmented too: the stack is their source
+//     (each flow is re-originated), and in IPv6 the source fragments
+//     (RFC 8200 4.5);
 //   - TCP with DF gets an ICMP fragmentation-needed carrying the port's MTU
-//     (RFC 1191), and IPv6 a Packet Too Big (RFC 8201), delivered back into
+//     (RFC 1191), and IPv6 TCP a Packet Too Big (RFC 8201), delivered back into
 //     the stack: the sending TCP endpoint lowers its segment size and
 //     resends, so a flow that moved from a TLS connection (MSS ~16000) to a
 //     QUIC one (1280) carries on. The packet itself is dropped, as a router
@@ -73,14 +76,19 @@ func (s *Stack) writeOversize(p *Port, pkt *stack.PacketBuffer, mtu int) {
 			return
 		}
 	}
-	// TCP with DF, IPv6 (only its source may fragment), or IPv4 options
-	// (gVisor sends none; fragments would need the copied ones sorted out).
+	if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber && len(b) >= header.IPv6MinimumSize &&
+		pkt.GSOOptions.Type == stack.GSONone && fragmentable6(b) {
+		s.fragment6(p, b, mtu) // the stack is this packet's source: it may fragment
+		return
+	}
+	// TCP with DF, IPv6 TCP, or IPv4 options (gVisor sends none; fragments
+	// would need the copied ones sorted out).
 	s.stats.tooBigAnswered.Add(1)
 	if pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber {
 		// Type 3 code 4; the next-hop MTU is the low 16 bits of the rest.
-		s.deliverICMP(p, p.addr, netipAddr(header.IPv4(b).SourceAddress()), icmp4Unreach, icmp4CodeFragNeeded, uint32(mtu), b)
+		s.deliverICMP(p, p.addrFor(false), netipAddr(header.IPv4(b).SourceAddress()), icmp4Unreach, icmp4CodeFragNeeded, uint32(mtu), b)
 	} else if len(b) >= header.IPv6MinimumSize {
-		s.deliverICMP(p, p.addr, netipAddr(header.IPv6(b).SourceAddress()), icmp6TooBig, 0, uint32(mtu), b)
+		s.deliverICMP(p, p.addrFor(true), netipAddr(header.IPv6(b).SourceAddress()), icmp6TooBig, 0, uint32(mtu), b)
 	}
 }
 
@@ -173,4 +181,15 @@ func (s *Stack) deliverICMP(p *Port, src, dst netip.Addr, typ, code byte, rest u
 		s.link.deliver(proto, pb)
 		pb.DecRef()
 	}()
+}
+
+// fragmentable6 reports whether the IPv6 packet b is UDP or ICMPv6, whole
+// or already a fragment of one (gVisor's, over the stack's MTU): what
+// fragment6 cuts to a port's MTU.
+func fragmentable6(b []byte) bool {
+	nh := b[6]
+	if nh == ipv6FragHdr && len(b) >= header.IPv6MinimumSize+8 {
+		nh = b[header.IPv6MinimumSize]
+	}
+	return nh == protoUDP || nh == protoICMPv6
 }

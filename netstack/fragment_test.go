@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // bigMTU is the TLS transport's MTU: the stack's link MTU in production.
@@ -36,52 +38,76 @@ func TestSetMTU(t *testing.T) {
 // TestPortMTUFragmentsUDP sends datagrams of every interesting size from a
 // host to a client whose port carries 1280-byte packets (CONNECT-IP) while
 // the stack's MTU is 16000: each must arrive whole, in packets of at most
-// 1280 bytes, as through a Linux router with a 1280-MTU next hop.
+// 1280 bytes, as through a Linux router with a 1280-MTU next hop. Over
+// IPv6 (a dual-stack client) the stack, the datagrams' source on the
+// tunnel leg, fragments them (RFC 8200 4.5), including the fragments
+// gVisor cut to the stack's MTU first.
 func TestPortMTUFragmentsUDP(t *testing.T) {
 	const mtu = 1280
-	gw := newGW(t, func(c *Config) { c.MTU = bigMTU })
-	// The host side answers "N" with N bytes.
-	port := udpServer(t, func(b []byte) []byte {
-		size, _ := strconv.Atoi(string(b))
-		return pattern(size)
-	})
-
-	c := newClient(t, gw, cliAddr, 0)
-	if err := c.port.SetMTU(mtu); err != nil {
-		t.Fatal(err)
-	}
-	uc, err := c.dialUDP(netip.AddrPortFrom(far, port))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uc.Close()
-	buf := make([]byte, 1<<16)
-	frags := uint64(0)
-	// 1252: the largest payload that fits 1280 unfragmented (20 IP + 8
-	// UDP); 15972: the largest the stack's 16000 MTU carries whole; 65507:
-	// the largest UDP payload over IPv4.
-	for _, size := range []int{0, 1, 1252, 1253, 1400, 2000, 8000, 15972, 15973, 65507} {
-		uc.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := uc.Write([]byte(strconv.Itoa(size))); err != nil {
-			t.Fatal(err)
-		}
-		n, err := uc.Read(buf)
-		if err != nil {
-			t.Fatalf("%d-byte datagram: %v (stats %+v)", size, err, gw.Stats())
-		}
-		if !bytes.Equal(buf[:n], pattern(size)) {
-			t.Fatalf("%d-byte datagram: got %d bytes, not the pattern", size, n)
-		}
-		// Over 1252 the gateway fragments (over 15972 gVisor first cuts the
-		// datagram to the stack's MTU, and the gateway each piece again).
-		got := gw.Stats().Fragmented
-		if fragmented := got > frags; fragmented != (size > mtu-28) {
-			t.Errorf("after %d bytes: Fragmented went from %d to %d", size, frags, got)
-		}
-		frags = got
-	}
-	if m := c.maxSize(); m > mtu {
-		t.Errorf("the client got a %d-byte packet over a %d MTU", m, mtu)
+	for _, tc := range []struct {
+		name     string
+		listen   string     // the host side's socket
+		dst      netip.Addr // what the client dials (the dialer maps it to listen's address)
+		overhead int        // IP + UDP headers
+		// 1252/1232: the largest payload that fits 1280 unfragmented;
+		// 15972/15952: the largest the stack's 16000 MTU carries whole;
+		// 65507/65527: the largest UDP payload.
+		sizes []int
+	}{
+		{"IPv4", "127.0.0.1:0", far, 28, []int{0, 1, 1252, 1253, 1400, 2000, 8000, 15972, 15973, 65507}},
+		{"IPv6", "[::1]:0", far6, 48, []int{0, 1, 1232, 1233, 2000, 8000, 15952, 15953, 65527}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			gw := newGW(t, func(c *Config) {
+				c.MTU = bigMTU
+				c.Dialer = &loop6Dialer{}
+			})
+			// The host side answers "N" with N bytes.
+			srv, err := net.ListenPacket("udp", tc.listen)
+			if err != nil {
+				t.Fatal(err)
+			}
+			testenv.ServePacket(t, srv, func(b []byte, from net.Addr) {
+				size, _ := strconv.Atoi(string(b))
+				srv.WriteTo(pattern(size), from)
+			})
+			port := uint16(srv.LocalAddr().(*net.UDPAddr).Port)
+			c := newClientAddrs(t, gw, []netip.Addr{cliAddr, cliAddr6}, 0)
+			if err := c.port.SetMTU(mtu); err != nil {
+				t.Fatal(err)
+			}
+			uc, err := c.dialUDP(netip.AddrPortFrom(tc.dst, port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer uc.Close()
+			buf := make([]byte, 1<<16)
+			frags := uint64(0)
+			for _, size := range tc.sizes {
+				uc.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := uc.Write([]byte(strconv.Itoa(size))); err != nil {
+					t.Fatal(err)
+				}
+				n, err := uc.Read(buf)
+				if err != nil {
+					t.Fatalf("%d-byte datagram: %v (stats %+v)", size, err, gw.Stats())
+				}
+				if !bytes.Equal(buf[:n], pattern(size)) {
+					t.Fatalf("%d-byte datagram: got %d bytes, not the pattern", size, n)
+				}
+				// Over 1252 (1232) the gateway fragments (over 15972 (15952)
+				// gVisor first cuts the datagram to the stack's MTU, and the
+				// gateway each piece again).
+				got := gw.Stats().Fragmented
+				if fragmented := got > frags; fragmented != (size > mtu-tc.overhead) {
+					t.Errorf("after %d bytes: Fragmented went from %d to %d", size, frags, got)
+				}
+				frags = got
+			}
+			if m := c.maxSize(); m > mtu {
+				t.Errorf("the client got a %d-byte packet over a %d MTU", m, mtu)
+			}
+		})
 	}
 }
 
@@ -156,7 +182,7 @@ func TestFragmentAFragment(t *testing.T) {
 	}
 	defer port.Close()
 	payload := pattern(3000)
-	b := ipv4Packet(far, cliAddr, protoUDP, payload)
+	b := ipPacket(far, cliAddr, protoUDP, payload)
 	binary.BigEndian.PutUint16(b[6:8], 0x2000|1480/8) // MF, offset 1480
 	gw.fragment4(port, b, 1280)
 	var got []byte

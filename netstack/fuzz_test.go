@@ -28,6 +28,13 @@ func FuzzInject(f *testing.F) {
 	f.Add(echoRequest(cliAddr, gwAddr, 1))
 	f.Add(echoRequest(cliAddr, far, 1))
 	f.Add([]byte{0x60, 0, 0, 0, 0, 8, 17, 64})
+	cli6seed := netip.MustParseAddr("fd00::2")
+	for _, fr := range fragments(cliAddr, far, 9, echoMessage(cliAddr, far, 1, make([]byte, 40)), 24) {
+		f.Add(fr)
+	}
+	for _, fr := range fragments(cli6seed, far6, 9, echoMessage(cli6seed, far6, 1, make([]byte, 40)), 24) {
+		f.Add(fr)
+	}
 	f.Add([]byte{})
 
 	s, err := New(Config{Addr: gwAddr, Dialer: failDialer{},

@@ -122,7 +122,14 @@ func (c *client) maxSize() int { return int(c.largest.Load()) }
 
 func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	t.Helper()
-	port, err := gw.Attach(addr, testHeadroom, queueLen)
+	return newClientAddrs(t, gw, []netip.Addr{addr}, queueLen)
+}
+
+// newClientAddrs is newClient for a port with several addresses (a
+// dual-stack session: AttachAddrs).
+func newClientAddrs(t testing.TB, gw *Stack, addrs []netip.Addr, queueLen int) *client {
+	t.Helper()
+	port, err := gw.AttachAddrs(addrs, testHeadroom, queueLen)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,9 +143,11 @@ func newClient(t testing.TB, gw *Stack, addr netip.Addr, queueLen int) *client {
 	if err := st.CreateNIC(1, ep); err != nil {
 		t.Fatal(err)
 	}
-	st.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(addr), PrefixLen: 32}}, stack.AddressProperties{})
-	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}})
+	for _, addr := range addrs {
+		st.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: protoOf(addr),
+			AddressWithPrefix: tcpip.AddressWithPrefix{Address: tcpAddr(addr), PrefixLen: addr.BitLen()}}, stack.AddressProperties{})
+	}
+	st.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}, {Destination: header.IPv6EmptySubnet, NIC: 1}})
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &client{st: st, port: port, ep: ep, stop: cancel}
 	c.wg.Add(2)
@@ -236,19 +245,24 @@ func (c *client) close() {
 }
 
 func (c *client) dialTCP(ctx context.Context, dst netip.AddrPort) (*gonet.TCPConn, error) {
-	return gonet.DialContextTCP(ctx, c.st, tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+	return gonet.DialContextTCP(ctx, c.st, tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
 }
 
 func (c *client) dialUDP(dst netip.AddrPort) (*gonet.UDPConn, error) {
-	return gonet.DialUDP(c.st, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, ipv4.ProtocolNumber)
+	return gonet.DialUDP(c.st, nil, &tcpip.FullAddress{NIC: 1, Addr: tcpAddr(dst.Addr()), Port: dst.Port()}, protoOf(dst.Addr()))
 }
 
 // Hand-built packets for tests that talk to a Port directly.
 
-func ipv4Packet(src, dst netip.Addr, proto byte, payload []byte) []byte {
-	b := make([]byte, 20+len(payload))
+// ipPacket builds an IP packet: IPv4, or IPv6 when src is IPv6.
+func ipPacket(src, dst netip.Addr, proto byte, payload []byte) []byte {
+	hl := 20
+	if src.Is6() {
+		hl = 40
+	}
+	b := make([]byte, hl+len(payload))
 	writeIPHeader(b, src, dst, proto, len(payload))
-	copy(b[20:], payload)
+	copy(b[hl:], payload)
 	return b
 }
 
@@ -264,7 +278,7 @@ func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags byte) []byte {
 	t[13] = flags
 	binary.BigEndian.PutUint16(t[14:16], 65535)
 	binary.BigEndian.PutUint16(t[16:18], l4Checksum(src.Addr(), dst.Addr(), protoTCP, t))
-	return ipv4Packet(src.Addr(), dst.Addr(), protoTCP, t)
+	return ipPacket(src.Addr(), dst.Addr(), protoTCP, t)
 }
 
 func udpPacket(src, dst netip.AddrPort, data []byte) []byte {
@@ -274,7 +288,7 @@ func udpPacket(src, dst netip.AddrPort, data []byte) []byte {
 	binary.BigEndian.PutUint16(u[4:6], uint16(len(u)))
 	copy(u[8:], data)
 	binary.BigEndian.PutUint16(u[6:8], l4Checksum(src.Addr(), dst.Addr(), protoUDP, u))
-	return ipv4Packet(src.Addr(), dst.Addr(), protoUDP, u)
+	return ipPacket(src.Addr(), dst.Addr(), protoUDP, u)
 }
 
 func echoRequest(src, dst netip.Addr, seq uint16) []byte {
@@ -284,7 +298,7 @@ func echoRequest(src, dst netip.Addr, seq uint16) []byte {
 	binary.BigEndian.PutUint16(m[6:8], seq)
 	copy(m[8:], "underpass-ping!!")
 	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	return ipv4Packet(src, dst, protoICMP, m)
+	return ipPacket(src, dst, protoICMP, m)
 }
 
 // nextPacket waits for one outbound packet on p and returns its IP bytes.

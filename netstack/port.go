@@ -31,8 +31,12 @@ import (
 // if set. A closed port unblocks writers at once and its packets are
 // discarded.
 type Port struct {
-	s        *Stack
-	addr     netip.Addr
+	s    *Stack
+	addr netip.Addr // the first address given to Attach
+	// addr6 is a dual-stack port's second address, of the other family
+	// than addr (AttachAddrs); the zero Addr, which equals no parsed
+	// source, when the port has one address.
+	addr6    netip.Addr
 	headroom int
 
 	ch     chan *Packet
@@ -54,6 +58,9 @@ type Port struct {
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
 	syns   map[synKey]uint32 // client SYNs' sequence numbers (noteSYN), under flowMu
+	// echoFrags reassembles the client's fragmented echo requests
+	// (echofrag.go), under flowMu.
+	echoFrags echoFrags
 
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
@@ -93,14 +100,28 @@ func (t *portTable) get(a netip.Addr) *Port {
 	return nil
 }
 
-// add inserts p under its address; false if the address is taken.
-func (t *portTable) add(p *Port) bool {
-	_, taken := t.m.LoadOrStore(p.addr, p)
-	return !taken
+// add inserts p under each of its addresses; if one is taken it inserts
+// none and returns that address.
+func (t *portTable) add(p *Port) (netip.Addr, bool) {
+	if _, taken := t.m.LoadOrStore(p.addr, p); taken {
+		return p.addr, false
+	}
+	if p.addr6.IsValid() {
+		if _, taken := t.m.LoadOrStore(p.addr6, p); taken {
+			t.m.CompareAndDelete(p.addr, p)
+			return p.addr6, false
+		}
+	}
+	return netip.Addr{}, true
 }
 
-// remove deletes p's entry if it is still p's (never a successor's).
-func (t *portTable) remove(p *Port) { t.m.CompareAndDelete(p.addr, p) }
+// remove deletes p's entries if they are still p's (never a successor's).
+func (t *portTable) remove(p *Port) {
+	t.m.CompareAndDelete(p.addr, p)
+	if p.addr6.IsValid() {
+		t.m.CompareAndDelete(p.addr6, p)
+	}
+}
 
 // each calls f for every attached port; f may close it. Ports attached
 // meanwhile may or may not be visited; each port is visited at most once.
@@ -119,9 +140,32 @@ type flow interface{ abort(err error) }
 // outbound packet for the caller's frame header. queueLen is the outbound
 // queue length in packets; 0 means DefaultQueueLen.
 func (s *Stack) Attach(addr netip.Addr, headroom, queueLen int) (*Port, error) {
-	if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() || addr.Is4In6() || addr.Zone() != "" {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidAddr, addr)
+	return s.AttachAddrs([]netip.Addr{addr}, headroom, queueLen)
+}
+
+// AttachAddrs is Attach for a session with one or two leased addresses: a
+// dual-stack session's IPv4 and IPv6 address (one of each family, so two
+// of one family fail with ErrInvalidAddr). The port owns both: either may
+// be the source of the client's packets (anti-spoofing accepts exactly
+// these), and flows to either come back on the port. Port.Addr returns
+// addrs[0].
+func (s *Stack) AttachAddrs(addrs []netip.Addr, headroom, queueLen int) (*Port, error) {
+	if len(addrs) == 0 || len(addrs) > 2 {
+		return nil, fmt.Errorf("%w: want one or two addresses, got %d", ErrInvalidAddr, len(addrs))
 	}
+	for _, addr := range addrs {
+		if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() || addr.Is4In6() || addr.Zone() != "" {
+			return nil, fmt.Errorf("%w: %v", ErrInvalidAddr, addr)
+		}
+	}
+	var addr6 netip.Addr
+	if len(addrs) == 2 {
+		if addrs[0].Is4() == addrs[1].Is4() {
+			return nil, fmt.Errorf("%w: %v and %v: want one address of each family", ErrInvalidAddr, addrs[0], addrs[1])
+		}
+		addr6 = addrs[1]
+	}
+	addr := addrs[0]
 	if headroom < 0 || headroom > MaxHeadroom {
 		return nil, fmt.Errorf("%w: %d", ErrHeadroom, headroom)
 	}
@@ -129,7 +173,7 @@ func (s *Stack) Attach(addr netip.Addr, headroom, queueLen int) (*Port, error) {
 		queueLen = DefaultQueueLen
 	}
 	p := &Port{
-		s: s, addr: addr, headroom: headroom,
+		s: s, addr: addr, addr6: addr6, headroom: headroom,
 		ch:    make(chan *Packet, queueLen),
 		done:  make(chan struct{}),
 		flows: make(map[flow]struct{}),
@@ -139,17 +183,40 @@ func (s *Stack) Attach(addr netip.Addr, headroom, queueLen int) (*Port, error) {
 	if s.closed {
 		return nil, ErrClosed
 	}
-	if s.isLocal(addr) {
-		return nil, fmt.Errorf("%w: %v is a local address of the stack", ErrInvalidAddr, addr)
+	for _, a := range addrs {
+		if s.isLocal(a) {
+			return nil, fmt.Errorf("%w: %v is a local address of the stack", ErrInvalidAddr, a)
+		}
 	}
-	if !s.ports.add(p) {
-		return nil, fmt.Errorf("%w: %v", ErrAddrInUse, addr)
+	if a, ok := s.ports.add(p); !ok {
+		return nil, fmt.Errorf("%w: %v", ErrAddrInUse, a)
 	}
 	return p, nil
 }
 
-// Addr returns the port's address.
+// Addr returns the port's (first) address.
 func (p *Port) Addr() netip.Addr { return p.addr }
+
+// Addrs returns the port's addresses: Addr, then a dual-stack port's
+// second one.
+func (p *Port) Addrs() []netip.Addr {
+	if p.addr6.IsValid() {
+		return []netip.Addr{p.addr, p.addr6}
+	}
+	return []netip.Addr{p.addr}
+}
+
+// addrFor returns the port's address of the family of a (v4 or v6), or
+// the zero Addr when it has none.
+func (p *Port) addrFor(v6 bool) netip.Addr {
+	switch {
+	case p.addr.Is6() == v6:
+		return p.addr
+	case p.addr6.IsValid():
+		return p.addr6
+	}
+	return netip.Addr{}
+}
 
 // Packets returns the outbound packets for this client. The channel is
 // closed when the port is closed; the consumer should then drain it and
@@ -189,6 +256,7 @@ func (p *Port) Close() error {
 	p.flowMu.Lock()
 	flows := p.flows
 	p.flows = nil
+	s.echo.fragsInFlight.Add(-p.echoFrags.clear()) // their share of the stack's bound
 	p.flowMu.Unlock()
 	for f := range flows {
 		f.abort(ErrClosed)
@@ -283,7 +351,7 @@ func (p *Port) send(pk *Packet, block bool) bool {
 
 // Inject feeds one IP packet from the client into the stack. pkt is copied;
 // the caller may reuse it. The packet is dropped with ErrNotIP, ErrMalformed,
-// ErrTooBig, ErrSpoofed (source is not the port's address) or ErrNotAllowed
+// ErrTooBig, ErrSpoofed (source is not one of the port's addresses) or ErrNotAllowed
 // (destination refused by policy or another session's address); for
 // ErrNotAllowed the client is answered at once on this port: a TCP RST, or
 // an ICMP destination-unreachable (administratively prohibited).
@@ -310,7 +378,7 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		}
 		return err
 	}
-	if ip.src != p.addr {
+	if ip.src != p.addr && ip.src != p.addr6 { // addr6 is zero (no match) on a single-address port
 		s.stats.dropSpoofed.Add(1)
 		return ErrSpoofed
 	}
@@ -332,6 +400,20 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.stats.ttlExceeded.Add(1)
 		s.timeExceeded(p, &ip)
 		return ErrTTLExceeded
+	}
+	// A fragment of an ICMP message to another host is reassembled here
+	// (echofrag.go), never by gVisor, which would answer an echo to any
+	// address itself; one to the stack's own IPv4 address is gVisor's.
+	if f, ok := icmpFragment(&ip); ok && ip.dst != s.cfg.Addr {
+		if s.routable(ip.dst) && s.echoFragment(p, &ip, f) {
+			p.traffic.AddIn(len(ip.pkt))
+			return nil
+		}
+		s.stats.dropNotAllowed.Add(1)
+		if f.off == 0 { // errors quote the first fragment only (RFC 1812 4.3.2.7)
+			s.reject(p, &ip)
+		}
+		return ErrNotAllowed
 	}
 	// Echo is the stack's to answer only at its own address. A listener's
 	// address (the DNS proxy's, say) owns just its port, as on a router

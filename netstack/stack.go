@@ -192,8 +192,9 @@ type Stack struct {
 	// flow keeps a reader goroutine.
 	poller *poller
 
-	icmpInFlight atomic.Int32 // deliverICMP goroutines running (maxICMPInFlight)
-	noFDLogged   atomic.Int64 // UnixNano of the last lack-of-descriptors warning (dialFailed)
+	icmpInFlight atomic.Int32  // deliverICMP goroutines running (maxICMPInFlight)
+	fragID       atomic.Uint32 // the last IPv6 fragment identification the stack used (fragment6)
+	noFDLogged   atomic.Int64  // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 
 // New creates and starts a Stack.

@@ -29,7 +29,7 @@ type Stats struct {
 	Rejects        uint64 // RST / ICMP errors queued to clients
 	RejectsDropped uint64 // answers dropped because the port queue was full
 	WriteBlocked   uint64 // outbound writes that had to wait for queue room
-	Fragmented     uint64 // outbound IPv4 packets over their port's MTU, sent as fragments (Port.SetMTU)
+	Fragmented     uint64 // outbound IPv4 packets over their port's MTU, and echo replies over it (IPv4 or IPv6), sent as fragments (Port.SetMTU)
 	TooBigAnswered uint64 // outbound packets over their port's MTU that could not be fragmented, answered to their sender with frag-needed / Packet Too Big
 	// Reassembled counts clients' IPv4 datagrams made whole from their
 	// fragments before anything looked at them; FragmentsDropped the

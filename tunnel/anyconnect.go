@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -367,8 +368,9 @@ func (g *Gateway) authenticate(ctx context.Context, a auth.Authenticator, creds 
 // newSession registers a signed-in identity, leases its address and
 // returns its cookie: a sealed token carrying the address when a Sealer is
 // configured (so any server of the site resumes the session with the same
-// address), else 256 random bits. It returns ErrFull at MaxSessions and
-// errNoAddress when the pool is exhausted.
+// address), else 256 random bits. With Config.Pool6 the session leases an
+// IPv6 address too, sealed next to the IPv4 one. It returns ErrFull at
+// MaxSessions and errNoAddress when a pool is exhausted.
 func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*session, string, error) {
 	now := time.Now()
 	exp := now.Add(g.conf().SessionTimeout)
@@ -389,11 +391,24 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		return nil, "", errNoAddress
 	}
 	s.addr = a
+	if g.pool6 != nil {
+		if s.addr6, err = g.pool6.Allocate(s.id); err != nil {
+			g.release(s, a, EndLogoff)
+			g.log.Warn("no IPv6 address for session", "session", s.id, "err", err)
+			return nil, "", errNoAddress
+		}
+	}
+	release := func() {
+		g.release(s, a, EndLogoff)
+		if s.addr6.IsValid() {
+			g.pool6.Release(s.addr6)
+		}
+	}
 	var cookie string
 	if sc != nil {
-		sc.Address = a
+		sc.Address, sc.Address6 = a, s.addr6
 		if cookie, err = g.conf().Sealer.Seal(sc); err != nil {
-			g.release(s, a, EndLogoff)
+			release()
 			return nil, "", err
 		}
 		s.cookieKey = sha256.Sum256([]byte(cookie))
@@ -401,10 +416,13 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		cookie, s.cookieKey = newCookie()
 	}
 	if !g.sessions.add(s, g.conf().MaxSessions) {
-		g.release(s, a, EndLogoff)
+		release()
 		return nil, "", ErrFull
 	}
 	g.sessions.setAddr(s, a)
+	if s.addr6.IsValid() {
+		g.sessions.setAddr(s, s.addr6)
+	}
 	return s, cookie, nil
 }
 
@@ -436,7 +454,8 @@ func (g *Gateway) resume(cookie string) (*session, error) {
 	s := &session{
 		id: sc.ID, cookieKey: sha256.Sum256([]byte(cookie)), ident: sc.Identity(),
 		created: sc.IssuedAt, expires: sc.Expiry, detached: time.Now(),
-		want: sc.Address, // claimed by prepare: the address stays the session's on every server
+		want:  sc.Address, // claimed by prepare: the address stays the session's on every server
+		want6: sc.Address6,
 	}
 	got := g.sessions.addOrGet(s, g.conf().MaxSessions)
 	if got == nil {
@@ -483,7 +502,8 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 	if t.dtlsOffer != nil {
 		g.offerDTLS(t)
 	}
-	if _, err := conn.Write(g.connectResponse(s, addr, t.dtlsOffer)); err != nil {
+	req := cstp.ParseRequest(r.Header)
+	if _, err := conn.Write(g.connectResponse(s, addr, t.dtlsOffer, req.WantsIPv6())); err != nil {
 		t.abort() // the data loop cleans up at once
 	} else {
 		g.telemetry(&t.linkBase, "connect", endNone, nil)
@@ -495,11 +515,38 @@ func (g *Gateway) serveConnect(w http.ResponseWriter, r *http.Request) {
 // DTLS offer, X-DTLS-*) headers, through the one encoder the Go client's
 // parser shares (internal/core/cstp). It is sent as one write, so it travels in
 // its own TLS record ahead of the first frame, as openconnect expects.
-func (g *Gateway) connectResponse(s *session, addr netip.Addr, dtls *dtlsOffer) []byte {
+// A dual-stack session's IPv6 address is offered (X-CSTP-Address-IP6, with
+// its pool's prefix length) only to a client that asks for IPv6 (want6):
+// one that does not gets the IPv4 reply it always got, though its port
+// owns the IPv6 address too.
+func (g *Gateway) connectResponse(s *session, addr netip.Addr, dtls *dtlsOffer, want6 bool) []byte {
 	c := g.conf()
 	inc, exc := g.policy.Load().Routes()
+	var addr6 netip.Prefix
+	if want6 {
+		s.mu.Lock()
+		if s.addr6.IsValid() {
+			addr6 = netip.PrefixFrom(s.addr6, c.Pool6.Bits())
+		}
+		s.mu.Unlock()
+	}
+	if addr6.IsValid() {
+		// IPv4 routes first, so every IPv6 one goes in the -IP6 headers
+		// (cstp.Tunnel.Address6); the order of routes means nothing.
+		byFamily := func(a, b netip.Prefix) int {
+			switch {
+			case a.Addr().Is4() == b.Addr().Is4():
+				return 0
+			case a.Addr().Is4():
+				return -1
+			}
+			return 1
+		}
+		slices.SortStableFunc(inc, byFamily)
+		slices.SortStableFunc(exc, byFamily)
+	}
 	t := &cstp.Tunnel{
-		ServerName: "underpass", Address: addr, Netmask: c.Pool.Bits(),
+		ServerName: "underpass", Address: addr, Netmask: c.Pool.Bits(), Address6: addr6,
 		DNS: c.DNS, DefaultDomain: c.SearchDomains,
 		SplitInclude: inc, SplitExclude: exc,
 		// Full tunnel: every name resolves through the gateway.

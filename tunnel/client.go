@@ -150,6 +150,7 @@ func (e *AuthError) Error() string {
 // tunnelParams is what the gateway pushed at connect.
 type tunnelParams struct {
 	addr    netip.Addr
+	addr6   netip.Addr // a dual-stack session's IPv6 address, or zero
 	mtu     int
 	include []netip.Prefix // empty: everything
 	exclude []netip.Prefix
@@ -358,12 +359,12 @@ func (c *Client) install(t clientTransport, p tunnelParams) error {
 	if c.closed {
 		return net.ErrClosed
 	}
-	if c.st == nil || c.st.Addr() != p.addr || c.st.MTU() != p.mtu {
+	if c.st == nil || c.st.Addr() != p.addr || c.st.Addr6() != p.addr6 || c.st.MTU() != p.mtu {
 		if c.st != nil {
-			c.log.Warn("tunnel address changed; open connections are lost", "old", c.st.Addr(), "new", p.addr)
+			c.log.Warn("tunnel address changed; open connections are lost", "old", c.st.Addr(), "new", p.addr, "old6", c.st.Addr6(), "new6", p.addr6)
 			_ = c.st.Close()
 		}
-		st, err := netstack.NewClient(netstack.ClientConfig{Addr: p.addr, MTU: p.mtu, Headroom: cstpHeaderLen})
+		st, err := netstack.NewClient(netstack.ClientConfig{Addr: p.addr, Addr6: p.addr6, MTU: p.mtu, Headroom: cstpHeaderLen})
 		if err != nil {
 			return err
 		}
@@ -371,7 +372,7 @@ func (c *Client) install(t clientTransport, p tunnelParams) error {
 	}
 	c.params = p
 	c.cur = t
-	c.log.Info("tunnel up", "transport", t.name(), "address", p.addr, "mtu", p.mtu)
+	c.log.Info("tunnel up", "transport", t.name(), "address", p.addr, "address6", p.addr6, "mtu", p.mtu)
 	return nil
 }
 
@@ -513,6 +514,14 @@ func (c *Client) Addr() netip.Addr {
 	return c.params.addr
 }
 
+// Addr6 returns the client's in-tunnel IPv6 address when the gateway made
+// the session dual-stack (tunnel.Config.Pool6), else the zero Addr.
+func (c *Client) Addr6() netip.Addr {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.params.addr6
+}
+
 // Transport returns the transport in use: "quic" or "tls".
 func (c *Client) Transport() string {
 	c.mu.Lock()
@@ -558,7 +567,7 @@ func (c *Client) Err() error {
 
 // routed reports whether p lets the client send to a.
 func (p *tunnelParams) routed(a netip.Addr) bool {
-	if a == p.addr {
+	if a == p.addr || a == p.addr6 {
 		return false
 	}
 	for _, e := range p.exclude {
@@ -578,8 +587,10 @@ func (p *tunnelParams) routed(a netip.Addr) bool {
 }
 
 // DialContext connects to address through the tunnel. network is "tcp",
-// "tcp4", "udp" or "udp4"; a host name is resolved with the pushed DNS
-// (LookupNetIP).
+// "tcp4", "udp" or "udp4", and "tcp6" or "udp6" on a dual-stack session
+// (Addr6); a host name is resolved with the pushed DNS (LookupNetIP), and
+// its addresses are tried in the resolver's order. An IPv6 address is
+// refused without an IPv6 tunnel address.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	st, p, err := c.stack()
 	if err != nil {
@@ -597,8 +608,12 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	}
 	var lastErr error
 	for _, a := range addrs {
-		if !a.Is4() {
-			lastErr = fmt.Errorf("tunnel: %v: only IPv4 runs inside the tunnel", a)
+		if a.Is6() && !p.addr6.IsValid() {
+			lastErr = fmt.Errorf("tunnel: %v: the gateway gave this session no IPv6 address (tunnel.Config.Pool6)", a)
+			continue
+		}
+		if (a.Is4() && strings.HasSuffix(network, "6")) || (a.Is6() && strings.HasSuffix(network, "4")) {
+			lastErr = fmt.Errorf("tunnel: %v is not a %s address", a, network)
 			continue
 		}
 		if !c.cfg.ignoreRoutes && !p.routed(a) {
@@ -645,11 +660,16 @@ func (c *Client) Resolver() *net.Resolver {
 }
 
 // LookupNetIP resolves host with the pushed DNS servers, trying the pushed
-// search domains for names without a dot.
+// search domains for names without a dot: A records, and AAAA too on a
+// dual-stack session.
 func (c *Client) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, error) {
 	_, p, err := c.stack()
 	if err != nil {
 		return nil, err
+	}
+	network := "ip4"
+	if p.addr6.IsValid() {
+		network = "ip"
 	}
 	r := c.Resolver()
 	names := []string{host}
@@ -662,7 +682,7 @@ func (c *Client) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, er
 	}
 	var lastErr error
 	for _, n := range names {
-		addrs, err := r.LookupNetIP(ctx, "ip4", n)
+		addrs, err := r.LookupNetIP(ctx, network, n)
 		if err == nil && len(addrs) > 0 {
 			for i := range addrs {
 				addrs[i] = addrs[i].Unmap()

@@ -127,9 +127,12 @@ func receiveConfig(ctx context.Context, conn *connectip.Conn) (tunnelParams, err
 		return p, fmt.Errorf("tunnel: address assignment: %w", err)
 	}
 	for _, a := range as {
-		if !a.Rejected() && a.IPPrefix.Addr().Is4() {
-			p.addr = a.IPPrefix.Addr()
-			break
+		switch ap := a.IPPrefix.Addr(); {
+		case a.Rejected():
+		case ap.Is4() && !p.addr.IsValid():
+			p.addr = ap
+		case ap.Is6() && !ap.Is4In6() && !p.addr6.IsValid():
+			p.addr6 = ap // a dual-stack session
 		}
 	}
 	if !p.addr.IsValid() {
@@ -140,12 +143,16 @@ func receiveConfig(ctx context.Context, conn *connectip.Conn) (tunnelParams, err
 		return p, fmt.Errorf("tunnel: routes: %w", err)
 	}
 	for _, r := range routes {
-		if r.StartIP.Is4() {
+		if r.StartIP.Is4() || p.addr6.IsValid() {
 			p.include = append(p.include, r.Prefixes()...)
 		}
 	}
-	if len(p.include) == 1 && p.include[0].Bits() == 0 {
-		p.include = nil // everything: a full tunnel
+	full := len(p.include) > 0
+	for _, i := range p.include {
+		full = full && i.Bits() == 0
+	}
+	if full {
+		p.include = nil // everything (of each family): a full tunnel
 	}
 	dctx, cancel := context.WithTimeout(ctx, dnsConfigWait)
 	defer cancel()
@@ -153,6 +160,9 @@ func receiveConfig(ctx context.Context, conn *connectip.Conn) (tunnelParams, err
 		for _, dc := range dcs {
 			for _, ns := range dc.Nameservers {
 				p.dns = append(p.dns, ns.IPv4Addresses...)
+				if p.addr6.IsValid() {
+					p.dns = append(p.dns, ns.IPv6Addresses...)
+				}
 			}
 			p.search = append(p.search, dc.SearchDomains...)
 		}

@@ -203,7 +203,9 @@ type cstpParams struct {
 func (c *Client) cstpConnect(conn net.Conn, br *bufio.Reader) (cstpParams, error) {
 	req := c.newRequest(http.MethodConnect, "/CSCOSSLC/tunnel", nil)
 	req.Header.Set("Cookie", (&http.Cookie{Name: "webvpn", Value: c.getCookie()}).String())
-	(&cstp.Request{MTU: clientMTU, IPv4: true}).SetHeaders(req.Header)
+	// IPv6 too: a dual-stack gateway (Config.Pool6) then gives an IPv6
+	// address; any other gives the IPv4 reply it always gave.
+	(&cstp.Request{MTU: clientMTU, IPv4: true, IPv6: true}).SetHeaders(req.Header)
 	if err := req.Write(conn); err != nil {
 		return cstpParams{}, fmt.Errorf("tunnel: CONNECT: %w", err)
 	}
@@ -224,6 +226,9 @@ func (c *Client) cstpConnect(conn net.Conn, br *bufio.Reader) (cstpParams, error
 	}
 	var p cstpParams
 	p.addr, p.mtu = tun.Address, tun.MTU
+	if tun.Address6.IsValid() {
+		p.addr6 = tun.Address6.Addr()
+	}
 	p.dpd, p.keepalive = cmp.Or(tun.DPD, DefaultDPD), cmp.Or(tun.Keepalive, DefaultKeepalive)
 	p.include, p.exclude = tun.SplitInclude, tun.SplitExclude
 	p.dns, p.search, p.banner = tun.DNS, tun.DefaultDomain, tun.Banner

@@ -134,6 +134,24 @@ type Config struct {
 	// Pool is the client address range. Default DefaultPool. The first
 	// usable address is the gateway's own in-tunnel address.
 	Pool netip.Prefix
+	// Pool6, if set, makes sessions dual-stack: each also leases an IPv6
+	// address from this prefix (a ULA /64 such as fd7a:5c3e:11::/64, or a
+	// corporate prefix), sticky like the IPv4 one and sealed in the cookie
+	// next to it, and a client that asks for IPv6 (openconnect's
+	// X-CSTP-Address-Type: IPv6,IPv4 or X-CSTP-Full-IPv6-Capability) is
+	// given it as X-CSTP-Address-IP6 "addr/len", with the IPv6 routes and
+	// resolvers in their -IP6 headers. Its flows are re-originated from
+	// the gateway host's IPv6 sockets. It must be a masked IPv6 prefix of
+	// at most /126 outside loopback, link-local, multicast and the
+	// IPv4-mapped range; its first address after the network address is
+	// kept back (never leased), as the IPv4 pool's is for the gateway.
+	// Only the first ippool.MaxAddrs addresses of a larger prefix are
+	// leased. With SplitInclude set, list the IPv6 networks too:
+	// openconnect's vpnc-script sends all IPv6 into the tunnel when it
+	// gets an IPv6 address and no IPv6 include route, and the gateway then
+	// refuses every IPv6 destination that is not included. The zero
+	// Prefix (the default): IPv4 only, exactly as without this field.
+	Pool6 netip.Prefix
 	// DNS servers pushed to clients (at most 3 are used by openconnect).
 	DNS []netip.Addr
 	// SearchDomains is the DNS suffix search list; the first is the
@@ -458,6 +476,7 @@ func (c Config) Validate() error {
 	} else if c.Pool != c.Pool.Masked() {
 		errs.add("Pool", "%s: host bits set (did you mean %s?)", c.Pool, c.Pool.Masked())
 	}
+	errs = append(errs, c.validatePool6()...)
 	for i, a := range c.DNS {
 		if !a.IsValid() || a.IsUnspecified() {
 			errs.addAt("DNS", i, "%v: not a usable address", a)
@@ -505,7 +524,7 @@ func (c Config) Validate() error {
 	if strings.ContainsAny(c.Banner, "\r\n") {
 		errs.add("Banner", "must be a single line (it travels in an HTTP header)")
 	}
-	for _, err := range policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool) {
+	for _, err := range policy.Validate(c.SplitInclude, c.SplitExclude, c.Pool, c.Pool6) {
 		errs = append(errs, ruleFieldError(err))
 	}
 	errs = append(errs, c.Proxy.validate()...)
@@ -537,20 +556,67 @@ func ruleFieldError(err error) error {
 	case "exclude":
 		r.List = "SplitExclude"
 		return &FieldError{Field: r.List, Index: r.Index, Err: &r}
-	default: // "pool": the pool overlaps include rule Index
+	default: // "pool": the pool (Pool, or Pool6 when an IPv6 prefix) overlaps include rule Index
+		if re.Prefix.Addr().Is6() {
+			return &FieldError{Field: "Pool6", Index: -1, Err: &r}
+		}
 		return &FieldError{Field: "Pool", Index: -1, Err: &r}
 	}
 }
 
-// poolClients returns the number of client addresses in an IPv4 pool:
-// the prefix less network, broadcast and the gateway's own address,
-// capped at ippool.MaxAddrs.
+// reservedFor6 are the IPv6 ranges Pool6 may not overlap, each a range
+// whose addresses cannot be a tunnel client's (RFC 4291 2.4, 2.5.5.2).
+var reservedFor6 = []struct {
+	p    netip.Prefix
+	what string
+}{
+	{netip.MustParsePrefix("::/127"), "the unspecified and loopback addresses"},
+	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped addresses"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local addresses"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+}
+
+// validatePool6 checks the optional IPv6 pool.
+func (c Config) validatePool6() fieldErrs {
+	var errs fieldErrs
+	p := c.Pool6
+	if p == (netip.Prefix{}) {
+		return nil
+	}
+	switch {
+	case !p.IsValid() || !p.Addr().Is6() || p.Addr().Is4In6():
+		errs.add("Pool6", "%s: must be an IPv6 prefix (IPv4 addresses come from Pool)", p)
+	case p.Addr().Zone() != "":
+		errs.add("Pool6", "%s: must not have a zone", p)
+	case p.Bits() > 126:
+		// The network address and the kept-back first address, plus one client.
+		errs.add("Pool6", "%s: too small (need at least a /126: network, the gateway's, one client)", p)
+	case p != p.Masked():
+		errs.add("Pool6", "%s: host bits set (did you mean %s?)", p, p.Masked())
+	default:
+		for _, r := range reservedFor6 {
+			if r.p.Overlaps(p) {
+				errs.add("Pool6", "%s: overlaps %s (%s)", p, r.what, r.p)
+			}
+		}
+	}
+	return errs
+}
+
+// poolClients returns the number of client addresses in a pool: the
+// prefix less the network address, the IPv4 broadcast address and the
+// gateway's (IPv4) or kept-back (IPv6) first address, capped at
+// ippool.MaxAddrs (which counts from the address after the network's).
 func poolClients(p netip.Prefix) int {
-	hostBits := 32 - p.Bits()
-	if hostBits >= 31 {
+	hostBits := p.Addr().BitLen() - p.Bits()
+	if hostBits > 20 { // 2^21 > ippool.MaxAddrs (2^20)
 		return ippool.MaxAddrs - 1
 	}
-	return min(1<<hostBits-2, ippool.MaxAddrs) - 1
+	n := 1<<hostBits - 1 // past the network address
+	if p.Addr().Is4() {
+		n-- // broadcast
+	}
+	return min(n, ippool.MaxAddrs) - 1
 }
 
 // validateSite checks Site against the pool and MaxSessions.
@@ -570,15 +636,27 @@ func (c Config) validateSite() fieldErrs {
 	if !c.Pool.Addr().Is4() || c.Pool.Bits() > 30 || c.Pool != c.Pool.Masked() {
 		return errs // reported as a Pool problem already
 	}
-	n := poolClients(c.Pool)
 	servers := max(s.Servers, 1)
-	switch {
-	case servers > n:
-		errs.add("Site.Servers", "%d: more servers than client addresses in Pool %s (%d)", servers, c.Pool, n)
-	case c.MaxSessions > 0 && servers*c.MaxSessions > n:
-		// The pool is shared by the whole site: every server may be full at once.
-		errs.add("Pool", "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
-			c.Pool, n, servers, c.MaxSessions, servers*c.MaxSessions)
+	pools := []struct {
+		field string
+		p     netip.Prefix
+	}{{"Pool", c.Pool}}
+	if c.Pool6.IsValid() && len(c.validatePool6()) == 0 {
+		pools = append(pools, struct { // every session leases one address of each family
+			field string
+			p     netip.Prefix
+		}{"Pool6", c.Pool6})
+	}
+	for _, pl := range pools {
+		n := poolClients(pl.p)
+		switch {
+		case servers > n:
+			errs.add("Site.Servers", "%d: more servers than client addresses in %s %s (%d)", servers, pl.field, pl.p, n)
+		case c.MaxSessions > 0 && servers*c.MaxSessions > n:
+			// The pool is shared by the whole site: every server may be full at once.
+			errs.add(pl.field, "%s holds %d client addresses, fewer than %d server(s) × %d sessions each = %d (the pool is shared by the whole site)",
+				pl.p, n, servers, c.MaxSessions, servers*c.MaxSessions)
+		}
 	}
 	return errs
 }

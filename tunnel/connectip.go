@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"strings"
 	"time"
 
@@ -232,7 +231,10 @@ func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
 		q.closeWith(QUICCodeSessionEnded, "session ended")
 		return
 	}
-	if err := g.configureConnectIP(conn, addr); err != nil {
+	s.mu.Lock()
+	addr6 := s.addr6
+	s.mu.Unlock()
+	if err := g.configureConnectIP(conn, addr, addr6); err != nil {
 		g.log.Warn("connect-ip: configure", "session", s.id, "err", err)
 		q.closeWith(QUICCodeSessionEnded, "gateway configuration error")
 		q.abort()
@@ -296,15 +298,21 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 }
 
 // configureConnectIP sends the session's address, routes and DNS
-// configuration capsules.
-func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr netip.Addr) error {
-	if err := conn.AssignAddresses([]netip.Prefix{netip.PrefixFrom(addr, 32)}); err != nil {
+// configuration capsules. A dual-stack session (addr6 valid) is assigned
+// its IPv6 address too (a /128, RFC 9484 4.7.1) and gets the IPv6 routes;
+// a client that uses IPv4 only (tunnel.Client today) ignores both.
+func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr, addr6 netip.Addr) error {
+	assign := []netip.Prefix{netip.PrefixFrom(addr, 32)}
+	if addr6.IsValid() {
+		assign = append(assign, netip.PrefixFrom(addr6, 128))
+	}
+	if err := conn.AssignAddresses(assign); err != nil {
 		return fmt.Errorf("assign address: %w", err)
 	}
 	c := g.conf()
 	inc, exc := g.policy.Load().Routes()
 	extra := append([]netip.Addr{g.gwAddr}, c.DNS...)
-	if err := conn.AdvertiseRoute(routeRanges(inc, exc, extra)); err != nil {
+	if err := conn.AdvertiseRoute(routeRanges(inc, exc, extra, addr6.IsValid())); err != nil {
 		return fmt.Errorf("advertise routes: %w", err)
 	}
 	if len(c.DNS) == 0 {
@@ -316,11 +324,17 @@ func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr netip.Addr) erro
 		}
 		return nil
 	}
-	dc := connectip.DNSConfiguration{
-		// Priority 1: the only (so the most preferred) nameserver entry;
-		// zero is reserved by the draft.
-		Nameservers: []connectip.DNSNameserver{{ServicePriority: 1, IPv4Addresses: slices.Clone(c.DNS)}},
+	// Priority 1: the only (so the most preferred) nameserver entry;
+	// zero is reserved by the draft. Each address in its family's list.
+	ns := connectip.DNSNameserver{ServicePriority: 1}
+	for _, a := range c.DNS {
+		if a.Is4() {
+			ns.IPv4Addresses = append(ns.IPv4Addresses, a)
+		} else {
+			ns.IPv6Addresses = append(ns.IPv6Addresses, a)
+		}
 	}
+	dc := connectip.DNSConfiguration{Nameservers: []connectip.DNSNameserver{ns}}
 	for _, d := range c.SearchDomains {
 		dc.SearchDomains = append(dc.SearchDomains, strings.TrimSuffix(d, "."))
 	}

@@ -112,6 +112,20 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 	if _, err := conn.WritePacket(udpPacket(src, dst, []byte("interop"))); err != nil {
 		t.Fatal(err)
 	}
+	awaitPacket(t, conn, "the echo", func(p []byte) bool {
+		ip := header.IPv4(p)
+		if !ip.IsValid(len(p)) || ip.TransportProtocol() != header.UDPProtocolNumber {
+			return false
+		}
+		u := header.UDP(ip.Payload())
+		return string(u.Payload()) == "interop" && u.DestinationPort() == 40000
+	})
+}
+
+// awaitPacket reads packets from conn until match accepts one, and fails
+// t when none comes within 10 s.
+func awaitPacket(t *testing.T, conn *connectip.Conn, what string, match func([]byte) bool) {
+	t.Helper()
 	buf := make([]byte, 2048)
 	done := make(chan struct{})
 	go func() {
@@ -122,12 +136,7 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 				t.Errorf("ReadPacket: %v", err)
 				return
 			}
-			ip := header.IPv4(buf[:n])
-			if !ip.IsValid(n) || ip.TransportProtocol() != header.UDPProtocolNumber {
-				continue
-			}
-			u := header.UDP(ip.Payload())
-			if string(u.Payload()) == "interop" && u.DestinationPort() == 40000 {
+			if match(buf[:n]) {
 				return
 			}
 		}
@@ -135,7 +144,7 @@ func TestConnectIPGoClientInterop(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("no echo through CONNECT-IP")
+		t.Fatalf("no %s through CONNECT-IP", what)
 	}
 }
 
@@ -155,4 +164,64 @@ func udpPacket(src, dst netip.AddrPort, payload []byte) []byte {
 	xsum = gvchecksum.Checksum(payload, xsum)
 	u.SetChecksum(^u.CalculateChecksum(xsum))
 	return b
+}
+
+// TestConnectIPDualStack: over CONNECT-IP a dual-stack session is assigned
+// its IPv6 address as a /128 next to the IPv4 /32, the IPv6 routes follow
+// the IPv4 ones, and the IPv6 resolver travels in the nameserver's IPv6
+// list (before, any IPv6 DNS address failed the whole configuration); an
+// IPv6 SYN from the assigned address into an IPv6 route is answered (the
+// host's dial fails here: a RST or an ICMPv6 unreachable comes back).
+// The same session is still usable by an IPv4-only client: the IPv4
+// address and routes are as before.
+func TestConnectIPDualStack(t *testing.T) {
+	_, addr := startGateway(t, func(c *Config) {
+		c.Pool6 = testPool6
+		c.SplitInclude = append(c.SplitInclude, netip.MustParsePrefix("fd00:1::/48"))
+		c.DNS = append(c.DNS, netip.MustParseAddr("fd00:1::53"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn := dialConnectIPGo(ctx, t, addr)
+	as, err := conn.ReceiveAddressAssignment(ctx)
+	if err != nil || len(as) != 2 {
+		t.Fatalf("address assignment %v, %v; want an IPv4 and an IPv6 address", as, err)
+	}
+	a4, a6 := as[0].IPPrefix, as[1].IPPrefix
+	if !DefaultPool.Contains(a4.Addr()) || a4.Bits() != 32 || !testPool6.Contains(a6.Addr()) || a6.Bits() != 128 {
+		t.Fatalf("assigned %v and %v", a4, a6)
+	}
+	routes, err := conn.Routes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prefixes []netip.Prefix
+	seen6 := false
+	for _, r := range routes {
+		if r.StartIP.Is4() && seen6 {
+			t.Errorf("IPv4 route %v after an IPv6 one", r)
+		}
+		seen6 = seen6 || r.StartIP.Is6()
+		prefixes = append(prefixes, r.Prefixes()...)
+	}
+	for _, want := range []string{"198.18.0.0/17", "169.254.0.1/32", "fd00:1::/48"} {
+		if !slices.Contains(prefixes, netip.MustParsePrefix(want)) {
+			t.Errorf("routes %v lack %s", prefixes, want)
+		}
+	}
+	dcs, err := conn.ReceiveDNSConfiguration(ctx)
+	if err != nil || len(dcs) != 1 || len(dcs[0].Nameservers) != 1 ||
+		!slices.Equal(dcs[0].Nameservers[0].IPv4Addresses, []netip.Addr{netip.MustParseAddr("10.0.0.53")}) ||
+		!slices.Equal(dcs[0].Nameservers[0].IPv6Addresses, []netip.Addr{netip.MustParseAddr("fd00:1::53")}) {
+		t.Fatalf("DNS configuration %+v, %v", dcs, err)
+	}
+
+	src := netip.AddrPortFrom(a6.Addr(), 40002)
+	if icmp, err := conn.WritePacket(tcpSYN6(src, netip.MustParseAddrPort("[fd00:1::10]:80"))); err != nil || icmp != nil {
+		t.Fatalf("WritePacket: %v (ICMP % x)", err, icmp)
+	}
+	awaitPacket(t, conn, "answer to an IPv6 SYN", func(p []byte) bool {
+		return len(p) >= 48 && p[0]>>4 == 6 && netip.AddrFrom16([16]byte(p[24:40])) == a6.Addr() &&
+			((p[6] == 6 && p[53]&0x04 != 0) || (p[6] == 58 && p[40] == 1)) // a RST, or ICMPv6 destination unreachable
+	})
 }

@@ -1,5 +1,7 @@
 package tunnel
 
+import "net/netip"
+
 // DTLSPortForTest returns the port the gateway announces for DTLS (0:
 // none served yet).
 func DTLSPortForTest(g *Gateway) int { return int(g.dtlsPort.Load()) }
@@ -10,3 +12,6 @@ func CSTPAnswerForTest(addr, cookie string) (int, string) {
 	a := cstpAnswer(addr, cookie)
 	return a.status, a.reason
 }
+
+// TCPSYN6ForTest is an IPv6 TCP SYN from src to dst with a valid checksum.
+func TCPSYN6ForTest(src, dst netip.AddrPort) []byte { return tcpSYN6(src, dst) }

@@ -72,9 +72,12 @@ type Gateway struct {
 	log    *slog.Logger
 	gwAddr netip.Addr // the gateway's own in-tunnel address
 
-	stack    *netstack.Stack
-	dns      *dnsproxy.Server // nil when disabled or no DNS addresses
-	pool     leaser
+	stack *netstack.Stack
+	dns   *dnsproxy.Server // nil when disabled or no DNS addresses
+	pool  leaser
+	// pool6 leases dual-stack sessions' IPv6 addresses (Config.Pool6);
+	// nil when IPv4 only.
+	pool6    leaser
 	policy   atomic.Pointer[policy.Policy] // swapped by Reload
 	sessions *sessionTable
 	tlsConf  *tls.Config
@@ -135,8 +138,18 @@ func New(cfg Config) (*Gateway, error) {
 	if err != nil {
 		return nil, err
 	}
+	var pool6 leaser
+	if cfg.Pool6.IsValid() {
+		// The first address is kept back, as the IPv4 pool's is for the
+		// gateway: free for an in-tunnel IPv6 address of the gateway's own.
+		p6, err := ippool.NewStrided(cfg.Pool6, strides, own, cfg.Pool6.Addr().Next())
+		if err != nil {
+			return nil, fmt.Errorf("tunnel: pool6: %w", err)
+		}
+		pool6 = p6
+	}
 	g := &Gateway{
-		log: cfg.Logger, gwAddr: gwAddr, pool: pool, sessions: newSessionTable(),
+		log: cfg.Logger, gwAddr: gwAddr, pool: pool, pool6: pool6, sessions: newSessionTable(),
 		links: make(map[link]struct{}), revoked: make(map[string]time.Time), dtlsIDs: make(map[string]*cstpLink),
 		started: time.Now(),
 	}
@@ -196,7 +209,7 @@ func New(cfg Config) (*Gateway, error) {
 func compilePolicy(cfg Config, gwAddr netip.Addr) (*policy.Policy, error) {
 	pol, err := policy.New(policy.Config{
 		Include: cfg.SplitInclude, Exclude: cfg.SplitExclude,
-		Pool: cfg.Pool, Gateway: gwAddr, DNS: cfg.DNS, HostAddrs: cfg.HostAddrs,
+		Pool: cfg.Pool, Pool6: cfg.Pool6, Gateway: gwAddr, DNS: cfg.DNS, HostAddrs: cfg.HostAddrs,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("tunnel: policy: %w", err)
@@ -401,7 +414,8 @@ func (g *Gateway) Sessions() []SessionInfo {
 	return out
 }
 
-// WhoIs returns the session holding the in-tunnel address a.
+// WhoIs returns the session holding the in-tunnel address a (IPv4, or a
+// dual-stack session's IPv6 address).
 func (g *Gateway) WhoIs(a netip.Addr) (SessionInfo, bool) {
 	s := g.sessions.lookupAddr(a.Unmap())
 	if s == nil {

@@ -69,6 +69,24 @@ func TestConfigValidate(t *testing.T) {
 		{"mtu too big", func(c *Config) { c.MTU = 20000 }, []string{"MTU"}},
 		{"pool v6", func(c *Config) { c.Pool = netip.MustParsePrefix("fd00::/64") }, []string{"Pool"}},
 		{"pool too small", func(c *Config) { c.Pool = netip.MustParsePrefix("10.9.9.8/31") }, []string{"Pool"}},
+		{"pool6 ULA /64", func(c *Config) { c.Pool6 = netip.MustParsePrefix("fd7a:5c3e:11::/64") }, nil},
+		{"pool6 /126", func(c *Config) { c.Pool6 = netip.MustParsePrefix("2001:db8::/126") }, nil},
+		{"pool6 IPv4", func(c *Config) { c.Pool6 = netip.MustParsePrefix("10.1.0.0/16") }, []string{"Pool6"}},
+		{"pool6 IPv4-mapped", func(c *Config) { c.Pool6 = netip.MustParsePrefix("::ffff:10.1.0.0/112") }, []string{"Pool6"}},
+		{"pool6 host bits", func(c *Config) { c.Pool6 = netip.MustParsePrefix("fd7a::1/64") }, []string{"Pool6"}},
+		{"pool6 too small", func(c *Config) { c.Pool6 = netip.MustParsePrefix("fd7a::/127") }, []string{"Pool6"}},
+		{"pool6 link-local", func(c *Config) { c.Pool6 = netip.MustParsePrefix("fe80::/64") }, []string{"Pool6"}},
+		{"pool6 multicast", func(c *Config) { c.Pool6 = netip.MustParsePrefix("ff05::/64") }, []string{"Pool6"}},
+		{"pool6 covering loopback and IPv4-mapped", func(c *Config) { c.Pool6 = netip.MustParsePrefix("::/64") }, []string{"Pool6", "Pool6"}},
+		{"pool6 overlaps include", func(c *Config) {
+			c.Pool6 = netip.MustParsePrefix("fd7a::/64")
+			c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/8")}
+		}, []string{"Pool6"}},
+		{"pool6 smaller than the site's sessions", func(c *Config) {
+			c.Pool6 = netip.MustParsePrefix("fd7a::/120") // 254 clients
+			c.MaxSessions = 200
+			c.Site = Site{Servers: 2, ServerIndex: 1}
+		}, []string{"Pool6"}},
 		{"bad domain", func(c *Config) { c.SearchDomains = []string{"ok.example", "bad_domain"} }, []string{"SearchDomains[1]"}},
 		{"zero network include", func(c *Config) { c.SplitInclude = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")} }, []string{"SplitInclude[0]"}},
 		{"loopback include", func(c *Config) {

@@ -106,7 +106,11 @@ var errNoAddress = errors.New("tunnel: no address available")
 // port, once per session: later connections reuse both, so flows outlive
 // connections. A session resumed from a sealed cookie claims the address
 // the cookie carries, and is refused if that address is not free here.
-// The port stays parked until a link registers.
+// On a dual-stack gateway (Config.Pool6) the same holds for the IPv6
+// address, and the port owns both; a cookie sealed before Pool6 was set
+// gets any IPv6 address, and one that carries an IPv6 address on a
+// gateway without Pool6 resumes IPv4-only. The port stays parked until a
+// link registers. The IPv6 address is in s.addr6 (read under s.mu).
 func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,11 +128,25 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 		s.addr = a
 		g.sessions.setAddr(s, a)
 	}
+	if g.pool6 != nil && !s.addr6.IsValid() {
+		a, rf := g.lease6(s)
+		if rf != nil {
+			// The IPv4 lease stays the session's: a retry (the client
+			// keeps its cookie) needs it again, and endSession returns it.
+			return netip.Addr{}, rf
+		}
+		s.addr6 = a
+		g.sessions.setAddr(s, a)
+	}
+	addrs := []netip.Addr{s.addr}
+	if s.addr6.IsValid() {
+		addrs = append(addrs, s.addr6)
+	}
 	// Headroom for the longest frame header of any transport (CSTP's 8
 	// bytes); DTLS and CONNECT-IP use less of it.
-	p, err := g.stack.Attach(s.addr, cstpHeaderLen, 0)
+	p, err := g.stack.AttachAddrs(addrs, cstpHeaderLen, 0)
 	if err != nil {
-		g.log.Warn("attach failed", "session", s.id, "addr", s.addr, "err", err)
+		g.log.Warn("attach failed", "session", s.id, "addr", s.addr, "addr6", s.addr6, "err", err)
 		return netip.Addr{}, &refusal{http.StatusServiceUnavailable, "address busy"}
 	}
 	p.Park()
@@ -136,8 +154,9 @@ func (g *Gateway) prepare(s *session) (netip.Addr, *refusal) {
 	return s.addr, nil
 }
 
-// lease leases an address for s: the one its cookie carries (s.want), or
+// lease leases s's IPv4 address: the one its cookie carries (s.want), or
 // any when the cookie carries none (sealed before addresses were sealed).
+// With site-wide leases (Site.Store) the store confirms it.
 func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
 	if !s.want.IsValid() {
 		if g.siteLeases() != nil && g.conf().Site.Strict && g.site.down.Load() {
@@ -154,6 +173,25 @@ func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
 		return netip.Addr{}, rf
 	}
 	return s.want, nil
+}
+
+// lease6 leases s's IPv6 address of Pool6: the one its cookie carries
+// (s.want6), or any when the cookie carries none (sealed before Pool6 was
+// set). IPv6 leases are this server's own: the site store shares IPv4
+// leases only.
+func (g *Gateway) lease6(s *session) (netip.Addr, *refusal) {
+	if !s.want6.IsValid() {
+		a, err := g.pool6.Allocate(s.id)
+		if err != nil {
+			g.log.Warn("no IPv6 address for session", "session", s.id, "err", err)
+			return netip.Addr{}, refuseNoAddress
+		}
+		return a, nil
+	}
+	if rf := g.claimLocal(s, g.pool6, s.want6); rf != nil {
+		return netip.Addr{}, rf
+	}
+	return s.want6, nil
 }
 
 // register makes l the session's connection: a previous connection is
@@ -257,7 +295,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 		return
 	}
 	s.ended = true
-	l, port, addr := s.link, s.port, s.addr
+	l, port, addr, addr6 := s.link, s.port, s.addr, s.addr6
 	s.mu.Unlock()
 	// The session's DTLS counts leave the table (which Stats walks) and
 	// enter the retired totals in one step, so no snapshot misses them.
@@ -273,6 +311,9 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 	}
 	if addr.IsValid() {
 		g.release(s, addr, r)
+	}
+	if addr6.IsValid() {
+		g.pool6.Release(addr6)
 	}
 	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

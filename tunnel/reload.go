@@ -77,6 +77,7 @@ var restartFields = []restartField{
 	{"DTLS", func(c *Config) any { return [2]any{c.DTLS, c.DTLSPort} }, func(d, s *Config) { d.DTLS, d.DTLSPort = s.DTLS, s.DTLSPort }},
 	// Live sessions hold addresses of the pool and the stack's MTU.
 	{"Pool", func(c *Config) any { return c.Pool }, func(d, s *Config) { d.Pool = s.Pool }},
+	{"Pool6", func(c *Config) any { return c.Pool6 }, func(d, s *Config) { d.Pool6 = s.Pool6 }},
 	// The pool's strides are cut once.
 	{"Site", func(c *Config) any { return c.Site }, func(d, s *Config) { d.Site = s.Site }},
 	{"MTU", func(c *Config) any { return c.MTU }, func(d, s *Config) { d.MTU = s.MTU }},

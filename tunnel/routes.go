@@ -1,75 +1,80 @@
 package tunnel
 
 import (
-	"cmp"
-	"encoding/binary"
 	"net/netip"
 	"slices"
 
 	connectip "github.com/quic-go/connect-ip-go"
 )
 
-// span is an inclusive IPv4 range.
-type span struct{ lo, hi uint32 }
+// span is an inclusive range of addresses of one family.
+type span struct{ lo, hi netip.Addr }
 
-func u32(a netip.Addr) uint32 { b := a.As4(); return binary.BigEndian.Uint32(b[:]) }
-
-func addr32(x uint32) netip.Addr {
-	var b [4]byte
-	binary.BigEndian.PutUint32(b[:], x)
-	return netip.AddrFrom4(b)
-}
-
+// prefixSpan is the range p covers.
 func prefixSpan(p netip.Prefix) span {
-	lo := u32(p.Masked().Addr())
-	return span{lo, lo | uint32(uint64(1)<<(32-p.Bits())-1)}
+	p = p.Masked()
+	b := p.Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	hi, _ := netip.AddrFromSlice(b)
+	return span{p.Addr(), hi}
 }
 
-// routeRanges turns include-minus-exclude (IPv4; empty include = all) plus
+// routeRanges turns include-minus-exclude (empty include = all) plus
 // single addresses that must stay reachable (the gateway, the DNS servers)
 // into the sorted, disjoint ranges a ROUTE_ADVERTISEMENT capsule carries
-// (RFC 9484 4.7.3).
-func routeRanges(include, exclude []netip.Prefix, extra []netip.Addr) []connectip.IPRoute {
-	var in []span
-	if len(include) == 0 {
-		in = []span{{0, ^uint32(0)}}
-	}
-	for _, p := range include {
-		if p.Addr().Is4() {
-			in = append(in, prefixSpan(p))
+// (RFC 9484 4.7.3: IPv4 ranges first, each family in ascending order).
+// IPv6 ranges are included only with v6 (a dual-stack session); a split
+// tunnel that names no IPv6 network routes no IPv6.
+func routeRanges(include, exclude []netip.Prefix, extra []netip.Addr, v6 bool) []connectip.IPRoute {
+	var out []connectip.IPRoute
+	for _, fam := range []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")} {
+		is4 := fam.Addr().Is4()
+		if !is4 && !v6 {
+			break
 		}
-	}
-	in = mergeSpans(in)
-	for _, p := range exclude {
-		if p.Addr().Is4() {
-			in = subtractSpan(in, prefixSpan(p))
+		var in []span
+		if len(include) == 0 {
+			in = []span{prefixSpan(fam)}
 		}
-	}
-	for _, a := range extra {
-		if a.Is4() {
-			x := u32(a)
-			in = append(in, span{x, x})
+		for _, p := range include {
+			if p.Addr().Is4() == is4 {
+				in = append(in, prefixSpan(p))
+			}
 		}
-	}
-	in = mergeSpans(in)
-	out := make([]connectip.IPRoute, 0, len(in))
-	for _, s := range in {
-		out = append(out, connectip.IPRoute{StartIP: addr32(s.lo), EndIP: addr32(s.hi)})
+		in = mergeSpans(in)
+		for _, p := range exclude {
+			if p.Addr().Is4() == is4 {
+				in = subtractSpan(in, prefixSpan(p))
+			}
+		}
+		for _, a := range extra {
+			if a.Is4() == is4 {
+				in = append(in, span{a, a})
+			}
+		}
+		for _, s := range mergeSpans(in) {
+			out = append(out, connectip.IPRoute{StartIP: s.lo, EndIP: s.hi})
+		}
 	}
 	return out
 }
 
-// mergeSpans sorts and joins overlapping or adjacent spans.
+// mergeSpans sorts and joins overlapping or adjacent spans (of one
+// family).
 func mergeSpans(ss []span) []span {
 	if len(ss) == 0 {
 		return ss
 	}
-	slices.SortFunc(ss, func(a, b span) int { return cmp.Compare(a.lo, b.lo) })
+	slices.SortFunc(ss, func(a, b span) int { return a.lo.Compare(b.lo) })
 	out := ss[:1]
 	for _, s := range ss[1:] {
 		last := &out[len(out)-1]
-		if last.hi == ^uint32(0) || s.lo <= last.hi+1 {
-			last.hi = max(last.hi, s.hi)
+		if next := last.hi.Next(); !next.IsValid() || s.lo.Compare(next) <= 0 { // the family's last address, or touching
+			if s.hi.Compare(last.hi) > 0 {
+				last.hi = s.hi
+			}
 			continue
 		}
 		out = append(out, s)
@@ -81,15 +86,15 @@ func mergeSpans(ss []span) []span {
 func subtractSpan(ss []span, x span) []span {
 	out := make([]span, 0, len(ss)+1)
 	for _, s := range ss {
-		if x.hi < s.lo || x.lo > s.hi {
+		if x.hi.Less(s.lo) || s.hi.Less(x.lo) {
 			out = append(out, s)
 			continue
 		}
-		if x.lo > s.lo {
-			out = append(out, span{s.lo, x.lo - 1})
+		if s.lo.Less(x.lo) {
+			out = append(out, span{s.lo, x.lo.Prev()})
 		}
-		if x.hi < s.hi {
-			out = append(out, span{x.hi + 1, s.hi})
+		if x.hi.Less(s.hi) {
+			out = append(out, span{x.hi.Next(), s.hi})
 		}
 	}
 	return out

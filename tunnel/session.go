@@ -36,6 +36,7 @@ type SessionInfo struct {
 	UserAgent  string
 	ClientAddr netip.AddrPort // where the client connects from
 	Address    netip.Addr     // the leased in-tunnel address (invalid before the first CONNECT)
+	Address6   netip.Addr     // a dual-stack session's IPv6 address (Config.Pool6); invalid without Pool6 or before the first CONNECT
 	Connected  bool           // a tunnel connection is attached now
 	Created    time.Time
 	Expires    time.Time
@@ -73,8 +74,11 @@ type session struct {
 	addr netip.Addr // leased: at sign-in, or by prepare on a resume
 	// want is the address a resumed sealed cookie carries: prepare claims
 	// exactly it, or refuses (a client must never get another address).
-	want       netip.Addr
-	clientAddr netip.AddrPort
+	want netip.Addr
+	// addr6 and want6 are the same for the IPv6 address of a dual-stack
+	// gateway (Config.Pool6); both invalid otherwise.
+	addr6, want6 netip.Addr
+	clientAddr   netip.AddrPort
 	// port is the session's attachment to the stack, from its first
 	// connection to its end: flows live here, so they outlive
 	// connections (parked while link is nil).
@@ -117,7 +121,7 @@ func (s *session) info() SessionInfo {
 	defer s.mu.Unlock()
 	return SessionInfo{
 		ID: s.id, User: s.ident.User, Method: s.ident.Method, Groups: slices.Clone(id.Groups), DeviceID: s.ident.DeviceID, UserAgent: s.userAgent,
-		ClientAddr: s.clientAddr, Address: s.addr, Connected: s.link != nil,
+		ClientAddr: s.clientAddr, Address: s.addr, Address6: s.addr6, Connected: s.link != nil,
 		Created: s.created, Expires: s.expires, TokenExpiry: id.Expiry,
 		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
 	}
@@ -213,7 +217,7 @@ func (t *sessionTable) lookupAddr(a netip.Addr) *session {
 // Call it after s is marked ended (its address no longer changes).
 func (t *sessionTable) remove(s *session) bool {
 	s.mu.Lock() // before t.mu: prepare holds s.mu while it calls setAddr
-	addr := s.addr
+	addr, addr6 := s.addr, s.addr6
 	s.mu.Unlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -222,8 +226,10 @@ func (t *sessionTable) remove(s *session) bool {
 	}
 	delete(t.byCookie, s.cookieKey)
 	delete(t.byID, s.id)
-	if addr.IsValid() && t.byAddr[addr] == s {
-		delete(t.byAddr, addr)
+	for _, a := range []netip.Addr{addr, addr6} {
+		if a.IsValid() && t.byAddr[a] == s {
+			delete(t.byAddr, a)
+		}
 	}
 	return true
 }

@@ -228,7 +228,7 @@ func (g *Gateway) learn(ctx context.Context) bool {
 func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
 	ls := g.siteLeases()
 	if ls == nil {
-		return g.claimLocal(s, a)
+		return g.claimLocal(s, g.pool, a)
 	}
 	strict := g.conf().Site.Strict
 	if strict && g.site.down.Load() {
@@ -236,7 +236,7 @@ func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
 		return refuseSiteStrict
 	}
 	g.unhold(a)
-	if rf := g.claimLocal(s, a); rf != nil {
+	if rf := g.claimLocal(s, g.pool, a); rf != nil {
 		return rf
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, siteCallTimeout)
@@ -262,8 +262,8 @@ func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
 }
 
 // claimLocal claims a in this server's pool.
-func (g *Gateway) claimLocal(s *session, a netip.Addr) *refusal {
-	err := g.pool.Claim(s.id, a)
+func (g *Gateway) claimLocal(s *session, pool leaser, a netip.Addr) *refusal {
+	err := pool.Claim(s.id, a)
 	switch {
 	case err == nil:
 		return nil

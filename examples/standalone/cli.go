@@ -202,6 +202,9 @@ func showSessionCommand(fs *flag.FlagSet) runFunc {
 			fmt.Fprintf(w, "id\t%s\nuser\t%s\ndevice\t%s\nuser agent\t%s\naddress\t%v\nclient\t%v\nconnected\t%v\ncreated\t%s\nexpires\t%s\nbytes\t%d in, %d out\n",
 				s.ID, s.User, s.DeviceID, s.UserAgent, s.Address, s.ClientAddr, s.Connected,
 				s.Created.Local().Format(time.DateTime), s.Expires.Local().Format(time.DateTime), s.BytesIn, s.BytesOut)
+			if s.Address6.IsValid() { // a dual-stack session (pool6)
+				fmt.Fprintf(w, "address6\t%v\n", s.Address6)
+			}
 		})
 	}
 }

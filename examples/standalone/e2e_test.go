@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,47 +96,10 @@ func serveConfig(t *testing.T, tp *testenv.Topo, bin, dir, doc string) (gw *test
 // everything else (it never contacts the internet).
 func (e *e2e) startUnbound(t *testing.T) {
 	t.Helper()
-	testenv.RequireTool(t, "unbound", "dig")
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "unbound.conf")
-	doc := fmt.Sprintf(`server:
-	interface: 198.19.0.2
-	port: 53
-	do-daemonize: no
-	chroot: ""
-	username: ""
-	directory: %q
-	pidfile: %q
-	use-syslog: no
-	logfile: ""
-	do-ip6: no
-	num-threads: 1
-	module-config: "iterator"
-	access-control: 198.19.0.0/24 allow
-	local-zone: "." refuse
-	local-zone: "corp.example." static
-	local-data: "intranet.corp.example. 300 IN A 198.19.0.2"
-	local-data: "wiki.corp.example. 300 IN A 198.19.0.2"
-remote-control:
-	control-enable: no
-`, dir, filepath.Join(dir, "unbound.pid"))
-	if err := os.WriteFile(conf, []byte(doc), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p := e.tp.Corp.Start(t, "unbound", "-d", "-c", conf)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // unbound starts in well under a second
-	defer cancel()
-	for {
-		out, err := e.tp.Corp.Exec(ctx, "dig", "+short", "+time=1", "+tries=1", "@198.19.0.2", "intranet.corp.example").Output()
-		if err == nil && strings.TrimSpace(string(out)) == "198.19.0.2" {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("unbound did not answer: %v\n%s", err, p.Tail(20))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	testenv.Unbound(t, e.tp.Corp, []netip.Addr{testenv.CorpAddr}, "corp.example.", []string{
+		"intranet.corp.example. 300 IN A 198.19.0.2",
+		"wiki.corp.example. 300 IN A 198.19.0.2",
+	})
 }
 
 func (e *e2e) opts(mode string) testenv.OCOptions {

@@ -37,12 +37,12 @@ const (
 	HdrNetmask             = "X-CSTP-Netmask"
 	HdrAddressIP6          = "X-CSTP-Address-IP6"
 	HdrDNS                 = "X-CSTP-DNS"
-	HdrDNSIP6              = "X-CSTP-DNS-IP6" // read only: the encoder sends every resolver as X-CSTP-DNS
+	HdrDNSIP6              = "X-CSTP-DNS-IP6" // IPv6 resolvers of a dual-stack reply (see Tunnel.Address6)
 	HdrDefaultDomain       = "X-CSTP-Default-Domain"
 	HdrSplitInclude        = "X-CSTP-Split-Include"
-	HdrSplitIncludeIP6     = "X-CSTP-Split-Include-IP6" // read only: the encoder sends every route without -IP6
+	HdrSplitIncludeIP6     = "X-CSTP-Split-Include-IP6" // IPv6 routes of a dual-stack reply (see Tunnel.Address6)
 	HdrSplitExclude        = "X-CSTP-Split-Exclude"
-	HdrSplitExcludeIP6     = "X-CSTP-Split-Exclude-IP6" // read only, as above
+	HdrSplitExcludeIP6     = "X-CSTP-Split-Exclude-IP6" // as above
 	HdrTunnelAllDNS        = "X-CSTP-Tunnel-All-DNS"
 	HdrSplitDNS            = "X-CSTP-Split-DNS"
 	HdrKeepalive           = "X-CSTP-Keepalive"
@@ -125,8 +125,19 @@ type Tunnel struct {
 	// pool cannot exist, so 0 is free to mean "absent").
 	Netmask int
 	// Address6 is X-CSTP-Address-IP6, "addr/len": the client's IPv6
-	// address and the prefix length of its network (host bits kept).
-	// Invalid (zero): not sent. Nothing sets it today.
+	// address and the prefix length of its network (host bits kept), as
+	// openconnect passes it to its script (INTERNAL_IP6_NETMASK, which
+	// vpnc-script assigns to the tun device). Invalid (zero): not sent.
+	//
+	// When set (a dual-stack reply), the IPv6 resolvers and routes at the
+	// end of DNS, SplitInclude and SplitExclude (those after the last
+	// IPv4 one) are sent in the -IP6 headers, as ocserv does; openconnect
+	// 9.01 reads both spellings into the same lists and sorts routes by
+	// family itself (CISCO_IPV6_SPLIT_INC for those with a ':'). An IPv6
+	// entry before an IPv4 one stays in the plain header, so that
+	// ParseTunnel, which cannot see the order between two header names,
+	// returns every list as it was. Without Address6 every entry goes in
+	// the plain header.
 	Address6 netip.Prefix
 	// DNS lists the resolvers, one X-CSTP-DNS header each, in order
 	// (openconnect uses the first three). ParseTunnel also reads
@@ -288,25 +299,39 @@ func (t *Tunnel) AppendHeaders(b []byte) []byte {
 	if t.Netmask > 0 && t.Netmask <= 32 {
 		h(HdrNetmask, Netmask(t.Netmask))
 	}
-	if t.Address6.IsValid() {
+	ip6 := t.Address6.IsValid()
+	if ip6 {
 		h(HdrAddressIP6, t.Address6.String())
 	}
-	for _, d := range t.DNS {
+	// name picks the plain or the -IP6 header for entry i of a list
+	// whose IPv6 tail starts at tail.
+	name := func(plain, v6 string, i, tail int) string {
+		if ip6 && i >= tail {
+			return v6
+		}
+		return plain
+	}
+	tail := v6Tail(len(t.DNS), func(i int) bool { return t.DNS[i].Is6() })
+	for i, d := range t.DNS {
 		if d.IsValid() {
-			h(HdrDNS, d.String())
+			h(name(HdrDNS, HdrDNSIP6, i, tail), d.String())
 		}
 	}
 	if len(t.DefaultDomain) > 0 {
 		h(HdrDefaultDomain, strings.Join(t.DefaultDomain, " "))
 	}
-	for _, p := range t.SplitInclude {
-		if p.IsValid() {
-			h(HdrSplitInclude, FormatRoute(p))
-		}
-	}
-	for _, p := range t.SplitExclude {
-		if p.IsValid() {
-			h(HdrSplitExclude, FormatRoute(p))
+	for _, l := range []struct {
+		plain, v6 string
+		routes    []netip.Prefix
+	}{{HdrSplitInclude, HdrSplitIncludeIP6, t.SplitInclude}, {HdrSplitExclude, HdrSplitExcludeIP6, t.SplitExclude}} {
+		// An IPv4-mapped prefix is not an IPv6 route to a client
+		// (Split-Include-IP6 would mislead it): it stays in the plain
+		// header.
+		tail := v6Tail(len(l.routes), func(i int) bool { return l.routes[i].Addr().Is6() && !l.routes[i].Addr().Is4In6() })
+		for i, p := range l.routes {
+			if p.IsValid() {
+				h(name(l.plain, l.v6, i, tail), FormatRoute(p))
+			}
 		}
 	}
 	if t.TunnelAllDNS {
@@ -367,6 +392,17 @@ func (t *Tunnel) AppendHeaders(b []byte) []byte {
 // seconds writes d as whole seconds, truncated, a negative d as 0.
 func seconds(d time.Duration) string {
 	return strconv.FormatInt(int64(max(d, 0)/time.Second), 10)
+}
+
+// v6Tail returns where the IPv6 tail of a list of n entries starts: the
+// index after its last IPv4 entry (n when the last entry is IPv4 or the
+// list is empty). is6 reports whether entry i is IPv6.
+func v6Tail(n int, is6 func(i int) bool) int {
+	i := n
+	for i > 0 && is6(i-1) {
+		i--
+	}
+	return i
 }
 
 // upperHex is hex in upper case, as openconnect writes its own secrets.

@@ -509,6 +509,13 @@ func seedHeads(t testing.TB) []string {
 	legacy.Address6 = netip.MustParsePrefix("fd00::5/64")
 	legacy.DTLS = &DTLS{Port: 443, MTU: 1434, SessionID: sessionID, CipherSuite: "OC-DTLS1_2-AES128-GCM"}
 	seeds = append(seeds, string(legacy.AppendHeaders(nil)))
+	dual := &Tunnel{ // interleaved families in a dual-stack reply
+		Address: netip.MustParseAddr("100.64.0.2"), MTU: 1400, Address6: netip.MustParsePrefix("fd7a::2/64"),
+		DNS:          []netip.Addr{netip.MustParseAddr("fd00::53"), netip.MustParseAddr("10.0.0.53"), netip.MustParseAddr("fd00::54")},
+		SplitInclude: []netip.Prefix{netip.MustParsePrefix("fd00:1::/48"), netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00:2::/48")},
+		SplitExclude: []netip.Prefix{netip.MustParsePrefix("fd00:1:9::/64")},
+	}
+	seeds = append(seeds, string(dual.AppendHeaders(nil)))
 	seeds = append(seeds,
 		"X-CSTP-Version: 1\r\nX-CSTP-Server-Name: ocserv 1.1.6\r\nX-CSTP-DPD: 90\r\nX-CSTP-Default-Domain: example.com\r\n"+
 			"X-CSTP-Address: 192.168.1.185\r\nX-CSTP-Netmask: 255.255.255.0\r\nX-CSTP-DNS: 192.168.1.2\r\n"+
@@ -587,4 +594,70 @@ func FuzzTunnelRoundTrip(f *testing.F) {
 			t.Fatalf("encoding not stable:\n%q\n%q", enc, enc2)
 		}
 	})
+}
+
+// TestAppendResponseDualStack: a reply with X-CSTP-Address-IP6 sends the
+// IPv6 resolvers and routes after the last IPv4 one in the -IP6 headers
+// (ocserv's spelling); an IPv6 entry before an IPv4 one stays plain, so
+// every list parses back in order. Without Address6 nothing changes.
+func TestAppendResponseDualStack(t *testing.T) {
+	dual := gatewayTunnel()
+	dual.Address6 = netip.MustParsePrefix("fd7a:5c3e:11::2/64")
+	dual.DNS = []netip.Addr{netip.MustParseAddr("10.0.0.53"), netip.MustParseAddr("fd00:1::53")}
+	dual.SplitExclude = append(dual.SplitExclude, netip.MustParsePrefix("fd00:1:99::/64"))
+	want := "HTTP/1.1 200 CONNECTED\r\n" +
+		"X-CSTP-Version: 1\r\n" +
+		"X-CSTP-Server-Name: underpass\r\n" +
+		"X-CSTP-Address: 100.64.0.2\r\n" +
+		"X-CSTP-Netmask: 255.255.0.0\r\n" +
+		"X-CSTP-Address-IP6: fd7a:5c3e:11::2/64\r\n" +
+		"X-CSTP-DNS: 10.0.0.53\r\n" +
+		"X-CSTP-DNS-IP6: fd00:1::53\r\n" +
+		"X-CSTP-Default-Domain: corp.example example.net\r\n" +
+		"X-CSTP-Split-Include: 198.18.0.0/255.255.0.0\r\n" +
+		"X-CSTP-Split-Include: 10.0.0.53/255.255.255.255\r\n" +
+		"X-CSTP-Split-Include-IP6: fd00:1::/48\r\n" +
+		"X-CSTP-Split-Exclude: 198.18.200.0/255.255.255.0\r\n" +
+		"X-CSTP-Split-Exclude-IP6: fd00:1:99::/64\r\n"
+	got := string(dual.AppendResponse(nil))
+	if !strings.HasPrefix(got, want) {
+		t.Fatalf("dual-stack reply\n%s\nwant it to start with\n%s", got, want)
+	}
+	back := parseHead(t, got)
+	w := *dual
+	w.SessionTimeout = w.SessionTimeout.Truncate(time.Second)
+	if !reflect.DeepEqual(back, &w) {
+		t.Errorf("parsed back\n%+v\nwant\n%+v", back, &w)
+	}
+
+	// Interleaved families: only the IPv6 tail uses -IP6.
+	mixed := &Tunnel{
+		Address: netip.MustParseAddr("100.64.0.2"), MTU: 1400, Address6: netip.MustParsePrefix("fd7a::2/64"),
+		DNS: []netip.Addr{netip.MustParseAddr("fd00::53"), netip.MustParseAddr("10.0.0.53"), netip.MustParseAddr("fd00::54")},
+		SplitInclude: []netip.Prefix{netip.MustParsePrefix("fd00:1::/48"), netip.MustParsePrefix("10.0.0.0/8"),
+			netip.MustParsePrefix("fd00:2::/48"), netip.MustParsePrefix("fd00:3::/48")},
+	}
+	head := string(mixed.AppendResponse(nil))
+	for _, line := range []string{
+		"X-CSTP-DNS: fd00::53\r\n", "X-CSTP-DNS: 10.0.0.53\r\n", "X-CSTP-DNS-IP6: fd00::54\r\n",
+		"X-CSTP-Split-Include: fd00:1::/48\r\n", "X-CSTP-Split-Include: 10.0.0.0/255.0.0.0\r\n",
+		"X-CSTP-Split-Include-IP6: fd00:2::/48\r\n", "X-CSTP-Split-Include-IP6: fd00:3::/48\r\n",
+	} {
+		if !strings.Contains(head, line) {
+			t.Errorf("mixed reply lacks %q:\n%s", line, head)
+		}
+	}
+	back = parseHead(t, head)
+	if !slices.Equal(back.DNS, mixed.DNS) || !slices.Equal(back.SplitInclude, mixed.SplitInclude) {
+		t.Errorf("mixed lists parsed back as %v %v, want %v %v", back.DNS, back.SplitInclude, mixed.DNS, mixed.SplitInclude)
+	}
+
+	// IPv4 only (no Address6): IPv6 entries in the plain headers, as
+	// before dual stack.
+	v4 := *mixed
+	v4.Address6 = netip.Prefix{}
+	head = string(v4.AppendResponse(nil))
+	if strings.Contains(head, "-IP6") {
+		t.Errorf("-IP6 header without Address6:\n%s", head)
+	}
 }

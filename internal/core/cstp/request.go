@@ -11,8 +11,11 @@ import (
 // CONNECT request header names (anyconnect-protocol.md §2.1, dtls.md §1).
 // Requests go through net/http on both sides, so case does not matter here.
 const (
-	HdrHostname     = "X-CSTP-Hostname"
-	HdrAddressType  = "X-CSTP-Address-Type"
+	HdrHostname    = "X-CSTP-Hostname"
+	HdrAddressType = "X-CSTP-Address-Type"
+	// HdrFullIPv6 is X-CSTP-Full-IPv6-Capability: "true" from a client that
+	// can run IPv6 inside the tunnel (openconnect sends it always).
+	HdrFullIPv6     = "X-CSTP-Full-IPv6-Capability"
 	HdrMasterSecret = "X-DTLS-Master-Secret"
 	// X-CSTP-Version, X-CSTP-MTU, X-CSTP-Base-MTU, X-CSTP-Address,
 	// X-DTLS-CipherSuite and X-DTLS12-CipherSuite share the response's
@@ -38,6 +41,8 @@ type Request struct {
 	// openconnect): the address families the client can use. Both false:
 	// not stated.
 	IPv4, IPv6 bool
+	// FullIPv6 is X-CSTP-Full-IPv6-Capability: true (case-insensitive).
+	FullIPv6 bool
 	// Address is X-CSTP-Address: on reconnect, the address the client had
 	// and asks to keep (openconnect aborts if it changes).
 	Address netip.Addr
@@ -77,6 +82,7 @@ func ParseRequest(h http.Header) Request {
 			r.IPv6 = true
 		}
 	}
+	r.FullIPv6 = strings.EqualFold(get(HdrFullIPv6), "true")
 	if a, err := netip.ParseAddr(get(HdrAddress)); err == nil && a.Zone() == "" {
 		r.Address = a
 	}
@@ -112,6 +118,9 @@ func (r *Request) SetHeaders(h http.Header) {
 	case r.IPv6:
 		h.Set(HdrAddressType, "IPv6")
 	}
+	if r.FullIPv6 {
+		h.Set(HdrFullIPv6, "true")
+	}
 	if r.Address.IsValid() {
 		h.Set(HdrAddress, r.Address.String())
 	}
@@ -125,6 +134,11 @@ func (r *Request) SetHeaders(h http.Header) {
 		h.Set(HdrDTLS12CipherSuite, strings.Join(r.CipherSuites12, ":"))
 	}
 }
+
+// WantsIPv6 reports whether the client asks for an IPv6 address inside
+// the tunnel: IPv6 among its address types, or full IPv6 capability.
+// openconnect 9.01 sends both (anyconnect-protocol.md §2.1).
+func (r *Request) WantsIPv6() bool { return r.IPv6 || r.FullIPv6 }
 
 // splitList splits a ':'-separated cipher list, dropping spaces and empty
 // names; nil when nothing is left.

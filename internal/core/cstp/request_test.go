@@ -26,7 +26,7 @@ func TestParseRequest(t *testing.T) {
 	h.Set("X-DTLS12-CipherSuite", "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:AES256-GCM-SHA384:AES128-GCM-SHA256")
 	h.Set("X-DTLS-Accept-Encoding", "oc-lz4,lzs")
 	want := Request{
-		Hostname: "laptop", MTU: 1406, BaseMTU: 1500, IPv4: true, IPv6: true,
+		Hostname: "laptop", MTU: 1406, BaseMTU: 1500, IPv4: true, IPv6: true, FullIPv6: true,
 		Address:        netip.MustParseAddr("100.64.0.2"),
 		MasterSecret:   secret,
 		CipherSuites:   []string{"PSK-NEGOTIATE", "OC-DTLS1_2-AES256-GCM", "OC2-DTLS1_2-CHACHA20-POLY1305", "OC-DTLS1_2-AES128-GCM", "DHE-RSA-AES256-SHA", "DHE-RSA-AES128-SHA", "AES256-SHA", "AES128-SHA"},
@@ -41,6 +41,33 @@ func TestParseRequest(t *testing.T) {
 	got.SetHeaders(h2)
 	if back := ParseRequest(h2); !reflect.DeepEqual(back, want) {
 		t.Fatalf("round trip %+v", back)
+	}
+
+	if !got.WantsIPv6() {
+		t.Error("openconnect's request does not want IPv6")
+	}
+	for _, tc := range []struct {
+		typ, full string
+		want      bool
+	}{
+		{"IPv4", "", false},
+		{"", "", false},
+		{"IPv4", "false", false},
+		{"IPv6", "", true},
+		{"IPv4", "TRUE", true},
+		{" IPv4 , IPv6 ", "", true},
+	} {
+		h := http.Header{}
+		if tc.typ != "" {
+			h.Set(HdrAddressType, tc.typ)
+		}
+		if tc.full != "" {
+			h.Set(HdrFullIPv6, tc.full)
+		}
+		r := ParseRequest(h)
+		if r.WantsIPv6() != tc.want {
+			t.Errorf("Address-Type %q, Full-IPv6-Capability %q: WantsIPv6 = %v", tc.typ, tc.full, !tc.want)
+		}
 	}
 
 	// Lenient: bad values are dropped, nothing fails.

@@ -32,6 +32,9 @@ type Config struct {
 	// Pool is the client address range: never reachable, so sessions cannot
 	// reach each other.
 	Pool netip.Prefix
+	// Pool6 is the optional IPv6 client address range of dual-stack
+	// sessions: never reachable either. The zero Prefix: none.
+	Pool6 netip.Prefix
 	// Gateway is the gateway's in-tunnel address: always reachable. May be
 	// the zero Addr.
 	Gateway netip.Addr
@@ -69,6 +72,12 @@ var (
 		netip.MustParsePrefix("169.254.0.0/16"), // IPv4 link-local, incl. 169.254.169.254 (cloud metadata)
 		netip.MustParsePrefix("::1/128"),        // IPv6 loopback
 		netip.MustParsePrefix("fe80::/10"),      // IPv6 link-local
+		// Cloud metadata services at IPv6 addresses, which a host socket
+		// reaches without crossing any router: AWS IMDS (fd00:ec2::254,
+		// on Nitro instances with IPv6) and Google Compute Engine's
+		// metadata server on IPv6-only VMs (fd20:ce::254).
+		netip.MustParsePrefix("fd00:ec2::254/128"),
+		netip.MustParsePrefix("fd20:ce::254/128"),
 	}
 )
 
@@ -76,14 +85,22 @@ var (
 // for bad DNS or HostAddrs entries, joined) when the rules are invalid or
 // Pool is not a valid masked prefix.
 func New(cfg Config) (*Policy, error) {
-	errs := Validate(cfg.Include, cfg.Exclude, cfg.Pool)
+	pools := []netip.Prefix{cfg.Pool}
+	if cfg.Pool6.IsValid() {
+		pools = append(pools, cfg.Pool6)
+	}
+	errs := Validate(cfg.Include, cfg.Exclude, pools...)
 	if !cfg.Pool.IsValid() || cfg.Pool != canonical(cfg.Pool) {
 		errs = append(errs, &RuleError{List: "pool", Index: -1, Prefix: cfg.Pool, Reason: "must be a valid prefix in canonical form"})
+	}
+	if cfg.Pool6.IsValid() && (!cfg.Pool6.Addr().Is6() || cfg.Pool6.Addr().Is4In6() || cfg.Pool6 != cfg.Pool6.Masked()) {
+		errs = append(errs, &RuleError{List: "pool", Index: -1, Prefix: cfg.Pool6, Reason: "an IPv6 pool must be a masked IPv6 prefix"})
 	}
 	c := Config{
 		Include: canonicalAll(cfg.Include),
 		Exclude: canonicalAll(cfg.Exclude),
 		Pool:    cfg.Pool,
+		Pool6:   cfg.Pool6,
 		Gateway: cfg.Gateway.Unmap().WithZone(""),
 	}
 	for _, l := range []struct {
@@ -121,9 +138,10 @@ func canonicalAll(ps []netip.Prefix) []netip.Prefix {
 //  1. the Gateway or a DNS address: allowed;
 //  2. multicast (224.0.0.0/4, ff00::/8), limited broadcast
 //     (255.255.255.255), unspecified (0.0.0.0/8, ::): denied;
-//  3. inside Pool (another client): denied;
+//  3. inside Pool or Pool6 (another client): denied;
 //  4. the gateway host — loopback (127.0.0.0/8, ::1), link-local
-//     (169.254.0.0/16 incl. 169.254.169.254, fe80::/10) and HostAddrs —
+//     (169.254.0.0/16 incl. 169.254.169.254, fe80::/10), the IPv6 cloud
+//     metadata addresses (fd00:ec2::254, fd20:ce::254) and HostAddrs —
 //     denied, unless an Include prefix names dst explicitly: it contains
 //     dst and lies inside dst's special range (e.g. 169.254.169.254/32;
 //     Validate refuses such a prefix for loopback, which the stack cannot
@@ -210,7 +228,7 @@ func (p *Policy) decide(dst netip.Addr) bool {
 	if containedBy(notHost, dst) {
 		return false
 	}
-	if c.Pool.Contains(dst) {
+	if c.Pool.Contains(dst) || c.Pool6.Contains(dst) {
 		return false
 	}
 	for _, hr := range hostRanges {
@@ -242,6 +260,9 @@ func (p *Policy) compile() {
 	ranges = append(ranges, p.cfg.Include...)
 	ranges = append(ranges, p.cfg.Exclude...)
 	ranges = append(ranges, p.cfg.Pool)
+	if p.cfg.Pool6.IsValid() {
+		ranges = append(ranges, p.cfg.Pool6)
+	}
 	for _, a := range append(append([]netip.Addr{p.cfg.Gateway}, p.cfg.DNS...), p.cfg.HostAddrs...) {
 		if a.IsValid() {
 			ranges = append(ranges, netip.PrefixFrom(a, a.BitLen()))

@@ -54,6 +54,10 @@ func TestAllow(t *testing.T) {
 	named.Pool, named.Gateway = mp("10.250.0.0/16"), ma("10.250.0.1")
 	named.Include = prefixes("126.0.0.0/7", "169.254.169.254/32", "192.0.2.10/32", "fe80::/10", "8.8.8.0/24")
 	named.Exclude = prefixes("127.0.0.128/25")
+	dual := base // a dual-stack gateway (full tunnel): an IPv6 pool too
+	dual.Pool6 = mp("fd7a:1::/64")
+	metadata6 := base // the IPv6 metadata address named by its /128
+	metadata6.Include = prefixes("fd00:ec2::254/128", "fd00::/16")
 	tests := []struct {
 		cfg  Config
 		name string
@@ -79,6 +83,11 @@ func TestAllow(t *testing.T) {
 		{base, "other client", "169.254.3.4", false},
 		{base, "pool broadcast", "169.254.255.255", false},
 		{base, "metadata is in the pool here", "169.254.169.254", false},
+		{dual, "other dual-stack client", "fd7a:1::9", false},
+		{dual, "IPv6 pool's first address", "fd7a:1::1", false},
+		{dual, "just past the IPv6 pool", "fd7a:1:0:1::1", true},
+		{dual, "just before the IPv6 pool", "fd7a:0:ffff:ffff:ffff:ffff:ffff:ffff", true},
+		{base, "no IPv6 pool: an ordinary destination", "fd7a:1::9", true},
 		// 4. gateway host
 		{base, "loopback full tunnel", "127.0.0.1", false},
 		{base, "loopback high", "127.255.255.254", false},
@@ -101,6 +110,11 @@ func TestAllow(t *testing.T) {
 		{named, "host addr named", "192.0.2.10", true},
 		{named, "v6 loopback", "::1", false},
 		{named, "v6 link-local named", "fe80::99", true},
+		{base, "AWS IPv6 metadata, full tunnel", "fd00:ec2::254", false},
+		{base, "GCE IPv6 metadata, full tunnel", "fd20:ce::254", false},
+		{base, "AWS IPv6 metadata neighbour", "fd00:ec2::253", true},
+		{split, "AWS IPv6 metadata under a broad include fd00::/8", "fd00:ec2::254", false},
+		{metadata6, "AWS IPv6 metadata named by its /128", "fd00:ec2::254", true},
 		// 5-7. exclude, include
 		{base, "full tunnel", "8.8.8.8", true},
 		{base, "full tunnel v6", "2001:db8::1", true},
@@ -284,6 +298,12 @@ func TestValidateAllAtOnce(t *testing.T) {
 			t.Errorf("error %d = %+v (%v), want %s[%d] %q", i, re, re, w.list, w.index, w.reason)
 		}
 	}
+	// Each pool is checked: an IPv6 pool inside an include rule.
+	errs = Validate(prefixes("10.0.0.0/8", "fd00::/8"), nil, mp("169.254.0.0/16"), mp("fd7a::/64"))
+	var re *RuleError
+	if len(errs) != 1 || !errors.As(errs[0], &re) || re.List != "pool" || re.Index != 1 || re.Prefix != mp("fd7a::/64") {
+		t.Errorf("IPv6 pool overlapping include[1]: %v", errs)
+	}
 	if errs := Validate(prefixes("10.0.0.0/8"), prefixes("10.1.0.0/16"), mp("169.254.0.0/16")); len(errs) != 0 {
 		t.Errorf("valid rules: %v", errs)
 	}
@@ -402,6 +422,11 @@ func TestNewErrors(t *testing.T) {
 	}
 	if _, err := New(Config{}); err == nil {
 		t.Error("zero pool accepted")
+	}
+	for _, p6 := range []string{"10.1.0.0/16", "fd7a::1/64", "::ffff:10.0.0.0/104"} {
+		if _, err := New(Config{Pool: mp("169.254.0.0/16"), Pool6: mp(p6)}); err == nil {
+			t.Errorf("IPv6 pool %s accepted", p6)
+		}
 	}
 }
 

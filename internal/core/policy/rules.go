@@ -56,11 +56,13 @@ func (e *RuleError) Error() string {
 //   - a duplicate within a list, or a prefix both included and excluded;
 //   - an include rule inside loopback (127.0.0.0/8, ::1/128): see
 //     insideLoopback;
-//   - the pool overlapping an include rule (List "pool", Index of the rule).
+//   - a pool overlapping an include rule (List "pool", Index of the rule,
+//     Prefix the pool): each of pools (the IPv4 pool, and a dual-stack
+//     gateway's IPv6 pool) in turn.
 //
 // An invalid pool is not reported here (the caller validates the pool
 // itself); it only skips the overlap check.
-func Validate(include, exclude []netip.Prefix, pool netip.Prefix) []error {
+func Validate(include, exclude []netip.Prefix, pools ...netip.Prefix) []error {
 	var errs []error
 	add := func(list string, i int, p netip.Prefix, format string, args ...any) {
 		errs = append(errs, &RuleError{List: list, Index: i, Prefix: p, Reason: fmt.Sprintf(format, args...)})
@@ -114,7 +116,10 @@ func Validate(include, exclude []netip.Prefix, pool netip.Prefix) []error {
 			}
 		}
 	}
-	if pool.IsValid() {
+	for _, pool := range pools {
+		if !pool.IsValid() {
+			continue
+		}
 		pc := canonical(pool)
 		for i, p := range include {
 			if p.IsValid() && canonical(p).Overlaps(pc) {

@@ -178,8 +178,10 @@ func Handler(b *Backend) http.Handler {
 				byUser[s.User] = u
 			}
 			u.Sessions++
-			if s.Address.IsValid() {
-				u.Addresses = append(u.Addresses, s.Address)
+			for _, a := range []netip.Addr{s.Address, s.Address6} {
+				if a.IsValid() {
+					u.Addresses = append(u.Addresses, a)
+				}
 			}
 			u.BytesIn += s.BytesIn
 			u.BytesOut += s.BytesOut

@@ -58,6 +58,7 @@ type File struct {
 	// their defaults.
 	Health         map[string]yaml.Node `yaml:"health"`
 	Pool           string               `yaml:"pool"`
+	Pool6          string               `yaml:"pool6"` // IPv6 pool of dual-stack sessions (tunnel.Config.Pool6); empty: IPv4 only
 	DNS            []string             `yaml:"dns"`
 	SearchDomains  []string             `yaml:"search_domains"`
 	SplitInclude   []string             `yaml:"split_include"`
@@ -377,6 +378,13 @@ func (p *parser) addressing(f *File, t *tunnel.Config) {
 		}
 		t.Pool = pool
 	}
+	if f.Pool6 != "" {
+		pool6, err := netip.ParsePrefix(f.Pool6)
+		if err != nil {
+			bad("pool6", "%v", err)
+		}
+		t.Pool6 = pool6
+	}
 	for i, s := range f.DNS {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -647,7 +655,7 @@ func (p *parser) tunnelProblems(t *tunnel.Config) {
 // unchanged.
 var tunnelKeys = map[string]string{
 	"ListenAddr": "listen", "Certificate": "tls", "GetCertificate": "tls",
-	"Pool": "pool", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
+	"Pool": "pool", "Pool6": "pool6", "MTU": "mtu", "DNS": "dns", "SearchDomains": "search_domains",
 	"SplitInclude": "split_include", "SplitExclude": "split_exclude",
 	"DPD": "dpd", "Keepalive": "keepalive", "IdleTimeout": "idle_timeout", "UDPIdleTimeout": "udp_idle_timeout",
 	"SessionTimeout": "session_timeout", "ReconnectGrace": "reconnect_grace", "DrainDelay": "drain_delay", "Banner": "banner", "PreLoginBanner": "pre_login_banner",
@@ -691,8 +699,8 @@ func fieldProblem(err error) (key, msg string) {
 	key = Key(fe.Field)
 	var re *policy.RuleError
 	switch {
-	case errors.As(fe.Err, &re) && re.List == "pool": // "pool" is also the key
-		return key, re.Error()
+	case errors.As(fe.Err, &re) && re.List == "pool": // the key: pool, or pool6 for the IPv6 pool
+		return key, fmt.Sprintf("%s %s: %s", key, re.Prefix, re.Reason)
 	case errors.As(fe.Err, &re):
 		r := *re
 		r.List = key

@@ -20,6 +20,7 @@ func TestParseValid(t *testing.T) {
 	c, err := Parse("gw.yaml", []byte(`
 listen: "127.0.0.1:8443"
 pool: 10.77.0.0/24
+pool6: fd7a:5c3e:11::/64
 dns: [10.0.0.53]
 search_domains: [corp.example]
 split_include: [198.19.0.0/24, 10.1.0.0/255.255.0.0]
@@ -38,7 +39,7 @@ demo_page: false
 		t.Fatal(err)
 	}
 	tc := c.Tunnel
-	if tc.ListenAddr != "127.0.0.1:8443" || tc.Pool.String() != "10.77.0.0/24" || tc.MTU != 9000 || tc.UDPIdleTimeout != 3*time.Minute ||
+	if tc.ListenAddr != "127.0.0.1:8443" || tc.Pool.String() != "10.77.0.0/24" || tc.Pool6.String() != "fd7a:5c3e:11::/64" || tc.MTU != 9000 || tc.UDPIdleTimeout != 3*time.Minute ||
 		tc.DPD != 45*time.Second || tc.IdleTimeout != 30*time.Minute || tc.SessionTimeout != 2*time.Hour ||
 		len(tc.SplitInclude) != 2 || tc.SplitInclude[1].String() != "10.1.0.0/16" || len(tc.SplitExclude) != 1 ||
 		len(c.Users) != 1 || c.Users[0].Groups[0] != "staff" || c.DemoPage || c.Log.Format != "json" {
@@ -55,6 +56,12 @@ func TestParseErrors(t *testing.T) {
 		{"unknown key", "listne: x\n", []string{"line 1", "listne"}},
 		{"bad duration", "dpd: soon\n", []string{"line 1", "not a duration"}},
 		{"bad pool", "pool: 10.0.0.0/33\n", []string{"gw.yaml:1: pool"}},
+		{"pool6 unparsable", "pool6: fd00::/129\n", []string{"gw.yaml:1: pool6"}},
+		{"pool6 IPv4", "pool6: 10.1.0.0/16\n", []string{"gw.yaml:1: pool6", "must be an IPv6 prefix"}},
+		{"pool6 host bits", "pool6: fd7a::5/64\n", []string{"gw.yaml:1: pool6", "did you mean fd7a::/64"}},
+		{"pool6 link-local", "pool6: fe80::/64\n", []string{"gw.yaml:1: pool6", "link-local"}},
+		{"pool6 too small", "pool6: fd7a::/127\n", []string{"gw.yaml:1: pool6", "/126"}},
+		{"pool6 overlaps include", "pool6: fd7a::/64\nsplit_include: [fd00::/8]\n", []string{"gw.yaml:1: pool6", "overlaps include[0]"}},
 		{"bad dns", "dns: [10.0.0.53, nope]\n", []string{"dns[1]", "nope"}},
 		{"zero network include", "split_include: [0.0.0.0/0]\n", []string{"gw.yaml:1", "0.0.0.0"}},
 		{"pool overlaps include", "pool: 10.0.0.0/16\nsplit_include: [10.0.0.0/8]\n", []string{"overlap"}},

@@ -115,9 +115,14 @@ func ServePacket(t testing.TB, pc net.PacketConn, handle func(b []byte, from net
 // dials its addresses on loopback.
 var LoopCorpNet = netip.MustParsePrefix("198.18.0.0/16")
 
+// LoopCorpNet6 is LoopCorpNet's IPv6 counterpart (a ULA /48) for
+// dual-stack tests: LoopCorpDialer dials its addresses on ::1.
+var LoopCorpNet6 = netip.MustParsePrefix("fd00:1::/48")
+
 // LoopCorpDialer is a gateway's Dialer for in-process tests: it dials
-// LoopCorpNet's 198.18.x.y:port as 127.0.0.1:port, so loopback listeners
-// play corporate hosts, and everything else as given. (Loopback itself
+// LoopCorpNet's 198.18.x.y:port as 127.0.0.1:port and LoopCorpNet6's
+// [fd00:1::x]:port as [::1]:port, so loopback listeners play corporate
+// hosts, and everything else as given. (Loopback itself
 // cannot be a tunnel destination: a TCP/IP stack drops packets from 127/8
 // arriving on a real interface as martians.)
 type LoopCorpDialer struct{}
@@ -126,6 +131,8 @@ type LoopCorpDialer struct{}
 func (LoopCorpDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if ap, err := netip.ParseAddrPort(address); err == nil && LoopCorpNet.Contains(ap.Addr()) {
 		address = netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String()
+	} else if err == nil && LoopCorpNet6.Contains(ap.Addr()) {
+		address = netip.AddrPortFrom(netip.IPv6Loopback(), ap.Port()).String()
 	}
 	var d net.Dialer
 	return d.DialContext(ctx, network, address)
@@ -140,7 +147,8 @@ func LoopCorp(ap netip.AddrPort) netip.AddrPort {
 // LoopCorpDNS serves the loopback corporate zone over UDP on 127.0.0.1
 // until the test ends and returns its host:port: echo.corp.example (and
 // so the single label "echo" through a search list) has A 198.18.1.1
-// (TTL 60 s, cached for a whole test), no other record (NODATA); every
+// (TTL 60 s, cached for a whole test), no other record (NODATA);
+// echo6.corp.example has only AAAA fd00:1::1 (in LoopCorpNet6); every
 // other name is NXDOMAIN.
 func LoopCorpDNS(t testing.TB) string {
 	t.Helper()
@@ -153,6 +161,11 @@ func LoopCorpDNS(t testing.TB) string {
 		m.SetReply(q)
 		switch {
 		case len(q.Question) != 1:
+		case q.Question[0].Name == "echo6.corp.example.":
+			if q.Question[0].Qtype == dns.TypeAAAA {
+				rr, _ := dns.NewRR("echo6.corp.example. 60 IN AAAA fd00:1::1")
+				m.Answer = append(m.Answer, rr)
+			}
 		case q.Question[0].Name != "echo.corp.example.":
 			m.Rcode = dns.RcodeNameError
 		case q.Question[0].Qtype == dns.TypeA:
