@@ -359,7 +359,7 @@ func tcpSeg(src, dst netip.AddrPort, seq, ack uint32, flags byte, opts, data []b
 	copy(t[20:], opts)
 	copy(t[h:], data)
 	binary.BigEndian.PutUint16(t[16:18], l4Checksum(src.Addr(), dst.Addr(), protoTCP, t))
-	return ipv4Packet(src.Addr(), dst.Addr(), protoTCP, t)
+	return ipPacket(src.Addr(), dst.Addr(), protoTCP, t)
 }
 
 // linuxSYNOpts are the options of a Linux client's SYN but timestamps

@@ -324,7 +324,7 @@ func TestFragmentedEcho(t *testing.T) {
 	binary.BigEndian.PutUint16(m[4:6], 0x1234)
 	copy(m[8:], pattern(8000))
 	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	for _, f := range fragmentsOf(ipv4Packet(cliAddr, far, protoICMP, m), 1480) {
+	for _, f := range fragmentsOf(ipPacket(cliAddr, far, protoICMP, m), 1480) {
 		if err := p.Inject(f); err != nil {
 			t.Fatal(err)
 		}
@@ -369,7 +369,7 @@ func TestReassemblyRules(t *testing.T) {
 	}
 	defer p.Close()
 	data := pattern(64)
-	dg := ipv4Packet(cliAddr, far, protoUDP, data)
+	dg := ipPacket(cliAddr, far, protoUDP, data)
 	binary.BigEndian.PutUint16(dg[4:6], 77) // IP id
 	fr := fragmentsOf(dg, 16)               // 4 fragments of 16 bytes
 	fr[0][6] |= 0x40                        // DF on the first: the whole datagram keeps it
@@ -476,7 +476,7 @@ func TestReassemblyRules(t *testing.T) {
 		gw.stats.fragmentsDropped.Store(0)
 		feed(p, t0, fr[0]) // incomplete, and p goes quiet
 		held := gw.frags.heldBytes()
-		dg2 := ipv4Packet(cli2, far, protoUDP, data)
+		dg2 := ipPacket(cli2, far, protoUDP, data)
 		for _, f := range fragmentsOf(dg2, 16)[:2] {
 			feed(p2, t0.Add(31*time.Second), f)
 		}
@@ -499,7 +499,7 @@ func TestReassemblyRules(t *testing.T) {
 			t.Fatal(err)
 		}
 		gw.stats.fragmentsDropped.Store(0)
-		dg3 := ipv4Packet(p3.addr, far, protoUDP, data)
+		dg3 := ipPacket(p3.addr, far, protoUDP, data)
 		f3 := fragmentsOf(dg3, 16)
 		feed(p3, t0, f3[0])
 		p3.Close()

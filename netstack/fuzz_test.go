@@ -105,7 +105,7 @@ func FuzzReassemble(f *testing.F) {
 			fo, id, n := binary.BigEndian.Uint16(in[0:2]), in[2], int(in[3])
 			in = in[4:]
 			n = min(n, len(in))
-			b := ipv4Packet(cliAddr, far, protoUDP, in[:n])
+			b := ipPacket(cliAddr, far, protoUDP, in[:n])
 			in = in[n:]
 			binary.BigEndian.PutUint16(b[4:6], uint16(id))
 			binary.BigEndian.PutUint16(b[6:8], fo&0x1fff|(fo&0x8000)>>2)
