@@ -35,10 +35,10 @@
 // transfers, UDP datagrams from 0 to 65507 bytes both ways (fragmented and
 // reassembled as needed, also to a port's smaller MTU), ICMP echo up to 65000
 // bytes (the reply as big as the request), ICMP time exceeded for TTL 1
-// (traceroute's first hop), host
-// unreachable for a destination that does not answer, a RST for a closed
-// port, and UDP mappings that survive 90 s of silence and not 150 s.
-// A client's IPv4 fragments are reassembled before anything looks at the
+// (traceroute's first hop), host unreachable for a destination that does
+// not answer, a RST for a closed port, and UDP mappings that survive 90 s
+// of silence and not 150 s. A client's fragments (IPv4, and IPv6 with a
+// Fragment header first) are reassembled before anything looks at the
 // packet, as a Linux router's conntrack does (reassembly.go), so a
 // fragmented ping, SYN or datagram is handled as the whole it is.
 //

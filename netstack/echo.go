@@ -37,9 +37,6 @@ const (
 // echoState is the ICMP echo forwarder's bookkeeping.
 type echoState struct {
 	inFlight atomic.Int32
-	// fragsInFlight counts fragmented echo requests being reassembled
-	// (echofrag.go), at most maxEchoInFlight.
-	fragsInFlight atomic.Int32
 	// disabledAt is the unix nanos of the last failure to open a socket,
 	// per family ([0] IPv4, [1] IPv6): a host without IPv6 (or a Pinger
 	// that only speaks IPv4) must not stop IPv4 pings.

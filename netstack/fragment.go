@@ -114,7 +114,7 @@ func (s *Stack) fragment4(p *Port, b []byte, mtu int) {
 		// or two big datagrams to one client would mix in its reassembly
 		// (RFC 6864 4.1: ids of fragmentable datagrams must not repeat).
 		for id == 0 {
-			id = uint16(s.ipID.Add(1))
+			id = uint16(s.fragID.Add(1))
 		}
 	}
 	s.stats.fragmented.Add(1)
@@ -192,4 +192,58 @@ func fragmentable6(b []byte) bool {
 		nh = b[header.IPv6MinimumSize]
 	}
 	return nh == protoUDP || nh == protoICMPv6
+}
+
+// fragment6 sends b, an IPv6 packet the stack originates (no extension
+// header, or only a Fragment header: gVisor's own fragment of a packet
+// over the stack's MTU), to p as fragments of at most mtu bytes, each with
+// a Fragment header (RFC 8200 4.5: the source fragments; a fragment is cut
+// again keeping its identification, offset and M flag).
+func (s *Stack) fragment6(p *Port, b []byte, mtu int) {
+	const hl = header.IPv6MinimumSize
+	const fl = 8 // the Fragment header
+	total := hl + int(binary.BigEndian.Uint16(b[4:6]))
+	if total > len(b) {
+		s.stats.dropMalformed.Add(1)
+		return
+	}
+	nh, data, base, more := b[6], b[hl:total], 0, false
+	var id uint32
+	if nh == ipv6FragHdr {
+		if len(data) < fl {
+			s.stats.dropMalformed.Add(1)
+			return
+		}
+		fo := binary.BigEndian.Uint16(data[2:4])
+		nh, base, more, id = data[0], int(fo>>3)*8, fo&1 != 0, binary.BigEndian.Uint32(data[4:8])
+		data = data[fl:]
+	} else {
+		id = s.fragID.Add(1)
+	}
+	per := (mtu - hl - fl) &^ 7 // fragment data comes in 8-octet units
+	s.stats.fragmented.Add(1)
+	for off := 0; off < len(data); off += per {
+		n := min(per, len(data)-off)
+		size := hl + fl + n
+		pk := s.pools.get(p.headroom + size)
+		if pk == nil { // cannot happen: size <= mtu <= the pools' MTU
+			s.stats.dropTooBig.Add(1)
+			return
+		}
+		f := pk.buf[p.headroom : p.headroom+size]
+		copy(f, b[:hl])
+		binary.BigEndian.PutUint16(f[4:6], uint16(fl+n))
+		f[6] = ipv6FragHdr
+		fh := f[hl : hl+fl]
+		fh[0], fh[1] = nh, 0 // the upper-layer protocol; reserved
+		fo := uint16((base+off)/8) << 3
+		if off+n < len(data) || more {
+			fo |= 1 // M: more fragments
+		}
+		binary.BigEndian.PutUint16(fh[2:4], fo)
+		binary.BigEndian.PutUint32(fh[4:8], id)
+		copy(f[hl+fl:], data[off:off+n])
+		pk.n = p.headroom + size
+		s.sendOut(p, pk, size)
+	}
 }

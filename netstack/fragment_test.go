@@ -275,7 +275,7 @@ func TestClientFragments(t *testing.T) {
 				return f
 			}
 			c.split.Store(&split)
-			before := gw.Stats().Reassembled
+			st0 := gw.Stats() // a previous case's client may have closed mid-datagram: counted there
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			conn, err := c.dialTCP(ctx, echo)
@@ -302,8 +302,8 @@ func TestClientFragments(t *testing.T) {
 			if n, err := uc.Read(buf); err != nil || !bytes.Equal(buf[:n], dg) {
 				t.Fatalf("UDP echo: %v, %d bytes (stats %+v)", err, n, gw.Stats())
 			}
-			if st := gw.Stats(); st.Reassembled == before || st.FragmentsDropped != 0 {
-				t.Errorf("Reassembled %d -> %d, FragmentsDropped %d", before, st.Reassembled, st.FragmentsDropped)
+			if st := gw.Stats(); st.Reassembled == st0.Reassembled || st.FragmentsDropped != st0.FragmentsDropped {
+				t.Errorf("Reassembled %d -> %d, FragmentsDropped %d -> %d", st0.Reassembled, st.Reassembled, st0.FragmentsDropped, st.FragmentsDropped)
 			}
 		})
 	}
@@ -510,4 +510,70 @@ func TestReassemblyRules(t *testing.T) {
 			t.Error("a closed session's fragment was held")
 		}
 	})
+}
+
+// TestReassemblyIPv6: IPv6 fragments (a Fragment header first) follow the
+// same rules: any order, an atomic fragment (offset 0, no more), the
+// whole packet without its Fragment header and with the payload's next
+// header, and overlaps and 65535 bytes discarding.
+func TestReassemblyIPv6(t *testing.T) {
+	gw := newGW(t, nil)
+	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	data := pattern(64)
+	frag := func(id uint32, off, n int, more bool) []byte {
+		b := make([]byte, 48+n)
+		writeIPHeader(b, cliAddr6, far6, ipv6FragHdr, 8+n)
+		b[40] = protoUDP
+		fo := uint16(off/8) << 3
+		if more {
+			fo |= 1
+		}
+		binary.BigEndian.PutUint16(b[42:44], fo)
+		binary.BigEndian.PutUint32(b[44:48], id)
+		copy(b[48:], data[off:off+n])
+		return b
+	}
+	feed := func(fs ...[]byte) (whole []byte) {
+		t.Helper()
+		for _, f := range fs {
+			ip, err := parseIP(f)
+			if err != nil || !ip.frag {
+				t.Fatalf("not a fragment: %v", err)
+			}
+			if w := gw.reassemble(p, &ip, time.Now()); w != nil {
+				whole = w
+			}
+		}
+		return whole
+	}
+	check := func(name string, w []byte) {
+		t.Helper()
+		if len(w) != 40+len(data) || w[6] != protoUDP || int(binary.BigEndian.Uint16(w[4:6])) != len(data) || !bytes.Equal(w[40:], data) {
+			t.Fatalf("%s: whole packet of %d bytes, next header %d", name, len(w), w[6])
+		}
+		ip, err := parseIP(w)
+		if err != nil || ip.frag || ip.tproto != protoUDP || ip.src != cliAddr6 || ip.dst != far6 {
+			t.Fatalf("%s: the whole packet parses as %+v, %v", name, ip, err)
+		}
+	}
+	check("in order", feed(frag(1, 0, 32, true), frag(1, 32, 32, false)))
+	check("reversed", feed(frag(2, 32, 32, false), frag(2, 16, 16, true), frag(2, 0, 16, true)))
+	check("an atomic fragment", feed(frag(3, 0, 64, false)))
+	gw.stats.fragmentsDropped.Store(0)
+	if w := feed(frag(4, 0, 32, true), frag(4, 16, 32, true), frag(4, 48, 16, false)); w != nil {
+		t.Fatal("an overlapping datagram completed")
+	}
+	b := frag(5, 0, 16, false)
+	binary.BigEndian.PutUint16(b[42:44], 0xfff8) // offset 65528 + 16 bytes: over 65535
+	if w := feed(b); w != nil {
+		t.Fatal("a datagram over 65535 bytes completed")
+	}
+	if d := gw.stats.fragmentsDropped.Load(); d != 2 {
+		t.Errorf("FragmentsDropped %d, want 2", d)
+	}
+	gw.frags.clearPort(gw, p)
 }

@@ -58,9 +58,6 @@ type Port struct {
 	flowMu sync.Mutex
 	flows  map[flow]struct{}
 	syns   map[synKey]uint32 // client SYNs' sequence numbers (noteSYN), under flowMu
-	// echoFrags reassembles the client's fragmented echo requests
-	// (echofrag.go), under flowMu.
-	echoFrags echoFrags
 
 	// mtu is the transport's MTU (SetMTU); 0: the stack's.
 	mtu atomic.Int32
@@ -256,7 +253,6 @@ func (p *Port) Close() error {
 	p.flowMu.Lock()
 	flows := p.flows
 	p.flows = nil
-	s.echo.fragsInFlight.Add(-p.echoFrags.clear()) // their share of the stack's bound
 	p.flowMu.Unlock()
 	for f := range flows {
 		f.abort(ErrClosed)
@@ -401,20 +397,6 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 		s.timeExceeded(p, &ip)
 		return ErrTTLExceeded
 	}
-	// A fragment of an ICMP message to another host is reassembled here
-	// (echofrag.go), never by gVisor, which would answer an echo to any
-	// address itself; one to the stack's own IPv4 address is gVisor's.
-	if f, ok := icmpFragment(&ip); ok && ip.dst != s.cfg.Addr {
-		if s.routable(ip.dst) && s.echoFragment(p, &ip, f) {
-			p.traffic.AddIn(len(ip.pkt))
-			return nil
-		}
-		s.stats.dropNotAllowed.Add(1)
-		if f.off == 0 { // errors quote the first fragment only (RFC 1812 4.3.2.7)
-			s.reject(p, &ip)
-		}
-		return ErrNotAllowed
-	}
 	// Echo is the stack's to answer only at its own address. A listener's
 	// address (the DNS proxy's, say) owns just its port, as on a router
 	// that intercepts port 53: a ping there is forwarded to the real host
@@ -462,7 +444,7 @@ type ipInfo struct {
 	tproto   uint8  // transport protocol (IPv6: the first next-header)
 	ttl      uint8  // TTL (IPv6: hop limit)
 	l4       []byte // IPv4: transport header+payload, nil for fragments; IPv6: after the fixed header
-	frag     bool   // an IPv4 fragment (MF or an offset): reassembled first
+	frag     bool   // a fragment (IPv4: MF or an offset; IPv6: a Fragment header first): reassembled first
 }
 
 const (
@@ -504,7 +486,7 @@ func parseIP(b []byte) (ipInfo, error) {
 		b = b[:tot]
 		ip = ipInfo{pkt: b, proto: header.IPv6ProtocolNumber, v6: true, hdrLen: header.IPv6MinimumSize,
 			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[6], ttl: b[7],
-			l4: b[header.IPv6MinimumSize:]}
+			frag: b[6] == ipv6FragHdr, l4: b[header.IPv6MinimumSize:]}
 	default:
 		return ip, ErrNotIP
 	}

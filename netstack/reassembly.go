@@ -3,6 +3,7 @@ package netstack
 import (
 	"container/list"
 	"encoding/binary"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -10,7 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// Reassembly of clients' IPv4 fragments. Inject holds a fragment until its
+// Reassembly of clients' fragments, IPv4 and IPv6. Inject holds a fragment until its
 // datagram is whole and only then looks at it: echo forwarding, the SYN
 // record, policy answers and gVisor all see one packet, as a Linux router's
 // conntrack reassembles (nf_defrag_ipv4) before NAT and forwarding. Without
@@ -25,8 +26,13 @@ import (
 // that overlaps them only in part, an empty one, one that contradicts the
 // datagram's end, or one that would make it exceed 65535 bytes discards
 // the whole datagram (RFC 5722's rule, which Linux applies to IPv4 since
-// 4.19). IPv6 fragments go to gVisor's own reassembly: nothing before it
-// looks inside an IPv6 fragment.
+// 4.19, and RFC 5722 requires for IPv6). An IPv6 fragment is one whose
+// first extension header is the Fragment header (RFC 8200 4.5), as every
+// client's kernel sends them; with other extension headers before it, the
+// packet goes to gVisor, which reassembles it on its own. Before this, gVisor
+// reassembled IPv6 fragments in its promiscuous NIC and answered a
+// fragmented ICMPv6 echo to any address itself, a host that does not exist
+// included.
 
 const (
 	// fragTimeout is how long an incomplete datagram is kept: Linux's
@@ -48,6 +54,12 @@ const (
 	// maxIPv4Payload is the most an IPv4 datagram can carry after a
 	// minimal header: its 16-bit total length.
 	maxIPv4Payload = 0xffff - header.IPv4MinimumSize
+	// maxIPv6Payload is the most an IPv6 packet without a jumbogram
+	// carries after its fixed header: its 16-bit payload length.
+	maxIPv6Payload = 0xffff
+	// ipv6FragHdr is the Fragment header's next-header value (RFC 8200
+	// 4.5); ipv6FragHdrLen its length.
+	ipv6FragHdr, ipv6FragHdrLen = 44, 8
 )
 
 // fragTable holds the stack's datagrams under reassembly. Fragments are
@@ -61,15 +73,15 @@ type fragTable struct {
 
 type fragKey struct {
 	port  *Port // the session (its source address was checked)
-	dst   [4]byte
-	id    uint16
-	proto uint8
+	dst   netip.Addr
+	id    uint32 // IPv4's 16-bit identification, IPv6's 32-bit one
+	proto uint8  // IPv4's protocol; IPv6: the Fragment header's next header
 }
 
 type fragDatagram struct {
 	key     fragKey
 	elem    *list.Element // in fragTable.order
-	hdr     []byte        // the first fragment's IP header, once it came
+	hdr     []byte        // the first fragment's IP header, once it came (IPv6: next header set to the payload's)
 	pieces  []fragPiece   // the fragments held, by offset
 	runs    []span        // the byte ranges received: sorted, merged
 	total   int           // the payload length, once the last fragment came; -1 before
@@ -88,22 +100,40 @@ type span struct{ start, end int }
 // set or a non-zero offset.
 func isFragment(b []byte) bool { return binary.BigEndian.Uint16(b[6:8])&0x3fff != 0 }
 
-// reassemble adds ip, an IPv4 fragment from p's client, to its datagram.
-// It returns the whole datagram (a new buffer, header flags and offset
-// cleared but for DF) once every fragment came, else nil: the fragment is
-// held, was a duplicate, or its datagram was discarded (counted in
-// Stats.FragmentsDropped).
+// reassemble adds ip, a fragment from p's client, to its datagram. It
+// returns the whole datagram (a new buffer: IPv4 with flags and offset
+// cleared but for DF, IPv6 without its Fragment header) once every
+// fragment came, else nil: the fragment is held, was a duplicate, or its
+// datagram was discarded (counted in Stats.FragmentsDropped).
 func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	b := ip.pkt
-	fo := binary.BigEndian.Uint16(b[6:8])
-	off, more := int(fo&0x1fff)*8, fo&0x2000 != 0
-	payload := b[ip.hdrLen:]
+	var (
+		off, maxPayload int
+		more            bool
+		payload         []byte
+		key             = fragKey{port: p, dst: ip.dst}
+	)
+	if ip.v6 {
+		if len(b) < header.IPv6MinimumSize+ipv6FragHdrLen {
+			s.stats.fragmentsDropped.Add(1)
+			return nil
+		}
+		fh := b[header.IPv6MinimumSize:]
+		fo := binary.BigEndian.Uint16(fh[2:4])
+		off, more, maxPayload = int(fo&^7), fo&1 != 0, maxIPv6Payload
+		payload = fh[ipv6FragHdrLen:]
+		key.id, key.proto = binary.BigEndian.Uint32(fh[4:8]), fh[0]
+	} else {
+		fo := binary.BigEndian.Uint16(b[6:8])
+		off, more, maxPayload = int(fo&0x1fff)*8, fo&0x2000 != 0, maxIPv4Payload
+		payload = b[ip.hdrLen:]
+		key.id, key.proto = uint32(binary.BigEndian.Uint16(b[4:6])), b[9]
+	}
 	end := off + len(payload)
 	if more {
 		end &^= 7 // fragments but the last carry 8-byte units
 		payload = payload[:end-off]
 	}
-	key := fragKey{port: p, dst: [4]byte(b[16:20]), id: binary.BigEndian.Uint16(b[4:6]), proto: b[9]}
 
 	t := &s.frags
 	t.mu.Lock()
@@ -113,7 +143,7 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	}
 	t.expire(s, now)
 	d := t.dgs[key]
-	if end > maxIPv4Payload || end <= off {
+	if end > maxPayload || end <= off {
 		if d != nil {
 			t.discard(s, d)
 		} else {
@@ -159,12 +189,15 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	}
 	if off == 0 {
 		d.hdr = slices.Clone(b[:ip.hdrLen])
+		if ip.v6 {
+			d.hdr[6] = key.proto // the Fragment header goes: its next header is the packet's
+		}
 	}
 	if d.hdr == nil || d.total < 0 || len(d.runs) != 1 || d.runs[0] != (span{0, d.total}) {
 		return nil
 	}
 	hl := len(d.hdr)
-	if hl+d.total > 0xffff { // options on the first fragment made it too long
+	if !ip.v6 && hl+d.total > 0xffff { // options on the first fragment made it too long
 		t.discard(s, d)
 		return nil
 	}
@@ -173,10 +206,14 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	for _, pc := range d.pieces {
 		copy(whole[hl+pc.off:], pc.b)
 	}
-	binary.BigEndian.PutUint16(whole[2:4], uint16(len(whole)))
-	binary.BigEndian.PutUint16(whole[6:8], binary.BigEndian.Uint16(d.hdr[6:8])&0x4000) // keep DF only
-	whole[10], whole[11] = 0, 0
-	binary.BigEndian.PutUint16(whole[10:12], ^fold(sum(whole[:hl], 0)))
+	if ip.v6 {
+		binary.BigEndian.PutUint16(whole[4:6], uint16(d.total))
+	} else {
+		binary.BigEndian.PutUint16(whole[2:4], uint16(len(whole)))
+		binary.BigEndian.PutUint16(whole[6:8], binary.BigEndian.Uint16(d.hdr[6:8])&0x4000) // keep DF only
+		whole[10], whole[11] = 0, 0
+		binary.BigEndian.PutUint16(whole[10:12], ^fold(sum(whole[:hl], 0)))
+	}
 	t.remove(d)
 	s.stats.reassembled.Add(1)
 	return whole

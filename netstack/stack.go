@@ -183,9 +183,8 @@ type Stack struct {
 	pools  packetPools
 	stats  counters
 	echo   echoState
-	frags  fragTable     // clients' IPv4 datagrams under reassembly
-	ipID   atomic.Uint32 // IP ids for fragmented packets that had none (fragment4)
-	pinger Pinger        // nil: pings to other hosts are refused
+	frags  fragTable // clients' datagrams under reassembly
+	pinger Pinger    // nil: pings to other hosts are refused
 
 	// poller wakes idle TCP flows when their host socket turns readable
 	// (poller_linux.go); nil where epoll is unavailable, and then each
@@ -193,7 +192,7 @@ type Stack struct {
 	poller *poller
 
 	icmpInFlight atomic.Int32  // deliverICMP goroutines running (maxICMPInFlight)
-	fragID       atomic.Uint32 // the last IPv6 fragment identification the stack used (fragment6)
+	fragID       atomic.Uint32 // the last fragment identification the stack gave a packet that had none (fragment4: its low 16 bits; fragment6)
 	noFDLogged   atomic.Int64  // UnixNano of the last lack-of-descriptors warning (dialFailed)
 }
 

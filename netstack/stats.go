@@ -31,7 +31,7 @@ type Stats struct {
 	WriteBlocked   uint64 // outbound writes that had to wait for queue room
 	Fragmented     uint64 // outbound IPv4 packets over their port's MTU, and echo replies over it (IPv4 or IPv6), sent as fragments (Port.SetMTU)
 	TooBigAnswered uint64 // outbound packets over their port's MTU that could not be fragmented, answered to their sender with frag-needed / Packet Too Big
-	// Reassembled counts clients' IPv4 datagrams made whole from their
+	// Reassembled counts clients' datagrams (IPv4, IPv6) made whole from their
 	// fragments before anything looked at them; FragmentsDropped the
 	// datagrams discarded before they were whole: an overlapping, empty or
 	// contradicting fragment, over 65535 bytes, incomplete after 30 s, over

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -179,109 +178,13 @@ func TestEchoForwarding6AndFragmented(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer other.Close()
+	// Reassembled first (as a router's conntrack does), the whole
+	// message is refused.
 	f := fragments(cliAddr6, cli2Addr, 78, echoMessage(cliAddr6, cli2Addr, 1, make([]byte, 3000)), 1232)
-	if err := p.Inject(f[0]); !errors.Is(err, ErrNotAllowed) {
-		t.Fatalf("fragment to another session: %v", err)
-	}
-}
-
-// TestEchoFragmentBounds: overlapping fragments, a fragment past 65535
-// bytes, too many messages at once and a message whose fragments never
-// all come are dropped (and counted); a message completes from any order.
-func TestEchoFragmentBounds(t *testing.T) {
-	var p Port
-	var inFlight atomic.Int32
-	var drops atomic.Uint64
-	now := time.Unix(1000, 0)
-	add := func(id uint32, off, n int, more bool, at time.Time) ([]byte, bool) {
-		return p.addEchoFragment(far6, fragInfo{id: id, off: off, data: make([]byte, n), more: more}, at, &inFlight, &drops)
-	}
-	// Complete, out of order.
-	if m, ok := add(1, 16, 8, false, now); m != nil || !ok {
-		t.Fatal("last fragment alone completed the message")
-	}
-	if m, ok := add(1, 0, 16, true, now); len(m) != 24 || !ok {
-		t.Fatalf("message of %d bytes, ok %v, want 24", len(m), ok)
-	}
-	// Overlap drops the message.
-	add(2, 0, 16, true, now)
-	if _, ok := add(2, 8, 16, false, now); ok || drops.Load() != 1 {
-		t.Fatalf("overlap kept (drops %d)", drops.Load())
-	}
-	// Past 65535 bytes, and a non-final fragment not a multiple of 8.
-	if _, ok := add(3, 65528, 16, false, now); ok {
-		t.Fatal("fragment past 65535 bytes kept")
-	}
-	if _, ok := add(4, 0, 12, true, now); ok {
-		t.Fatal("non-final fragment of 12 bytes kept")
-	}
-	// At most maxEchoFrags messages at once per port.
-	for id := uint32(10); id < 10+maxEchoFrags; id++ {
-		if _, ok := add(id, 0, 8, true, now); !ok {
-			t.Fatalf("message %d refused", id)
+	for i, fr := range f {
+		err := p.Inject(fr)
+		if last := i == len(f)-1; last != errors.Is(err, ErrNotAllowed) {
+			t.Fatalf("fragment %d of %d to another session: %v", i+1, len(f), err)
 		}
 	}
-	if _, ok := add(99, 0, 8, true, now); ok {
-		t.Fatal("a message past maxEchoFrags was taken")
-	}
-	if n := inFlight.Load(); n != maxEchoFrags {
-		t.Fatalf("in flight %d, want %d", n, maxEchoFrags)
-	}
-	// After the timeout they expire and make room.
-	before := drops.Load()
-	if _, ok := add(99, 0, 8, true, now.Add(echoFragTimeout+time.Second)); !ok {
-		t.Fatal("no room after the others expired")
-	}
-	if d := drops.Load() - before; d < 1 {
-		t.Fatal("expired messages not counted")
-	}
-	if n := inFlight.Load(); n < 1 || n > maxEchoFrags {
-		t.Fatalf("in flight %d after expiry", n)
-	}
-}
-
-// TestEchoFragmentsFreedOnClose: a closed port's unfinished messages give
-// their slots of the stack's bound back.
-func TestEchoFragmentsFreedOnClose(t *testing.T) {
-	fp := fakePinger{got: make(chan netip.Addr, 1)}
-	gw := newGW(t, func(c *Config) { c.Pinger = fp })
-	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for id := uint32(1); id <= maxEchoFrags; id++ {
-		f := fragments(cliAddr6, far6, id, echoMessage(cliAddr6, far6, 1, make([]byte, 3000)), 1232)
-		if err := p.Inject(f[0]); err != nil { // the first fragment only: never complete
-			t.Fatal(err)
-		}
-	}
-	if n := gw.echo.fragsInFlight.Load(); n != maxEchoFrags {
-		t.Fatalf("in flight %d, want %d", n, maxEchoFrags)
-	}
-	p.Close()
-	if n := gw.echo.fragsInFlight.Load(); n != 0 {
-		t.Fatalf("in flight %d after Close, want 0", n)
-	}
-}
-
-// TestEchoFragmentsExpire: a message whose fragments never all come stops
-// counting against the stack's bound after the timeout, though its client
-// sends nothing more.
-func TestEchoFragmentsExpire(t *testing.T) {
-	defer func(d time.Duration) { echoFragTimeout = d }(echoFragTimeout)
-	echoFragTimeout = 50 * time.Millisecond
-	gw := newGW(t, nil)
-	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	f := fragments(cliAddr6, far6, 1, echoMessage(cliAddr6, far6, 1, make([]byte, 3000)), 1232)
-	if err := p.Inject(f[0]); err != nil {
-		t.Fatal(err)
-	}
-	if n := gw.echo.fragsInFlight.Load(); n != 1 {
-		t.Fatalf("in flight %d, want 1", n)
-	}
-	waitFor(t, "the abandoned message to expire", func() bool { return gw.echo.fragsInFlight.Load() == 0 })
 }
