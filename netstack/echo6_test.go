@@ -151,6 +151,13 @@ func TestEchoForwarding6AndFragmented(t *testing.T) {
 			_, data := fragData(f)
 			n += len(data)
 		}
+		if !tc.src.Is6() && len(got) > 1 { // fragments of one reply share one non-zero IP id (fragment4)
+			for _, f := range got {
+				if id := binary.BigEndian.Uint16(f[4:6]); id == 0 || id != binary.BigEndian.Uint16(got[0][4:6]) {
+					t.Fatalf("%v %d: fragment IP id %d, the first's %d", tc.dst, tc.size, id, binary.BigEndian.Uint16(got[0][4:6]))
+				}
+			}
+		}
 		reply := reassemble(t, got)
 		if len(reply) != 8+len(want) || !bytes.Equal(reply[8:], want) || binary.BigEndian.Uint16(reply[6:8]) != 3 {
 			t.Fatalf("%v %d: reply of %d bytes, payload intact %v", tc.dst, tc.size, len(reply), bytes.Equal(reply[8:], want))

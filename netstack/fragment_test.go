@@ -309,55 +309,6 @@ func TestClientFragments(t *testing.T) {
 	}
 }
 
-// TestFragmentedEcho: a ping whose request came in fragments is forwarded
-// with its whole payload (it used to go out with the first fragment's).
-func TestFragmentedEcho(t *testing.T) {
-	fp := fakePinger{got: make(chan netip.Addr, 1)}
-	gw := newGW(t, func(c *Config) { c.Pinger = fp })
-	p, err := gw.Attach(cliAddr, testHeadroom, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	m := make([]byte, 8+8000)
-	m[0] = 8
-	binary.BigEndian.PutUint16(m[4:6], 0x1234)
-	copy(m[8:], pattern(8000))
-	binary.BigEndian.PutUint16(m[2:4], ^fold(sum(m, 0)))
-	for _, f := range fragmentsOf(ipPacket(cliAddr, far, protoICMP, m), 1480) {
-		if err := p.Inject(f); err != nil {
-			t.Fatal(err)
-		}
-	}
-	select {
-	case <-fp.got:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("the ping was not forwarded (stats %+v)", gw.Stats())
-	}
-	// The reply is as big: it comes back in fragments of the port's MTU,
-	// in order.
-	var icmp []byte
-	var id uint16
-	for more := true; more; {
-		f := nextPacket(t, p, 2*time.Second)
-		if len(f) > gw.mtu || f[9] != protoICMP {
-			t.Fatalf("a %d-byte packet of protocol %d to a %d MTU", len(f), f[9], gw.mtu)
-		}
-		if fid := binary.BigEndian.Uint16(f[4:6]); fid == 0 || (id != 0 && fid != id) {
-			t.Fatalf("fragment IP id %d (the first's %d): want one non-zero id", fid, id)
-		} else {
-			id = fid
-		}
-		icmp = append(icmp, f[20:]...)
-		more = f[6]&0x20 != 0
-	}
-	want := pattern(8000)
-	slices.Reverse(want)
-	if len(icmp) != 8+8000 || icmp[0] != icmp4EchoReply || !bytes.Equal(icmp[8:], want) {
-		t.Fatalf("reply of %d bytes, type %d; want the whole 8000-byte payload echoed", len(icmp), icmp[0])
-	}
-}
-
 // TestReassemblyRules drives reassemble directly with hand-made fragments:
 // Linux's rules for duplicates, overlaps, sizes and ends, the timeout, the
 // limits, and a session's end.
