@@ -93,7 +93,15 @@ func run(url string, log io.Writer) error {
 	deny := os.Getenv("UNDERPASS_SSO_DENY")
 
 	fmt.Fprintf(log, "ssobrowser: open %s\n", url)
-	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
+	err := chromedp.Do(bctx, chromedp.Navigate(url))
+	if err != nil && strings.Contains(err.Error(), "ERR_NETWORK_CHANGED") {
+		// The namespace's addresses changed under the page load; a user
+		// would reload, and so does this stand-in, once.
+		fmt.Fprintf(log, "ssobrowser: %v; reloading\n", err)
+		time.Sleep(time.Second)
+		err = chromedp.Do(bctx, chromedp.Navigate(url))
+	}
+	if err != nil {
 		return fmt.Errorf("open: %w", err)
 	}
 	// Either the IdP's login page appears, or (a refusal before the IdP,

@@ -104,6 +104,14 @@ func NewNetns(t testing.TB, label string) *Netns {
 	if err := run("ip", "-n", name, "link", "set", "lo", "up"); err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
+	// No IPv6 duplicate address detection: a link's addresses are final
+	// when it comes up, instead of turning from tentative to valid a
+	// second or two later. That late change is a network change to a
+	// program already running in the namespace: Chromium aborted a page
+	// load with net::ERR_NETWORK_CHANGED (TestOpenconnectSSO).
+	if err := run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"); err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
 	return n
 }
 
