@@ -21,6 +21,7 @@ import (
 	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/core/certutil"
 	"github.com/underpass/underpass/internal/core/cstp"
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 func TestMain(m *testing.M) {
@@ -475,31 +476,20 @@ func TestLogoffWhileGatewaySends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer pc.Close()
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer pc.Close()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 64)
-		for {
-			_, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				junk := make([]byte, 1200)
-				for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
-					if _, err := pc.WriteTo(junk, from); err != nil {
-						return
-					}
+	var floods sync.WaitGroup
+	t.Cleanup(floods.Wait) // after ServePacket's cleanup closes pc: cleanups run last-in first-out
+	testenv.ServePacket(t, pc, func(_ []byte, from net.Addr) {
+		floods.Add(1)
+		go func() {
+			defer floods.Done()
+			junk := make([]byte, 1200)
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+				if _, err := pc.WriteTo(junk, from); err != nil {
+					return
 				}
-			}()
-		}
-	}()
+			}
+		}()
+	})
 	flood := netip.AddrPortFrom(netip.MustParseAddr("198.18.1.1"), uint16(pc.LocalAddr().(*net.UDPAddr).Port))
 
 	g, addr := startGateway(t, nil)
