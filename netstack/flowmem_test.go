@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/netip"
 	"os"
@@ -28,24 +29,22 @@ var (
 	flowMemProfile = flag.String("flowmem.profile", "", "TestFlowMemory: directory for heap and goroutine profiles of the idle flows")
 )
 
-// echoHelperEnv makes the test binary an echo server (TestMain-free: the
-// test TestFlowMemEchoHelper serves when it is set), so the flows' far
-// ends cost nothing in the process being measured.
+// echoHelperEnv makes the test binary an echo server instead (TestMain
+// runs serveFlowMemEcho when it is set), so the flows' far ends cost
+// nothing in the process being measured.
 const echoHelperEnv = "UNDERPASS_FLOWMEM_ECHO"
 
-// TestFlowMemEchoHelper is not a test: in a child process started by
-// TestFlowMemory it echoes every loopback TCP connection until killed.
-func TestFlowMemEchoHelper(t *testing.T) {
-	if os.Getenv(echoHelperEnv) == "" {
-		t.Skip("runs only as TestFlowMemory's child process")
-	}
+// serveFlowMemEcho is the test binary as TestFlowMemory's child process:
+// it echoes every loopback TCP connection and UDP datagram until its stdin
+// closes, then exits.
+func serveFlowMemEcho() {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		log.Fatal(err)
 	}
 	u, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		log.Fatal(err)
 	}
 	go func() {
 		b := make([]byte, 2048)
@@ -66,7 +65,7 @@ func TestFlowMemEchoHelper(t *testing.T) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
-			t.Fatal(err)
+			log.Fatal(err)
 		}
 		go func() {
 			defer c.Close()
@@ -89,7 +88,7 @@ func TestFlowMemEchoHelper(t *testing.T) {
 // startEcho runs the echo helper in a child process and returns its TCP
 // and UDP ports.
 func startEcho(t *testing.T) (tcpPort, udpPort uint16) {
-	cmd := exec.Command(os.Args[0], "-test.run=^TestFlowMemEchoHelper$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), echoHelperEnv+"=1")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -167,9 +166,6 @@ func (m memPoint) report(t *testing.T, what string, base memPoint, n int) {
 // checks that an idle flow parks no goroutine of its own and that
 // Port.Close ends idle flows; memory is reported, not asserted.
 func TestFlowMemory(t *testing.T) {
-	if testing.Short() {
-		t.Skip("opens hundreds of loopback sockets")
-	}
 	n := *flowMemN
 	if n == 0 {
 		n = 200

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,7 +25,13 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(echoHelperEnv) != "" {
+		serveFlowMemEcho() // TestFlowMemory's child process; exits on its own
+		return
+	}
+	goleak.VerifyTestMain(m)
+}
 
 var (
 	gwAddr  = netip.MustParseAddr("10.99.0.1")
