@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/underpass/underpass/internal/daemon/sitestore"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
@@ -19,20 +18,12 @@ import (
 // other server.
 func TestSiteStoreQuorum(t *testing.T) {
 	members := testenv.StartEtcdCluster(t, 3)
-	var endpoints []string
-	for _, m := range members {
-		endpoints = append(endpoints, m.Endpoint)
-	}
 	sealers := siteSealers(t, 2)
 	var s [2]*Gateway
 	var addrs [2]string
 	var logs [2]testenv.LogBuffer
 	for i := range s {
-		st, err := sitestore.New(sitestore.Config{Endpoints: endpoints, Prefix: "/t/" + t.Name()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() }) // after the gateway's Close
+		st := siteStore(t, members...)
 		s[i], addrs[i] = startGateway(t, func(c *Config) {
 			c.Sealer, c.Logger = sealers[i], slog.New(slog.NewTextHandler(&logs[i], nil))
 			c.Site = Site{Servers: 2, ServerIndex: i + 1, ServerName: fmt.Sprintf("s%d", i+1), Store: st}

@@ -61,12 +61,17 @@ func startStoreServer(t *testing.T, e *testenv.Etcd, sealer *auth.Sealer, i, n i
 	return storeServer{g, addr, bans}
 }
 
-// siteStore is an etcd client under the test's own key prefix, closed
-// after the gateways using it (cleanups run last-in first-out).
-func siteStore(t *testing.T, e *testenv.Etcd) *sitestore.Store {
+// siteStore is an etcd client of the members given under the test's own
+// key prefix, closed after the gateways using it (cleanups run last-in
+// first-out).
+func siteStore(t *testing.T, members ...*testenv.Etcd) *sitestore.Store {
 	t.Helper()
+	var endpoints []string
+	for _, m := range members {
+		endpoints = append(endpoints, m.Endpoint)
+	}
 	name, _, _ := strings.Cut(t.Name(), "/") // subtests share their test's prefix
-	st, err := sitestore.New(sitestore.Config{Endpoints: []string{e.Endpoint}, Prefix: "/t/" + name})
+	st, err := sitestore.New(sitestore.Config{Endpoints: endpoints, Prefix: "/t/" + name})
 	if err != nil {
 		t.Fatal(err)
 	}
