@@ -528,3 +528,10 @@ func TestReassemblyIPv6(t *testing.T) {
 	}
 	gw.frags.clearPort(gw, p)
 }
+
+// heldBytes is what incomplete datagrams are charged now.
+func (t *fragTable) heldBytes() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.bytes
+}

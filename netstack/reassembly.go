@@ -313,10 +313,3 @@ func (t *fragTable) clearPort(s *Stack, p *Port) {
 		e = next
 	}
 }
-
-// heldBytes is what incomplete datagrams are charged now (tests).
-func (t *fragTable) heldBytes() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.bytes
-}
