@@ -73,7 +73,7 @@ func testRSAKeys() (*rsa.PrivateKey, *rsa.PrivateKey) {
 
 const testClient = "underpass-gw"
 
-func newFakeIdP(t *testing.T) *fakeIdP {
+func newFakeIdP(t testing.TB) *fakeIdP {
 	t.Helper()
 	r1, _ := testRSAKeys()
 	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -286,7 +286,7 @@ func (f *fakeIdP) claims(now time.Time) map[string]any {
 
 // newTestOIDC builds a verifier against f with a client that is cleaned up
 // (its idle keep-alive goroutines would trip goleak).
-func newTestOIDC(t *testing.T, f *fakeIdP, mod func(*OIDCConfig)) *OIDC {
+func newTestOIDC(t testing.TB, f *fakeIdP, mod func(*OIDCConfig)) *OIDC {
 	t.Helper()
 	tr := &http.Transport{}
 	t.Cleanup(tr.CloseIdleConnections)

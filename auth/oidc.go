@@ -85,12 +85,15 @@ type OIDC struct {
 	cfg       OIDCConfig
 	audiences []string
 	keys      *keySet
-	// verifiers: one per accepted issuer (go-oidc checks one exact
-	// issuer), all sharing keys.
-	verifiers map[string]*oidc.IDTokenVerifier
-	provider  *oidc.Provider
-	authStyle int // oauth2.AuthStyle chosen from discovery
-	log       *slog.Logger
+	// issuers: every issuer a token may name (the configured one, and
+	// Entra's v1 and v2 forms of its tenant).
+	issuers []string
+	// verifierConfig: go-oidc's checks of a token whose signature keys
+	// has already verified (see VerifyToken).
+	verifierConfig *oidc.Config
+	provider       *oidc.Provider
+	authStyle      int // oauth2.AuthStyle chosen from discovery
+	log            *slog.Logger
 }
 
 // NewOIDC performs discovery (ctx bounds it) and prefetches the signing
@@ -183,9 +186,8 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
 		now: cfg.Now, log: log, base: base, stop: stop,
 	}
 	o := &OIDC{cfg: cfg, audiences: auds, keys: ks, provider: p, log: log, authStyle: chooseAuthStyle(meta.AuthMethods, cfg.ClientSecret),
-		verifiers: make(map[string]*oidc.IDTokenVerifier)}
-	for _, iss := range issuers {
-		o.verifiers[iss] = oidc.NewVerifier(iss, ks, &oidc.Config{
+		issuers: issuers,
+		verifierConfig: &oidc.Config{
 			SkipClientIDCheck:    true, // several audiences: checked in checkClaims
 			SupportedSigningAlgs: cfg.Algorithms,
 			// exp and nbf are checked once, with Skew, in checkClaims:
@@ -193,8 +195,7 @@ func NewOIDC(ctx context.Context, cfg OIDCConfig) (*OIDC, error) {
 			// a clock shifted by Skew) refused tokens within the skew.
 			SkipExpiryCheck: true,
 			Now:             cfg.Now,
-		})
-	}
+		}}
 	if err := ks.refresh(ctx, true); err != nil {
 		log.Warn("auth: oidc: initial JWKS fetch failed; will retry on first token", "err", err)
 	}
@@ -246,10 +247,13 @@ func (o *OIDC) VerifyToken(ctx context.Context, raw string) (*Identity, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Defence in depth: go-oidc re-checks signature (cached key, no
-	// fetch), algorithm and exact issuer the standard way.
+	// Defence in depth: go-oidc re-checks the token's form, algorithm and
+	// exact issuer the standard way. Its key set is this one token, whose
+	// signature keys.verify has just checked: a second RSA or ECDSA
+	// verification would double the sign-in's dominant cost.
 	iss, _ := claims["iss"].(string)
-	if _, err := o.verifiers[iss].Verify(ctx, raw); err != nil {
+	v := oidc.NewVerifier(iss, verifiedToken{raw: raw, payload: payload}, o.verifierConfig)
+	if _, err := v.Verify(ctx, raw); err != nil {
 		o.log.Warn("auth: go-oidc rejected a token the gateway's checks accepted", "err", err)
 		return nil, &TokenError{Kind: ErrTokenMalformed}
 	}
@@ -273,6 +277,21 @@ func (o *OIDC) VerifyToken(ctx context.Context, raw string) (*Identity, error) {
 			"user", id.User)
 	}
 	return id, nil
+}
+
+// verifiedToken is the oidc.KeySet of one token whose signature has been
+// verified already: it hands go-oidc that token's payload and refuses any
+// other token.
+type verifiedToken struct {
+	raw     string
+	payload []byte
+}
+
+func (v verifiedToken) VerifySignature(_ context.Context, jwt string) ([]byte, error) {
+	if jwt != v.raw {
+		return nil, errors.New("auth: oidc: not the token whose signature was verified")
+	}
+	return v.payload, nil
 }
 
 func decodeClaims(p []byte) (map[string]any, error) {
@@ -306,7 +325,7 @@ func entraIssuers(tenant string) []string {
 
 // checkClaims enforces iss, aud, exp, nbf and iat; it returns exp.
 func (o *OIDC) checkClaims(c map[string]any) (time.Time, error) {
-	if iss, _ := c["iss"].(string); o.verifiers[iss] == nil {
+	if iss, _ := c["iss"].(string); !slices.Contains(o.issuers, iss) {
 		return time.Time{}, &TokenError{Kind: ErrTokenIssuer}
 	}
 	if !audienceOK(c["aud"], o.audiences) {
