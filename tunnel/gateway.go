@@ -81,6 +81,7 @@ type Gateway struct {
 	policy   atomic.Pointer[policy.Policy] // swapped by Reload
 	sessions *sessionTable
 	tlsConf  *tls.Config
+	tickets  ticketRotator // tlsConf's session ticket keys (tickets.go)
 	httpSrv  *http.Server
 	handler  http.Handler
 	h3       *http3.Server    // created by the first ServeQUIC; guarded by mu
@@ -181,6 +182,8 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.ClientCerts != nil {
 		cfg.ClientCerts.ConfigureTLS(g.tlsConf)
 	}
+	g.tickets = ticketRotator{conf: g.tlsConf, sealer: cfg.Sealer}
+	g.tickets.rotate(time.Now())
 	if err := g.startDNSProxy(); err != nil {
 		cancel()
 		st.Close()

@@ -15,6 +15,8 @@ package tunnel
 //     connection for ReconnectGrace ends (EndGraceExpired), resetting its
 //     flows; so does one past its expiry while disconnected.
 //   - Revocations (the reaper): forgotten once the cookie would have expired.
+//   - TLS session ticket keys (the reaper): with a Sealer, the keys move to
+//     a new period's every ticketKeyPeriod (24 h; tickets.go).
 //   - Renewal (per session, the reaper): an SSO sign-in with a refresh
 //     token is renewed once its ID token has expired (renew.go); a failed
 //     renewal ends the session (EndRenewalFailed, EndPolicyDenied).
@@ -97,6 +99,7 @@ func (g *Gateway) reap() {
 			return
 		case now := <-tick.C:
 			g.pruneRevoked(now)
+			g.tickets.rotate(now)
 			for _, s := range g.sessions.all() {
 				s.mu.Lock()
 				detachedFor := time.Duration(0)
