@@ -468,6 +468,33 @@ func TestBigDatagrams(t *testing.T) {
 	}
 }
 
+// serveUntilKilled serves cfg's gateway on addr, TCP and UDP on one port,
+// and returns the address and a kill that closes both sockets without a
+// word (no CONNECTION_CLOSE), as a crashed process's would be. The
+// gateway itself is closed at the end of the test.
+func serveUntilKilled(t testing.TB, cfg Config, addr string) (bound string, kill func()) {
+	t.Helper()
+	g, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := net.ListenPacket("udp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go g.Serve(l)
+	go g.ServeQUIC(pc)
+	return l.Addr().String(), func() {
+		pc.Close()
+		l.Close()
+	}
+}
+
 // TestQUICStatelessResetAfterRestart: a gateway dies without a word (its
 // sockets closed, no CONNECTION_CLOSE) and another one sharing the site key
 // takes its address; the first packet a QUIC client sends there is
@@ -488,26 +515,7 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 		Sealer:        sealer,
 		DPD:           10 * time.Second, // idle timeout 25 s: well past the wait below
 	}
-	serve := func(addr string) (*Gateway, net.Listener, net.PacketConn) {
-		g, err := New(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { g.Close() })
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pc, err := net.ListenPacket("udp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		go g.Serve(l)
-		go g.ServeQUIC(pc)
-		return g, l, pc
-	}
-	_, l, pc := serve("127.0.0.1:0")
-	addr := l.Addr().String()
+	addr, kill := serveUntilKilled(t, cfg, "127.0.0.1:0")
 	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportQUIC })
 	addr0 := c.Addr()
 	c.mu.Lock()
@@ -518,9 +526,8 @@ func TestQUICStatelessResetAfterRestart(t *testing.T) {
 	}
 
 	// The first gateway dies; the second takes its address.
-	pc.Close()
-	l.Close()
-	serve(addr)
+	kill()
+	serveUntilKilled(t, cfg, addr)
 
 	echo := udpEcho(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
