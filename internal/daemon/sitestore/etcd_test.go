@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -316,20 +317,7 @@ func TestWatchOnlyRevocationsAndBans(t *testing.T) {
 // watchers and the watch responses it has sent.
 func etcdWatchCounters(t *testing.T, e *testenv.Etcd) (events, responses float64) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx(t), http.MethodGet, e.Endpoint+"/metrics", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	tp := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := tp.TextToMetricFamilies(res.Body)
-	if err != nil {
-		t.Fatalf("etcd /metrics: %v", err)
-	}
+	fams := etcdMetrics(t, e)
 	ef, ok := fams["etcd_debugging_mvcc_events_total"]
 	if !ok || len(ef.GetMetric()) != 1 {
 		t.Fatalf("etcd /metrics has no etcd_debugging_mvcc_events_total")
@@ -349,6 +337,49 @@ func etcdWatchCounters(t *testing.T, e *testenv.Etcd) (events, responses float64
 		t.Fatalf("etcd /metrics has no grpc_server_msg_sent_total for etcdserverpb.Watch")
 	}
 	return events, responses
+}
+
+// etcdProposals reads from etcd's /metrics the raft proposals it has
+// committed (a gauge in etcd 3.4: the committed index).
+func etcdProposals(t *testing.T, e *testenv.Etcd) float64 {
+	t.Helper()
+	f, ok := etcdMetrics(t, e)["etcd_server_proposals_committed_total"]
+	if !ok || len(f.GetMetric()) != 1 {
+		t.Fatalf("etcd /metrics has no etcd_server_proposals_committed_total")
+	}
+	m := f.GetMetric()[0]
+	return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+}
+
+// etcdRanges reads from etcd's /metrics the reads (ranges) its store has
+// served.
+func etcdRanges(t *testing.T, e *testenv.Etcd) float64 {
+	t.Helper()
+	f, ok := etcdMetrics(t, e)["etcd_mvcc_range_total"]
+	if !ok || len(f.GetMetric()) != 1 {
+		t.Fatalf("etcd /metrics has no etcd_mvcc_range_total")
+	}
+	return f.GetMetric()[0].GetCounter().GetValue()
+}
+
+// etcdMetrics reads etcd's /metrics.
+func etcdMetrics(t *testing.T, e *testenv.Etcd) map[string]*dto.MetricFamily {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx(t), http.MethodGet, e.Endpoint+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	tp := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := tp.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("etcd /metrics: %v", err)
+	}
+	return fams
 }
 
 // TestHealth: Announce lists a server; one that stops announcing is gone
