@@ -78,18 +78,7 @@ users:
 		if err := os.Mkdir(s.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		writeFile(t, s.dir, "underpass.yaml", fmt.Sprintf(`listen: %q
-disable_udp: true
-admin_http: %q
-tls: {cert: %q, key: %q}
-site:
-  name: hq
-  server_name: %s
-  store: {endpoints: [%q], server_config: true}
-identity:
-  session_key: MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=
-log: {level: debug}
-`, s.listen, s.admin, cert.CertFile, cert.KeyFile, s.name, siteEtcd))
+		siteServerFile(t, s.dir, s.name, s.listen, cert, fmt.Sprintf("disable_udp: true\nadmin_http: %q\n", s.admin))
 		servers = append(servers, s)
 	}
 	cfg := func(s *upgradeServer) string { return filepath.Join(s.dir, "underpass.yaml") }

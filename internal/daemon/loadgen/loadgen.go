@@ -545,13 +545,18 @@ func (r *run) failover(s *light) {
 		}
 		r.log.Debug("failover attempt failed", "addr", s.addr, "err", err)
 		var re *refusedError
-		if errors.As(err, &re) || !sleep(fo.ctx, failoverRetry) {
-			// The cookie was refused, or the hold ended first.
-			s.failedOver.Store(true)
-			r.errs.reconnect.Add(1)
-			s.end()
-			return
+		if !errors.As(err, &re) {
+			select {
+			case <-time.After(failoverRetry):
+				continue
+			case <-fo.ctx.Done(): // the hold ended first
+			}
 		}
+		// The cookie was refused, or the hold ended first: lost for good.
+		s.failedOver.Store(true)
+		r.errs.reconnect.Add(1)
+		s.end()
+		return
 	}
 }
 
@@ -592,17 +597,6 @@ func (r *run) endFailovers(res *Result) {
 	res.FailoverP99 = fo.took[(len(fo.took)*99)/100]
 	res.FailoverMax = fo.took[len(fo.took)-1]
 	r.log.Info("failover done", "lost", res.Lost, "back", res.Recovered, "in", res.FailoverTime.Round(time.Millisecond))
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // storeMax stores v in a unless a holds more.
