@@ -50,12 +50,14 @@ func (s *upgradeServer) sock() string { return filepath.Join(s.dir, "admin.sock"
 // and session (no new sign-in on any server, counted), every server runs
 // the same site configuration, and `status --site` lists the three up.
 //
-// The "new version" is the same binary: the binary's version comes from
-// its build information, not from a flag, and what the procedure tests
-// is the site's behaviour across restarts, which the version does not
-// change.
+// The new version is the same code linked with another version
+// (-X main.buildVersion=v-next): what changes between releases is not
+// what this test is about, but each step must show the new version in
+// the site's view, and the middle of the upgrade mixed versions.
 func TestSiteRollingUpgrade(t *testing.T) {
 	bin, tp, web, cert, hash := e2eBase(t, "etcd", "haproxy")
+	const nextVersion = "v-next"
+	next := testenv.BuildBinaryLDFlags(t, "./examples/standalone", "-X main.buildVersion="+nextVersion)
 	startEtcdIn(t, tp.GW)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // the whole test
 	defer cancel()
@@ -86,7 +88,7 @@ users:
 	if out, err := tp.GW.Exec(ctx, bin, "site", "push", "-config", cfg(servers[0]), siteDoc).CombinedOutput(); err != nil {
 		t.Fatalf("site push: %v\n%s", err, out)
 	}
-	start := func(s *upgradeServer) {
+	start := func(s *upgradeServer, bin string) {
 		cmd := tp.GW.Exec(context.Background(), bin, "serve", "-config", cfg(s), "-admin-socket", s.sock())
 		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+s.dir)
 		s.proc = tp.GW.StartCmd(t, cmd)
@@ -95,7 +97,7 @@ users:
 		}
 	}
 	for _, s := range servers {
-		start(s)
+		start(s, bin)
 	}
 
 	var hap strings.Builder
@@ -138,9 +140,9 @@ backend site
 		return st
 	}
 	// back waits until HAProxy's checks pass for s and its health record is
-	// up, started after since, and running the site configuration cfg
-	// ("": any).
-	back := func(s *upgradeServer, since time.Time, cfg string) admin.SiteServer {
+	// up, started after since, and running the site configuration cfg and
+	// version ("": any).
+	back := func(s *upgradeServer, since time.Time, cfg, version string) admin.SiteServer {
 		t.Helper()
 		deadline := time.Now().Add(30 * time.Second) // rise 2 × 300 ms, and an announcement every 3 s
 		for {
@@ -153,7 +155,7 @@ backend site
 				}
 			}
 			if err == nil && serr == nil && up[s.name] && rec.State == admin.StateUp && !rec.Started.Before(since.Truncate(time.Second)) &&
-				rec.Config != "" && (cfg == "" || rec.Config == cfg) {
+				rec.Config != "" && (cfg == "" || rec.Config == cfg) && (version == "" || rec.Version == version) {
 				return rec
 			}
 			if time.Now().After(deadline) {
@@ -163,9 +165,13 @@ backend site
 		}
 	}
 	t0 := time.Now().Add(-time.Minute)
-	siteCfg := back(servers[0], t0, "").Config
+	rec1 := back(servers[0], t0, "", "")
+	siteCfg, oldVersion := rec1.Config, rec1.Version
+	if oldVersion == nextVersion {
+		t.Fatalf("the first binary already says %s", nextVersion)
+	}
 	for _, s := range servers[1:] {
-		back(s, t0, siteCfg)
+		back(s, t0, siteCfg, oldVersion)
 	}
 
 	// Six clients through HAProxy; leastconn spreads their tunnels.
@@ -249,8 +255,18 @@ backend site
 			time.Sleep(200 * time.Millisecond)
 		}
 		restarted := time.Now()
-		start(s) // the new version
-		back(s, restarted, siteCfg)
+		start(s, next)
+		back(s, restarted, siteCfg, nextVersion)
+		// Mid-upgrade the view shows both versions, each where it runs.
+		for j, o := range servers {
+			want := oldVersion
+			if j <= i {
+				want = nextVersion
+			}
+			if v := serverVersion(status(other), o.name); v != want {
+				t.Errorf("after %s's upgrade, status --site on %s shows %s at %q, want %q", s.name, other.name, o.name, v, want)
+			}
+		}
 	}
 
 	// Every client is still connected, with its first address, session
@@ -293,6 +309,16 @@ backend site
 			t.Errorf("status --site on %s: store %q, servers %v", s.name, st.Store, names)
 		}
 	}
+}
+
+// serverVersion is name's version in st ("": not listed).
+func serverVersion(st admin.SiteStatus, name string) string {
+	for _, r := range st.Servers {
+		if r.Server == name {
+			return r.Version
+		}
+	}
+	return ""
 }
 
 // signInsOf reads underpass_sign_ins_total from s's /metrics.
