@@ -66,7 +66,7 @@ func TestCommandFlags(t *testing.T) {
 		"server stop":   {"admin-socket", "timeout"},
 		"site push":     {"config", "revision", "timeout", "wait"},
 		"site pull":     {"config"},
-		"loadtest": {"bulk-bytes", "bulk-flows", "concurrency", "duration", "echo", "flow-bytes", "flows", "gateway-pid", "hold", "json",
+		"loadtest": {"bulk-bytes", "bulk-flows", "concurrency", "duration", "echo", "failover", "flow-bytes", "flows", "gateway-pid", "hold", "json",
 			"metrics", "mode", "password-file", "rate", "reconnect", "server", "servercert", "sessions", "setup-timeout", "target", "token-file", "user", "v"},
 		"help": nil,
 	}

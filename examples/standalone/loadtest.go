@@ -53,6 +53,7 @@ func loadtestCommand(fs *flag.FlagSet) runFunc {
 	fs.Int64Var(&c.BulkBytes, "bulk-bytes", 64<<20, "bytes each bulk flow sends and checks come back")
 	fs.DurationVar(&c.Hold, "hold", 0, "keep everything up this long after setup (the gateway's idle cost)")
 	fs.BoolVar(&c.Reconnect, "reconnect", false, "after the hold, drop every connection at once and reconnect all with their cookies")
+	fs.BoolVar(&c.Failover, "failover", false, "light sessions whose connection is lost during the hold (their server died) come back with their cookies; reports the time (the reconnect storm behind a balancer)")
 	fs.DurationVar(&c.Duration, "duration", loadgen.DefaultDuration, "bound on the whole run")
 	fs.IntVar(&f.pid, "gateway-pid", 0, "read the gateway's RSS and CPU from /proc/PID (a gateway on this machine)")
 	fs.StringVar(&f.metrics, "metrics", "", "read the gateway's RSS and CPU from its /metrics URL (admin_http)")
@@ -130,7 +131,7 @@ func (f *loadtestFlags) run(inv *invocation) int {
 func flagSpelling(ce *loadgen.ConfigError) string {
 	flags := map[string]string{"Server": "-server", "PinSHA256": "-servercert", "Username": "-user", "Token": "-token-file", "Mode": "-mode",
 		"Sessions": "-sessions", "Rate": "-rate", "Concurrency": "-concurrency", "Flows": "-flows", "FlowBytes": "-flow-bytes",
-		"Target": "-target", "BulkFlows": "-bulk-flows", "BulkBytes": "-bulk-bytes", "Reconnect": "-reconnect"}
+		"Target": "-target", "BulkFlows": "-bulk-flows", "BulkBytes": "-bulk-bytes", "Reconnect": "-reconnect", "Failover": "-failover"}
 	name, ok := flags[ce.Field]
 	if !ok {
 		name = ce.Field

@@ -38,6 +38,24 @@ func startEtcdIn(t *testing.T, ns *testenv.Netns) {
 	}
 }
 
+// siteServerFile writes dir/underpass.yaml, the own file of site server
+// name of site hq: listen, TLS, the site store on siteEtcd with its server
+// configuration from there, the session key, and extra (more per-server
+// keys, whole YAML lines).
+func siteServerFile(t *testing.T, dir, name, listen string, cert *testenv.Cert, extra string) string {
+	t.Helper()
+	return writeFile(t, dir, "underpass.yaml", fmt.Sprintf(`listen: %q
+%stls: {cert: %q, key: %q}
+site:
+  name: hq
+  server_name: %s
+  store: {endpoints: [%q], server_config: true}
+identity:
+  session_key: MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=
+log: {level: debug}
+`, listen, extra, cert.CertFile, cert.KeyFile, name, siteEtcd))
+}
+
 // TestSiteConfigPush ("Config push", issue 12): three underpass servers
 // take their server configuration from the site store. One `underpass
 // site push` of a new split route is enforced on all three, for the live
@@ -86,16 +104,7 @@ users:
 			t.Fatal(err)
 		}
 		s := &server{name: fmt.Sprint("gw-", i), listen: fmt.Sprintf("%s:%d", testenv.GWAddr, 442+i)}
-		s.local = writeFile(t, sdir, "underpass.yaml", fmt.Sprintf(`listen: %q
-tls: {cert: %q, key: %q}
-site:
-  name: hq
-  server_name: %s
-  store: {endpoints: [%q], server_config: true}
-identity:
-  session_key: MDEyMzQ1Njc4OTAxMjM0NTY3ODkwMTIzNDU2Nzg5MDE=
-log: {level: debug}
-`, s.listen, cert.CertFile, cert.KeyFile, s.name, siteEtcd))
+		s.local = siteServerFile(t, sdir, s.name, s.listen, cert, "")
 		servers = append(servers, s)
 		if i == 1 {
 			// The first site configuration, before any server starts.

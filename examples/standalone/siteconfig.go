@@ -23,9 +23,19 @@ import (
 // sends the server to its cached copy instead of holding up the start.
 const siteConfigWait = 5 * time.Second
 
-// version is this binary's version: the module version it was built at,
-// else the VCS revision, else "devel".
+// buildVersion is the release's version, set at link time:
+//
+//	go build -ldflags "-X main.buildVersion=v1.4.0" ./examples/standalone
+//
+// Empty: version() falls back to the build information.
+var buildVersion string
+
+// version is this binary's version: buildVersion, else the module version
+// it was built at, else the VCS revision, else "devel".
 func version() string {
+	if buildVersion != "" {
+		return buildVersion
+	}
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
 		return "devel"

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/underpass/underpass/internal/core/authxml"
@@ -78,6 +79,13 @@ type light struct {
 	tc     *tls.Config // the endpoint's, with this session's resumption cache
 	cookie string
 	addr   netip.Addr // the leased address, asked for again on reconnect
+	// lost, when set (Config.Failover), is called instead of ending the
+	// session when its connection ends without the gateway ending the
+	// session: its server died or the connection was cut.
+	lost func(*light)
+	// failedOver is set when a failover gave up: the session is counted
+	// as ReconnectFail, not as dropped.
+	failedOver atomic.Bool
 
 	mu      sync.Mutex
 	conn    net.Conn
@@ -86,13 +94,14 @@ type light struct {
 	endOnce sync.Once
 }
 
-// dialLight signs session n in and brings its tunnel up.
-func dialLight(ctx context.Context, ep *endpoint, cfg *Config, n int) (*light, error) {
+// dialLight signs session n in and brings its tunnel up; lost, if not
+// nil, is light.lost.
+func dialLight(ctx context.Context, ep *endpoint, cfg *Config, n int, lost func(*light)) (*light, error) {
 	tc := ep.tls.Clone()
 	// A reconnect resumes the TLS session, as tunnel.Client does; one
 	// entry: one gateway.
 	tc.ClientSessionCache = tls.NewLRUClientSessionCache(1)
-	s := &light{ep: ep, cfg: cfg, tc: tc, gone: make(chan struct{})}
+	s := &light{ep: ep, cfg: cfg, tc: tc, lost: lost, gone: make(chan struct{})}
 	conn, br, err := s.dialTLS(ctx)
 	if err != nil {
 		return nil, err
@@ -237,13 +246,14 @@ func (s *light) connect(conn net.Conn, br *bufio.Reader) error {
 }
 
 // serve reads frames until conn ends and answers DPD requests. A
-// DISCONNECT or TERMINATE from the gateway, close, or a connection lost
-// while it is still the session's (not cut by reconnect) ends the
-// session.
+// DISCONNECT or TERMINATE from the gateway, or a connection lost while it
+// is still the session's (not cut by reconnect or close), ends the
+// session; a lost connection goes to lost instead when it is set.
 func (s *light) serve(conn net.Conn, br *bufio.Reader) {
 	defer s.readers.Done()
 	r := cstp.NewReader(br, 0xffff) // the largest CSTP payload: a 16-bit length
 	var err error
+	byGateway := false
 	for {
 		var typ cstp.Type
 		var p []byte
@@ -251,7 +261,8 @@ func (s *light) serve(conn net.Conn, br *bufio.Reader) {
 			break
 		}
 		if typ == cstp.Disconnect || typ == cstp.Terminate {
-			break // the gateway ended the session
+			byGateway = true // the gateway ended the session
+			break
 		}
 		if typ == cstp.DPDReq {
 			s.mu.Lock()
@@ -270,7 +281,10 @@ func (s *light) serve(conn net.Conn, br *bufio.Reader) {
 		s.conn = nil
 	}
 	s.mu.Unlock()
-	if ended {
+	switch {
+	case ended && s.lost != nil && !byGateway:
+		go s.lost(s)
+	case ended:
 		s.end()
 	}
 }
@@ -290,14 +304,21 @@ func (s *light) reconnect(ctx context.Context) error {
 		return errors.New("session already ended")
 	}
 	old.Close()
+	err := s.redial(ctx)
+	if err != nil {
+		s.end() // the session is lost
+	}
+	return err
+}
+
+// redial CONNECTs with the cookie on a new connection, keeping the
+// address.
+func (s *light) redial(ctx context.Context) error {
 	conn, br, err := s.dialTLS(ctx)
 	if err == nil {
 		if err = s.connect(conn, br); err != nil {
 			conn.Close()
 		}
-	}
-	if err != nil {
-		s.end() // the session is lost
 	}
 	return err
 }
@@ -307,6 +328,7 @@ func (s *light) reconnect(ctx context.Context) error {
 func (s *light) close() {
 	s.mu.Lock()
 	conn := s.conn
+	s.conn = nil // the reader's end is not a loss
 	if conn != nil {
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second)) // a logoff is best effort
 		_, _ = conn.Write(cstp.AppendFrame(nil, cstp.Disconnect, cstp.DisconnectPayload(cstp.ReasonUserDisconnect, "logoff")))

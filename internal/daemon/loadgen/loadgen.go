@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +56,13 @@ const (
 	DefaultSetupTimeout = 15 * time.Second
 	// DefaultDuration bounds the whole run.
 	DefaultDuration = 10 * time.Minute
+	// failoverRetry is the pause between a lost session's attempts to
+	// come back: a balancer takes a dead server out after a few failed
+	// checks (HAProxy's default: 3 × 2 s), and until then, or while the
+	// surviving servers are busy, an attempt may fail fast. Half a second
+	// keeps a retry from hammering them and costs the measurement at
+	// most that much.
+	failoverRetry = 500 * time.Millisecond
 )
 
 // Config is one load run. Server and Username with Password, or Token, are required;
@@ -109,6 +117,16 @@ type Config struct {
 	// and TLS sessions: a QUIC client's UDP socket is its own, so it
 	// cannot be cut from outside).
 	Reconnect bool
+	// Failover keeps light sessions through the loss of their server: a
+	// session whose connection ends without a DISCONNECT or TERMINATE
+	// from the gateway (the server was killed, the connection cut)
+	// connects again to Server with its cookie and address, every
+	// failoverRetry, each attempt bounded by SetupTimeout, Concurrency
+	// attempts in flight at most, until it is back or the hold ends.
+	// Behind a load balancer this is the reconnect storm a dead server
+	// causes; Result's Lost, Recovered and Failover fields measure it.
+	// Light mode only.
+	Failover bool
 	// Duration bounds the whole run; default DefaultDuration.
 	Duration time.Duration
 
@@ -146,6 +164,14 @@ type Result struct {
 
 	Reconnected   int           // sessions back after the storm
 	ReconnectTime time.Duration // storm start to the last session back
+
+	// Failover (Config.Failover): sessions whose connection was lost, and
+	// of those, the ones back with their cookie and address.
+	Lost, Recovered int
+	// FailoverTime is the first loss to the last session back; Median,
+	// P99 and Max are over each recovered session's loss to its return.
+	FailoverTime                             time.Duration
+	FailoverMedian, FailoverP99, FailoverMax time.Duration
 
 	Gateway GatewayUsage
 	Errors  Errors
@@ -215,6 +241,9 @@ func (c *Config) validate() error {
 	if c.Mode == ModeLight && (c.Flows > 0 || c.BulkFlows > 0) {
 		return &ConfigError{"Flows", "light sessions have no IP stack: flows need mode tls or quic"}
 	}
+	if c.Failover && c.Mode != ModeLight {
+		return &ConfigError{"Failover", "light sessions only"}
+	}
 	if c.Mode == ModeQUIC && c.Reconnect {
 		return &ConfigError{"Reconnect", "QUIC sessions cannot be made to reconnect (the client's UDP socket is its own): use mode light or tls"}
 	}
@@ -275,6 +304,23 @@ type run struct {
 	flows    []net.Conn
 	closing  atomic.Bool // close has begun: sessions ending now are not drops
 	storming atomic.Bool // a storm cuts connections: its failures count as ReconnectFail
+
+	fo failovers // Config.Failover
+}
+
+// failovers is the state of Config.Failover's reconnects.
+type failovers struct {
+	ctx  context.Context // ends with the hold: attempts stop
+	stop context.CancelFunc
+	sem  chan struct{} // attempts in flight
+
+	mu        sync.Mutex
+	over      bool // the hold has ended: no failover starts
+	wg        sync.WaitGroup
+	firstLost time.Time
+	lastBack  time.Time
+	lost      int
+	took      []time.Duration // each recovered session's loss to return
 }
 
 // Run runs the load described by cfg: setup, flows, bulk, hold, the
@@ -298,6 +344,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		r.closeAll()
 		res.Errors = r.counts()
 	}()
+	r.fo.ctx, r.fo.stop = context.WithCancel(ctx)
+	r.fo.sem = make(chan struct{}, cfg.Concurrency)
+	defer r.endFailovers(res) // before closeAll: no session comes back after its logoff
 
 	probe.mark(ctx, "start")
 	r.setup(ctx, res)
@@ -321,6 +370,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		case <-ctx.Done():
 		}
 	}
+	r.endFailovers(res)
 	probe.mark(ctx, "hold")
 	if cfg.Reconnect && ctx.Err() == nil {
 		res.Reconnected, res.ReconnectTime = r.storm(ctx)
@@ -405,7 +455,11 @@ func fanOut(ctx context.Context, n, limit int, wait func(context.Context) error,
 // open sets one session up.
 func (r *run) open(ctx context.Context, n int) (session, error) {
 	if r.cfg.Mode == ModeLight {
-		return dialLight(ctx, r.ep, &r.cfg, n)
+		var lost func(*light)
+		if r.cfg.Failover {
+			lost = r.failover
+		}
+		return dialLight(ctx, r.ep, &r.cfg, n, lost)
 	}
 	return dialFull(ctx, &r.cfg, n)
 }
@@ -413,6 +467,9 @@ func (r *run) open(ctx context.Context, n int) (session, error) {
 // watch counts a session that ends before the run closes it.
 func (r *run) watch(s session) {
 	<-s.done()
+	if l, ok := s.(*light); ok && l.failedOver.Load() {
+		return // counted as ReconnectFail
+	}
 	if !r.closing.Load() && !r.storming.Load() {
 		r.errs.dropped.Add(1)
 	}
@@ -454,6 +511,92 @@ func (r *run) storm(ctx context.Context) (int, time.Duration) {
 	d := time.Duration(last.Load())
 	r.log.Info("reconnect storm done", "back", back.Load(), "of", len(ss), "in", d.Round(time.Millisecond))
 	return int(back.Load()), d
+}
+
+// failover brings a light session whose connection was lost back with
+// its cookie (Config.Failover).
+func (r *run) failover(s *light) {
+	fo := &r.fo
+	lostAt := time.Now()
+	fo.mu.Lock()
+	if fo.over {
+		fo.mu.Unlock()
+		s.end() // after the hold: an ordinary drop
+		return
+	}
+	fo.wg.Add(1)
+	if fo.lost == 0 || lostAt.Before(fo.firstLost) {
+		fo.firstLost = lostAt
+	}
+	fo.lost++
+	fo.mu.Unlock()
+	defer fo.wg.Done()
+	for {
+		err := r.attempt(s)
+		if err == nil {
+			now := time.Now()
+			fo.mu.Lock()
+			fo.took = append(fo.took, now.Sub(lostAt))
+			if now.After(fo.lastBack) {
+				fo.lastBack = now
+			}
+			fo.mu.Unlock()
+			return
+		}
+		r.log.Debug("failover attempt failed", "addr", s.addr, "err", err)
+		var re *refusedError
+		if !errors.As(err, &re) {
+			select {
+			case <-time.After(failoverRetry):
+				continue
+			case <-fo.ctx.Done(): // the hold ended first
+			}
+		}
+		// The cookie was refused, or the hold ended first: lost for good.
+		s.failedOver.Store(true)
+		r.errs.reconnect.Add(1)
+		s.end()
+		return
+	}
+}
+
+// attempt is one try of a failover, holding one of Concurrency slots.
+func (r *run) attempt(s *light) error {
+	fo := &r.fo
+	select {
+	case fo.sem <- struct{}{}:
+	case <-fo.ctx.Done():
+		return fo.ctx.Err()
+	}
+	defer func() { <-fo.sem }()
+	ctx, cancel := context.WithTimeout(fo.ctx, r.cfg.SetupTimeout)
+	defer cancel()
+	return s.redial(ctx)
+}
+
+// endFailovers ends Config.Failover's attempts, waits for them, and
+// fills res's failover fields. Safe to call more than once.
+func (r *run) endFailovers(res *Result) {
+	fo := &r.fo
+	fo.mu.Lock()
+	over := fo.over
+	fo.over = true
+	fo.mu.Unlock()
+	if over {
+		return
+	}
+	fo.stop()
+	fo.wg.Wait()
+	res.Lost, res.Recovered = fo.lost, len(fo.took)
+	if len(fo.took) == 0 {
+		return
+	}
+	res.FailoverTime = fo.lastBack.Sub(fo.firstLost)
+	slices.Sort(fo.took)
+	res.FailoverMedian = fo.took[len(fo.took)/2]
+	res.FailoverP99 = fo.took[(len(fo.took)*99)/100]
+	res.FailoverMax = fo.took[len(fo.took)-1]
+	r.log.Info("failover done", "lost", res.Lost, "back", res.Recovered, "in", res.FailoverTime.Round(time.Millisecond))
 }
 
 // storeMax stores v in a unless a holds more.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -322,6 +324,7 @@ func TestConfigErrors(t *testing.T) {
 		{"BulkBytes", func(c *Config) { c.Mode, c.BulkFlows, c.Target = ModeTLS, 1, "x:1" }},
 		{"PinSHA256", func(c *Config) { c.PinSHA256 = "pin-sha256:abc" }},
 		{"Reconnect", func(c *Config) { c.Mode, c.Reconnect = ModeQUIC, true }},
+		{"Failover", func(c *Config) { c.Mode, c.Failover = ModeTLS, true }},
 	} {
 		cfg := ok
 		tc.mod(&cfg)
@@ -563,5 +566,118 @@ func TestMetricsProbe(t *testing.T) {
 	}
 	if _, _, err := (MetricsProbe{URL: empty.URL + "/nothing"}).Sample(ctx); err == nil {
 		t.Error("a 404 page: no error")
+	}
+}
+
+// cutter forwards TCP to a gateway and can cut every connection at once,
+// as a server that dies does (a reset, no DISCONNECT).
+type cutter struct {
+	l  net.Listener
+	mu sync.Mutex
+	cs []net.Conn
+	wg sync.WaitGroup
+}
+
+func startCutter(t *testing.T, to string) *cutter {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &cutter{l: l}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", to)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			c.mu.Lock()
+			c.cs = append(c.cs, in, out)
+			c.mu.Unlock()
+			c.wg.Add(2)
+			go func() { defer c.wg.Done(); _, _ = io.Copy(out, in); out.Close() }()
+			go func() { defer c.wg.Done(); _, _ = io.Copy(in, out); in.Close() }()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		c.cut()
+		c.wg.Wait()
+	})
+	return c
+}
+
+// cut resets every connection so far.
+func (c *cutter) cut() int {
+	c.mu.Lock()
+	cs := c.cs
+	c.cs = nil
+	c.mu.Unlock()
+	for _, x := range cs {
+		if tc, ok := x.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0) // a reset, as from a killed process's peer
+		}
+		x.Close()
+	}
+	return len(cs) / 2
+}
+
+// TestFailover: with Failover, light sessions whose connections are cut
+// during the hold come back with their cookies and addresses (the
+// gateway still holds exactly them) and the result times it; without
+// it, each cut session is a drop.
+func TestFailover(t *testing.T) {
+	for _, tc := range []struct {
+		failover bool
+		want     Errors
+		back     int
+	}{
+		{true, Errors{}, 5},
+		{false, Errors{SessionDropped: 5}, 0},
+	} {
+		t.Run(fmt.Sprint("failover=", tc.failover), func(t *testing.T) {
+			// Its own gateway: cut sessions that do not come back stay
+			// there for its reconnect grace.
+			g := gwtest.Start(t, nil)
+			fw := startCutter(t, g.Addr)
+			cfg := baseConfig(g)
+			cfg.Server, cfg.Sessions, cfg.Hold, cfg.Failover = fw.l.Addr().String(), 5, 3*time.Second, tc.failover
+			cfg.Gateway = &hookProbe{Probe: cfg.Gateway, at: 3, fn: func() {
+				if n := fw.cut(); n != 5 {
+					t.Errorf("cut %d connections, want 5", n)
+				}
+			}}
+			res, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var sb strings.Builder
+			WriteSummary(&sb, res)
+			t.Log("\n" + sb.String())
+			if res.Errors != tc.want || res.Interrupted != nil {
+				t.Errorf("errors %+v (interrupted %v), want %+v", res.Errors, res.Interrupted, tc.want)
+			}
+			wantLost := 0
+			if tc.failover {
+				wantLost = 5
+			}
+			if res.Lost != wantLost || res.Recovered != tc.back {
+				t.Errorf("lost %d, recovered %d; want %d, %d", res.Lost, res.Recovered, wantLost, tc.back)
+			}
+			if tc.failover && (res.FailoverTime <= 0 || res.FailoverMax > res.FailoverTime || res.FailoverMedian > res.FailoverP99 ||
+				!strings.Contains(sb.String(), "failover: 5 of 5 lost sessions back in")) {
+				t.Errorf("failover times: %v, median %v, p99 %v, max %v", res.FailoverTime, res.FailoverMedian, res.FailoverP99, res.FailoverMax)
+			}
+			if tc.failover {
+				waitSessions(t, g, 0) // every session back, then logged off
+			}
+		})
 	}
 }

@@ -53,6 +53,11 @@ func WriteSummary(w io.Writer, res *Result) {
 	if res.ReconnectTime > 0 || res.Errors.ReconnectFail > 0 {
 		fmt.Fprintf(w, "reconnect storm: %d sessions back in %v (%.0f/s)\n", res.Reconnected, res.ReconnectTime.Round(time.Millisecond), res.ReconnectRate())
 	}
+	if res.Lost > 0 {
+		fmt.Fprintf(w, "failover: %d of %d lost sessions back in %v (each: median %v, p99 %v, max %v)\n", res.Recovered, res.Lost,
+			res.FailoverTime.Round(time.Millisecond), res.FailoverMedian.Round(time.Millisecond), res.FailoverP99.Round(time.Millisecond),
+			res.FailoverMax.Round(time.Millisecond))
+	}
 	e := res.Errors
 	fmt.Fprintf(w, "errors: sign-in refused %d, CONNECT failed %d, session dropped %d, reconnect failed %d, flow reset %d, flow failed %d, bytes lost %d\n",
 		e.SignInRefused, e.ConnectFailed, e.SessionDropped, e.ReconnectFail, e.FlowReset, e.FlowFailed, e.BytesLost)

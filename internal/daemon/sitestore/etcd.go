@@ -253,22 +253,58 @@ func (s *Store) decode(kv *mvccpb.KeyValue, deleted bool) (site.Record, bool) {
 	return r, true
 }
 
+// watched are the key ranges Watch lists and watches, under Config.Prefix.
+// Only these: sessions (leases/), health records (servers/) and the site
+// configuration share the prefix, and a watch on the whole prefix would
+// send every server every other server's sign-in, session end and
+// announcement, O(servers × sessions) events a server then throws away.
+var watched = []string{"bans/", "revoked/"}
+
 // Watch implements site.Store: it lists the revoked/ and bans/ records,
-// then watches from the revision after the list. etcd's client resumes a
-// watch across reconnects by itself; when etcd has compacted the
-// revision the watch needs, Watch lists again.
+// then watches each range from the revision after its list. etcd's client
+// resumes a watch across reconnects by itself; when etcd has compacted the
+// revision a range's watch needs, Watch lists that range again.
 func (s *Store) Watch(ctx context.Context, fn func(site.Record)) error {
+	// One goroutine per range feeds recs; fn runs on this goroutine only.
+	recs := make(chan site.Record)
+	var wg sync.WaitGroup
+	for _, sub := range watched {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.watchRange(ctx, s.prefix+sub, func(r site.Record) {
+				select {
+				case recs <- r:
+				case <-ctx.Done():
+				}
+			})
+		}()
+	}
+	defer wg.Wait()
+	for {
+		select {
+		case r := <-recs:
+			fn(r)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// watchRange lists the records under the key prefix pfx, then watches it
+// from the revision after the list, until ctx ends.
+func (s *Store) watchRange(ctx context.Context, pfx string, fn func(site.Record)) {
 	var rev int64 // the last revision delivered; 0: list first
 	for {
 		if rev == 0 {
-			resp, err := s.cli.Get(ctx, s.prefix, clientv3.WithPrefix())
+			resp, err := s.cli.Get(ctx, pfx, clientv3.WithPrefix())
 			if err != nil {
 				if ctx.Err() != nil {
-					return ctx.Err()
+					return
 				}
-				s.log.Debug("site store: list failed", "err", err)
+				s.log.Debug("site store: list failed", "prefix", pfx, "err", err)
 				if !sleep(ctx, watchRetry) {
-					return ctx.Err()
+					return
 				}
 				continue
 			}
@@ -279,25 +315,26 @@ func (s *Store) Watch(ctx context.Context, fn func(site.Record)) error {
 			}
 			rev = resp.Header.Revision
 		}
-		rev = s.watchFrom(ctx, rev, fn)
+		rev = s.watchFrom(ctx, pfx, rev, fn)
 		if !sleep(ctx, watchRetry) {
-			return ctx.Err()
+			return
 		}
 	}
 }
 
-// watchFrom delivers events after rev until the watch ends, and returns
-// the last revision delivered (0 when the history was compacted).
-func (s *Store) watchFrom(ctx context.Context, rev int64, fn func(site.Record)) int64 {
+// watchFrom delivers the events under the key prefix pfx after rev until
+// the watch ends, and returns the last revision delivered (0 when the
+// history was compacted).
+func (s *Store) watchFrom(ctx context.Context, pfx string, rev int64, fn func(site.Record)) int64 {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for wr := range s.cli.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+	for wr := range s.cli.Watch(wctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
 		if wr.CompactRevision != 0 || errors.Is(wr.Err(), rpctypes.ErrCompacted) {
-			s.log.Info("site store: history compacted; listing again", "revision", rev, "compacted", wr.CompactRevision)
+			s.log.Info("site store: history compacted; listing again", "prefix", pfx, "revision", rev, "compacted", wr.CompactRevision)
 			return 0
 		}
 		if err := wr.Err(); err != nil {
-			s.log.Debug("site store: watch ended", "err", err)
+			s.log.Debug("site store: watch ended", "prefix", pfx, "err", err)
 			return rev
 		}
 		for _, ev := range wr.Events {

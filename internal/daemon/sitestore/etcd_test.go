@@ -1,8 +1,11 @@
 package sitestore
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -12,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
@@ -118,9 +124,24 @@ func TestPublishWatch(t *testing.T) {
 	}
 	want := []site.Record{before, later[0], {Kind: site.Lifted, Addr: addr}, later[3]}
 	got := rec.waitLen(t, len(want))
-	if !slices.Equal(got, want) {
+	if !slices.Equal(byRange(got), byRange(want)) {
 		t.Fatalf("watched\n%+v\nwant\n%+v", got, want)
 	}
+}
+
+// byRange orders records by their key range, bans/ before revoked/,
+// keeping the order within each: Watch watches the ranges separately, so
+// only the order within one is given.
+func byRange(rs []site.Record) []site.Record {
+	rank := func(r site.Record) int {
+		if r.Kind == site.Revoked {
+			return 1
+		}
+		return 0
+	}
+	out := slices.Clone(rs)
+	slices.SortStableFunc(out, func(a, b site.Record) int { return cmp.Compare(rank(a), rank(b)) })
+	return out
 }
 
 // TestPublishErrors: records that cannot be stored are refused with a
@@ -179,13 +200,15 @@ func TestWatchCompacted(t *testing.T) {
 	if _, err := s.cli.Compact(ctx(t), resp.Header.Revision); err != nil {
 		t.Fatal(err)
 	}
-	var got []site.Record
-	if rev := s.watchFrom(ctx(t), old, func(r site.Record) { got = append(got, r) }); rev != 0 {
-		t.Fatalf("watch from compacted revision %d returned %d (records %+v), want 0", old, rev, got)
+	for _, sub := range watched {
+		var got []site.Record
+		if rev := s.watchFrom(ctx(t), s.prefix+sub, old, func(r site.Record) { got = append(got, r) }); rev != 0 {
+			t.Fatalf("%s watch from compacted revision %d returned %d (records %+v), want 0", sub, old, rev, got)
+		}
 	}
 	rec := watch(t, s)
-	// Listed in key order: bans/ before revoked/, "new" before "old".
-	if got := rec.waitLen(t, 3); !slices.Equal(got, []site.Record{r3, r2, r1}) {
+	// Listed in key order within a range: "new" before "old".
+	if got := rec.waitLen(t, 3); !slices.Equal(byRange(got), []site.Record{r3, r2, r1}) {
 		t.Fatalf("re-listed %+v", got)
 	}
 }
@@ -217,6 +240,146 @@ func TestWatchSurvivesRestart(t *testing.T) {
 	if got := rec.waitLen(t, 2); got[1] != r2 {
 		t.Fatalf("after the restart the watch got %+v, want %+v", got[1:], r2)
 	}
+}
+
+// TestWatchOnlyRevocationsAndBans: a server's Watch receives revocations
+// and bans and nothing of the writes every sign-in, session end, health
+// announcement and config push make under the same prefix. fn's count
+// shows only what decode kept; etcd's own counters show what it sent:
+// events (etcd_debugging_mvcc_events_total) and watch responses
+// (grpc_server_msg_sent_total for Watch), both 1 for the one revocation
+// after 35 other writes (20 lease claims, 10 releases, 3 announcements, a
+// withdrawal, a config push). A whole-prefix watch gets all 36 events.
+func TestWatchOnlyRevocationsAndBans(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	rec := watch(t, b)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	// Both ranges' watches run once a record of each has arrived.
+	first := []site.Record{
+		{Kind: site.Revoked, Session: "s-0", Until: until, Server: "a"},
+		{Kind: site.Banned, Addr: netip.MustParseAddr("192.0.2.9"), Until: until, Server: "a"},
+	}
+	for _, r := range first {
+		if err := a.Publish(ctx(t), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.waitLen(t, len(first))
+	events, responses := etcdWatchCounters(t, e)
+
+	const n = 20
+	writes := 0
+	for i := range n {
+		l := site.Lease{Addr: netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)}), Session: fmt.Sprint("s-", i+1), Server: "a", User: "u", Since: time.Now(), Until: until}
+		if err := a.ClaimLease(ctx(t), l); err != nil {
+			t.Fatal(err)
+		}
+		writes++
+		if i%2 == 0 {
+			if err := a.ReleaseLease(ctx(t), l.Addr, l.Session, "a"); err != nil {
+				t.Fatal(err)
+			}
+			writes++
+		}
+	}
+	for range 3 {
+		if err := a.Announce(ctx(t), site.Health{Server: "a", Sessions: n / 2, Updated: time.Now()}); err != nil {
+			t.Fatal(err)
+		}
+		writes++
+	}
+	if err := a.Withdraw(ctx(t), "a"); err != nil {
+		t.Fatal(err)
+	}
+	writes++
+	if _, err := a.PutConfig(ctx(t), SiteConfig{YAML: []byte("banner: hi\n"), Hash: "h1"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	writes++
+	// Last, a revocation: etcd sends a watcher its events in revision
+	// order, so it arrives after anything the writes above sent.
+	last := site.Record{Kind: site.Revoked, Session: "s-last", Until: until, Server: "a"}
+	if err := a.Publish(ctx(t), last); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.waitLen(t, len(first)+1)
+	if len(got) != len(first)+1 || got[len(first)] != last {
+		t.Fatalf("fn got %+v, want %+v then only %+v", got, first, last)
+	}
+	ev, resp := etcdWatchCounters(t, e)
+	if ev-events != 1 || resp-responses != 1 {
+		t.Fatalf("etcd sent the watch %v events in %v responses for one revocation among %d other writes, want 1 in 1", ev-events, resp-responses, writes)
+	}
+}
+
+// etcdWatchCounters reads from etcd's /metrics the events it has sent to
+// watchers and the watch responses it has sent.
+func etcdWatchCounters(t *testing.T, e *testenv.Etcd) (events, responses float64) {
+	t.Helper()
+	fams := etcdMetrics(t, e)
+	ef, ok := fams["etcd_debugging_mvcc_events_total"]
+	if !ok || len(ef.GetMetric()) != 1 {
+		t.Fatalf("etcd /metrics has no etcd_debugging_mvcc_events_total")
+	}
+	events = ef.GetMetric()[0].GetCounter().GetValue()
+	found := false
+	for _, m := range fams["grpc_server_msg_sent_total"].GetMetric() {
+		labels := map[string]string{}
+		for _, l := range m.GetLabel() {
+			labels[l.GetName()] = l.GetValue()
+		}
+		if labels["grpc_service"] == "etcdserverpb.Watch" && labels["grpc_method"] == "Watch" {
+			responses, found = m.GetCounter().GetValue(), true
+		}
+	}
+	if !found {
+		t.Fatalf("etcd /metrics has no grpc_server_msg_sent_total for etcdserverpb.Watch")
+	}
+	return events, responses
+}
+
+// etcdProposals reads from etcd's /metrics the raft proposals it has
+// committed (a gauge in etcd 3.4: the committed index).
+func etcdProposals(t *testing.T, e *testenv.Etcd) float64 {
+	t.Helper()
+	f, ok := etcdMetrics(t, e)["etcd_server_proposals_committed_total"]
+	if !ok || len(f.GetMetric()) != 1 {
+		t.Fatalf("etcd /metrics has no etcd_server_proposals_committed_total")
+	}
+	m := f.GetMetric()[0]
+	return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+}
+
+// etcdRanges reads from etcd's /metrics the reads (ranges) its store has
+// served.
+func etcdRanges(t *testing.T, e *testenv.Etcd) float64 {
+	t.Helper()
+	f, ok := etcdMetrics(t, e)["etcd_mvcc_range_total"]
+	if !ok || len(f.GetMetric()) != 1 {
+		t.Fatalf("etcd /metrics has no etcd_mvcc_range_total")
+	}
+	return f.GetMetric()[0].GetCounter().GetValue()
+}
+
+// etcdMetrics reads etcd's /metrics.
+func etcdMetrics(t *testing.T, e *testenv.Etcd) map[string]*dto.MetricFamily {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx(t), http.MethodGet, e.Endpoint+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	tp := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := tp.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("etcd /metrics: %v", err)
+	}
+	return fams
 }
 
 // TestHealth: Announce lists a server; one that stops announcing is gone

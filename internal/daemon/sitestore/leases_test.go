@@ -2,6 +2,7 @@ package sitestore
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -206,6 +207,62 @@ func TestDecodeLease(t *testing.T) {
 	} {
 		if _, err := s.decodeLease(tc.kv); (err == nil) != tc.ok {
 			t.Errorf("%s: err = %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+}
+
+// TestClaimLeaseProposals: every claim that writes costs etcd one raft
+// proposal, a resume's too (its key exists, written by the session's old
+// server), and a claim of an address another session holds writes
+// nothing, at most one failed transaction; a sign-in's claim reads
+// nothing first (etcd's own counts, from its /metrics).
+func TestClaimLeaseProposals(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	// Each store grants its etcd lease for the expiry minute (a proposal
+	// of its own) on its first claim.
+	for i, s := range []*Store{a, b} {
+		if err := s.ClaimLease(ctx(t), site.Lease{Addr: netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}), Session: fmt.Sprint("warm-", i), Server: "w", Until: until}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	x, y := netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("10.0.0.10")
+	// s-2 signed in an hour ago on a: its lease there is the one a resume
+	// on b moves.
+	old := site.Lease{Addr: y, Session: "s-2", Server: "a", User: "bob", Since: until.Add(-2 * time.Hour), Until: until}
+	if err := a.ClaimLease(ctx(t), old); err != nil {
+		t.Fatal(err)
+	}
+	moved := old
+	moved.Server = "b"
+	var held *site.HeldError
+	for _, tc := range []struct {
+		what      string
+		claim     func() error
+		proposals float64
+		ranges    float64 // etcd counts the transaction's compare as one; -1: any
+	}{
+		{"a sign-in's claim of a free address", func() error {
+			return a.ClaimLease(ctx(t), site.Lease{Addr: x, Session: "s-1", Server: "a", Since: time.Now(), Until: until})
+		}, 1, 1},
+		{"the resume of s-2 on another server", func() error { return b.ClaimLease(ctx(t), moved) }, 1, -1},
+		{"another session's claim of s-2's address", func() error {
+			err := a.ClaimLease(ctx(t), site.Lease{Addr: y, Session: "s-3", Server: "a", Since: time.Now(), Until: until})
+			if !errors.As(err, &held) || held.Holder != moved {
+				return fmt.Errorf("got %v, want a HeldError naming %+v", err, moved)
+			}
+			return nil
+		}, 1, -1},
+	} {
+		p0, r0 := etcdProposals(t, e), etcdRanges(t, e)
+		if err := tc.claim(); err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		p, r := etcdProposals(t, e)-p0, etcdRanges(t, e)-r0
+		t.Logf("%s: %v proposals, %v ranges", tc.what, p, r)
+		if p > tc.proposals || tc.ranges >= 0 && r > tc.ranges {
+			t.Errorf("%s: %v raft proposals and %v reads, want at most %v and %v", tc.what, p, r, tc.proposals, tc.ranges)
 		}
 	}
 }

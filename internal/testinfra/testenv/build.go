@@ -33,9 +33,17 @@ var builds sync.Map // pkg -> *buildResult
 // test processes running in parallel never see a half-written file.
 func BuildBinary(t testing.TB, pkg string) string {
 	t.Helper()
-	v, _ := builds.LoadOrStore(pkg, &buildResult{})
+	return BuildBinaryLDFlags(t, pkg, "")
+}
+
+// BuildBinaryLDFlags is BuildBinary with go build's -ldflags, e.g.
+// "-X main.buildVersion=v2" for a binary that says it is another release.
+// Each pkg and ldflags pair is built once per test process.
+func BuildBinaryLDFlags(t testing.TB, pkg, ldflags string) string {
+	t.Helper()
+	v, _ := builds.LoadOrStore(pkg+"\x00"+ldflags, &buildResult{})
 	r := v.(*buildResult)
-	r.once.Do(func() { r.path, r.err = build(pkg) })
+	r.once.Do(func() { r.path, r.err = build(pkg, ldflags) })
 	if r.err != nil {
 		t.Fatalf("testenv: %v", r.err)
 	}
@@ -67,7 +75,7 @@ func goTool() string {
 	return "go"
 }
 
-func build(pkg string) (string, error) {
+func build(pkg, ldflags string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
@@ -80,12 +88,19 @@ func build(pkg string) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%s\x00%s\x00%v", root, pkg, raceEnabled)))
+	key := fmt.Sprintf("%s\x00%s\x00%v", root, pkg, raceEnabled)
+	if ldflags != "" {
+		key += "\x00" + ldflags
+	}
+	sum := sha256.Sum256([]byte(key))
 	out := filepath.Join(dir, filepath.Base(pkg)+"-"+hex.EncodeToString(sum[:6]))
 	tmp := fmt.Sprintf("%s.tmp%d", out, os.Getpid())
 	args := []string{"build", "-o", tmp}
 	if raceEnabled {
 		args = append(args, "-race")
+	}
+	if ldflags != "" {
+		args = append(args, "-ldflags", ldflags)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
 	defer cancel()
