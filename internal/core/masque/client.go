@@ -71,7 +71,7 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 		return abort(fmt.Errorf("masque: send request: %w", err))
 	}
 	r := bufio.NewReaderSize(str, 4096)
-	rsp, err := readResponse(r, maxFieldSection)
+	rsp, err := readResponse(r)
 	if err != nil {
 		var he *Error
 		switch {
@@ -93,7 +93,7 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 }
 
 // readResponse reads the final response's HEADERS, skipping interim (1xx)
-// responses and frames of unknown types.
+// responses.
 // requestFields lists a CONNECT-IP request's fields (RFC 9484 4.1,
 // RFC 9220 3, RFC 9297 3.4).
 func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
@@ -108,46 +108,27 @@ func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
 	return headerFields(fields, h)
 }
 
-func readResponse(r *bufio.Reader, limit int) (*Response, error) {
+func readResponse(r *bufio.Reader) (*Response, error) {
 	for {
-		typ, n, err := readFrameHeader(r)
+		fs, err := readHeadersFrame(r, ":status")
 		if err != nil {
-			return nil, noEOF(err)
+			return nil, err
 		}
-		switch {
-		case typ == frameHeaders:
-			p, err := readPayload(r, typ, n, limit)
-			if err != nil {
-				return nil, err
-			}
-			fs, err := parseFieldSection(p, ":status")
-			if err != nil {
-				return nil, err
-			}
-			st, ok := fs.pseudo[":status"]
-			if !ok {
-				return nil, h3err(ErrCodeMessage, "response without :status")
-			}
-			status, err := statusOf(st)
-			if err != nil {
-				return nil, err
-			}
-			if status == http.StatusSwitchingProtocols {
-				return nil, h3err(ErrCodeMessage, "status 101 in HTTP/3 (RFC 9114 4.5)")
-			}
-			if status < 200 {
-				continue
-			}
+		st, ok := fs.pseudo[":status"]
+		if !ok {
+			return nil, h3err(ErrCodeMessage, "response without :status")
+		}
+		status, err := statusOf(st)
+		if err != nil {
+			return nil, err
+		}
+		if status == http.StatusSwitchingProtocols {
+			return nil, h3err(ErrCodeMessage, "status 101 in HTTP/3 (RFC 9114 4.5)")
+		}
+		if status >= 200 {
 			return &Response{Status: status, Header: fs.header}, nil
-		case typ == frameData:
-			return nil, h3err(ErrCodeFrameUnexpected, "DATA before the response's HEADERS")
-		case typ == frameSettings || typ == frameGoAway || isHTTP2Frame(typ):
-			return nil, h3err(ErrCodeFrameUnexpected, "frame type %#x on a request stream", typ)
-		default:
-			if _, err := r.Discard(int(min(n, 1<<30))); err != nil {
-				return nil, noEOF(err)
-			}
 		}
+		// An interim response: the final one follows.
 	}
 }
 

@@ -1,6 +1,7 @@
 package masque
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -272,6 +273,36 @@ func headerFields(out []qpack.HeaderField, h http.Header) []qpack.HeaderField {
 		}
 	}
 	return out
+}
+
+// readHeadersFrame reads the frames that open a message on a request
+// stream up to its HEADERS and decodes them (allowed: the pseudo-headers
+// valid in it), skipping frames of unknown types (RFC 9114 section 9).
+// DATA first, or a frame that belongs on the control stream, is
+// H3_FRAME_UNEXPECTED, a connection error.
+func readHeadersFrame(r *bufio.Reader, allowed ...string) (*fieldSection, error) {
+	for {
+		typ, n, err := readFrameHeader(r)
+		if err != nil {
+			return nil, noEOF(err)
+		}
+		switch {
+		case typ == frameHeaders:
+			p, err := readPayload(r, typ, n, maxFieldSection)
+			if err != nil {
+				return nil, err
+			}
+			return parseFieldSection(p, allowed...)
+		case typ == frameData:
+			return nil, h3err(ErrCodeFrameUnexpected, "DATA before a message's HEADERS")
+		case typ == frameSettings || typ == frameGoAway || isHTTP2Frame(typ):
+			return nil, h3err(ErrCodeFrameUnexpected, "frame type %#x on a request stream", typ)
+		default:
+			if _, err := r.Discard(int(min(n, 1<<30))); err != nil {
+				return nil, noEOF(err)
+			}
+		}
+	}
 }
 
 // capsuleProtocol is the Capsule-Protocol header's value: the structured

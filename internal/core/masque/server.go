@@ -80,44 +80,23 @@ func (c *Conn) AcceptRequest(ctx context.Context) (*IncomingRequest, error) {
 func (c *Conn) readRequest(str *quic.Stream) (*IncomingRequest, error) {
 	_ = str.SetReadDeadline(time.Now().Add(requestWait))
 	r := bufio.NewReaderSize(str, 4096)
-	for {
-		typ, n, err := readFrameHeader(r)
-		if err != nil {
-			return nil, noEOF(err)
-		}
-		switch {
-		case typ == frameHeaders:
-			p, err := readPayload(r, typ, n, maxFieldSection)
-			if err != nil {
-				return nil, err
-			}
-			fs, err := parseFieldSection(p, ":method", ":protocol", ":scheme", ":authority", ":path")
-			if err != nil {
-				return nil, err
-			}
-			_ = str.SetReadDeadline(time.Time{})
-			req := &IncomingRequest{
-				Method: fs.pseudo[":method"], Protocol: fs.pseudo[":protocol"], Scheme: fs.pseudo[":scheme"],
-				Authority: fs.pseudo[":authority"], Path: fs.pseudo[":path"], Header: fs.header,
-				conn: c, str: str, r: r,
-			}
-			if req.Method == "" {
-				return nil, h3err(ErrCodeMessage, "request without :method")
-			}
-			if req.Protocol != "" && req.Method != http.MethodConnect {
-				return nil, h3err(ErrCodeMessage, ":protocol on a %s request (RFC 9220 3)", req.Method)
-			}
-			return req, nil
-		case typ == frameData:
-			return nil, h3err(ErrCodeFrameUnexpected, "DATA before a request's HEADERS")
-		case typ == frameSettings || typ == frameGoAway || isHTTP2Frame(typ):
-			return nil, h3err(ErrCodeFrameUnexpected, "frame type %#x on a request stream", typ)
-		default:
-			if _, err := r.Discard(int(min(n, 1<<30))); err != nil {
-				return nil, noEOF(err)
-			}
-		}
+	fs, err := readHeadersFrame(r, ":method", ":protocol", ":scheme", ":authority", ":path")
+	if err != nil {
+		return nil, err
 	}
+	_ = str.SetReadDeadline(time.Time{})
+	req := &IncomingRequest{
+		Method: fs.pseudo[":method"], Protocol: fs.pseudo[":protocol"], Scheme: fs.pseudo[":scheme"],
+		Authority: fs.pseudo[":authority"], Path: fs.pseudo[":path"], Header: fs.header,
+		conn: c, str: str, r: r,
+	}
+	if req.Method == "" {
+		return nil, h3err(ErrCodeMessage, "request without :method")
+	}
+	if req.Protocol != "" && req.Method != http.MethodConnect {
+		return nil, h3err(ErrCodeMessage, ":protocol on a %s request (RFC 9220 3)", req.Method)
+	}
+	return req, nil
 }
 
 // RequestError is why a request is not a CONNECT-IP request this server
