@@ -225,8 +225,7 @@ loop:
 			}
 			werr := t.sess.WritePacket(pk.Frame()[cstpHeaderLen:])
 			pk.Release()
-			var tooBig *quic.DatagramTooLargeError
-			if werr != nil && !errors.As(werr, &tooBig) {
+			if werr != nil && !datagramTooLarge(werr) {
 				err = werr
 				break loop
 			}
@@ -247,6 +246,15 @@ loop:
 		return &errSessionOver{reason: ae.ErrorMessage, takenOver: ae.ErrorCode == QUICCodeTakenOver}
 	}
 	return err
+}
+
+// datagramTooLarge reports a packet that did not fit the path's datagrams:
+// a loss, not the end of the connection. (A function of its own: the
+// error target errors.As needs escapes, and would cost an allocation per
+// packet if declared in the caller's loop.)
+func datagramTooLarge(err error) bool {
+	var e *quic.DatagramTooLargeError
+	return errors.As(err, &e)
 }
 
 func (t *quicTransport) close(logoff bool) {

@@ -456,8 +456,7 @@ func (q *quicLink) writePacket(pk *netstack.Packet) error {
 	q.s.bytesOut.Add(uint64(len(p)))
 	err := q.sess.WritePacket(p)
 	pk.Release()
-	var tooBig *quic.DatagramTooLargeError
-	if errors.As(err, &tooBig) {
+	if err != nil && datagramTooLarge(err) {
 		return nil // the path's datagrams shrank below the MTU: a loss
 	}
 	return err
