@@ -27,13 +27,15 @@ func TestIdleSessionGoroutines(t *testing.T) {
 			_, addr := startGateway(t, nil)
 			time.Sleep(100 * time.Millisecond)
 			before, _ := goroutineSites()
+			heap0 := heapInUse()
 			for range n {
 				dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = mode })
 			}
 			time.Sleep(300 * time.Millisecond) // let set-up goroutines finish
 			after, sites := goroutineSites()
 			per[mode] = float64(after-before) / n
-			t.Logf("%s: %.2f goroutines per idle client+gateway pair (%d sessions)", mode, per[mode], n)
+			t.Logf("%s: %.2f goroutines and %d KiB of heap and stacks per idle client+gateway pair (%d sessions)",
+				mode, per[mode], (int64(heapInUse())-int64(heap0))/n/1024, n)
 			t.Logf("goroutines by function after (count, top function):\n%s", sites)
 		})
 	}
@@ -41,6 +43,14 @@ func TestIdleSessionGoroutines(t *testing.T) {
 	if quic := per[TransportQUIC]; quic > quicMax {
 		t.Errorf("an idle QUIC session holds %.2f goroutines, more than %d", quic, quicMax)
 	}
+}
+
+// heapInUse is the heap and goroutine stacks in use after a collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse
 }
 
 // goroutineSites counts goroutines and lists them by their topmost
