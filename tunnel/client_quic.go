@@ -54,6 +54,9 @@ func (c *Client) connectQUIC(ctx context.Context) (clientTransport, tunnelParams
 		// stream and at most two QPACK streams are all it may open.
 		MaxIncomingStreams:    -1,
 		MaxIncomingUniStreams: 3,
+		// As the gateway: streams carry a few KiB of control data.
+		InitialStreamReceiveWindow: streamWindow,
+		MaxStreamReceiveWindow:     streamWindow,
 	}
 	addr := net.JoinHostPort(c.host, c.port)
 	qc, err := quic.DialAddr(ctx, addr, tc, qconf)

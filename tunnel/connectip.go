@@ -65,6 +65,11 @@ func (g *Gateway) quicConfig() *quic.Config {
 		// Its control stream and at most two QPACK streams (RFC 9114
 		// 6.2); a stream of another type is aborted, which frees its slot.
 		MaxIncomingUniStreams: 3,
+		// Streams carry only HTTP/3 control data, headers and capsules,
+		// a few KiB at most: what a client sends that the gateway does
+		// not read (see serveConnectIP) stays within this per stream.
+		InitialStreamReceiveWindow: streamWindow,
+		MaxStreamReceiveWindow:     streamWindow,
 	}
 	// Banned addresses, and every new connection once the gateway drains,
 	// are refused at the first packet, before any TLS work: as the TCP
@@ -427,6 +432,11 @@ func (q *quicLink) abort() {
 func (q *quicLink) closeWith(code quic.ApplicationErrorCode, reason string) {
 	_ = q.qc.CloseWithError(code, reason)
 }
+
+// streamWindow is the QUIC flow-control window of each stream: 64 KiB
+// holds the largest HEADERS frame masque accepts (16 KiB) and a
+// capsule of MaxCapsulePayload, and bounds what waits unread.
+const streamWindow = 64 << 10
 
 // quicResetKeyPurpose names the stateless reset key derived from the site
 // key (auth.Sealer.DeriveKey).
