@@ -49,7 +49,9 @@ func (g *Gateway) newHandler(next http.Handler) http.Handler {
 				next.ServeHTTP(w, r)
 				return
 			}
-			g.serveConnectIP(w, r)
+			// Only an HTTP/3 server hosting Mount's handler gets here:
+			// CONNECT-IP runs on the gateway's own HTTP/3 layer.
+			http.Error(w, "CONNECT-IP is served on the gateway's own QUIC listener (Gateway.ServeQUIC), not through Mount", http.StatusNotImplemented)
 		case r.Method == http.MethodConnect && (r.URL.Path == "/CSCOSSLC/tunnel" || r.URL.Path == "/CSTP/tunnel"):
 			if secret != "" && !g.liveCookie(r) {
 				next.ServeHTTP(w, r)

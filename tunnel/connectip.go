@@ -1,29 +1,28 @@
 package tunnel
 
 import (
-	"context"
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strings"
 	"time"
 
-	connectip "github.com/quic-go/connect-ip-go"
 	"github.com/quic-go/quic-go"
-	"github.com/quic-go/quic-go/http3"
-	"github.com/yosida95/uritemplate/v3"
 
 	"github.com/underpass/underpass/auth"
+	"github.com/underpass/underpass/internal/core/masque"
 	"github.com/underpass/underpass/netstack"
 )
 
 // ConnectIPPath is where the gateway serves CONNECT-IP (RFC 9484): the
-// fixed form of the RFC's default template, because connect-ip-go (and so
-// this gateway) does not support IP flow forwarding (template variables).
-// Clients use the template "https://<gateway>/.well-known/masque/ip/".
+// fixed form of the RFC's default template, because the gateway does not
+// offer IP flow forwarding (template variables). Clients use the template
+// "https://<gateway>/.well-known/masque/ip/" (after Config.SecretPath).
 const ConnectIPPath = "/.well-known/masque/ip/"
 
 // QUIC application error codes the gateway closes a connection with. They
@@ -45,16 +44,6 @@ const (
 	QUICCodeTakenOver quic.ApplicationErrorCode = 0x5550_0004
 )
 
-// quicConnKey carries the *quic.Conn of a request in its context.
-type quicConnKey struct{}
-
-// QUICConnContext is an http3.Server ConnContext that lets the gateway's
-// CONNECT-IP handler close the QUIC connection with a reason code. An
-// embedding HTTP/3 server should set it (or call it from its own).
-func QUICConnContext(ctx context.Context, c *quic.Conn) context.Context {
-	return context.WithValue(ctx, quicConnKey{}, c)
-}
-
 // quicConfig is the QUIC configuration for the gateway's listener.
 func (g *Gateway) quicConfig() *quic.Config {
 	c := g.conf()
@@ -73,6 +62,14 @@ func (g *Gateway) quicConfig() *quic.Config {
 		MaxConnectionReceiveWindow:     16 << 20,
 		// A client runs one CONNECT-IP stream; a few more cover retries.
 		MaxIncomingStreams: 16,
+		// Its control stream and at most two QPACK streams (RFC 9114
+		// 6.2); a stream of another type is aborted, which frees its slot.
+		MaxIncomingUniStreams: 3,
+		// Streams carry only HTTP/3 control data, headers and capsules,
+		// a few KiB at most: what a client sends that the gateway does
+		// not read (see serveConnectIP) stays within this per stream.
+		InitialStreamReceiveWindow: streamWindow,
+		MaxStreamReceiveWindow:     streamWindow,
 	}
 	// Banned addresses, and every new connection once the gateway drains,
 	// are refused at the first packet, before any TLS work: as the TCP
@@ -95,8 +92,10 @@ func (g *Gateway) quicConfig() *quic.Config {
 
 var errBanned = errors.New("tunnel: address banned for failed sign-ins")
 
-// ServeQUIC serves HTTP/3 with CONNECT-IP on pc until Close or Shutdown,
-// then returns ErrClosed. It closes pc.
+// ServeQUIC serves CONNECT-IP over HTTP/3 on pc until Close or Shutdown,
+// then returns ErrClosed. It closes pc. The HTTP/3 layer is the gateway's
+// own (internal/core/masque): it serves nothing but CONNECT-IP at
+// Config.SecretPath + ConnectIPPath, and answers any other request 404.
 func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 	if g.conf().DisableUDP {
 		pc.Close()
@@ -112,22 +111,11 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 		pc.Close()
 		return ErrClosed
 	}
-	if g.h3 == nil {
-		tc := g.tlsConf.Clone()
-		tc.MinVersion = tls.VersionTLS13 // QUIC is TLS 1.3 only
-		tc.NextProtos = []string{http3.NextProtoH3}
-		g.h3 = &http3.Server{
-			Handler:         g.handler,
-			TLSConfig:       tc,
-			QUICConfig:      g.quicConfig(),
-			EnableDatagrams: true,
-			ConnContext:     QUICConnContext,
-			Logger:          g.log,
-		}
-	}
-	srv := g.h3
 	g.udpPCs = append(g.udpPCs, pc)
 	g.mu.Unlock()
+	tc := g.tlsConf.Clone()
+	tc.MinVersion = tls.VersionTLS13 // QUIC is TLS 1.3 only
+	tc.NextProtos = []string{masque.ALPN}
 	tr := &quic.Transport{Conn: pc}
 	if sl := g.conf().Sealer; sl != nil {
 		// Stateless resets (RFC 9000 10.3) from a key every server of the
@@ -138,19 +126,51 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 		k := quic.StatelessResetKey(sl.DeriveKey(quicResetKeyPurpose))
 		tr.StatelessResetKey = &k
 	}
-	var err error
-	if ln, lerr := tr.ListenEarly(http3.ConfigureTLSConfig(srv.TLSConfig), srv.QUICConfig); lerr != nil {
-		err = lerr
-	} else {
-		err = srv.ServeListener(ln)
+	// Listen, not ListenEarly: a request carries credentials, and 0-RTT
+	// data can be replayed (RFC 9001 9.2).
+	ln, err := tr.Listen(tc, g.quicConfig())
+	if err == nil {
+		for {
+			qc, aerr := ln.Accept(g.ctx)
+			if aerr != nil {
+				err = aerr
+				break
+			}
+			go g.serveQUICConn(qc)
+		}
 		ln.Close()
 	}
 	tr.Close()
 	pc.Close()
-	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, quic.ErrServerClosed) || g.ctx.Err() != nil || g.isDraining() {
+	if errors.Is(err, quic.ErrServerClosed) || errors.Is(err, net.ErrClosed) || g.ctx.Err() != nil || g.isDraining() {
 		return ErrClosed
 	}
 	return err
+}
+
+// serveQUICConn serves one QUIC connection: its requests, one at a time,
+// until one becomes a CONNECT-IP session, which this goroutine then runs
+// (linkBase.run) until it ends and closes the connection. A client opens
+// one session per connection; a refused request may be retried on it.
+func (g *Gateway) serveQUICConn(qc *quic.Conn) {
+	mc, err := masque.NewServerConn(qc, g.log)
+	if err != nil {
+		g.log.Debug("connect-ip: HTTP/3 set-up", "err", err)
+		_ = qc.CloseWithError(quic.ApplicationErrorCode(masque.ErrCodeInternal), "")
+		return
+	}
+	for {
+		req, err := mc.AcceptRequest(g.ctx)
+		if err != nil {
+			if g.ctx.Err() != nil {
+				_ = qc.CloseWithError(QUICCodeGoingAway, "gateway going away; reconnect")
+			}
+			return
+		}
+		if g.serveConnectIP(mc, req) {
+			return
+		}
+	}
 }
 
 // Ready reports whether the gateway accepts new sessions: nil, or why not
@@ -171,70 +191,103 @@ func (g *Gateway) isDraining() bool {
 	return g.draining || g.closed
 }
 
+// h3Reply collects a refusal written through the http.ResponseWriter
+// interface (refusal.write, http.Error) for IncomingRequest.Refuse.
+type h3Reply struct {
+	h      http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (w *h3Reply) Header() http.Header { return w.h }
+func (w *h3Reply) WriteHeader(status int) {
+	if w.status == 0 {
+		w.status = status
+	}
+}
+func (w *h3Reply) Write(b []byte) (int, error) {
+	w.WriteHeader(http.StatusOK)
+	return w.body.Write(b)
+}
+
 // serveConnectIP authenticates a CONNECT-IP request, attaches the session
-// to the stack and relays its packets until the session or connection ends.
-func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
-	tmpl, err := uritemplate.New("https://" + r.Host + r.URL.Path)
-	if err != nil {
-		http.Error(w, "bad authority", http.StatusBadRequest)
-		return
-	}
-	preq, err := connectip.ParseProxyRequest(r, tmpl)
-	if err != nil {
-		status := http.StatusBadRequest
-		var perr *connectip.ProxyRequestParseError
-		if errors.As(err, &perr) {
-			status = perr.HTTPStatus
+// to the stack and relays its packets until the session or connection
+// ends. It reports whether the request became a session (which has then
+// ended, and closed the connection).
+func (g *Gateway) serveConnectIP(mc *masque.Conn, req *masque.IncomingRequest) bool {
+	qc := mc.QUIC()
+	w := &h3Reply{h: http.Header{}}
+	refuse := func() bool {
+		if w.status == 0 {
+			w.status = http.StatusOK
 		}
-		http.Error(w, err.Error(), status)
-		return
+		w.h.Del("Content-Length")
+		_ = req.Refuse(w.status, w.h, w.body.String())
+		return false
 	}
+	path := g.conf().SecretPath + ConnectIPPath
+	if req.Path != path {
+		// Nothing else is served here: as the TCP side, a wrong path
+		// (outside Config.SecretPath) reveals nothing.
+		http.NotFound(w, nil)
+		return refuse()
+	}
+	if err := masque.CheckConnectIP(req, path); err != nil {
+		var re *masque.RequestError
+		errors.As(err, &re)
+		http.Error(w, re.Reason, re.Status)
+		return refuse()
+	}
+	cs := qc.ConnectionState().TLS
+	r := (&http.Request{
+		Method: http.MethodConnect, Proto: masque.ProtocolConnectIP, ProtoMajor: 3,
+		URL: &url.URL{Scheme: "https", Host: req.Authority, Path: req.Path}, Host: req.Authority,
+		Header: req.Header, TLS: &cs, RemoteAddr: qc.RemoteAddr().String(),
+	}).WithContext(qc.Context())
 	ca := clientAddr(r)
-	if ra, ok := r.Context().Value(http3.RemoteAddrContextKey).(net.Addr); ok {
-		ca, _ = netip.ParseAddrPort(ra.String())
-		ca = netip.AddrPortFrom(ca.Addr().Unmap(), ca.Port())
-	}
 	s, cookie, rf := g.quicSession(r, ca)
 	if rf != nil {
 		if rf.status == http.StatusUnauthorized {
 			w.Header().Set("WWW-Authenticate", `Bearer, Basic realm="underpass"`)
 		}
 		rf.write(w)
-		return
+		return refuse()
 	}
 	addr, rf := g.prepare(s)
 	if rf != nil {
 		rf.write(w)
-		return
+		return refuse()
 	}
 	if cookie != "" {
 		http.SetCookie(w, &http.Cookie{Name: "webvpn", Value: cookie, Secure: true, HttpOnly: true})
 	}
 	w.Header().Set("Underpass-Session-Expires", s.expires.UTC().Format(time.RFC3339))
-	conn, err := (&connectip.Proxy{}).Proxy(w, preq)
+	sess, err := req.Accept(w.h)
 	if err != nil {
 		g.log.Info("connect-ip: upgrade failed", "session", s.id, "err", err)
-		return
+		return false
 	}
-	q := &quicLink{conn: conn}
+	q := &quicLink{mc: mc, sess: sess, qc: qc}
 	// A datagram of the 1350-byte QUIC packets quicConfig starts with
 	// carries a 1280-byte packet (RFC 9484 10.1); the client's stack uses
 	// the same MTU (quicMTU).
 	q.mtu = quicMTU
-	q.qc, _ = r.Context().Value(quicConnKey{}).(*quic.Conn)
 	q.s = s
-	var sa netip.AddrPort
-	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		sa, _ = netip.ParseAddrPort(la.String())
-	}
+	sa, _ := netip.ParseAddrPort(qc.LocalAddr().String())
 	if !g.register(q, "quic", ca, sa) {
 		q.closeWith(QUICCodeSessionEnded, "session ended")
-		return
+		return true
 	}
 	s.mu.Lock()
 	addr6 := s.addr6
 	s.mu.Unlock()
-	if err := g.configureConnectIP(conn, addr, addr6); err != nil {
+	sess.OnPacket(q.deliver)
+	// The client's capsules are not read: the gateway assigns addresses
+	// unasked, so nothing a client may send changes the session, and the
+	// stream's flow-control window bounds what waits unread. Its end
+	// ends the session (RFC 9484 3).
+	sess.WatchEnd(func() { q.stopWith(EndConnLost) })
+	if err := g.configureConnectIP(sess, addr, addr6); err != nil {
 		g.log.Warn("connect-ip: configure", "session", s.id, "err", err)
 		q.closeWith(QUICCodeSessionEnded, "gateway configuration error")
 		q.abort()
@@ -242,6 +295,7 @@ func (g *Gateway) serveConnectIP(w http.ResponseWriter, r *http.Request) {
 		g.telemetry(&q.linkBase, "connect", endNone, nil)
 	}
 	q.run(q)
+	return true
 }
 
 // quicSession finds or creates the session for a CONNECT-IP request: a
@@ -301,53 +355,52 @@ func (g *Gateway) quicSession(r *http.Request, ca netip.AddrPort) (*session, str
 // configuration capsules. A dual-stack session (addr6 valid) is assigned
 // its IPv6 address too (a /128, RFC 9484 4.7.1) and gets the IPv6 routes;
 // a client that uses IPv4 only (tunnel.Client today) ignores both.
-func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr, addr6 netip.Addr) error {
-	assign := []netip.Prefix{netip.PrefixFrom(addr, 32)}
+func (g *Gateway) configureConnectIP(sess *masque.Session, addr, addr6 netip.Addr) error {
+	assign := []masque.AssignedAddress{{Prefix: netip.PrefixFrom(addr, 32)}}
 	if addr6.IsValid() {
-		assign = append(assign, netip.PrefixFrom(addr6, 128))
-	}
-	if err := conn.AssignAddresses(assign); err != nil {
-		return fmt.Errorf("assign address: %w", err)
+		assign = append(assign, masque.AssignedAddress{Prefix: netip.PrefixFrom(addr6, 128)})
 	}
 	c := g.conf()
 	inc, exc := g.policy.Load().Routes()
 	extra := append([]netip.Addr{g.gwAddr}, c.DNS...)
-	if err := conn.AdvertiseRoute(routeRanges(inc, exc, extra, addr6.IsValid())); err != nil {
+	routes := routeRanges(inc, exc, extra, addr6.IsValid())
+	if err := masque.ValidateRoutes(routes); err != nil {
 		return fmt.Errorf("advertise routes: %w", err)
 	}
-	if len(c.DNS) == 0 {
-		// An empty update: "no DNS here", so the client need not wait
-		// for one (tunnel.Client waits dnsConfigWait for gateways that
-		// send nothing).
-		if err := conn.SendDNSConfiguration(nil); err != nil {
-			return fmt.Errorf("dns configuration: %w", err)
+	b := masque.AppendAddressAssign(nil, assign)
+	b = masque.AppendRouteAdvertisement(b, routes)
+	// With no DNS servers an empty DNS_ASSIGN says "no DNS here", so the
+	// client need not wait for one (tunnel.Client waits dnsConfigWait for
+	// gateways that send nothing).
+	var dcs []masque.DNSConfig
+	if len(c.DNS) > 0 {
+		// Priority 1: the only (so the most preferred) nameserver entry;
+		// zero is reserved by the draft. Each address in its family's list.
+		ns := masque.DNSNameserver{Priority: 1}
+		for _, a := range c.DNS {
+			if a.Is4() {
+				ns.IPv4 = append(ns.IPv4, a)
+			} else {
+				ns.IPv6 = append(ns.IPv6, a)
+			}
 		}
-		return nil
-	}
-	// Priority 1: the only (so the most preferred) nameserver entry;
-	// zero is reserved by the draft. Each address in its family's list.
-	ns := connectip.DNSNameserver{ServicePriority: 1}
-	for _, a := range c.DNS {
-		if a.Is4() {
-			ns.IPv4Addresses = append(ns.IPv4Addresses, a)
-		} else {
-			ns.IPv6Addresses = append(ns.IPv6Addresses, a)
+		dc := masque.DNSConfig{Nameservers: []masque.DNSNameserver{ns}}
+		for _, d := range c.SearchDomains {
+			dc.SearchDomains = append(dc.SearchDomains, strings.TrimSuffix(d, "."))
 		}
-	}
-	dc := connectip.DNSConfiguration{Nameservers: []connectip.DNSNameserver{ns}}
-	for _, d := range c.SearchDomains {
-		dc.SearchDomains = append(dc.SearchDomains, strings.TrimSuffix(d, "."))
-	}
-	switch {
-	case len(inc) == 0:
-		dc.InternalDomains = []string{""} // full tunnel: every name (the root)
-	case g.dns != nil && len(c.DNSProxy.Public) == 0:
-		for _, d := range g.dns.InternalDomains() {
-			dc.InternalDomains = append(dc.InternalDomains, strings.TrimSuffix(d, "."))
+		switch {
+		case len(inc) == 0:
+			dc.InternalDomains = []string{""} // full tunnel: every name (the root)
+		case g.dns != nil && len(c.DNSProxy.Public) == 0:
+			for _, d := range g.dns.InternalDomains() {
+				dc.InternalDomains = append(dc.InternalDomains, strings.TrimSuffix(d, "."))
+			}
 		}
+		dcs = []masque.DNSConfig{dc}
 	}
-	if err := conn.SendDNSConfiguration([]connectip.DNSConfiguration{dc}); err != nil {
-		return fmt.Errorf("dns configuration: %w", err)
+	b = masque.AppendDNSAssign(b, dcs)
+	if err := sess.WriteCapsules(b); err != nil {
+		return fmt.Errorf("configuration capsules: %w", err)
 	}
 	return nil
 }
@@ -355,54 +408,51 @@ func (g *Gateway) configureConnectIP(conn *connectip.Conn, addr, addr6 netip.Add
 // quicLink is one CONNECT-IP stream of a session.
 type quicLink struct {
 	linkBase
-	conn *connectip.Conn
-	qc   *quic.Conn // nil when hosted by a server without QUICConnContext
+	mc   *masque.Conn
+	sess *masque.Session
+	qc   *quic.Conn
 }
 
-// abort stops the connection at once.
+// deliver feeds one of the client's packets into the stack, in the
+// connection's datagram reader (masque.Conn.ServeDatagrams).
+func (q *quicLink) deliver(p []byte) {
+	q.heard()
+	q.s.bytesIn.Add(uint64(len(p)))
+	_ = q.port.Inject(p) // rejects are answered or counted by the stack
+}
+
+// abort stops the connection at once: the session is the connection's
+// only one, so closing the connection unblocks read.
 func (q *quicLink) abort() {
 	q.stopWith(EndConnLost)
-	q.conn.Close()
+	_ = q.qc.CloseWithError(quic.ApplicationErrorCode(masque.ErrCodeNoError), "")
 }
 
 // closeWith ends the QUIC connection with a reason code the client acts on.
 func (q *quicLink) closeWith(code quic.ApplicationErrorCode, reason string) {
-	if q.qc != nil {
-		_ = q.qc.CloseWithError(code, reason)
-	}
-	q.conn.Close()
+	_ = q.qc.CloseWithError(code, reason)
 }
+
+// streamWindow is the QUIC flow-control window of each stream: 64 KiB
+// holds the largest HEADERS frame masque accepts (16 KiB) and a
+// capsule of MaxCapsulePayload, and bounds what waits unread.
+const streamWindow = 64 << 10
 
 // quicResetKeyPurpose names the stateless reset key derived from the site
 // key (auth.Sealer.DeriveKey).
 const quicResetKeyPurpose = "quic stateless reset"
 
-// quicReadBuf fits the largest QUIC datagram (a 1500-byte path MTU) and
-// more: connect-ip-go copies each packet into it.
-const quicReadBuf = 2048
-
-// read feeds the client's datagrams into the stack until the stream ends.
+// read delivers the client's datagrams into the stack until the
+// connection ends (the session's handler, deliver, runs in this
+// goroutine), and says whether the client logged off.
 func (q *quicLink) read() (EndReason, error) {
-	s := q.s
-	err := pumpDatagrams(q.conn.ReadPacket, func(p []byte) {
-		q.heard()
-		s.bytesIn.Add(uint64(len(p)))
-		_ = q.port.Inject(p) // rejects are answered or counted by the stack
-	})
-	if q.qc != nil {
-		// The stream error may arrive a moment before the connection's
-		// own close reason.
-		select {
-		case <-q.qc.Context().Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-		var ae *quic.ApplicationError
-		if errors.As(context.Cause(q.qc.Context()), &ae) && ae.Remote && ae.ErrorCode == QUICCodeLogoff {
-			return EndLogoff, nil
-		}
+	err := q.mc.ServeDatagrams()
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == QUICCodeLogoff {
+		return EndLogoff, nil
 	}
-	if errors.Is(err, net.ErrClosed) {
-		err = nil
+	if errors.As(err, &ae) || errors.Is(err, net.ErrClosed) {
+		err = nil // an orderly close, by either side
 	}
 	return EndConnLost, err
 }
@@ -414,8 +464,11 @@ func (q *quicLink) read() (EndReason, error) {
 func (q *quicLink) writePacket(pk *netstack.Packet) error {
 	p := pk.IP()
 	q.s.bytesOut.Add(uint64(len(p)))
-	_, err := q.conn.WritePacket(p)
+	err := q.sess.WritePacket(p)
 	pk.Release()
+	if err != nil && datagramTooLarge(err) {
+		return nil // the path's datagrams shrank below the MTU: a loss
+	}
 	return err
 }
 
@@ -429,6 +482,9 @@ func (q *quicLink) probe(time.Duration) (EndReason, error) { return endNone, nil
 // what to do: stop (taken over), sign in again (session ended) or
 // reconnect (going away).
 func (q *quicLink) goodbye(r EndReason) {
+	if r == EndGoingAway {
+		_ = q.mc.GoAway() // RFC 9114 5.2, then the code that says reconnect
+	}
 	switch {
 	case r == EndTakenOver:
 		q.closeWith(QUICCodeTakenOver, r.String())

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/base64"
+	"net/http"
 	"net/netip"
 	"slices"
 	"testing"
@@ -16,6 +17,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	gvchecksum "gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/underpass/underpass/internal/core/masque"
 )
 
 // TestConnectIPGoClientInterop: connect-ip-go's own client (its public
@@ -224,4 +227,52 @@ func TestConnectIPDualStack(t *testing.T) {
 		return len(p) >= 48 && p[0]>>4 == 6 && netip.AddrFrom16([16]byte(p[24:40])) == a6.Addr() &&
 			((p[6] == 6 && p[53]&0x04 != 0) || (p[6] == 58 && p[40] == 1)) // a RST, or ICMPv6 destination unreachable
 	})
+}
+
+// TestConnectIPRefusals: the gateway's answers to CONNECT-IP requests it
+// does not serve, through its own HTTP/3 layer: 404 outside its path
+// (nothing reveals the VPN behind Config.SecretPath), 401 with
+// WWW-Authenticate and X-Reason without credentials or with wrong ones;
+// and a client may retry on the same connection after a refusal.
+func TestConnectIPRefusals(t *testing.T) {
+	_, addr := startGateway(t, func(c *Config) { c.SecretPath = "/vpn-4f9c" })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	qc, err := quic.DialAddr(ctx, addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{masque.ALPN}},
+		&quic.Config{EnableDatagrams: true, InitialPacketSize: 1350})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	mc, err := masque.NewClientConn(qc, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	basic := func(u, p string) http.Header {
+		return http.Header{"Authorization": {"Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p))}}
+	}
+	for _, tc := range []struct {
+		name   string
+		path   string
+		header http.Header
+		status int
+		field  string // a field the refusal must carry
+	}{
+		{"without the secret path", ConnectIPPath, basic("alice", "secret"), http.StatusNotFound, ""},
+		{"another path", "/vpn-4f9c/.well-known/masque/udp/", basic("alice", "secret"), http.StatusNotFound, ""},
+		{"no credentials", "/vpn-4f9c" + ConnectIPPath, nil, http.StatusUnauthorized, "Www-Authenticate"},
+		{"wrong password", "/vpn-4f9c" + ConnectIPPath, basic("alice", "nope"), http.StatusUnauthorized, "X-Reason"},
+	} {
+		_, rsp, err := mc.Dial(ctx, masque.Request{Authority: addr, Path: tc.path, Header: tc.header})
+		if err == nil || rsp == nil || rsp.Status != tc.status || (tc.field != "" && rsp.Header.Get(tc.field) == "") {
+			t.Fatalf("%s: response %+v, %v; want %d with %s", tc.name, rsp, err, tc.status, tc.field)
+		}
+	}
+	sess, rsp, err := mc.Dial(ctx, masque.Request{Authority: addr, Path: "/vpn-4f9c" + ConnectIPPath, Header: basic("alice", "secret")})
+	if err != nil || rsp.Header.Get("Set-Cookie") == "" {
+		t.Fatalf("the retry on the same connection: %+v, %v", rsp, err)
+	}
+	if typ, _, err := sess.ReadCapsule(func(uint64) bool { return true }); err != nil || typ != masque.CapsuleAddressAssign {
+		t.Fatalf("first capsule %#x, %v; want ADDRESS_ASSIGN", typ, err)
+	}
 }

@@ -28,7 +28,7 @@
 // copy; Reload swaps in a new one without dropping sessions and reports
 // what changed by field name; ListenAndServe or ServeTCPAndUDP serve TCP
 // and UDP (Serve, ServeQUIC and ServeDTLS one socket each); Mount serves
-// the protocol from an existing HTTPS and HTTP/3 server;
+// AnyConnect from an existing HTTPS server (CONNECT-IP needs ServeQUIC);
 // Listen and ListenPacket run services on the gateway's own in-tunnel
 // address; Shutdown drains (clients reconnect elsewhere); Close stops at
 // once. Close and Shutdown may be called more than once.

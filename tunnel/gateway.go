@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go/http3"
-
 	"github.com/underpass/underpass/dnsproxy"
 	"github.com/underpass/underpass/internal/core/ippool"
 	"github.com/underpass/underpass/internal/core/policy"
@@ -84,8 +82,7 @@ type Gateway struct {
 	tickets  ticketRotator // tlsConf's session ticket keys (tickets.go)
 	httpSrv  *http.Server
 	handler  http.Handler
-	h3       *http3.Server    // created by the first ServeQUIC; guarded by mu
-	udpPCs   []net.PacketConn // served by h3 or the DTLS server; closed by Close
+	udpPCs   []net.PacketConn // served by ServeQUIC or the DTLS server; closed by Close
 
 	dtlsMu   sync.Mutex
 	dtlsIDs  map[string]*cstpLink // ClientHello session_id -> the CSTP connection that offered it
@@ -240,13 +237,14 @@ func (g *Gateway) conf() *Config { return g.cur.Load() }
 // services started with Listen there, and it answers ping.
 func (g *Gateway) Addr() netip.Addr { return g.gwAddr }
 
-// Mount returns a handler that serves the VPN's endpoints (AnyConnect
-// sign-in and CONNECT over HTTP/1.1, CONNECT-IP over HTTP/3) and passes
-// every other request to next (nil: 404), so an existing website keeps its
-// answers. It is the one way to get the gateway's http.Handler. Use it
-// as the Handler of an HTTPS server (AnyConnect: TLS with
-// DynamicRecordSizingDisabled and HTTP/1.1) and of an http3.Server
-// (CONNECT-IP: EnableDatagrams, ConnContext QUICConnContext). Set
+// Mount returns a handler that serves the VPN's HTTPS endpoints
+// (AnyConnect sign-in and CONNECT over HTTP/1.1) and passes every other
+// request to next (nil: 404), so an existing website keeps its answers. It
+// is the one way to get the gateway's http.Handler. Use it as the Handler
+// of an HTTPS server (AnyConnect: TLS with DynamicRecordSizingDisabled and
+// HTTP/1.1). CONNECT-IP (QUIC) is served by ServeQUIC on a UDP socket of
+// its own, with the gateway's own HTTP/3 layer: not through an
+// http3.Server, whose per-stream datagram queue drops bursts. Set
 // Config.SecretPath to hide the VPN from anyone who does not know it.
 func (g *Gateway) Mount(next http.Handler) http.Handler { return g.newHandler(next) }
 

@@ -109,7 +109,7 @@ func TestRouterParity(t *testing.T) {
 		{name: "kernel router", ns: kc, dial: kc.Dial},
 		{name: "underpass", ns: tp.Client, dial: tp.Client.Dial},
 		{name: "tunnel.Client over TLS", dial: overTLS.DialContext},
-		{name: "tunnel.Client over QUIC", dial: overQUIC.DialContext, quic: true},
+		{name: "tunnel.Client over QUIC", dial: overQUIC.DialContext},
 	}
 	corp := func(port int) string { return net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)) }
 	// 1252/1253: the CONNECT-IP MTU's edge; 1472/1473: a 1500 MTU's; 8000
@@ -212,9 +212,8 @@ type probe struct {
 	// package doc): what Underpass's paths show instead.
 	kernel, underpass string
 	// kernelOnly says why the probe needs the client's kernel (its socket
-	// options or tools) and skips tunnel.Client; notOverQUIC why it
-	// cannot pass over tunnel.Client's QUIC yet.
-	kernelOnly, notOverQUIC string
+	// options or tools) and skips tunnel.Client.
+	kernelOnly string
 }
 
 // expectKernel sets each named probe's kernel result; every probe must be
@@ -261,9 +260,6 @@ func compareProbes(t *testing.T, ctx context.Context, probes []probe, kernel []s
 		switch {
 		case p.ns == nil && pr.kernelOnly != "":
 			t.Logf("%s: not probed over %s (%s)", pr.name, name, pr.kernelOnly)
-			continue
-		case p.quic && pr.notOverQUIC != "":
-			t.Logf("%s: not probed over %s (%s)", pr.name, name, pr.notOverQUIC)
 			continue
 		}
 		want, what := kernel[i], "the kernel router's"
@@ -367,8 +363,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 		}},
 		{name: "UDP's largest datagram both ways", run: func(ctx context.Context, p *parityPath) string {
 			return udpSizes(ctx, p, corp(portUDPEcho), largest) // 45 to 52 fragments
-		}, notOverQUIC: "quic-go's HTTP/3 layer keeps 32 datagrams per stream and drops the rest of a burst " +
-			"(http3 streamDatagramQueueLen, quic-go issue 5799): a maximum datagram's fragments are lost"},
+		}},
 	}
 }
 
@@ -411,7 +406,6 @@ type parityPath struct {
 	// there. nil for tunnel.Client, whose connections are its own stack's.
 	ns   *testenv.Netns
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
-	quic bool // tunnel.Client over QUIC (probe.notOverQUIC)
 }
 
 type parityServers struct{ obs chan string }

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"slices"
 
-	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/underpass/underpass/internal/core/masque"
 )
 
 // span is an inclusive range of addresses of one family.
@@ -27,8 +27,8 @@ func prefixSpan(p netip.Prefix) span {
 // (RFC 9484 4.7.3: IPv4 ranges first, each family in ascending order).
 // IPv6 ranges are included only with v6 (a dual-stack session); a split
 // tunnel that names no IPv6 network routes no IPv6.
-func routeRanges(include, exclude []netip.Prefix, extra []netip.Addr, v6 bool) []connectip.IPRoute {
-	var out []connectip.IPRoute
+func routeRanges(include, exclude []netip.Prefix, extra []netip.Addr, v6 bool) []masque.IPRoute {
+	var out []masque.IPRoute
 	for _, fam := range []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")} {
 		is4 := fam.Addr().Is4()
 		if !is4 && !v6 {
@@ -55,7 +55,7 @@ func routeRanges(include, exclude []netip.Prefix, extra []netip.Addr, v6 bool) [
 			}
 		}
 		for _, s := range mergeSpans(in) {
-			out = append(out, connectip.IPRoute{StartIP: s.lo, EndIP: s.hi})
+			out = append(out, masque.IPRoute{Start: s.lo, End: s.hi})
 		}
 	}
 	return out

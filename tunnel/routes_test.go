@@ -6,13 +6,13 @@ import (
 	"strings"
 	"testing"
 
-	connectip "github.com/quic-go/connect-ip-go"
+	"github.com/underpass/underpass/internal/core/masque"
 )
 
-func fmtRoutes(rs []connectip.IPRoute) string {
+func fmtRoutes(rs []masque.IPRoute) string {
 	var b []string
 	for _, r := range rs {
-		b = append(b, fmt.Sprintf("%v-%v", r.StartIP, r.EndIP))
+		b = append(b, fmt.Sprintf("%v-%v", r.Start, r.End))
 	}
 	return strings.Join(b, " ")
 }

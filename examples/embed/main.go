@@ -1,6 +1,6 @@
 // Command embed shows Underpass hosted inside an existing HTTPS website:
 // the site keeps answering every ordinary request, the VPN (AnyConnect over
-// TLS and CONNECT-IP over HTTP/3 on the same port) lives behind a secret
+// TLS, and CONNECT-IP over QUIC on the same port number) lives behind a secret
 // path, and every flow a VPN client opens leaves through the program's own
 // dialer (here: one that writes an audit line per connection).
 //
@@ -24,7 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/underpass/underpass/auth"
@@ -55,11 +54,11 @@ func site() http.Handler {
 	return mux
 }
 
-// server is the HTTPS (TCP) and HTTP/3 (UDP) pair hosting site and VPN.
+// server is the HTTPS server (TCP) hosting site and VPN, and the gateway's
+// own QUIC listener (UDP) for CONNECT-IP.
 type server struct {
 	gw    *tunnel.Gateway
 	https *http.Server
-	h3    *http3.Server
 }
 
 // newServer builds the gateway into the website.
@@ -85,22 +84,18 @@ func newServer(cert *tls.Certificate, secret string, users auth.Authenticator, d
 			},
 			ReadHeaderTimeout: 10 * time.Second, // slow-header clients are cut off
 		},
-		h3: &http3.Server{
-			Handler:         h,
-			TLSConfig:       http3.ConfigureTLSConfig(&tls.Config{Certificates: []tls.Certificate{*cert}}),
-			EnableDatagrams: true,                   // CONNECT-IP packets travel as datagrams
-			ConnContext:     tunnel.QUICConnContext, // lets the gateway close with reason codes
-		},
 	}, nil
 }
 
-// serve runs both servers on l and pc until Close.
+// serve runs the website on l and CONNECT-IP on pc until Close. The
+// gateway serves QUIC with its own HTTP/3 layer (CONNECT-IP only), so the
+// site itself is HTTPS over TCP.
 func (s *server) serve(l net.Listener, pc net.PacketConn) error {
 	errc := make(chan error, 2)
 	go func() { errc <- s.https.ServeTLS(l, "", "") }()
-	go func() { errc <- s.h3.Serve(pc) }()
+	go func() { errc <- s.gw.ServeQUIC(pc) }()
 	err := <-errc
-	if errors.Is(err, http.ErrServerClosed) {
+	if errors.Is(err, http.ErrServerClosed) || errors.Is(err, tunnel.ErrClosed) {
 		err = nil
 	}
 	return err
@@ -110,8 +105,7 @@ func (s *server) serve(l net.Listener, pc net.PacketConn) error {
 func (s *server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second) // drain bound for a demo
 	defer cancel()
-	_ = s.gw.Shutdown(ctx)
-	_ = s.h3.Close()
+	_ = s.gw.Shutdown(ctx) // also closes the QUIC listener
 	return s.https.Close()
 }
 
@@ -122,7 +116,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("embed", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS and HTTP/3 address")
+	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS (TCP) and QUIC (UDP) address")
 	certFile := fs.String("cert", "", "site certificate (PEM); default: a self-signed one")
 	keyFile := fs.String("key", "", "site key (PEM)")
 	secret := fs.String("secret", "/vpn", "secret path of the VPN")

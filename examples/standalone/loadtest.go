@@ -74,9 +74,9 @@ func (f *loadtestFlags) run(inv *invocation) int {
 	if f.verbose {
 		c.Logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	} else {
-		// connect-ip-go and http3 write through the standard log package
-		// (issue 14); hundreds of QUIC sessions closing would bury the
-		// summary. -v keeps them.
+		// A dependency writing through the standard log package would
+		// bury the summary under hundreds of sessions' lines (connect-ip-go
+		// did, issue 14). -v keeps them.
 		log.SetOutput(io.Discard)
 	}
 	switch {

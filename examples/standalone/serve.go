@@ -119,9 +119,9 @@ func (s *server) loadConfig() int {
 	}
 	s.ring = events.NewRing(events.DefaultSize)
 	s.logger = newLogger(s.stderr, s.cfg.Log, s.flags.verbose)
-	// Libraries that print with the standard log package (connect-ip-go
-	// reports each dropped datagram so) go through our logger at debug
-	// level instead of straight to stderr.
+	// A dependency that prints with the standard log package would go
+	// through our logger at debug level instead of straight to stderr
+	// (none of the library's does since CONNECT-IP is Underpass's own).
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(slog.NewLogLogger(s.logger.Handler(), slog.LevelDebug).Writer())
 	s.cfg.Tunnel.Logger = s.logger
