@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -474,7 +475,10 @@ func (s *site) placed(t *testing.T, by []bystander) map[*tunnel.Client]*siteServ
 // TestSite runs a three-server site behind HAProxy with a real etcd store
 // (issue 12): failover keeps the address for openconnect and tunnel.Client
 // and leaves the other servers' sessions alone; the PROXY protocol carries
-// the client's address; a draining server is taken out by HAProxy first.
+// the client's address; a draining server is taken out by HAProxy first;
+// a disconnect on one server ends a session on another and its cookie is
+// refused everywhere; a ban earned through HAProxy hits the client on
+// every server, never HAProxy, and is lifted everywhere at once.
 func TestSite(t *testing.T) {
 	t.Parallel()
 	s := startSite(t, siteDrainDelay)
@@ -653,10 +657,152 @@ func TestSite(t *testing.T) {
 		}
 	})
 
+	t.Run("disconnect on one server ends the session on another and its cookie is refused everywhere", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		s.waitReady(t)
+		o := testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin, User: "alice", Password: "secret"}
+		cookie, err := testenv.Authenticate(t, tp.Client, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		oc, addr, b := s.openconnect(ctx, t, testenv.OCOptions{Cookie: cookie})
+		info, _ := b.gw.WhoIs(addr)
+		var a, c *siteServer // the servers not running it
+		for _, srv := range s.servers[1:] {
+			switch {
+			case srv == b:
+			case a == nil:
+				a = srv
+			default:
+				c = srv
+			}
+		}
+		t.Logf("session %s runs on server %d; disconnecting it on server %d", info.ID, b.n, a.n)
+		if err := a.gw.Disconnect(info.ID); err != nil {
+			t.Fatalf("Disconnect on server %d of a session on server %d: %v", a.n, b.n, err)
+		}
+		select {
+		case <-oc.Done():
+		case <-time.After(15 * time.Second): // etcd on loopback carries a revocation in milliseconds
+			t.Fatalf("openconnect still runs after the disconnect:\n%s", oc.Proc.Tail(20))
+		}
+		waitFor(t, 10*time.Second, fmt.Sprintf("server %d to end the session", b.n), func() bool {
+			_, ok := b.gw.WhoIs(addr)
+			return !ok
+		})
+		// C learns it from the store as B did; wait for that rather than
+		// race its watch with the resume below.
+		waitFor(t, 10*time.Second, fmt.Sprintf("server %d to learn the revocation", c.n), func() bool {
+			return tunnel.IsRevokedForTest(c.gw, info.ID)
+		})
+		for _, srv := range []*siteServer{c, a, b} {
+			st, err := resumeStatus(ctx, s.direct(srv.n, netip.AddrPortFrom(testenv.ClientAddr, 40000)), webvpnCookie(cookie))
+			if err != nil {
+				t.Fatalf("server %d: %v", srv.n, err)
+			}
+			if st == http.StatusOK {
+				t.Fatalf("server %d resumed the revoked cookie", srv.n)
+			}
+		}
+		// And openconnect itself, through HAProxy.
+		if _, err := testenv.TryOpenconnect(t, tp.Client, testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin,
+			Cookie: cookie, Timeout: 20 * time.Second}); err == nil {
+			t.Fatal("openconnect resumed the revoked cookie through HAProxy")
+		}
+	})
+
 	t.Run("drain: HAProxy takes the server out first, then its clients move with their addresses", func(t *testing.T) {
 		testSiteDrain(ctx, t, s)
 	})
 
+	// Last: the client's address is banned until the lift at its end.
+	t.Run("wrong passwords through HAProxy ban the client on every server, never HAProxy", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		s.waitReady(t)
+		o := testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin, User: "alice", Password: "wrong"}
+		for i := range 3 {
+			if _, err := testenv.Authenticate(t, tp.Client, o); err == nil {
+				t.Fatalf("attempt %d: wrong password accepted", i)
+			}
+		}
+		haproxyClean := func() {
+			t.Helper()
+			for _, srv := range s.servers[1:] {
+				if p := srv.bans.Points(testenv.SiteLBAddr); p != 0 || srv.bans.Banned(testenv.SiteLBAddr) {
+					t.Fatalf("server %d: HAProxy's address has %d ban points (banned: %v)", srv.n, p, srv.bans.Banned(testenv.SiteLBAddr))
+				}
+			}
+		}
+		haproxyClean()
+		for _, srv := range s.servers[1:] {
+			waitFor(t, 10*time.Second, fmt.Sprintf("server %d to ban %v", srv.n, testenv.ClientAddr), func() bool {
+				return srv.bans.Banned(testenv.ClientAddr)
+			})
+		}
+		haproxyClean()
+		for _, srv := range s.servers[1:] {
+			for _, b := range srv.bans.List() {
+				if b.Addr != testenv.ClientAddr {
+					t.Fatalf("server %d bans %v too: %+v", srv.n, b.Addr, srv.bans.List())
+				}
+			}
+			// Refused before TLS as the client, served as anybody else
+			// through the same balancer address.
+			if c, err := s.direct(srv.n, netip.AddrPortFrom(testenv.ClientAddr, 40001)).DialContext(ctx, "tcp", ""); err == nil {
+				err = tlsHandshake(c)
+				c.Close()
+				if err == nil {
+					t.Fatalf("server %d served the banned client", srv.n)
+				}
+			}
+			c, err := s.direct(srv.n, netip.MustParseAddrPort("198.18.77.1:1")).DialContext(ctx, "tcp", "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = tlsHandshake(c)
+			c.Close()
+			if err != nil {
+				t.Fatalf("server %d refused another client after the ban: %v", srv.n, err)
+			}
+		}
+		o.Password = "secret"
+		if _, err := testenv.Authenticate(t, tp.Client, o); err == nil {
+			t.Fatal("banned client signed in through HAProxy")
+		}
+		// Lifted on one server, lifted everywhere.
+		if !s.servers[2].gw.LiftBan(testenv.ClientAddr) {
+			t.Fatal("LiftBan on server 2: no active ban")
+		}
+		for _, srv := range s.servers[1:] {
+			waitFor(t, 10*time.Second, fmt.Sprintf("server %d to lift the ban", srv.n), func() bool {
+				return !srv.bans.Banned(testenv.ClientAddr)
+			})
+		}
+		if _, err := testenv.Authenticate(t, tp.Client, o); err != nil {
+			t.Fatalf("after the lift: %v", err)
+		}
+	})
+}
+
+// resumeStatus sends a CSTP CONNECT with cookie over a TLS connection made
+// with d and returns the HTTP status (200: the session resumed).
+func resumeStatus(ctx context.Context, d proxiedDialer, cookie string) (int, error) {
+	raw, err := d.DialContext(ctx, "tcp", "")
+	if err != nil {
+		return 0, err
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(10 * time.Second)) // one round trip on a veth
+	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true})
+	fmt.Fprintf(c, "CONNECT /CSCOSSLC/tunnel HTTP/1.1\r\nHost: site\r\nCookie: webvpn=%s\r\nX-CSTP-Version: 1\r\nX-CSTP-MTU: 1400\r\n\r\n", cookie)
+	req, _ := http.NewRequest(http.MethodConnect, "https://site/CSCOSSLC/tunnel", nil)
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		return 0, err
+	}
+	return resp.StatusCode, nil
 }
 
 // tlsHandshake tries a TLS handshake over c, bounded in time.
