@@ -478,7 +478,8 @@ func (s *site) placed(t *testing.T, by []bystander) map[*tunnel.Client]*siteServ
 // the client's address; a draining server is taken out by HAProxy first;
 // a disconnect on one server ends a session on another and its cookie is
 // refused everywhere; a ban earned through HAProxy hits the client on
-// every server, never HAProxy, and is lifted everywhere at once.
+// every server, never HAProxy, and is lifted everywhere at once; with
+// etcd stopped the site carries on and reconciles when it is back.
 func TestSite(t *testing.T) {
 	t.Parallel()
 	s := startSite(t, siteDrainDelay)
@@ -716,6 +717,10 @@ func TestSite(t *testing.T) {
 		testSiteDrain(ctx, t, s)
 	})
 
+	t.Run("store outage: sessions, sign-ins and failover go on; revocations and bans are reconciled", func(t *testing.T) {
+		testSiteOutage(ctx, t, s)
+	})
+
 	// Last: the client's address is banned until the lift at its end.
 	t.Run("wrong passwords through HAProxy ban the client on every server, never HAProxy", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
@@ -820,4 +825,25 @@ func webvpnCookie(c string) string {
 		}
 	}
 	return c
+}
+
+// metric returns the value line of metric (e.g. "underpass_site_store_up")
+// on server n's /metrics, fetched from lb as a monitoring system would.
+func (s *site) metric(ctx context.Context, n int, metric string) (string, error) {
+	hc := &http.Client{Transport: &http.Transport{DialContext: s.tp.LB.Dial}, Timeout: 5 * time.Second}
+	resp, err := hc.Get(fmt.Sprintf("http://%s:%d/metrics", testenv.SiteServerAddr(n), readyPort))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, metric+" "); ok {
+			return v, nil
+		}
+	}
+	return "", fmt.Errorf("server %d: no %s in /metrics", n, metric)
 }
