@@ -143,7 +143,7 @@ func (a countingAuth) Authenticate(ctx context.Context, c auth.Credentials) (*au
 type site struct {
 	owner   *testing.T // the whole site's test: servers live until it ends
 	tp      *testenv.SiteTopo
-	etcd    *testenv.Etcd
+	etcd    []*testenv.Etcd // the store's members
 	hap     *testenv.HAProxyProc
 	echo    *corpEcho
 	front   string // HAProxy's VPN frontend, host:port
@@ -163,7 +163,11 @@ func (s *site) start(t *testing.T, n int) *siteServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := sitestore.New(sitestore.Config{Endpoints: []string{s.etcd.Endpoint}, Prefix: "/t/" + s.owner.Name()})
+	var endpoints []string
+	for _, m := range s.etcd {
+		endpoints = append(endpoints, m.Endpoint)
+	}
+	st, err := sitestore.New(sitestore.Config{Endpoints: endpoints, Prefix: "/t/" + s.owner.Name()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,15 +359,16 @@ func echoOnce(c net.Conn) error {
 	return nil
 }
 
-// startSite builds the site topology, starts etcd, the servers (each with
-// drainDelay), HAProxy in front of them and the corp echo server, and
-// waits until HAProxy sees every server up.
-func startSite(t *testing.T, drainDelay time.Duration) *site {
+// startSite builds the site topology, starts etcd (members members: 1, or
+// 3 for the quorum case), the servers (each with drainDelay), HAProxy in
+// front of them and the corp echo server, and waits until HAProxy sees
+// every server up.
+func startSite(t *testing.T, drainDelay time.Duration, members int) *site {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "openconnect", "haproxy", "iptables", "etcd")
 	tp := testenv.SiteTopology(t, siteServers)
-	s := &site{owner: t, tp: tp, etcd: testenv.StartEtcd(t), cert: testenv.NewCert(t, testenv.SiteFrontAddr.String()),
+	s := &site{owner: t, tp: tp, etcd: testenv.StartEtcdCluster(t, members), cert: testenv.NewCert(t, testenv.SiteFrontAddr.String()),
 		key: make([]byte, auth.SealerKeySize), drainDelay: drainDelay}
 	_, _ = rand.Read(s.key)
 	s.echo = startCorpEcho(t, tp.Corp, 7)
@@ -482,7 +487,7 @@ func (s *site) placed(t *testing.T, by []bystander) map[*tunnel.Client]*siteServ
 // etcd stopped the site carries on and reconciles when it is back.
 func TestSite(t *testing.T) {
 	t.Parallel()
-	s := startSite(t, siteDrainDelay)
+	s := startSite(t, siteDrainDelay, 1)
 	tp := s.tp
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute) // the whole scenario, generously
 	defer cancel()

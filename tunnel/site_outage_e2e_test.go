@@ -15,7 +15,7 @@ import (
 )
 
 // testSiteOutage ("Store outage", issue 12: degraded, never down; a
-// TestSite case): etcd stops. Every server reports the store down (Stats,
+// TestSite case): etcd (one member) stops. Every server reports the store down (Stats,
 // underpass_site_store_up 0 on /metrics) and stays ready in HAProxy;
 // openconnect's session carries on, and when its server dies it resumes
 // on another one with its address. A new client signs in through HAProxy;
@@ -32,11 +32,11 @@ func testSiteOutage(ctx context.Context, t *testing.T, s *site) {
 	oc, addr, b := s.openconnect(ctx, t, testenv.OCOptions{User: "alice", Password: "secret"})
 	defer oc.Close()
 
-	s.etcd.Stop()
+	s.etcd[0].Stop()
 	etcdBack, bBack := false, true
 	defer func() { // for the cases after this one
 		if !etcdBack {
-			s.etcd.Start()
+			s.etcd[0].Start()
 		}
 		if !bBack {
 			s.start(t, b.n)
@@ -162,7 +162,7 @@ func testSiteOutage(ctx context.Context, t *testing.T, s *site) {
 	}
 
 	// etcd back: the queues are replayed, and the state is reconciled.
-	s.etcd.Start()
+	s.etcd[0].Start()
 	etcdBack = true
 	for _, srv := range up {
 		waitFor(t, 20*time.Second, fmt.Sprintf("server %d to publish its queue", srv.n), func() bool {
