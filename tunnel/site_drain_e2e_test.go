@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
@@ -60,19 +59,10 @@ func testSiteDrain(ctx context.Context, t *testing.T, s *site) {
 	}
 	// A new client from the same address now signs in on another server
 	// (HAProxy's stickiness would send it to the draining one).
-	cookie, err := testenv.Authenticate(t, s.tp.Client, testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin,
-		User: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatalf("a new client during the drain: %v", err)
-	}
-	sealer, _ := auth.NewSealer(nil, s.key)
-	sc, err := sealer.Open(webvpnCookie(cookie))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, id := s.signIn(t, s.front)
 	for _, srv := range s.servers[1:] {
 		for _, si := range srv.gw.Sessions() {
-			if si.ID == sc.ID && srv == old {
+			if si.ID == id && srv == old {
 				t.Fatalf("the new client signed in on the draining server %d", old.n)
 			}
 		}
@@ -83,18 +73,7 @@ func testSiteDrain(ctx context.Context, t *testing.T, s *site) {
 
 	// Then the client is told to reconnect, and lands on another server
 	// with its address.
-	if err := oc.WaitScriptReason("reconnect", 1, 60*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if got := oc.ScriptEnv("reconnect")["INTERNAL_IP4_ADDRESS"]; got != addr.String() {
-		t.Fatalf("reconnected with %q, had %v", got, addr)
-	}
-	if now := s.holder(addr); now == nil || now == old {
-		t.Fatalf("no other server holds the drained client's %v", addr)
-	}
-	if err := echoThrough(ctx, s.tp.Client.Dial, s.echo.tcp.String(), 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	s.failedOver(ctx, t, oc, addr, old)
 	if n := s.signIns.Load() - signIns; n != 1 {
 		t.Fatalf("%d sign-ins during the drain, want 1 (the new client's)", n)
 	}

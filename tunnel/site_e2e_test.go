@@ -266,6 +266,45 @@ func (s *site) openconnect(ctx context.Context, t *testing.T, o testenv.OCOption
 	return oc, addr, holder
 }
 
+// signIn signs alice in with openconnect --authenticate through the
+// frontend front (host:port), and returns the cookie and its session id.
+func (s *site) signIn(t *testing.T, front string) (cookie, id string) {
+	t.Helper()
+	cookie, err := testenv.Authenticate(t, s.tp.Client, testenv.OCOptions{Server: front, ServerCertPin: s.cert.Pin,
+		User: "alice", Password: "secret"})
+	if err != nil {
+		t.Fatalf("sign-in through %s: %v", front, err)
+	}
+	sealer, _ := auth.NewSealer(nil, s.key)
+	sc, err := sealer.Open(webvpnCookie(cookie))
+	if err != nil {
+		t.Fatalf("cookie %.20q...: %v", cookie, err)
+	}
+	return cookie, sc.ID
+}
+
+// failedOver waits until openconnect, whose session at addr was on dead,
+// has reconnected through HAProxy with that address, checks that another
+// server holds it and that an echo to corp works again, and returns that
+// server.
+func (s *site) failedOver(ctx context.Context, t *testing.T, oc *testenv.OCSession, addr netip.Addr, dead *siteServer) *siteServer {
+	t.Helper()
+	if err := oc.WaitScriptReason("reconnect", 1, 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := oc.ScriptEnv("reconnect")["INTERNAL_IP4_ADDRESS"]; got != addr.String() {
+		t.Fatalf("reconnected with %q, had %v", got, addr)
+	}
+	now := s.holder(addr)
+	if now == nil || now == dead {
+		t.Fatalf("no other server holds %v after server %d left", addr, dead.n)
+	}
+	if err := echoThrough(ctx, s.tp.Client.Dial, s.echo.tcp.String(), 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return now
+}
+
 // proxiedDialer dials server n directly from lb's trusted address and
 // speaks for client with a PROXY v2 header: how the test reaches one
 // server of its choice as a given client, without HAProxy's choice.
@@ -507,21 +546,9 @@ func TestSite(t *testing.T) {
 		t.Logf("openconnect has %v on server %d; killing it", addr, old.n)
 		old.kill()
 		defer s.start(t, old.n) // the server comes back, empty
-		if err := oc.WaitScriptReason("reconnect", 1, 60*time.Second); err != nil {
-			t.Fatal(err)
-		}
-		if got := oc.ScriptEnv("reconnect")["INTERNAL_IP4_ADDRESS"]; got != addr.String() {
-			t.Fatalf("reconnected with %q, had %v", got, addr)
-		}
-		now := s.holder(addr)
-		if now == nil || now == old {
-			t.Fatalf("no other server holds %v after the failover", addr)
-		}
+		now := s.failedOver(ctx, t, oc, addr, old)
 		if info, _ := now.gw.WhoIs(addr); info.ClientAddr.Addr() != testenv.ClientAddr {
 			t.Fatalf("server %d: the session's client is %v, want %v", now.n, info.ClientAddr, testenv.ClientAddr)
-		}
-		if err := echoThrough(ctx, tp.Client.Dial, s.echo.tcp.String(), 20*time.Second); err != nil {
-			t.Fatal(err)
 		}
 		if n := s.signIns.Load() - signIns; n != 0 {
 			t.Fatalf("%d new sign-ins during the failover, want none", n)
@@ -591,22 +618,12 @@ func TestSite(t *testing.T) {
 	t.Run("PROXY v1 and v2 carry the client address", func(t *testing.T) {
 		s.waitReady(t)
 		for _, port := range []int{vpnPort, v1Port} {
-			o := testenv.OCOptions{Server: fmt.Sprintf("%s:%d", testenv.SiteFrontAddr, port), ServerCertPin: s.cert.Pin,
-				User: "alice", Password: "secret"}
-			cookie, err := testenv.Authenticate(t, tp.Client, o)
-			if err != nil {
-				t.Fatalf("port %d: %v", port, err)
-			}
 			// The session exists from sign-in on: find it by its cookie's id.
-			sealer, _ := auth.NewSealer(nil, s.key)
-			sc, err := sealer.Open(webvpnCookie(cookie))
-			if err != nil {
-				t.Fatalf("cookie %.20q...: %v", cookie, err)
-			}
+			_, id := s.signIn(t, fmt.Sprintf("%s:%d", testenv.SiteFrontAddr, port))
 			found := false
 			for _, srv := range s.servers[1:] {
 				for _, si := range srv.gw.Sessions() {
-					if si.ID == sc.ID {
+					if si.ID == id {
 						found = true
 						if si.ClientAddr.Addr() != testenv.ClientAddr {
 							t.Fatalf("port %d: session's client %v, want %v", port, si.ClientAddr, testenv.ClientAddr)
@@ -615,7 +632,7 @@ func TestSite(t *testing.T) {
 				}
 			}
 			if !found {
-				t.Fatalf("port %d: session %s on no server", port, sc.ID)
+				t.Fatalf("port %d: session %s on no server", port, id)
 			}
 		}
 	})
@@ -667,11 +684,7 @@ func TestSite(t *testing.T) {
 		ctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
 		s.waitReady(t)
-		o := testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin, User: "alice", Password: "secret"}
-		cookie, err := testenv.Authenticate(t, tp.Client, o)
-		if err != nil {
-			t.Fatal(err)
-		}
+		cookie, _ := s.signIn(t, s.front)
 		oc, addr, b := s.openconnect(ctx, t, testenv.OCOptions{Cookie: cookie})
 		info, _ := b.gw.WhoIs(addr)
 		var a, c *siteServer // the servers not running it

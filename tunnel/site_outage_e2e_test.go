@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -65,19 +64,7 @@ func testSiteOutage(ctx context.Context, t *testing.T, s *site) {
 	t.Logf("openconnect has %v on server %d; killing it with the store down", addr, b.n)
 	b.kill()
 	bBack = false
-	if err := oc.WaitScriptReason("reconnect", 1, 60*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if got := oc.ScriptEnv("reconnect")["INTERNAL_IP4_ADDRESS"]; got != addr.String() {
-		t.Fatalf("reconnected with %q, had %v", got, addr)
-	}
-	now := s.holder(addr)
-	if now == nil || now == b {
-		t.Fatalf("no other server holds %v after the failover", addr)
-	}
-	if err := echoThrough(ctx, s.tp.Client.Dial, s.echo.tcp.String(), 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	now := s.failedOver(ctx, t, oc, addr, b)
 	if n := s.signIns.Load() - signIns; n != 0 {
 		t.Fatalf("%d sign-ins during the failover, want none", n)
 	}
@@ -93,32 +80,23 @@ func testSiteOutage(ctx context.Context, t *testing.T, s *site) {
 
 	// A new sign-in through HAProxy, then a disconnect of its session on
 	// the server it does not live on.
-	cookie, err := testenv.Authenticate(t, s.tp.Client, testenv.OCOptions{Server: s.front, ServerCertPin: s.cert.Pin,
-		User: "alice", Password: "secret"})
-	if err != nil {
-		t.Fatalf("a sign-in through HAProxy with the store down: %v", err)
-	}
-	sealer, _ := auth.NewSealer(nil, s.key)
-	sc, err := sealer.Open(webvpnCookie(cookie))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cookie, id := s.signIn(t, s.front)
 	lives := func(srv *siteServer) bool {
-		return slices.ContainsFunc(srv.gw.Sessions(), func(si tunnel.SessionInfo) bool { return si.ID == sc.ID })
+		return slices.ContainsFunc(srv.gw.Sessions(), func(si tunnel.SessionInfo) bool { return si.ID == id })
 	}
 	home, revoker := up[0], up[1]
 	if !lives(home) {
 		home, revoker = revoker, home
 	}
 	if !lives(home) {
-		t.Fatalf("the new session %s lives on no server", sc.ID)
+		t.Fatalf("the new session %s lives on no server", id)
 	}
 	failed := map[*siteServer]uint64{}
 	for _, srv := range up {
 		failed[srv] = tunnel.SiteFailuresForTest(srv.gw)
 	}
-	t.Logf("session %s signed in on server %d; server %d revokes it", sc.ID, home.n, revoker.n)
-	if err := revoker.gw.Disconnect(sc.ID); err != nil {
+	t.Logf("session %s signed in on server %d; server %d revokes it", id, home.n, revoker.n)
+	if err := revoker.gw.Disconnect(id); err != nil {
 		t.Fatalf("Disconnect on server %d with the store down: %v", revoker.n, err)
 	}
 	// Three wrong passwords from another client host through HAProxy.
@@ -176,7 +154,7 @@ func testSiteOutage(ctx context.Context, t *testing.T, s *site) {
 	for _, srv := range s.servers[1:] {
 		waitFor(t, 10*time.Second, fmt.Sprintf("server %d to ban %v", srv.n, bad), func() bool { return srv.bans.Banned(bad) })
 		waitFor(t, 10*time.Second, fmt.Sprintf("server %d to list the revocation", srv.n), func() bool {
-			return tunnel.IsRevokedForTest(srv.gw, sc.ID)
+			return tunnel.IsRevokedForTest(srv.gw, id)
 		})
 		if st, err := resumeStatus(ctx, s.direct(srv.n, netip.AddrPortFrom(testenv.ClientAddr, 40002)), webvpnCookie(cookie)); err != nil || st == http.StatusOK {
 			t.Fatalf("server %d: the cookie revoked during the outage: status %d, %v", srv.n, st, err)
