@@ -146,6 +146,7 @@ type site struct {
 	etcd    []*testenv.Etcd // the store's members
 	hap     *testenv.HAProxyProc
 	echo    *corpEcho
+	web     string // corp's HTTP server, base URL (curl through openconnect's tun)
 	front   string // HAProxy's VPN frontend, host:port
 	cert    *testenv.Cert
 	key     []byte
@@ -285,7 +286,8 @@ func (s *site) signIn(t *testing.T, front string) (cookie, id string) {
 
 // failedOver waits until openconnect, whose session at addr was on dead,
 // has reconnected through HAProxy with that address, checks that another
-// server holds it and that an echo to corp works again, and returns that
+// server holds it and that an echo to corp and curl of corp's page (the
+// real curl through openconnect's tun) work again, and returns that
 // server.
 func (s *site) failedOver(ctx context.Context, t *testing.T, oc *testenv.OCSession, addr netip.Addr, dead *siteServer) *siteServer {
 	t.Helper()
@@ -301,6 +303,9 @@ func (s *site) failedOver(ctx context.Context, t *testing.T, oc *testenv.OCSessi
 	}
 	if err := echoThrough(ctx, s.tp.Client.Dial, s.echo.tcp.String(), 20*time.Second); err != nil {
 		t.Fatal(err)
+	}
+	if body, err := testenv.Curl(ctx, s.tp.Client, s.web+"/"); err != nil || body != testenv.CorpPage {
+		t.Fatalf("curl through openconnect after the failover: %q, %v", body, err)
 	}
 	return now
 }
@@ -405,12 +410,13 @@ func echoOnce(c net.Conn) error {
 func startSite(t *testing.T, drainDelay time.Duration, members int) *site {
 	t.Helper()
 	testenv.RequireRoot(t)
-	testenv.RequireTool(t, "openconnect", "haproxy", "iptables", "etcd")
+	testenv.RequireTool(t, "openconnect", "haproxy", "iptables", "etcd", "curl")
 	tp := testenv.SiteTopology(t, siteServers)
 	s := &site{owner: t, tp: tp, etcd: testenv.StartEtcdCluster(t, members), cert: testenv.NewCert(t, testenv.SiteFrontAddr.String()),
 		key: make([]byte, auth.SealerKeySize), drainDelay: drainDelay}
 	_, _ = rand.Read(s.key)
 	s.echo = startCorpEcho(t, tp.Corp, 7)
+	s.web = tp.ServeHTTP(t, 80)
 	for n := 1; n <= siteServers; n++ {
 		s.start(t, n)
 	}

@@ -153,6 +153,14 @@ func (st *SiteTopo) check(t testing.TB) {
 	}
 }
 
+// ServeHTTP starts the corp HTTP server of Topo.ServeHTTP in corp on
+// CorpAddr:port (0 = any free port) and returns its base URL; /whoami
+// there names the server a flow came through (SiteServerCorpAddr).
+func (st *SiteTopo) ServeHTTP(t testing.TB, port int) string {
+	t.Helper()
+	return serveCorpHTTP(t, st.Corp, port)
+}
+
 // DialFrom connects from inside ns with the local address src (one of the
 // namespace's own addresses): how a test speaks as one of several client
 // hosts, or as a site peer that is not the balancer.

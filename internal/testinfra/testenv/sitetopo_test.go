@@ -12,6 +12,7 @@ import (
 // picks SiteUntrustedAddr, lb sees each client address as itself, and
 // the servers reach corp.
 func TestSiteTopology(t *testing.T) {
+	RequireTool(t, "curl")
 	st := SiteTopology(t, 3)
 	if len(st.GWs) != 3 {
 		t.Fatalf("%d gateway namespaces, want 3", len(st.GWs))
@@ -47,6 +48,12 @@ func TestSiteTopology(t *testing.T) {
 		}
 		if got := peer(st.Corp, CorpAddr, func(a string) (net.Conn, error) { return st.GWs[n-1].Dial(testCtx(t), "tcp", a) }); got != SiteServerCorpAddr(n) {
 			t.Errorf("corp sees server %d as %v, want %v", n, got, SiteServerCorpAddr(n))
+		}
+	}
+	base := st.ServeHTTP(t, 0)
+	for n := 1; n <= 3; n++ {
+		if who, err := Curl(testCtx(t), st.GWs[n-1], base+"/whoami"); err != nil || who != SiteServerCorpAddr(n).String() {
+			t.Errorf("server %d: /whoami = %q, %v", n, who, err)
 		}
 	}
 	for _, src := range append([]netip.Addr{ClientAddr}, SiteClientAddrs...) {
