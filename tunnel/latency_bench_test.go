@@ -33,7 +33,7 @@ func BenchmarkOpenconnectLatencyUnderLoad(b *testing.B) {
 	testenv.RequireTool(b, "openconnect", "iptables")
 	tp := testenv.Topology(b)
 	cert := testenv.NewCert(b, testenv.GWAddr.String())
-	echo := startCorpEcho(b, tp, 7)
+	echo := startCorpEcho(b, tp.Corp, 7)
 	bulk := startCorpSource(b, tp, 9)
 	var logs testenv.LogBuffer
 	_, listen := udpGateway(b, tp, cert, 443, &logs, nil)

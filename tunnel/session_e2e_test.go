@@ -37,15 +37,15 @@ type corpEcho struct {
 	udpPeers map[string]int   // source addr:port the UDP echo saw -> datagrams
 }
 
-func startCorpEcho(t testing.TB, tp *testenv.Topo, port int) *corpEcho {
+func startCorpEcho(t testing.TB, corp *testenv.Netns, port int) *corpEcho {
 	t.Helper()
 	e := &corpEcho{ended: map[string]error{}, udpPeers: map[string]int{}}
 	addr := netip.AddrPortFrom(testenv.CorpAddr, uint16(port))
-	l, err := tp.Corp.Listen("tcp", addr.String())
+	l, err := corp.Listen("tcp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := tp.Corp.ListenPacket("udp", addr.String())
+	pc, err := corp.ListenPacket("udp", addr.String())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestSessionContinuity(t *testing.T) {
 	testenv.RequireTool(t, "openconnect", "ocproxy", "iptables")
 	tp := testenv.Topology(t)
 	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	echo := startCorpEcho(t, tp, 7)
+	echo := startCorpEcho(t, tp.Corp, 7)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute) // the whole scenario, generously
 	defer cancel()
 
@@ -336,7 +336,7 @@ func TestOpenconnectDTLS(t *testing.T) {
 	testenv.RequireTool(t, "openconnect", "iptables")
 	tp := testenv.Topology(t)
 	cert := testenv.NewCert(t, testenv.GWAddr.String())
-	echo := startCorpEcho(t, tp, 7)
+	echo := startCorpEcho(t, tp.Corp, 7)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	var logs testenv.LogBuffer

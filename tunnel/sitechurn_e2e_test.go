@@ -244,14 +244,20 @@ func TestSiteUniquenessUnderChurn(t *testing.T) {
 				if len(live) > keep {
 					old := live[0]
 					live = live[1:]
+					// c.on and c.moved change under mu when the crash
+					// moves the session: read them under it too.
 					mu.Lock()
 					c := byID[old]
 					delete(byID, old)
+					skip, on := c == nil || c.moved, 0
+					if c != nil {
+						on = c.on
+					}
 					mu.Unlock()
-					if c == nil || c.moved {
+					if skip {
 						continue
 					}
-					if srv, ok := cs.server(c.on); ok {
+					if srv, ok := cs.server(on); ok {
 						_ = srv.g.Disconnect(old) // a session that moved or died with its server: nothing to end here
 					}
 				}

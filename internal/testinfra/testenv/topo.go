@@ -106,7 +106,13 @@ func (tp *Topo) EnableForwarding(t testing.TB, pool netip.Prefix) {
 //	/whoami    the client address the server sees ("198.19.0.1" behind a userspace gateway)
 func (tp *Topo) ServeHTTP(t testing.TB, port int) string {
 	t.Helper()
-	l, err := tp.Corp.Listen("tcp", net.JoinHostPort(CorpAddr.String(), strconv.Itoa(port)))
+	return serveCorpHTTP(t, tp.Corp, port)
+}
+
+// serveCorpHTTP serves corpHandler in corp on CorpAddr:port.
+func serveCorpHTTP(t testing.TB, corp *Netns, port int) string {
+	t.Helper()
+	l, err := corp.Listen("tcp", net.JoinHostPort(CorpAddr.String(), strconv.Itoa(port)))
 	if err != nil {
 		t.Fatalf("testenv: corp HTTP listen: %v", err)
 	}
