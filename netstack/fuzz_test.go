@@ -128,3 +128,42 @@ func FuzzReassemble(f *testing.F) {
 		}
 	})
 }
+
+// FuzzClientInject: arbitrary bytes into a dual-stack ClientStack.Inject,
+// with an IPv6 dial in flight to the destination the seeds quote, never
+// panic (the ICMPv6 Destination Unreachable reader, clientunreach.go).
+func FuzzClientInject(f *testing.F) {
+	dst := netip.AddrPortFrom(far6, 80)
+	syn := tcpSYN(netip.AddrPortFrom(cliAddr6, 40000), dst)
+	for _, code := range []byte{0, 1, 3, 4, 9} {
+		msg := append([]byte{1, code, 0, 0, 0, 0, 0, 0}, syn...)
+		f.Add(ipPacket(far6, cliAddr6, 58, msg))
+	}
+	f.Add(syn)
+	f.Add([]byte{0x60})
+	cs, err := NewClient(ClientConfig{Addr: cliAddr, Addr6: cliAddr6})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer cs.Close()
+	go func() { // the stack's SYNs go nowhere
+		for pk := range cs.Packets() {
+			pk.Release()
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dialed := make(chan struct{})
+	go func() {
+		defer close(dialed)
+		for ctx.Err() == nil {
+			if c, err := cs.DialContext(ctx, "tcp", dst.String()); err == nil {
+				c.Close()
+			}
+		}
+	}()
+	defer func() { cancel(); <-dialed }()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cs.Inject(b)
+	})
+}
