@@ -49,12 +49,13 @@ func kernelRoutedClient6(t *testing.T, tp *testenv.Topo) *testenv.Netns {
 
 // TestRouterParityIPv6 is TestRouterParity over IPv6: the same probes to
 // an IPv6-only corporate address, from a client behind a kernel IPv6
-// router (forwarding plus NAT66 MASQUERADE) and from the stock openconnect
-// (kernel tun) on a dual-stack Underpass session, over TLS and then DTLS.
-// Not run here: the UDP silences (90 s and 150 s), which exercise the
-// same mapping code as over IPv4. The UDP sizes are IPv6's: 1232 and 1452
-// fill a 1280- and a 1500-byte packet, one byte more fragments, and 65527
-// is the largest UDP payload an IPv6 packet without a jumbogram carries.
+// router (forwarding plus NAT66 MASQUERADE), from the stock openconnect
+// (kernel tun) on a dual-stack Underpass session, over TLS and then DTLS,
+// and through tunnel.Client over TLS and over QUIC, with the UDP silences
+// (90 s and 150 s) on every path alongside. The UDP sizes are IPv6's: 1232
+// and 1452 fill a 1280- and a 1500-byte packet, one byte more fragments,
+// and 65527 is the largest UDP payload an IPv6 packet without a jumbogram
+// carries.
 func TestRouterParityIPv6(t *testing.T) {
 	t.Parallel()
 	testenv.RequireRoot(t)
@@ -74,6 +75,10 @@ func TestRouterParityIPv6(t *testing.T) {
 	ocOpts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
 	oc := testenv.Openconnect(t, tp.Client, ocOpts) // TLS (CSTP) only first
 
+	paths := append([]*parityPath{
+		{name: "kernel router", ns: kc, dial: kc.Dial},
+		{name: "underpass", ns: tp.Client, dial: tp.Client.Dial},
+	}, goClientPaths(t, tp, listen, cert.Pin)...)
 	corp := func(port int) string { return net.JoinHostPort(corp6.String(), strconv.Itoa(port)) }
 	probes := []probe{{name: "the source address corp sees", run: func(ctx context.Context, p *parityPath) string {
 		c, err := p.dial(ctx, "tcp", corp(portWhoami))
@@ -89,12 +94,16 @@ func TestRouterParityIPv6(t *testing.T) {
 	probes = append(probes, pingProbes(corp6.String(), []string{"56", "1452", "8000", "65000"}, "-6")...)
 	// corp's subnet, no such host: neighbour discovery fails.
 	probes = append(probes, dialProbes("[fd00:c0::77]:80", corp(9))...)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), parityTimeout)
 	defer cancel()
-	kernelPath := &parityPath{name: "kernel router", ns: kc, dial: kc.Dial}
-	underpass := &parityPath{name: "underpass", ns: tp.Client, dial: tp.Client.Dial}
-	kernel := compareProbes(t, ctx, probes, nil, kernelPath, underpass, "TLS")
-	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, underpass, "DTLS") })
+	silences := udpSilences(ctx, paths, corp(portUDPPush))
+
+	kernel := compareProbes(t, ctx, probes, nil, paths[0], paths[1], "TLS")
+	for _, p := range paths[2:] { // the Go client, both transports, while the silences run
+		compareProbes(t, ctx, probes, kernel, nil, p, "")
+	}
+	silences(t) // before openconnect restarts for DTLS, which ends the underpass path's mapping
+	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1], "DTLS") })
 
 	// A ping to a host that does not exist is never answered by the
 	// gateway itself, even in fragments (over DTLS, 8000 bytes are: gVisor
