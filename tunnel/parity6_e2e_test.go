@@ -94,6 +94,20 @@ func TestRouterParityIPv6(t *testing.T) {
 	probes = append(probes, pingProbes(corp6.String(), []string{"56", "1452", "8000", "65000"}, "-6")...)
 	// corp's subnet, no such host: neighbour discovery fails.
 	probes = append(probes, dialProbes("[fd00:c0::77]:80", corp(9))...)
+	expectKernel(t, probes, map[string]string{
+		"the source address corp sees":     gwCorp6.String() + ", ok",
+		"client resets":                    "server saw connection reset by peer",
+		"server resets":                    "client saw connection reset by peer",
+		"client half-closes first":         `got "got 5", then ok`,
+		"server half-closes first":         `got "hi", ok; server read 10 bytes after its FIN, then EOF`,
+		"100 MB download":                  "104857600 bytes, intact true",
+		"UDP sizes both ways":              "1: true 1232: true 1233: true 1452: true 1453: true 8000: true",
+		"UDP's largest datagram both ways": "65527: true",
+		"ping sizes":                       "56: reply of 64 bytes 1452: reply of 1460 bytes 8000: reply of 8008 bytes 65000: reply of 65008 bytes",
+		"traceroute's first hop":           "time to live exceeded",
+		"host does not answer":             "no route to host",
+		"closed port":                      "connection refused",
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), parityTimeout)
 	defer cancel()
 	silences := udpSilences(ctx, paths, corp(portUDPPush))
