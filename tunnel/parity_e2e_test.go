@@ -33,8 +33,10 @@ import (
 // each probe's observation must be the same on every path. A probe that
 // cannot run on a path (or not yet) says why in the test log.
 //
-// The probes are shared with TestRouterParityIPv6 (transportProbes,
-// pingProbes, dialProbes, compared by compareProbes).
+// The probes and paths are shared with TestRouterParityIPv6
+// (transportProbes, pingProbes, dialProbes, goClientPaths, udpSilences,
+// compared by compareProbes, the kernel's results fixed by expectKernel).
+// Every deliberate difference is listed in the netstack package doc.
 //
 // Deliberate differences, not compared: the source address of ICMP errors
 // and of traceroute's first hop (the router's interface address vs the
