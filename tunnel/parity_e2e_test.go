@@ -111,33 +111,16 @@ func TestRouterParity(t *testing.T) {
 		underpass:  "UDP: server saw 0x00, client saw 0x00; TCP: server saw 0x00",
 		kernelOnly: "IP_TOS: gonet sockets have no TOS option"})
 	// What the kernel router's path shows, so that a broken probe or test
-	// server cannot pass on every path alike.
+	// server cannot pass on every path alike (the probes the same for
+	// both families carry their own).
 	expectKernel(t, probes, map[string]string{
-		"client resets":                    "server saw connection reset by peer",
-		"server resets":                    "client saw connection reset by peer",
-		"client half-closes first":         `got "got 5", then ok`,
-		"server half-closes first":         `got "hi", ok; server read 10 bytes after its FIN, then EOF`,
-		"100 MB download":                  "104857600 bytes, intact true",
 		"UDP sizes both ways":              "1: true 1252: true 1253: true 1472: true 1473: true 8000: true 32000: true",
 		"UDP's largest datagram both ways": "65507: true",
 		"ping sizes":                       "56: reply of 64 bytes 1472: reply of 1480 bytes 8000: reply of 8008 bytes 65000: reply of 65008 bytes",
-		"traceroute's first hop":           "time to live exceeded",
-		"host does not answer":             "no route to host",
-		"closed port":                      "connection refused",
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), parityTimeout)
 	defer cancel()
-	silences := udpSilences(ctx, paths, corp(portUDPPush))
-
-	kernel := compareProbes(t, ctx, probes, nil, paths[0], paths[1], "TLS")
-	for _, p := range paths[2:] { // the Go client, both transports, while the silences run
-		compareProbes(t, ctx, probes, kernel, nil, p, "")
-	}
-	silences(t) // before openconnect restarts for DTLS, which ends the underpass path's mapping
-
-	// The same probes with openconnect's default UDP channel (DTLS): the
-	// packets that fit the DTLS MTU go over UDP, the rest over CSTP.
-	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1], "DTLS") })
+	oc = runParity(t, ctx, gw, oc, ocOpts, paths, probes, corp(portUDPPush))
 	if t.Failed() {
 		t.Logf("gateway log (tail):\n%s", tailLines(logs.String(), 60))
 		t.Logf("openconnect log (tail):\n%s", tailLines(oc.Log(), 40))
@@ -154,6 +137,24 @@ func kernelRoutedClient(t *testing.T, tp *testenv.Topo) *testenv.Netns {
 	tp.GW.Run(t, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 	tp.GW.Run(t, "iptables", "-w", "-t", "nat", "-A", "POSTROUTING", "-s", netip.PrefixFrom(kClientAddr, 30).Masked().String(), "-o", tp.GWCorpIf, "-j", "MASQUERADE")
 	return kc
+}
+
+// runParity runs the probes on every path and compares them: the kernel
+// router's (paths[0]) and openconnect's (paths[1]) over TLS, then the Go
+// clients' (paths[2:]), with the UDP silences (udpSilences, the server's
+// push at pushAddr) on every path alongside; then openconnect again with
+// its default UDP channel (DTLS: the packets that fit the DTLS MTU go
+// over UDP, the rest over CSTP). It returns openconnect's new session.
+func runParity(t *testing.T, ctx context.Context, gw *tunnel.Gateway, oc *testenv.OCSession, ocOpts testenv.OCOptions,
+	paths []*parityPath, probes []probe, pushAddr string) *testenv.OCSession {
+	t.Helper()
+	silences := udpSilences(ctx, paths, pushAddr)
+	kernel := compareProbes(t, ctx, probes, nil, paths[0], paths[1], "TLS")
+	for _, p := range paths[2:] { // the Go client, both transports, while the silences run
+		compareProbes(t, ctx, probes, kernel, nil, p, "")
+	}
+	silences(t) // before openconnect restarts for DTLS, which ends the underpass path's mapping
+	return redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1], "DTLS") })
 }
 
 // goClientPaths are tunnel.Client over TLS and over QUIC, signed in from
@@ -232,8 +233,9 @@ func udpSilences(ctx context.Context, paths []*parityPath, addr string) (check f
 type probe struct {
 	name string
 	run  func(ctx context.Context, p *parityPath) string
-	// kernel is what the kernel router's path must show (expectKernel),
-	// so that a broken probe or test server cannot pass on every path
+	// kernel is what the kernel router's path must show (set by the
+	// probe when the same for both families, else by expectKernel), so
+	// that a broken probe or test server cannot pass on every path
 	// alike; underpass, if set, is a deliberate difference (netstack's
 	// package doc): what Underpass's paths show instead.
 	kernel, underpass string
@@ -339,7 +341,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.(*net.TCPConn).SetLinger(0)
 			c.Close()
 			return "server saw " + srv.next(ctx)
-		}, kernelOnly: "SO_LINGER: a gonet connection cannot be closed with a reset"},
+		}, kernel: "server saw connection reset by peer", kernelOnly: "SO_LINGER: a gonet connection cannot be closed with a reset"},
 		{name: "server resets", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portResetter))
 			if err != nil {
@@ -350,7 +352,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.Write([]byte("x"))
 			_, err = io.ReadAll(c)
 			return "client saw " + errClass(err)
-		}},
+		}, kernel: "client saw connection reset by peer"},
 		{name: "client half-closes first", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portHalfClient))
 			if err != nil {
@@ -362,7 +364,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.(interface{ CloseWrite() error }).CloseWrite()
 			b, err := io.ReadAll(c)
 			return fmt.Sprintf("got %q, then %s", b, errClass(err))
-		}},
+		}, kernel: `got "got 5", then ok`},
 		{name: "server half-closes first", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portHalfServer))
 			if err != nil {
@@ -374,7 +376,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.Write([]byte("0123456789"))
 			c.(interface{ CloseWrite() error }).CloseWrite()
 			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
-		}},
+		}, kernel: `got "hi", ok; server read 10 bytes after its FIN, then EOF`},
 		{name: "100 MB download", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portBulk))
 			if err != nil {
@@ -382,7 +384,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			}
 			defer c.Close()
 			return bulkRead(c, testenv.Pattern(bulkSize))
-		}},
+		}, kernel: "104857600 bytes, intact true"},
 		{name: "UDP sizes both ways", run: func(ctx context.Context, p *parityPath) string {
 			return udpSizes(ctx, p, corp(portUDPEcho), udpSizeList...)
 		}},
@@ -430,7 +432,7 @@ func pingProbes(dst string, sizes []string, flags ...string) []probe {
 		}, kernelOnly: "ping's sizes: tunnel.Client.Ping sends one fixed size"},
 		{name: "traceroute's first hop", run: func(ctx context.Context, p *parityPath) string {
 			return pingResult(ctx, p.ns, append(slices.Clone(flags), "-t", "1", dst)...)
-		}, kernelOnly: "a TTL: tunnel.Client.Ping sends the stack's default"},
+		}, kernel: "time to live exceeded", kernelOnly: "a TTL: tunnel.Client.Ping sends the stack's default"},
 	}
 }
 
@@ -440,11 +442,11 @@ func dialProbes(deadHost, closedPort string) []probe {
 		{name: "host does not answer", run: func(ctx context.Context, p *parityPath) string {
 			_, err := p.dial(ctx, "tcp", deadHost)
 			return errClass(err)
-		}},
+		}, kernel: "no route to host"},
 		{name: "closed port", run: func(ctx context.Context, p *parityPath) string {
 			_, err := p.dial(ctx, "tcp", closedPort)
 			return errClass(err)
-		}},
+		}, kernel: "connection refused"},
 	}
 }
 
