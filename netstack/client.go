@@ -67,6 +67,9 @@ type ClientStack struct {
 	mu     sync.RWMutex // read-held by senders; Close write-holds it before closing out
 
 	pingID atomic.Uint32
+
+	dialsMu sync.Mutex
+	dials   map[netip.AddrPort]map[*pendingDial]struct{} // in-flight IPv6 TCP dials (clientunreach.go)
 }
 
 // NewClient creates a client stack with addr as its only address and a
@@ -173,6 +176,7 @@ func (c *ClientStack) Inject(pkt []byte) error {
 		proto = header.IPv4ProtocolNumber
 	case 6:
 		proto = header.IPv6ProtocolNumber
+		c.icmpv6Unreachable(pkt)
 	default:
 		return ErrNotIP
 	}
@@ -234,6 +238,9 @@ func (c *ClientStack) DialContext(ctx context.Context, network, address string) 
 	fa, proto := fullAddrProto(ap)
 	switch network {
 	case "tcp", "tcp4", "tcp6":
+		if ap.Addr().Is6() {
+			return c.dialTCP6(ctx, ap)
+		}
 		tc, err := gonet.DialContextTCP(ctx, c.st, fa, proto)
 		if err != nil {
 			return nil, asErrno(err)

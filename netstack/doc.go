@@ -28,18 +28,21 @@
 // # Router parity
 //
 // Towards its clients the stack behaves as a Linux router in front of the
-// corporate network would; tunnel's TestRouterParity runs the same probes
-// through a kernel router and through Underpass and compares what the client
-// and the server see. The same outcome for: resets and half-closes in both
+// corporate network would; tunnel's TestRouterParity (IPv4) and
+// TestRouterParityIPv6 run the same probes through a kernel router and
+// through Underpass (openconnect over TLS and DTLS, tunnel.Client over TLS
+// and QUIC) and compare what the client and the server see. The same
+// outcome, over both families, for: resets and half-closes in both
 // directions (a client's RST reaches the server as a RST), byte-exact
 // transfers, UDP datagrams from 0 to 65507 bytes both ways (fragmented and
 // reassembled as needed, also to a port's smaller MTU), ICMP echo up to 65000
 // bytes (the reply as big as the request), ICMP time exceeded for TTL 1
-// (traceroute's first hop), host unreachable for a destination that does
-// not answer, a RST for a closed port, and UDP mappings that survive 90 s
-// of silence and not 150 s. A client's fragments (IPv4, and IPv6 with a
-// Fragment header first) are reassembled before anything looks at the
-// packet, as a Linux router's conntrack does (reassembly.go), so a
+// (traceroute's first hop), host unreachable (ICMPv6: address unreachable)
+// for a destination that does not answer, a RST for a closed port, and UDP
+// mappings that survive 90 s of silence and not 150 s. A client's fragments
+// (IPv4, and IPv6 with a Fragment header, first or after Hop-by-Hop and
+// Destination Options headers) are reassembled before anything looks at
+// the packet, as a Linux router's conntrack does (reassembly.go), so a
 // fragmented ping, SYN or datagram is handled as the whole it is.
 //
 // Deliberate differences from a kernel router:
@@ -70,6 +73,10 @@
 //     gateway host's ping sockets relay echo replies only, where a router
 //     on the host's subnet reports it unreachable after neighbour
 //     discovery (ARP) gives up.
+//   - An IPv6 fragment whose Fragment header follows a Routing header with
+//     segments left is not reassembled by the stack but left to gVisor:
+//     its destination is not its final one. Linux's conntrack walks past
+//     any Routing header.
 //
 // Scale: per-flow memory is kept small so that tens of thousands of idle
 // flows fit a small server: TCP buffers are caps that auto-tune, relay

@@ -463,10 +463,59 @@ func TestReassemblyRules(t *testing.T) {
 	})
 }
 
-// TestReassemblyIPv6: IPv6 fragments (a Fragment header first) follow the
-// same rules: any order, an atomic fragment (offset 0, no more), the
-// whole packet without its Fragment header and with the payload's next
-// header, and overlaps and 65535 bytes discarding.
+// frag6 builds an IPv6 fragment from src to dst: the extension headers
+// exts (each a type and a length in bytes, a multiple of 8; a Routing
+// header's Segments Left is 1 when its length is 16, else 0), a Fragment
+// header (id, off, more, next header proto), then data.
+func frag6(src, dst netip.Addr, exts [][2]int, id uint32, off int, more bool, proto byte, data []byte) []byte {
+	var unfrag []byte
+	for _, e := range exts {
+		h := make([]byte, e[1])
+		h[1] = byte(e[1]/8 - 1)
+		if e[0] == routingHdr {
+			h[2], h[3] = 4, byte(e[1]/8-1) // a Segment Routing header (RFC 8754); Segments Left
+		} else {
+			h[2], h[3] = 1, byte(e[1]-4) // one PadN option fills it (RFC 8200 4.2)
+		}
+		unfrag = append(unfrag, h...)
+	}
+	b := make([]byte, 40+len(unfrag)+8+len(data))
+	nh := byte(ipv6FragHdr)
+	if len(exts) > 0 {
+		nh = byte(exts[0][0])
+	}
+	writeIPHeader(b, src, dst, nh, len(b)-40)
+	copy(b[40:], unfrag)
+	at := 40
+	for i, e := range exts {
+		if i+1 < len(exts) {
+			b[at] = byte(exts[i+1][0])
+		} else {
+			b[at] = ipv6FragHdr
+		}
+		at += e[1]
+	}
+	fo := uint16(off/8) << 3
+	if more {
+		fo |= 1
+	}
+	b[at] = proto
+	binary.BigEndian.PutUint16(b[at+2:at+4], fo)
+	binary.BigEndian.PutUint32(b[at+4:at+8], id)
+	copy(b[at+8:], data)
+	return b
+}
+
+// TestReassemblyIPv6: IPv6 fragments become one packet whatever their
+// order, with the Fragment header first or after the Hop-by-Hop and
+// Destination Options headers RFC 8200 4.1 puts before it (and a Routing
+// header with no segments left); the unfragmentable part is the first
+// fragment's, kept once, and its last header names the payload. A
+// partial overlap or an oversized datagram is discarded; a Fragment
+// header after a Routing header still to be followed, or after
+// Hop-by-Hop options that are not first, is not one the stack
+// reassembles (gVisor decides), and an extension header that runs past
+// the packet is malformed.
 func TestReassemblyIPv6(t *testing.T) {
 	gw := newGW(t, nil)
 	p, err := gw.AttachAddrs([]netip.Addr{cliAddr, cliAddr6}, testHeadroom, 0)
@@ -475,19 +524,6 @@ func TestReassemblyIPv6(t *testing.T) {
 	}
 	defer p.Close()
 	data := pattern(64)
-	frag := func(id uint32, off, n int, more bool) []byte {
-		b := make([]byte, 48+n)
-		writeIPHeader(b, cliAddr6, far6, ipv6FragHdr, 8+n)
-		b[40] = protoUDP
-		fo := uint16(off/8) << 3
-		if more {
-			fo |= 1
-		}
-		binary.BigEndian.PutUint16(b[42:44], fo)
-		binary.BigEndian.PutUint32(b[44:48], id)
-		copy(b[48:], data[off:off+n])
-		return b
-	}
 	feed := func(fs ...[]byte) (whole []byte) {
 		t.Helper()
 		for _, f := range fs {
@@ -501,32 +537,113 @@ func TestReassemblyIPv6(t *testing.T) {
 		}
 		return whole
 	}
-	check := func(name string, w []byte) {
-		t.Helper()
-		if len(w) != 40+len(data) || w[6] != protoUDP || int(binary.BigEndian.Uint16(w[4:6])) != len(data) || !bytes.Equal(w[40:], data) {
-			t.Fatalf("%s: whole packet of %d bytes, next header %d", name, len(w), w[6])
+	var (
+		hbh   = [2]int{hopByHopHdr, 8}
+		dest  = [2]int{destOptsHdr, 8}
+		dest2 = [2]int{destOptsHdr, 16}
+		rt0   = [2]int{routingHdr, 8}  // Segments Left 0
+		rt1   = [2]int{routingHdr, 16} // Segments Left 1
+	)
+	id := uint32(0)
+	for _, tc := range []struct {
+		name string
+		exts [][2]int
+	}{
+		{"Fragment header first", nil},
+		{"after Hop-by-Hop", [][2]int{hbh}},
+		{"after Destination Options", [][2]int{dest2}},
+		{"after Hop-by-Hop and Destination Options", [][2]int{hbh, dest}},
+		{"after Hop-by-Hop, Destination Options, a finished Routing header, Destination Options", [][2]int{hbh, dest2, rt0, dest}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			unfrag := 40
+			for _, e := range tc.exts {
+				unfrag += e[1]
+			}
+			frag := func(id uint32, off, n int, more bool, exts [][2]int) []byte {
+				return frag6(cliAddr6, far6, exts, id, off, more, protoUDP, data[off:off+n])
+			}
+			check := func(name string, w []byte) {
+				t.Helper()
+				if len(w) != unfrag+len(data) || int(binary.BigEndian.Uint16(w[4:6])) != len(w)-40 || !bytes.Equal(w[unfrag:], data) {
+					t.Fatalf("%s: whole packet of %d bytes, payload length %d", name, len(w), binary.BigEndian.Uint16(w[4:6]))
+				}
+				want := frag(0, 0, 0, false, tc.exts)[:unfrag] // the unfragmentable part, its last next header the payload's
+				if len(tc.exts) == 0 {
+					want[6] = protoUDP
+				} else {
+					want[unfrag-tc.exts[len(tc.exts)-1][1]] = protoUDP
+				}
+				binary.BigEndian.PutUint16(want[4:6], uint16(len(w)-40))
+				if !bytes.Equal(w[:unfrag], want) {
+					t.Fatalf("%s: unfragmentable part %x, want %x", name, w[:unfrag], want)
+				}
+				ip, err := parseIP(w)
+				if err != nil || ip.frag || ip.tproto != protoUDP || ip.hdrLen != unfrag || !bytes.Equal(ip.l4, data) || ip.src != cliAddr6 || ip.dst != far6 {
+					t.Fatalf("%s: the whole packet parses as %+v, %v", name, ip, err)
+				}
+			}
+			id++
+			check("in order", feed(frag(id, 0, 32, true, tc.exts), frag(id, 32, 32, false, tc.exts)))
+			id++
+			check("reversed", feed(frag(id, 32, 32, false, tc.exts), frag(id, 16, 16, true, tc.exts), frag(id, 0, 16, true, tc.exts)))
+			id++
+			check("an atomic fragment", feed(frag(id, 0, 64, false, tc.exts)))
+			id++ // RFC 8200 4.5: the unfragmentable part of the others is not used
+			check("only the first fragment's extension headers", feed(frag(id, 32, 32, false, [][2]int{dest}), frag(id, 0, 32, true, tc.exts)))
+
+			gw.stats.fragmentsDropped.Store(0)
+			id++
+			if w := feed(frag(id, 0, 32, true, tc.exts), frag(id, 16, 32, true, tc.exts), frag(id, 48, 16, false, tc.exts)); w != nil {
+				t.Fatal("an overlapping datagram completed")
+			}
+			id++
+			b := frag(id, 0, 16, false, tc.exts)
+			binary.BigEndian.PutUint16(b[unfrag+2:unfrag+4], 0xfff8) // offset 65528 + 16 bytes: over 65535
+			if w := feed(b); w != nil {
+				t.Fatal("a datagram over 65535 bytes completed")
+			}
+			want := 2
+			if unfrag > 40 {
+				// 65528 bytes of fragments fit, but not with the
+				// extension headers in front (Linux: ip6_frag_reasm's
+				// payload_len check).
+				id++
+				big := pattern(65528)
+				fs := [][]byte{
+					frag6(cliAddr6, far6, tc.exts, id, 0, true, protoUDP, big[:32000]),
+					frag6(cliAddr6, far6, tc.exts, id, 32000, true, protoUDP, big[32000:64000]),
+					frag6(cliAddr6, far6, tc.exts, id, 64000, false, protoUDP, big[64000:]),
+				}
+				if w := feed(fs...); w != nil {
+					t.Fatalf("a datagram of %d bytes of payload completed", len(w)-40)
+				}
+				want++
+			}
+			if d := gw.stats.fragmentsDropped.Load(); d != uint64(want) {
+				t.Errorf("FragmentsDropped %d, want %d", d, want)
+			}
+			gw.frags.clearPort(gw, p)
+		})
+	}
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		err  error
+		next byte // the next header parseIP stops at
+	}{
+		{"after a Routing header with a segment left", frag6(cliAddr6, far6, [][2]int{hbh, rt1}, 1, 0, false, protoUDP, data), nil, routingHdr},
+		{"after Hop-by-Hop that is not first", frag6(cliAddr6, far6, [][2]int{dest, hbh}, 1, 0, false, protoUDP, data), nil, hopByHopHdr},
+		{"a truncated Destination Options header", frag6(cliAddr6, far6, [][2]int{dest2}, 1, 0, false, protoUDP, nil)[:50], ErrMalformed, 0},
+		{"a truncated Routing header", frag6(cliAddr6, far6, [][2]int{rt0}, 1, 0, false, protoUDP, nil)[:42], ErrMalformed, 0},
+	} {
+		b := tc.pkt
+		binary.BigEndian.PutUint16(b[4:6], uint16(len(b)-40))
+		ip, err := parseIP(b)
+		if err != tc.err || err == nil && (ip.frag || ip.tproto != tc.next) {
+			t.Errorf("%s: parses as fragment %v, next header %d, err %v; want next header %d, err %v", tc.name, ip.frag, ip.tproto, err, tc.next, tc.err)
 		}
-		ip, err := parseIP(w)
-		if err != nil || ip.frag || ip.tproto != protoUDP || ip.src != cliAddr6 || ip.dst != far6 {
-			t.Fatalf("%s: the whole packet parses as %+v, %v", name, ip, err)
-		}
 	}
-	check("in order", feed(frag(1, 0, 32, true), frag(1, 32, 32, false)))
-	check("reversed", feed(frag(2, 32, 32, false), frag(2, 16, 16, true), frag(2, 0, 16, true)))
-	check("an atomic fragment", feed(frag(3, 0, 64, false)))
-	gw.stats.fragmentsDropped.Store(0)
-	if w := feed(frag(4, 0, 32, true), frag(4, 16, 32, true), frag(4, 48, 16, false)); w != nil {
-		t.Fatal("an overlapping datagram completed")
-	}
-	b := frag(5, 0, 16, false)
-	binary.BigEndian.PutUint16(b[42:44], 0xfff8) // offset 65528 + 16 bytes: over 65535
-	if w := feed(b); w != nil {
-		t.Fatal("a datagram over 65535 bytes completed")
-	}
-	if d := gw.stats.fragmentsDropped.Load(); d != 2 {
-		t.Errorf("FragmentsDropped %d, want 2", d)
-	}
-	gw.frags.clearPort(gw, p)
 }
 
 // heldBytes is what incomplete datagrams are charged now.

@@ -207,14 +207,18 @@ func newClientAddrs(t testing.TB, gw *Stack, addrs []netip.Addr, queueLen int) *
 }
 
 // newClientStack wires a ClientStack (tunnel.Client's stack) to a port of
-// gw, both ways.
-func newClientStack(t testing.TB, gw *Stack, addr netip.Addr) *ClientStack {
+// gw, both ways; with addr6, a dual-stack one.
+func newClientStack(t testing.TB, gw *Stack, addr netip.Addr, addr6 ...netip.Addr) *ClientStack {
 	t.Helper()
-	port, err := gw.Attach(addr, testHeadroom, 0)
+	port, err := gw.AttachAddrs(append([]netip.Addr{addr}, addr6...), testHeadroom, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cs, err := NewClient(ClientConfig{Addr: addr, MTU: gw.mtu, Headroom: testHeadroom})
+	cfg := ClientConfig{Addr: addr, MTU: gw.mtu, Headroom: testHeadroom}
+	if len(addr6) > 0 {
+		cfg.Addr6 = addr6[0]
+	}
+	cs, err := NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -436,15 +436,23 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 
 // ipInfo is what Inject learns from a client's IP header.
 type ipInfo struct {
-	pkt      []byte // the packet, trimmed to its IP length
-	proto    tcpip.NetworkProtocolNumber
-	v6       bool
+	pkt   []byte // the packet, trimmed to its IP length
+	proto tcpip.NetworkProtocolNumber
+	v6    bool
+	// hdrLen is IPv4's header length; IPv6's fixed header and the
+	// extension headers skipped before the Fragment header or the
+	// upper-layer header (walkExtHeaders6): a fragment's unfragmentable
+	// part.
 	hdrLen   int
 	src, dst netip.Addr
-	tproto   uint8  // transport protocol (IPv6: the first next-header)
+	tproto   uint8  // transport protocol (IPv6: the next header after the skipped extension headers)
 	ttl      uint8  // TTL (IPv6: hop limit)
-	l4       []byte // IPv4: transport header+payload, nil for fragments; IPv6: after the fixed header
-	frag     bool   // a fragment (IPv4: MF or an offset; IPv6: a Fragment header first): reassembled first
+	l4       []byte // transport header+payload; nil for fragments
+	frag     bool   // a fragment (IPv4: MF or an offset; IPv6: a Fragment header): reassembled first
+	// nhAt is, for an IPv6 fragment, the offset of the next-header byte
+	// that names the Fragment header (6, or in the last skipped
+	// extension header).
+	nhAt int
 }
 
 const (
@@ -484,14 +492,68 @@ func parseIP(b []byte) (ipInfo, error) {
 			return ip, ErrMalformed
 		}
 		b = b[:tot]
-		ip = ipInfo{pkt: b, proto: header.IPv6ProtocolNumber, v6: true, hdrLen: header.IPv6MinimumSize,
-			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[6], ttl: b[7],
-			frag: b[6] == ipv6FragHdr, l4: b[header.IPv6MinimumSize:]}
+		hl, nhAt, err := walkExtHeaders6(b)
+		if err != nil {
+			return ip, err
+		}
+		ip = ipInfo{pkt: b, proto: header.IPv6ProtocolNumber, v6: true, hdrLen: hl,
+			src: netip.AddrFrom16([16]byte(b[8:24])), dst: netip.AddrFrom16([16]byte(b[24:40])), tproto: b[nhAt], ttl: b[7]}
+		if ip.frag = ip.tproto == ipv6FragHdr; ip.frag {
+			ip.nhAt = nhAt
+		} else {
+			ip.l4 = b[hl:]
+		}
 	default:
 		return ip, ErrNotIP
 	}
 	return ip, nil
 }
+
+// walkExtHeaders6 skips the extension headers of the IPv6 packet b that
+// may come before a Fragment header (RFC 8200 4.1's order): Hop-by-Hop
+// Options, first only (4.3), then Destination Options and a Routing
+// header whose Segments Left is 0 (which a node ignores, 4.4), as Linux's
+// nf_defrag_ipv6 walks to the Fragment header (find_prev_fhdr). Linux
+// walks past any Routing header; one with Segments Left above 0 stops the
+// walk here, since the packet's destination is not its final one. It
+// returns the length of what it skipped with the fixed header, and the
+// offset of the next-header byte that names what follows: a Fragment
+// header, an upper-layer header, or a header left to gVisor (a Routing
+// header still to be followed, ESP, AH...). An extension header that
+// runs past the packet is ErrMalformed.
+func walkExtHeaders6(b []byte) (hdrLen, nhAt int, err error) {
+	off, nhAt := header.IPv6MinimumSize, 6
+	for {
+		nh := b[nhAt]
+		switch {
+		case nh == hopByHopHdr && off == header.IPv6MinimumSize, nh == destOptsHdr:
+		case nh == routingHdr:
+			if off+4 > len(b) {
+				return 0, 0, ErrMalformed
+			}
+			if b[off+3] != 0 { // Segments Left: the destination is not final
+				return off, nhAt, nil
+			}
+		default:
+			return off, nhAt, nil
+		}
+		if off+2 > len(b) {
+			return 0, 0, ErrMalformed
+		}
+		n := (int(b[off+1]) + 1) * 8 // Hdr Ext Len, in 8-octet units after the first 8
+		if off+n > len(b) {
+			return 0, 0, ErrMalformed
+		}
+		nhAt, off = off, off+n
+	}
+}
+
+// The extension headers walkExtHeaders6 skips (RFC 8200 4.3, 4.4, 4.6).
+const (
+	hopByHopHdr = 0
+	routingHdr  = 43
+	destOptsHdr = 60
+)
 
 func (ip *ipInfo) isEchoRequest() bool {
 	if len(ip.l4) < 1 {

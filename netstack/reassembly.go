@@ -26,10 +26,13 @@ import (
 // that overlaps them only in part, an empty one, one that contradicts the
 // datagram's end, or one that would make it exceed 65535 bytes discards
 // the whole datagram (RFC 5722's rule, which Linux applies to IPv4 since
-// 4.19, and RFC 5722 requires for IPv6). An IPv6 fragment is one whose
-// first extension header is the Fragment header (RFC 8200 4.5), as every
-// client's kernel sends them; with other extension headers before it, the
-// packet goes to gVisor, which reassembles it on its own. Before this, gVisor
+// 4.19, and RFC 5722 requires for IPv6). An IPv6 fragment is one with a
+// Fragment header (RFC 8200 4.5), first or after Hop-by-Hop and
+// Destination Options headers (walkExtHeaders6, as Linux's nf_defrag_ipv6
+// finds it); the unfragmentable part (the fixed header and those
+// extension headers) is the first fragment's, kept once in the whole
+// packet, whose last header before the payload takes the Fragment
+// header's next header (RFC 8200 4.5). Before this, gVisor
 // reassembled IPv6 fragments in its promiscuous NIC and answered a
 // fragmented ICMPv6 echo to any address itself, a host that does not exist
 // included.
@@ -114,11 +117,11 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 		key             = fragKey{port: p, dst: ip.dst}
 	)
 	if ip.v6 {
-		if len(b) < header.IPv6MinimumSize+ipv6FragHdrLen {
+		if len(b) < ip.hdrLen+ipv6FragHdrLen {
 			s.stats.fragmentsDropped.Add(1)
 			return nil
 		}
-		fh := b[header.IPv6MinimumSize:]
+		fh := b[ip.hdrLen:]
 		fo := binary.BigEndian.Uint16(fh[2:4])
 		off, more, maxPayload = int(fo&^7), fo&1 != 0, maxIPv6Payload
 		payload = fh[ipv6FragHdrLen:]
@@ -190,14 +193,15 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 	if off == 0 {
 		d.hdr = slices.Clone(b[:ip.hdrLen])
 		if ip.v6 {
-			d.hdr[6] = key.proto // the Fragment header goes: its next header is the packet's
+			d.hdr[ip.nhAt] = key.proto // the Fragment header goes: its next header takes its place
 		}
 	}
 	if d.hdr == nil || d.total < 0 || len(d.runs) != 1 || d.runs[0] != (span{0, d.total}) {
 		return nil
 	}
 	hl := len(d.hdr)
-	if !ip.v6 && hl+d.total > 0xffff { // options on the first fragment made it too long
+	if ip.v6 && hl-header.IPv6MinimumSize+d.total > maxIPv6Payload || !ip.v6 && hl+d.total > 0xffff {
+		// the first fragment's options or extension headers made it too long
 		t.discard(s, d)
 		return nil
 	}
@@ -207,7 +211,7 @@ func (s *Stack) reassemble(p *Port, ip *ipInfo, now time.Time) []byte {
 		copy(whole[hl+pc.off:], pc.b)
 	}
 	if ip.v6 {
-		binary.BigEndian.PutUint16(whole[4:6], uint16(d.total))
+		binary.BigEndian.PutUint16(whole[4:6], uint16(hl-header.IPv6MinimumSize+d.total))
 	} else {
 		binary.BigEndian.PutUint16(whole[2:4], uint16(len(whole)))
 		binary.BigEndian.PutUint16(whole[6:8], binary.BigEndian.Uint16(d.hdr[6:8])&0x4000) // keep DF only

@@ -887,17 +887,21 @@ func TestDialFailureAnswers(t *testing.T) {
 		dst  netip.AddrPort
 		want string
 		// errno is what tunnel.Client's stack (ClientStack) reports, as
-		// a host socket's connect() would.
-		errno syscall.Errno
+		// a host socket's connect() would; errno6 over IPv6 where Linux
+		// says otherwise (0: the same).
+		errno, errno6 syscall.Errno
 	}{
-		{"refused", nil, refused, "refused", syscall.ECONNREFUSED},
-		{"no answer", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live, "no route to host", syscall.EHOSTUNREACH},
-		{"host unreachable", func(c *Config) { c.Dialer = errDialer{syscall.EHOSTUNREACH} }, live, "no route to host", syscall.EHOSTUNREACH},
-		{"net unreachable", func(c *Config) { c.Dialer = errDialer{syscall.ENETUNREACH} }, live, "network is unreachable", syscall.ENETUNREACH},
-		{"local firewall", func(c *Config) { c.Dialer = errDialer{syscall.EACCES} }, live, "no route to host", syscall.EHOSTUNREACH},
-		{"other failure", func(c *Config) { c.Dialer = errDialer{errors.New("proxy said no")} }, live, "refused", syscall.ECONNREFUSED},
-		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live, "refused", syscall.ECONNREFUSED},
-		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81), "refused", syscall.ECONNREFUSED},
+		{"refused", nil, refused, "refused", syscall.ECONNREFUSED, 0},
+		{"no answer", func(c *Config) { c.Dialer = hangDialer{}; c.DialTimeout = 100 * time.Millisecond }, live, "no route to host", syscall.EHOSTUNREACH, 0},
+		{"host unreachable", func(c *Config) { c.Dialer = errDialer{syscall.EHOSTUNREACH} }, live, "no route to host", syscall.EHOSTUNREACH, 0},
+		{"net unreachable", func(c *Config) { c.Dialer = errDialer{syscall.ENETUNREACH} }, live, "network is unreachable", syscall.ENETUNREACH, 0},
+		// Administratively prohibited: Linux reports ICMP's code 13 as
+		// EHOSTUNREACH, ICMPv6's code 1 as EACCES (icmp_err_convert,
+		// icmpv6_err_convert).
+		{"local firewall", func(c *Config) { c.Dialer = errDialer{syscall.EACCES} }, live, "no route to host", syscall.EHOSTUNREACH, syscall.EACCES},
+		{"other failure", func(c *Config) { c.Dialer = errDialer{errors.New("proxy said no")} }, live, "refused", syscall.ECONNREFUSED, 0},
+		{"not allowed", func(c *Config) { c.Allow = func(netip.Addr) bool { return false } }, live, "refused", syscall.ECONNREFUSED, 0},
+		{"gateway addr, no listener", nil, netip.AddrPortFrom(gwAddr, 81), "refused", syscall.ECONNREFUSED, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -919,9 +923,20 @@ func TestDialFailureAnswers(t *testing.T) {
 			if n != 0 {
 				t.Errorf("%d SYNs still recorded after the dial ended", n)
 			}
-			cs := newClientStack(t, gw, cli2)
+			cs := newClientStack(t, gw, cli2, cli2Addr)
 			if _, err := cs.DialContext(ctx, "tcp", tt.dst.String()); !errors.Is(err, tt.errno) {
 				t.Errorf("ClientStack: err = %v, want errno %v", err, tt.errno)
+			}
+			if tt.dst.Addr() == gwAddr {
+				return // the gateway has no IPv6 address of its own
+			}
+			// The same over IPv6 (ICMPv6 codes; clientunreach.go).
+			dst6, want6 := netip.AddrPortFrom(far6, tt.dst.Port()), tt.errno
+			if tt.errno6 != 0 {
+				want6 = tt.errno6
+			}
+			if _, err := cs.DialContext(ctx, "tcp", dst6.String()); !errors.Is(err, want6) {
+				t.Errorf("ClientStack over IPv6: err = %v, want errno %v", err, want6)
 			}
 		})
 	}

@@ -387,14 +387,14 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 		sc = auth.NewSessionClaims(id, g.claimNames(), now, exp)
 		s.id = sc.ID
 	}
-	a, err := g.allocate(s)
+	a, err := g.allocate(s, g.pool)
 	if err != nil {
 		g.log.Warn("no address for session", "session", s.id, "err", err)
 		return nil, "", errNoAddress
 	}
 	s.addr = a
 	if g.pool6 != nil {
-		if s.addr6, err = g.pool6.Allocate(s.id); err != nil {
+		if s.addr6, err = g.allocate(s, g.pool6); err != nil {
 			g.release(s, a, EndLogoff)
 			g.log.Warn("no IPv6 address for session", "session", s.id, "err", err)
 			return nil, "", errNoAddress
@@ -403,7 +403,7 @@ func (g *Gateway) newSession(id *auth.Identity, ua string, ca netip.AddrPort) (*
 	release := func() {
 		g.release(s, a, EndLogoff)
 		if s.addr6.IsValid() {
-			g.pool6.Release(s.addr6)
+			g.release(s, s.addr6, EndLogoff)
 		}
 	}
 	var cookie string

@@ -162,7 +162,7 @@ func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
 		if g.siteLeases() != nil && g.conf().Site.Strict && g.site.down.Load() {
 			return netip.Addr{}, refuseSiteStrict
 		}
-		a, err := g.allocate(s)
+		a, err := g.allocate(s, g.pool)
 		if err != nil {
 			g.log.Warn("no address for session", "session", s.id, "err", err)
 			return netip.Addr{}, refuseNoAddress
@@ -177,18 +177,21 @@ func (g *Gateway) lease(s *session) (netip.Addr, *refusal) {
 
 // lease6 leases s's IPv6 address of Pool6: the one its cookie carries
 // (s.want6), or any when the cookie carries none (sealed before Pool6 was
-// set). IPv6 leases are this server's own: the site store shares IPv4
-// leases only.
+// set). With site-wide leases the store confirms it, as lease does the
+// IPv4 address.
 func (g *Gateway) lease6(s *session) (netip.Addr, *refusal) {
 	if !s.want6.IsValid() {
-		a, err := g.pool6.Allocate(s.id)
+		if g.siteLeases() != nil && g.conf().Site.Strict && g.site.down.Load() {
+			return netip.Addr{}, refuseSiteStrict
+		}
+		a, err := g.allocate(s, g.pool6)
 		if err != nil {
 			g.log.Warn("no IPv6 address for session", "session", s.id, "err", err)
 			return netip.Addr{}, refuseNoAddress
 		}
 		return a, nil
 	}
-	if rf := g.claimLocal(s, g.pool6, s.want6); rf != nil {
+	if rf := g.claim(s, s.want6); rf != nil {
 		return netip.Addr{}, rf
 	}
 	return s.want6, nil
@@ -313,7 +316,7 @@ func (g *Gateway) endSession(s *session, r EndReason) {
 		g.release(s, addr, r)
 	}
 	if addr6.IsValid() {
-		g.pool6.Release(addr6)
+		g.release(s, addr6, r)
 	}
 	g.log.Info("session ended", "session", s.id, "user", s.ident.User, "reason", r.String(),
 		"bytes_in", s.bytesIn.Load(), "bytes_out", s.bytesOut.Load(),

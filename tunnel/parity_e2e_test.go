@@ -33,8 +33,10 @@ import (
 // each probe's observation must be the same on every path. A probe that
 // cannot run on a path (or not yet) says why in the test log.
 //
-// The probes are shared with TestRouterParityIPv6 (transportProbes,
-// pingProbes, dialProbes, compared by compareProbes).
+// The probes and paths are shared with TestRouterParityIPv6
+// (transportProbes, pingProbes, dialProbes, goClientPaths, udpSilences,
+// compared by compareProbes, the kernel's results fixed by expectKernel).
+// Every deliberate difference is listed in the netstack package doc.
 //
 // Deliberate differences, not compared: the source address of ICMP errors
 // and of traceroute's first hop (the router's interface address vs the
@@ -70,6 +72,10 @@ const tosMark = 0xba
 
 const bulkSize = 100 << 20 // the issue's 100 MB byte-exact transfer
 
+// parityTimeout bounds a parity suite's probes: four paths and the DTLS
+// pass, next to 150 s of UDP silence, on a loaded CI machine.
+const parityTimeout = 10 * time.Minute
+
 func TestRouterParity(t *testing.T) {
 	t.Parallel()
 	testenv.RequireRoot(t)
@@ -86,31 +92,10 @@ func TestRouterParity(t *testing.T) {
 	ocOpts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
 	oc := testenv.Openconnect(t, tp.Client, ocOpts) // TLS (CSTP) only first
 
-	// tunnel.Client over TLS and over QUIC, from the same namespace: its
-	// connections are its own stack's, so only the probes a Go program
-	// can make (dial, read, write, half-close) run through it.
-	goClient := func(tr tunnel.TransportMode) *tunnel.Client {
-		var c *tunnel.Client
-		err := tp.Client.Do(func() (err error) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			c, err = tunnel.Dial(ctx, tunnel.ClientConfig{Server: listen, Username: "alice", Password: "secret",
-				PinSHA256: cert.Pin, Transport: tr})
-			return err
-		})
-		if err != nil {
-			t.Fatalf("tunnel.Client over %v: %v", tr, err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	overTLS, overQUIC := goClient(tunnel.TransportTLS), goClient(tunnel.TransportQUIC)
-	paths := []*parityPath{
+	paths := append([]*parityPath{
 		{name: "kernel router", ns: kc, dial: kc.Dial},
 		{name: "underpass", ns: tp.Client, dial: tp.Client.Dial},
-		{name: "tunnel.Client over TLS", dial: overTLS.DialContext},
-		{name: "tunnel.Client over QUIC", dial: overQUIC.DialContext},
-	}
+	}, goClientPaths(t, tp, listen, cert.Pin)...)
 	corp := func(port int) string { return net.JoinHostPort(testenv.CorpAddr.String(), strconv.Itoa(port)) }
 	// 1252/1253: the CONNECT-IP MTU's edge; 1472/1473: a 1500 MTU's; 8000
 	// and 32000 fragment on every path; 65507: the IPv4 maximum.
@@ -126,62 +111,16 @@ func TestRouterParity(t *testing.T) {
 		underpass:  "UDP: server saw 0x00, client saw 0x00; TCP: server saw 0x00",
 		kernelOnly: "IP_TOS: gonet sockets have no TOS option"})
 	// What the kernel router's path shows, so that a broken probe or test
-	// server cannot pass on every path alike.
+	// server cannot pass on every path alike (the probes the same for
+	// both families carry their own).
 	expectKernel(t, probes, map[string]string{
-		"client resets":                    "server saw connection reset by peer",
-		"server resets":                    "client saw connection reset by peer",
-		"client half-closes first":         `got "got 5", then ok`,
-		"server half-closes first":         `got "hi", ok; server read 10 bytes after its FIN, then EOF`,
-		"100 MB download":                  "104857600 bytes, intact true",
 		"UDP sizes both ways":              "1: true 1252: true 1253: true 1472: true 1473: true 8000: true 32000: true",
 		"UDP's largest datagram both ways": "65507: true",
 		"ping sizes":                       "56: reply of 64 bytes 1472: reply of 1480 bytes 8000: reply of 8008 bytes 65000: reply of 65008 bytes",
-		"traceroute's first hop":           "time to live exceeded",
-		"host does not answer":             "no route to host",
-		"closed port":                      "connection refused",
 	})
-	// UDP mappings across silences (RFC 4787 REQ-5; Linux conntrack's
-	// stream timeout is 120 s): run alongside the rest, both paths at once.
-	type silence struct {
-		secs int
-		want string    // what the kernel router's path sees
-		got  [4]string // per path
-	}
-	silences := []*silence{{secs: 90, want: "push arrived"}, {secs: 150, want: "push lost"}}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), parityTimeout)
 	defer cancel()
-	for _, s := range silences {
-		for i, p := range paths {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				s.got[i] = udpPushAfter(ctx, p, corp(portUDPPush), s.secs)
-			}()
-		}
-	}
-
-	kernel := compareProbes(t, ctx, probes, nil, paths[0], paths[1], "TLS")
-	for _, p := range paths[2:] { // the Go client, both transports, while the silences run
-		compareProbes(t, ctx, probes, kernel, nil, p, "")
-	}
-	wg.Wait()
-
-	// The same probes with openconnect's default UDP channel (DTLS): the
-	// packets that fit the DTLS MTU go over UDP, the rest over CSTP.
-	oc = redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1], "DTLS") })
-	for _, s := range silences {
-		if s.got[0] != s.want {
-			t.Errorf("UDP push after %d s of silence: the kernel router's path saw %q, want %q", s.secs, s.got[0], s.want)
-		}
-		for i, p := range paths[1:] {
-			if got := s.got[i+1]; got != s.got[0] {
-				t.Errorf("UDP push after %d s of silence: kernel router %q, %s %q", s.secs, s.got[0], p.name, got)
-			} else {
-				t.Logf("UDP push after %d s of silence: %s as the kernel router, %q", s.secs, p.name, got)
-			}
-		}
-	}
+	oc = runParity(t, ctx, gw, oc, ocOpts, paths, probes, corp(portUDPPush))
 	if t.Failed() {
 		t.Logf("gateway log (tail):\n%s", tailLines(logs.String(), 60))
 		t.Logf("openconnect log (tail):\n%s", tailLines(oc.Log(), 40))
@@ -200,14 +139,103 @@ func kernelRoutedClient(t *testing.T, tp *testenv.Topo) *testenv.Netns {
 	return kc
 }
 
-// parityServers are the corporate end of the probes. Observations made on
-// the server side arrive on obs, in probe order.
+// runParity runs the probes on every path and compares them: the kernel
+// router's (paths[0]) and openconnect's (paths[1]) over TLS, then the Go
+// clients' (paths[2:]), with the UDP silences (udpSilences, the server's
+// push at pushAddr) on every path alongside; then openconnect again with
+// its default UDP channel (DTLS: the packets that fit the DTLS MTU go
+// over UDP, the rest over CSTP). It returns openconnect's new session.
+func runParity(t *testing.T, ctx context.Context, gw *tunnel.Gateway, oc *testenv.OCSession, ocOpts testenv.OCOptions,
+	paths []*parityPath, probes []probe, pushAddr string) *testenv.OCSession {
+	t.Helper()
+	silences := udpSilences(ctx, paths, pushAddr)
+	kernel := compareProbes(t, ctx, probes, nil, paths[0], paths[1], "TLS")
+	for _, p := range paths[2:] { // the Go client, both transports, while the silences run
+		compareProbes(t, ctx, probes, kernel, nil, p, "")
+	}
+	silences(t) // before openconnect restarts for DTLS, which ends the underpass path's mapping
+	return redialDTLS(t, gw, oc, ocOpts, func() { compareProbes(t, ctx, probes, kernel, nil, paths[1], "DTLS") })
+}
+
+// goClientPaths are tunnel.Client over TLS and over QUIC, signed in from
+// tp's client namespace: their connections are their own stacks', so only
+// the probes a Go program can make (dial, read, write, half-close) run
+// through them.
+func goClientPaths(t *testing.T, tp *testenv.Topo, listen, pin string) []*parityPath {
+	t.Helper()
+	goClient := func(tr tunnel.TransportMode) *tunnel.Client {
+		var c *tunnel.Client
+		err := tp.Client.Do(func() (err error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			c, err = tunnel.Dial(ctx, tunnel.ClientConfig{Server: listen, Username: "alice", Password: "secret",
+				PinSHA256: pin, Transport: tr})
+			return err
+		})
+		if err != nil {
+			t.Fatalf("tunnel.Client over %v: %v", tr, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	overTLS, overQUIC := goClient(tunnel.TransportTLS), goClient(tunnel.TransportQUIC)
+	return []*parityPath{
+		{name: "tunnel.Client over TLS", dial: overTLS.DialContext},
+		{name: "tunnel.Client over QUIC", dial: overQUIC.DialContext},
+	}
+}
+
+// udpSilences starts UDP mappings across silences on every path at once,
+// so that they run alongside the other probes: a server push 90 s after
+// the last exchange must arrive and one after 150 s must be lost, as on
+// the kernel router's path, paths[0] (RFC 4787 REQ-5 asks for at least
+// 2 minutes; Linux conntrack's stream timeout is 120 s). addr is the
+// server at portUDPPush. The returned check waits for them and fails t
+// where a path differs from the kernel router's or the kernel router's
+// from the expected result.
+func udpSilences(ctx context.Context, paths []*parityPath, addr string) (check func(t *testing.T)) {
+	type silence struct {
+		secs int
+		want string   // what the kernel router's path sees
+		got  []string // per path
+	}
+	silences := []*silence{{secs: 90, want: "push arrived"}, {secs: 150, want: "push lost"}}
+	var wg sync.WaitGroup
+	for _, s := range silences {
+		s.got = make([]string, len(paths))
+		for i, p := range paths {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.got[i] = udpPushAfter(ctx, p, addr, s.secs)
+			}()
+		}
+	}
+	return func(t *testing.T) {
+		t.Helper()
+		wg.Wait()
+		for _, s := range silences {
+			if s.got[0] != s.want {
+				t.Errorf("UDP push after %d s of silence: the kernel router's path saw %q, want %q", s.secs, s.got[0], s.want)
+			}
+			for i, p := range paths[1:] {
+				if got := s.got[i+1]; got != s.got[0] {
+					t.Errorf("UDP push after %d s of silence: kernel router %q, %s %q", s.secs, s.got[0], p.name, got)
+				} else {
+					t.Logf("UDP push after %d s of silence: %s as the kernel router, %q", s.secs, p.name, got)
+				}
+			}
+		}
+	}
+}
+
 // probe is one observation, made the same way on every path.
 type probe struct {
 	name string
 	run  func(ctx context.Context, p *parityPath) string
-	// kernel is what the kernel router's path must show (expectKernel),
-	// so that a broken probe or test server cannot pass on every path
+	// kernel is what the kernel router's path must show (set by the
+	// probe when the same for both families, else by expectKernel), so
+	// that a broken probe or test server cannot pass on every path
 	// alike; underpass, if set, is a deliberate difference (netstack's
 	// package doc): what Underpass's paths show instead.
 	kernel, underpass string
@@ -309,7 +337,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.(*net.TCPConn).SetLinger(0)
 			c.Close()
 			return "server saw " + srv.next(ctx)
-		}, kernelOnly: "SO_LINGER: a gonet connection cannot be closed with a reset"},
+		}, kernel: "server saw connection reset by peer", kernelOnly: "SO_LINGER: a gonet connection cannot be closed with a reset"},
 		{name: "server resets", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portResetter))
 			if err != nil {
@@ -320,7 +348,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.Write([]byte("x"))
 			_, err = io.ReadAll(c)
 			return "client saw " + errClass(err)
-		}},
+		}, kernel: "client saw connection reset by peer"},
 		{name: "client half-closes first", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portHalfClient))
 			if err != nil {
@@ -332,7 +360,7 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.(interface{ CloseWrite() error }).CloseWrite()
 			b, err := io.ReadAll(c)
 			return fmt.Sprintf("got %q, then %s", b, errClass(err))
-		}},
+		}, kernel: `got "got 5", then ok`},
 		{name: "server half-closes first", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portHalfServer))
 			if err != nil {
@@ -344,20 +372,15 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 			c.Write([]byte("0123456789"))
 			c.(interface{ CloseWrite() error }).CloseWrite()
 			return fmt.Sprintf("got %q, %s; server %s", b, errClass(err), srv.next(ctx))
-		}},
+		}, kernel: `got "hi", ok; server read 10 bytes after its FIN, then EOF`},
 		{name: "100 MB download", run: func(ctx context.Context, p *parityPath) string {
 			c, err := p.dial(ctx, "tcp", corp(portBulk))
 			if err != nil {
 				return "dial: " + errClass(err)
 			}
 			defer c.Close()
-			c.SetDeadline(time.Now().Add(60 * time.Second))
-			got, err := io.ReadAll(c)
-			if err != nil {
-				return "read: " + errClass(err)
-			}
-			return fmt.Sprintf("%d bytes, intact %v", len(got), bytes.Equal(got, testenv.Pattern(bulkSize)))
-		}},
+			return bulkRead(c, testenv.Pattern(bulkSize))
+		}, kernel: "104857600 bytes, intact true"},
 		{name: "UDP sizes both ways", run: func(ctx context.Context, p *parityPath) string {
 			return udpSizes(ctx, p, corp(portUDPEcho), udpSizeList...)
 		}},
@@ -366,6 +389,30 @@ func transportProbes(srv *parityServers, corp func(port int) string, udpSizeList
 		}},
 	}
 }
+
+// bulkRead reads c to EOF and reports how many bytes came and whether
+// they were want. A read that waits bulkStall for data fails: a stall,
+// not a rate (both suites and the Go clients' transports share two cores,
+// under -race, with other tests).
+func bulkRead(c net.Conn, want []byte) string {
+	buf := make([]byte, 256<<10)
+	n, intact := 0, true
+	for {
+		c.SetReadDeadline(time.Now().Add(bulkStall))
+		m, err := c.Read(buf)
+		intact = intact && n+m <= len(want) && bytes.Equal(buf[:m], want[n:n+m])
+		n += m
+		switch {
+		case err == io.EOF:
+			return fmt.Sprintf("%d bytes, intact %v", n, intact && n == len(want))
+		case err != nil:
+			return fmt.Sprintf("read: %s after %d bytes", errClass(err), n)
+		}
+	}
+}
+
+// bulkStall is how long bulkRead waits for the next bytes.
+const bulkStall = 30 * time.Second
 
 // pingProbes ping dst with each size, then with TTL (hop limit) 1 for
 // traceroute's first hop; flags go before the other arguments ("-6").
@@ -380,7 +427,7 @@ func pingProbes(dst string, sizes []string, flags ...string) []probe {
 		}, kernelOnly: "ping's sizes: tunnel.Client.Ping sends one fixed size"},
 		{name: "traceroute's first hop", run: func(ctx context.Context, p *parityPath) string {
 			return pingResult(ctx, p.ns, append(slices.Clone(flags), "-t", "1", dst)...)
-		}, kernelOnly: "a TTL: tunnel.Client.Ping sends the stack's default"},
+		}, kernel: "time to live exceeded", kernelOnly: "a TTL: tunnel.Client.Ping sends the stack's default"},
 	}
 }
 
@@ -390,11 +437,11 @@ func dialProbes(deadHost, closedPort string) []probe {
 		{name: "host does not answer", run: func(ctx context.Context, p *parityPath) string {
 			_, err := p.dial(ctx, "tcp", deadHost)
 			return errClass(err)
-		}},
+		}, kernel: "no route to host"},
 		{name: "closed port", run: func(ctx context.Context, p *parityPath) string {
 			_, err := p.dial(ctx, "tcp", closedPort)
 			return errClass(err)
-		}},
+		}, kernel: "connection refused"},
 	}
 }
 
@@ -408,6 +455,8 @@ type parityPath struct {
 	dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
+// parityServers are the corporate end of the probes. Observations made on
+// the server side arrive on obs, in probe order.
 type parityServers struct{ obs chan string }
 
 func (s *parityServers) next(ctx context.Context) string {

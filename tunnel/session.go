@@ -96,15 +96,16 @@ type session struct {
 	renewing atomic.Bool
 }
 
+// holds reports whether a is the session's IPv4 or IPv6 address.
+func (s *session) holds(a netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return a.IsValid() && (a == s.addr || a == s.addr6)
+}
+
 // identity is the session's current identity: the latest renewal's, else
 // the sign-in's. Policy checks and renewals read it; the user, the method
 // and the device ID never change with a renewal.
-// address is the session's address (invalid before prepare leased one).
-func (s *session) address() netip.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addr
-}
 
 func (s *session) identity() *auth.Identity {
 	s.mu.Lock()

@@ -14,6 +14,10 @@ import (
 // Site-wide address leases (site.Leases, when Site.Store implements it).
 // The local pool (*ippool.Pool, strided per server) picks addresses; the
 // store confirms them, so no two sessions of the site hold one address.
+// A dual-stack session's IPv6 address (Pool6) is leased the same way, as a
+// second lease of the same session: each address is its own key, so the
+// two are claimed, released and set aside independently, with the same
+// compare-and-swap rules.
 // A sign-in or resume asks the store at most siteCallTimeout; while the
 // store is unreachable the local pool decides alone (degraded mode) and
 // the lease waits in a queue that siteLoop replays when the store is back.
@@ -70,6 +74,15 @@ func (g *Gateway) siteLeases() site.Leases {
 	return g.site.leases
 }
 
+// poolFor is the pool a belongs to by family: Pool's for IPv4, Pool6's
+// for IPv6 (nil without Pool6).
+func (g *Gateway) poolFor(a netip.Addr) leaser {
+	if a.Is6() && !a.Is4In6() {
+		return g.pool6
+	}
+	return g.pool
+}
+
 // leaseFor is s's lease record for a.
 func (g *Gateway) leaseFor(s *session, a netip.Addr) site.Lease {
 	return site.Lease{
@@ -104,18 +117,19 @@ func (g *Gateway) confirm(ctx context.Context, l site.Lease) error {
 	return errSiteDown
 }
 
-// allocate leases an address to a signing-in session: the local pool's
-// pick, confirmed by the site store. An address the store says another
-// session holds is set aside for siteHoldFor and the next one tried.
-func (g *Gateway) allocate(s *session) (netip.Addr, error) {
+// allocate leases an address of pool (g.pool or g.pool6) to a
+// signing-in session: the local pool's pick, confirmed by the site store.
+// An address the store says another session holds is set aside (until
+// its lease ends or a learn finds it gone) and the next one tried.
+func (g *Gateway) allocate(s *session, pool leaser) (netip.Addr, error) {
 	if g.siteLeases() == nil {
-		return g.pool.Allocate(s.id)
+		return pool.Allocate(s.id)
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, siteCallTimeout)
 	defer cancel()
 	relearned := false
 	for range siteAllocTries {
-		a, err := g.pool.Allocate(s.id)
+		a, err := pool.Allocate(s.id)
 		if errors.Is(err, ippool.ErrExhausted) && !relearned && g.holding() {
 			// Addresses set aside may have been released since the last
 			// learn: list the leases now (one caller at a time) and retry.
@@ -124,7 +138,7 @@ func (g *Gateway) allocate(s *session) (netip.Addr, error) {
 				g.site.learning.Unlock()
 				g.learn(ctx)
 			}
-			a, err = g.pool.Allocate(s.id)
+			a, err = pool.Allocate(s.id)
 		}
 		if err != nil {
 			return a, err
@@ -137,7 +151,7 @@ func (g *Gateway) allocate(s *session) (netip.Addr, error) {
 			}
 			return a, nil // confirmed, or degraded mode
 		}
-		g.pool.Release(a)
+		pool.Release(a)
 		g.hold(a, held.Holder)
 	}
 	g.log.Warn("no address for session: every address tried is leased elsewhere in the site", "session", s.id, "tries", siteAllocTries)
@@ -148,7 +162,7 @@ func (g *Gateway) allocate(s *session) (netip.Addr, error) {
 func (g *Gateway) hold(a netip.Addr, l site.Lease) {
 	ss := g.site
 	key := heldKeyPrefix + l.Session
-	if g.pool.Claim(key, a) != nil {
+	if g.poolFor(a).Claim(key, a) != nil {
 		return // taken meanwhile by another sign-in, which asks the store itself
 	}
 	ss.mu.Lock()
@@ -166,7 +180,7 @@ func (g *Gateway) unhold(a netip.Addr) {
 	delete(ss.held, a)
 	ss.mu.Unlock()
 	if ok {
-		g.pool.Release(a)
+		g.poolFor(a).Release(a)
 	}
 }
 
@@ -194,11 +208,11 @@ func (g *Gateway) learn(ctx context.Context) bool {
 	now := time.Now()
 	leased := make(map[netip.Addr]bool, len(ls))
 	for _, l := range ls {
-		if !now.Before(l.Until) || !g.pool.Contains(l.Addr) {
+		if pool := g.poolFor(l.Addr); !now.Before(l.Until) || pool == nil || !pool.Contains(l.Addr) {
 			continue
 		}
 		leased[l.Addr] = true
-		if s := g.sessions.get(l.Session); s != nil && s.address() == l.Addr {
+		if s := g.sessions.get(l.Session); s != nil && s.holds(l.Addr) {
 			continue // ours
 		}
 		ss.mu.Lock()
@@ -222,13 +236,15 @@ func (g *Gateway) learn(ctx context.Context) bool {
 	return true
 }
 
-// claim leases the cookie's address a to a resuming session: free in the
-// local pool, and confirmed by the store. In strict mode (Site.Strict) a
-// store that does not answer refuses the resume.
+// claim leases the cookie's address a (IPv4, or IPv6 of Pool6) to a
+// resuming session: free in the local pool, and confirmed by the store.
+// In strict mode (Site.Strict) a store that does not answer refuses the
+// resume.
 func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
+	pool := g.poolFor(a)
 	ls := g.siteLeases()
 	if ls == nil {
-		return g.claimLocal(s, g.pool, a)
+		return g.claimLocal(s, pool, a)
 	}
 	strict := g.conf().Site.Strict
 	if strict && g.site.down.Load() {
@@ -236,7 +252,7 @@ func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
 		return refuseSiteStrict
 	}
 	g.unhold(a)
-	if rf := g.claimLocal(s, g.pool, a); rf != nil {
+	if rf := g.claimLocal(s, pool, a); rf != nil {
 		return rf
 	}
 	ctx, cancel := context.WithTimeout(g.ctx, siteCallTimeout)
@@ -247,13 +263,13 @@ func (g *Gateway) claim(s *session, a netip.Addr) *refusal {
 	case err == nil:
 		return nil
 	case errors.As(err, &held):
-		g.pool.Release(a)
+		pool.Release(a)
 		g.site.conflicts.Add(1)
 		g.log.Warn("resume refused: address held by another session of the site", "session", s.id, "user", s.ident.User, "addr", a,
 			"held_by", held.Holder.Session, "held_by_user", held.Holder.User, "held_on", held.Holder.Server)
 		return refuseAddrTakenSite
 	case strict:
-		g.pool.Release(a)
+		pool.Release(a)
 		g.dropQueuedClaim(s.id, a)
 		g.log.Warn("resume refused: site store unavailable (strict mode)", "session", s.id, "user", s.ident.User, "addr", a)
 		return refuseSiteStrict
@@ -281,18 +297,18 @@ func (g *Gateway) claimLocal(s *session, pool leaser, a netip.Addr) *refusal {
 	}
 }
 
-// release returns s's address a to the pool and ends its site lease
+// release returns s's address a to its pool and ends its site lease
 // (queued: the session's end never waits on the store). A gateway going
 // away keeps its sessions' leases: their clients resume elsewhere with
 // them.
 func (g *Gateway) release(s *session, a netip.Addr, r EndReason) {
-	g.pool.Release(a)
+	g.poolFor(a).Release(a)
 	if g.siteLeases() == nil || r == EndGoingAway {
 		return
 	}
 	ss := g.site
 	ss.mu.Lock()
-	ss.releasing[s.id] = a
+	ss.releasing[sessionAddr{s.id, a}] = struct{}{}
 	ss.mu.Unlock()
 	g.queueLease(leaseOp{l: site.Lease{Addr: a, Session: s.id, Server: ss.server}, release: true})
 }
@@ -335,17 +351,18 @@ func (g *Gateway) dropQueuedClaim(id string, a netip.Addr) {
 // leased again. It reports whether it did.
 func (g *Gateway) releaseQueued(ctx context.Context, l site.Lease) bool {
 	ss := g.site
+	k := sessionAddr{l.Session, l.Addr}
 	ss.mu.Lock()
-	a, ok := ss.releasing[l.Session]
+	_, ok := ss.releasing[k]
 	ss.mu.Unlock()
-	if !ok || a != l.Addr {
+	if !ok {
 		return false
 	}
 	if err := ss.leases.ReleaseLease(ctx, l.Addr, l.Session, ss.server); err != nil {
 		return false
 	}
 	ss.mu.Lock()
-	delete(ss.releasing, l.Session)
+	delete(ss.releasing, k)
 	ss.mu.Unlock()
 	return true
 }
@@ -371,7 +388,7 @@ func (g *Gateway) reconcile(ctx context.Context) {
 			// Only a session still live here with that address: a claim
 			// whose session ended or moved is stale.
 			s := g.sessions.get(op.l.Session)
-			if s == nil || s.address() != op.l.Addr {
+			if s == nil || !s.holds(op.l.Addr) {
 				g.popLease(op)
 				continue
 			}
@@ -409,8 +426,8 @@ func (g *Gateway) popLease(op leaseOp) {
 	if len(ss.leaseOps) > 0 && ss.leaseOps[0] == op {
 		ss.leaseOps = ss.leaseOps[1:]
 	}
-	if op.release && ss.releasing[op.l.Session] == op.l.Addr {
-		delete(ss.releasing, op.l.Session)
+	if op.release {
+		delete(ss.releasing, sessionAddr{op.l.Session, op.l.Addr})
 	}
 }
 

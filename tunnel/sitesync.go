@@ -57,11 +57,18 @@ type siteSync struct {
 	// dropped, so a record counted in Dropped never reaches the store.
 	sending bool
 	// leaseOps are lease calls waiting for the store (reconcile);
-	// releasing maps a session whose release is queued to its address;
-	// held are addresses set aside for other servers' sessions.
+	// releasing are the leases whose release is queued (a dual-stack
+	// session has two); held are addresses set aside for other servers'
+	// sessions.
 	leaseOps  []leaseOp
-	releasing map[string]netip.Addr
+	releasing map[sessionAddr]struct{}
 	held      map[netip.Addr]heldAddr
+}
+
+// sessionAddr names one lease: a session and one of its addresses.
+type sessionAddr struct {
+	session string
+	addr    netip.Addr
 }
 
 // SiteStoreStats is the gateway's view of its site store.
@@ -87,7 +94,7 @@ func (g *Gateway) startSite(cfg *Config) {
 		return
 	}
 	g.site = &siteSync{store: cfg.Site.Store, server: cfg.Site.name(), kick: make(chan struct{}, 1),
-		leaseKick: make(chan struct{}, 1), releasing: make(map[string]netip.Addr), held: make(map[netip.Addr]heldAddr)}
+		leaseKick: make(chan struct{}, 1), releasing: make(map[sessionAddr]struct{}), held: make(map[netip.Addr]heldAddr)}
 	g.site.leases, _ = cfg.Site.Store.(site.Leases)
 	g.wg.Add(2)
 	go g.siteWatch()

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -182,13 +183,15 @@ func showSessionsCommand(fs *flag.FlagSet) runFunc {
 // site store's address leases record them.
 func showSiteSessions(f *adminFlags, inv *invocation) int {
 	return query(f, inv, "/v1/site/sessions", func(w io.Writer, ss []admin.SiteSession) {
-		fmt.Fprintln(w, "ADDRESS\tSERVER\tUSER\tCLIENT\tSINCE\tEXPIRES\tID")
-		for _, s := range ss {
-			client := "-"
-			if s.Client.IsValid() {
-				client = s.Client.String()
+		fmt.Fprintln(w, "ADDRESS\tADDRESS6\tSERVER\tUSER\tCLIENT\tSINCE\tEXPIRES\tID")
+		orDash := func(a netip.Addr) string {
+			if a.IsValid() {
+				return a.String()
 			}
-			fmt.Fprintf(w, "%v\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Address, s.Server, s.User, client,
+			return "-"
+		}
+		for _, s := range ss {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", orDash(s.Address), orDash(s.Address6), s.Server, s.User, orDash(s.Client),
 				s.Since.Local().Format(time.DateTime), s.Expires.Local().Format(time.DateTime), s.Session)
 		}
 	})

@@ -159,15 +159,20 @@ func (s *served) stop(t *testing.T) {
 	}
 }
 
-// checkSiteSessions: a session another server of the site leased shows in
-// `underpass show sessions --site` (table and JSON) of this one.
+// checkSiteSessions: a dual-stack session another server of the site
+// leased (an IPv4 and an IPv6 lease) shows once in `underpass show
+// sessions --site` (table and JSON) of this one.
 func checkSiteSessions(ctx context.Context, t *testing.T, bin, sock string, st *sitestore.Store) {
 	t.Helper()
 	now := time.Now().Truncate(time.Second)
 	l := site.Lease{Addr: netip.MustParseAddr("169.254.7.9"), Session: "sess-on-b", Server: "gw-b", User: "carol",
 		Client: netip.MustParseAddr("198.51.100.4"), Since: now, Until: now.Add(time.Hour)}
-	if err := st.ClaimLease(ctx, l); err != nil {
-		t.Fatal(err)
+	l6 := l
+	l6.Addr = netip.MustParseAddr("fd7a:5c3e:11::9")
+	for _, l := range []site.Lease{l6, l} {
+		if err := st.ClaimLease(ctx, l); err != nil {
+			t.Fatal(err)
+		}
 	}
 	run := func(args ...string) string {
 		out, err := exec.CommandContext(ctx, bin, append(args, "-admin-socket", sock)...).CombinedOutput()
@@ -177,14 +182,17 @@ func checkSiteSessions(ctx context.Context, t *testing.T, bin, sock string, st *
 		return string(out)
 	}
 	out := run("show", "sessions", "--site")
-	for _, want := range []string{"169.254.7.9", "gw-b", "carol", "198.51.100.4", "sess-on-b"} {
+	for _, want := range []string{"169.254.7.9", "fd7a:5c3e:11::9", "gw-b", "carol", "198.51.100.4", "sess-on-b"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("show sessions --site lacks %q:\n%s", want, out)
 		}
 	}
+	if n := strings.Count(out, "sess-on-b"); n != 1 {
+		t.Fatalf("show sessions --site lists the dual-stack session %d times:\n%s", n, out)
+	}
 	var ss []admin.SiteSession
 	if out := run("show", "sessions", "--site", "--json"); json.Unmarshal([]byte(out), &ss) != nil || len(ss) != 1 ||
-		ss[0].Address != l.Addr || ss[0].Server != "gw-b" || ss[0].User != "carol" || !ss[0].Expires.Equal(l.Until) {
+		ss[0].Address != l.Addr || ss[0].Address6 != l6.Addr || ss[0].Server != "gw-b" || ss[0].User != "carol" || !ss[0].Expires.Equal(l.Until) {
 		t.Fatalf("show sessions --site --json: %s", out)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/underpass/underpass/internal/daemon/events"
 	"github.com/underpass/underpass/internal/daemon/fdlimit"
 	"github.com/underpass/underpass/tunnel"
+	"github.com/underpass/underpass/tunnel/site"
 )
 
 // Backend is what the API exposes.
@@ -73,15 +74,38 @@ type User struct {
 }
 
 // SiteSession is one session of the site, on any server, as the site
-// store's address lease records it (`underpass show sessions --site`).
+// store's address leases record it (`underpass show sessions --site`): a
+// dual-stack session's IPv4 and IPv6 leases make one SiteSession.
 type SiteSession struct {
-	Address netip.Addr `json:"address"`
-	Session string     `json:"session"`
-	Server  string     `json:"server"`
-	User    string     `json:"user"`
-	Client  netip.Addr `json:"client"` // invalid (null): unknown
-	Since   time.Time  `json:"since"`
-	Expires time.Time  `json:"expires"` // the cookie's expiry
+	Address  netip.Addr `json:"address"`
+	Address6 netip.Addr `json:"address6"` // a dual-stack session's IPv6 address (pool6); invalid (""): none
+	Session  string     `json:"session"`
+	Server   string     `json:"server"`
+	User     string     `json:"user"`
+	Client   netip.Addr `json:"client"` // invalid (null): unknown
+	Since    time.Time  `json:"since"`
+	Expires  time.Time  `json:"expires"` // the cookie's expiry
+}
+
+// siteSessions folds the site's leases (sorted by address, IPv4 first)
+// into sessions, in the order of their first address.
+func siteSessions(ls []site.Lease) []SiteSession {
+	out := make([]SiteSession, 0, len(ls))
+	at := make(map[string]int, len(ls))
+	for _, l := range ls {
+		i, ok := at[l.Session]
+		if !ok {
+			i = len(out)
+			at[l.Session] = i
+			out = append(out, SiteSession{Session: l.Session, Server: l.Server, User: l.User, Client: l.Client, Since: l.Since, Expires: l.Until})
+		}
+		if l.Addr.Is6() {
+			out[i].Address6 = l.Addr
+		} else {
+			out[i].Address = l.Addr
+		}
+	}
+	return out
 }
 
 // siteTimeout bounds the site store's answer to an operator's view: a
@@ -163,11 +187,7 @@ func Handler(b *Backend) http.Handler {
 			fail(w, http.StatusServiceUnavailable, fmt.Errorf("site store unavailable: %w", err))
 			return
 		}
-		out := make([]SiteSession, 0, len(ls))
-		for _, l := range ls {
-			out = append(out, SiteSession{Address: l.Addr, Session: l.Session, Server: l.Server, User: l.User, Client: l.Client, Since: l.Since, Expires: l.Until})
-		}
-		reply(w, 200, out)
+		reply(w, 200, siteSessions(ls))
 	})
 	mux.HandleFunc("GET /v1/users", func(w http.ResponseWriter, r *http.Request) {
 		byUser := map[string]*User{}

@@ -21,16 +21,38 @@ import (
 // naming the holder), moves with its session to another server, is
 // released only by the server holding it (without taking the leases that
 // share its etcd lease along), expires with its Until, and is listed
-// sorted by address with every field.
+// sorted by address with every field; for IPv4 addresses (Pool) and IPv6
+// ones (Pool6) alike.
 func TestLeases(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pfx  netip.Prefix // the addresses are its 9th to 12th
+	}{
+		{"IPv4", netip.MustParsePrefix("10.0.0.0/24")},
+		{"IPv6", netip.MustParsePrefix("fd7a:5c3e:11::/64")},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testLeases(t, tc.pfx) })
+	}
+}
+
+// nth is the n-th address of p.
+func nth(p netip.Prefix, n int) netip.Addr {
+	a := p.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+func testLeases(t *testing.T, pfx netip.Prefix) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	e := testenv.StartEtcd(t)
+	e := testenv.StartEtcd(t) // its own: the etcd lease count below is the cluster's
 	a, b := newStore(t, e), newStore(t, e)
 	c := ctx(t)
 	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
 	since := until.Add(-2 * time.Hour)
-	x, y := netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("10.0.0.10")
+	x, y := nth(pfx, 9), nth(pfx, 10)
 	l := site.Lease{Addr: x, Session: "s-1", Server: "a", User: "alice", Client: netip.MustParseAddr("198.51.100.7"), Since: since, Until: until}
 	if err := a.ClaimLease(c, l); err != nil {
 		t.Fatal(err)
@@ -65,7 +87,7 @@ func TestLeases(t *testing.T) {
 		t.Fatalf("Leases = %+v, %v; want [%+v %+v]", ls, err, moved, y1)
 	}
 	// z shares b's etcd lease with x: releasing x must not end it.
-	z := site.Lease{Addr: netip.MustParseAddr("10.0.0.12"), Session: "s-5", Server: "b", Since: since, Until: until}
+	z := site.Lease{Addr: nth(pfx, 12), Session: "s-5", Server: "b", Since: since, Until: until}
 	if err := b.ClaimLease(c, z); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +103,7 @@ func TestLeases(t *testing.T) {
 	// A lease ends with its Until, within the bucket's span (a second
 	// here, so the wait is short).
 	a.span = time.Second
-	short := site.Lease{Addr: netip.MustParseAddr("10.0.0.11"), Session: "s-4", Server: "a", Until: time.Now().Add(time.Second)}
+	short := site.Lease{Addr: nth(pfx, 11), Session: "s-4", Server: "a", Until: time.Now().Add(time.Second)}
 	if err := a.ClaimLease(c, short); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +129,53 @@ func TestLeases(t *testing.T) {
 	}
 	if n := len(resp.Leases); n != 2 {
 		t.Fatalf("%d etcd leases live for 3 keys of one expiry minute from 2 clients, want 2", n)
+	}
+}
+
+// TestDualStackLeases: a dual-stack session's IPv4 and IPv6 leases are
+// two keys with the same rules: another session is refused either
+// (HeldError naming the holder), a resume elsewhere moves each, releasing
+// one leaves the other, and both are listed, IPv4 first.
+func TestDualStackLeases(t *testing.T) {
+	e := testenv.StartEtcd(t)
+	a, b := newStore(t, e), newStore(t, e)
+	c := ctx(t)
+	until := time.Now().Add(time.Hour).Truncate(time.Second).UTC()
+	v4 := site.Lease{Addr: netip.MustParseAddr("10.0.0.9"), Session: "s-1", Server: "a", User: "alice", Since: until.Add(-time.Hour), Until: until}
+	v6 := v4
+	v6.Addr = netip.MustParseAddr("fd7a:5c3e:11::9")
+	for _, l := range []site.Lease{v6, v4} {
+		if err := a.ClaimLease(c, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range []site.Lease{v4, v6} {
+		var held *site.HeldError
+		other := site.Lease{Addr: l.Addr, Session: "s-2", Server: "b", Until: until}
+		if err := b.ClaimLease(c, other); !errors.As(err, &held) || held.Holder != l {
+			t.Fatalf("claim of %v held by s-1 = %v, want a HeldError naming %+v", l.Addr, err, l)
+		}
+	}
+	if ls, err := b.Leases(c); err != nil || len(ls) != 2 || ls[0] != v4 || ls[1] != v6 {
+		t.Fatalf("Leases = %+v, %v; want [%+v %+v]", ls, err, v4, v6)
+	}
+	// The session resumes on b: each lease moves; a's late release of
+	// them is a no-op, b's release of the IPv4 one leaves the IPv6 one.
+	m4, m6 := v4, v6
+	m4.Server, m6.Server = "b", "b"
+	for _, l := range []site.Lease{m4, m6} {
+		if err := b.ClaimLease(c, l); err != nil {
+			t.Fatalf("resume's claim of %v: %v", l.Addr, err)
+		}
+		if err := a.ReleaseLease(c, l.Addr, "s-1", "a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.ReleaseLease(c, m4.Addr, "s-1", "b"); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err := a.Leases(c); err != nil || len(ls) != 1 || ls[0] != m6 {
+		t.Fatalf("after the IPv4 release: Leases = %+v, %v; want [%+v]", ls, err, m6)
 	}
 }
 
