@@ -154,6 +154,20 @@ func (c *ClientStack) Addr6() netip.Addr { return c.cfg.Addr6 }
 // MTU returns the stack's MTU.
 func (c *ClientStack) MTU() int { return c.cfg.MTU }
 
+// ClientStats counts a ClientStack's TCP segments since it was created,
+// from gVisor's own counters. Retransmits against SegmentsSent is how
+// often the tunnel lost (or delayed past the RTO) what this side sent.
+type ClientStats struct {
+	TCPSegmentsSent uint64 // every TCP segment sent, retransmissions included
+	TCPRetransmits  uint64 // segments sent again: fast recovery and timeouts
+}
+
+// Stats returns the stack's counters.
+func (c *ClientStack) Stats() ClientStats {
+	t := c.st.Stats().TCP
+	return ClientStats{TCPSegmentsSent: t.SegmentsSent.Value(), TCPRetransmits: t.Retransmits.Value()}
+}
+
 // Packets returns the packets to send into the tunnel, each with
 // ClientConfig.Headroom free bytes in front (see Packet.Frame). The
 // consumer must Release each. The channel closes with the stack.
