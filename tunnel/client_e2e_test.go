@@ -466,6 +466,25 @@ func TestBigDatagrams(t *testing.T) {
 	}
 }
 
+// restartConfig is a gateway's configuration for the restart cases: a
+// site key (so a successor derives the same stateless reset key and opens
+// the same cookies) and DPD 10 s, so QUIC's idle timeout (25 s) is far
+// past any wait of theirs: only a stateless reset ends a connection early.
+func restartConfig(t testing.TB) Config {
+	sealer, err := auth.NewSealer(nil, make([]byte, auth.SealerKeySize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Config{
+		Certificate:   testCert,
+		Authenticator: passwords{"alice": "secret"},
+		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
+		Dialer:        testenv.LoopCorpDialer{},
+		Sealer:        sealer,
+		DPD:           10 * time.Second,
+	}
+}
+
 // serveUntilKilled serves cfg's gateway on addr, TCP and UDP on one port,
 // and returns the address and a kill that closes both sockets without a
 // word (no CONNECTION_CLOSE), as a crashed process's would be. The
@@ -501,18 +520,7 @@ func serveUntilKilled(t testing.TB, cfg Config, addr string) (bound string, kill
 // gone (without the key it waits out the idle timeout), reconnects and
 // resumes its session with its address.
 func TestQUICStatelessResetAfterRestart(t *testing.T) {
-	sealer, err := auth.NewSealer(nil, make([]byte, auth.SealerKeySize))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{
-		Certificate:   testCert,
-		Authenticator: passwords{"alice": "secret"},
-		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
-		Dialer:        testenv.LoopCorpDialer{},
-		Sealer:        sealer,
-		DPD:           10 * time.Second, // idle timeout 25 s: well past the wait below
-	}
+	cfg := restartConfig(t)
 	addr, kill := serveUntilKilled(t, cfg, "127.0.0.1:0")
 	c := dialClient(t, addr, func(cc *ClientConfig) { cc.Transport = TransportQUIC })
 	addr0 := c.Addr()

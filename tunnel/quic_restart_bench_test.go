@@ -3,14 +3,10 @@ package tunnel
 import (
 	"context"
 	"net"
-	"net/netip"
 	"slices"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/underpass/underpass/auth"
-	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // BenchmarkQUICRestartRecovery: 100 tunnel.Clients over QUIC are signed in
@@ -26,18 +22,7 @@ import (
 //	go test -run '^$' -bench QUICRestartRecovery -benchtime 3x ./tunnel/
 func BenchmarkQUICRestartRecovery(b *testing.B) {
 	const clients = 100
-	sealer, err := auth.NewSealer(nil, make([]byte, auth.SealerKeySize))
-	if err != nil {
-		b.Fatal(err)
-	}
-	cfg := Config{
-		Certificate:   testCert,
-		Authenticator: passwords{"alice": "secret"},
-		SplitInclude:  []netip.Prefix{netip.MustParsePrefix("198.18.0.0/16")},
-		Dialer:        testenv.LoopCorpDialer{},
-		Sealer:        sealer,
-		DPD:           10 * time.Second,
-	}
+	cfg := restartConfig(b)
 	addr, kill := serveUntilKilled(b, cfg, "127.0.0.1:0")
 	cs := make([]*Client, clients)
 	for i := range cs {
