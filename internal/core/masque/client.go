@@ -92,8 +92,6 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 	return newSession(c, str, r), rsp, nil
 }
 
-// readResponse reads the final response's HEADERS, skipping interim (1xx)
-// responses.
 // requestFields lists a CONNECT-IP request's fields (RFC 9484 4.1,
 // RFC 9220 3, RFC 9297 3.4).
 func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
@@ -108,6 +106,8 @@ func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
 	return headerFields(fields, h)
 }
 
+// readResponse reads the final response's HEADERS, skipping interim (1xx)
+// responses.
 func readResponse(r *bufio.Reader) (*Response, error) {
 	for {
 		fs, err := readHeadersFrame(r, ":status")
