@@ -68,10 +68,19 @@ func TestFieldSectionRules(t *testing.T) {
 	}
 }
 
-// TestMalformedRequestReset: a request with a forbidden character is
+// TestMalformedRequestReset: a request with a forbidden character, or a
+// HEADERS frame larger than the field section limit we announce, is
 // answered with an H3_MESSAGE_ERROR reset of its stream, and the
 // connection stays up for the next request.
 func TestMalformedRequestReset(t *testing.T) {
+	bad := append(requestFields("gw.example", testPath, nil), qpack.HeaderField{Name: "user-agent", Value: "a\nb"})
+	big := appendFrame(nil, frameHeaders, make([]byte, maxFieldSection+1))
+	for name, b := range map[string][]byte{"LF in a value": appendHeadersFrame(nil, bad), "HEADERS above the limit": big} {
+		t.Run(name, func(t *testing.T) { malformedRequestReset(t, b) })
+	}
+}
+
+func malformedRequestReset(t *testing.T, b []byte) {
 	cq, sq := quicPair(t)
 	server, err := NewServerConn(sq, nil)
 	if err != nil {
@@ -84,8 +93,7 @@ func TestMalformedRequestReset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fields := append(requestFields("gw.example", testPath, nil), qpack.HeaderField{Name: "user-agent", Value: "a\nb"})
-	if _, err := str.Write(appendHeadersFrame(nil, fields)); err != nil {
+	if _, err := str.Write(b); err != nil {
 		t.Fatal(err)
 	}
 	_, err = str.Read(make([]byte, 1))

@@ -135,6 +135,8 @@ type Settings struct {
 	// ExtendedConnect: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 9220).
 	ExtendedConnect bool
 	// MaxFieldSection is SETTINGS_MAX_FIELD_SECTION_SIZE; 0 if unlimited.
+	// Dial refuses to send a request larger than the server's (RFC 9114
+	// 4.2.2 counts name + value + 32 per field).
 	MaxFieldSection uint64
 }
 
@@ -287,6 +289,16 @@ func parseFieldSection(p []byte, allowed ...string) (*fieldSection, error) {
 	return fs, nil
 }
 
+// fieldSectionSize is a field section's size as RFC 9114 section 4.2.2
+// counts it: each field's name and value lengths plus 32.
+func fieldSectionSize(fields []qpack.HeaderField) int {
+	n := 0
+	for _, f := range fields {
+		n += len(f.Name) + len(f.Value) + 32
+	}
+	return n
+}
+
 // headerFields lists h's fields with lowercase names, skipping those
 // HTTP/3 forbids.
 func headerFields(out []qpack.HeaderField, h http.Header) []qpack.HeaderField {
@@ -316,6 +328,12 @@ func readHeadersFrame(r *bufio.Reader, allowed ...string) (*fieldSection, error)
 		}
 		switch {
 		case typ == frameHeaders:
+			if n > maxFieldSection {
+				// Larger than we announced (RFC 9114 4.2.2): a stream
+				// error, which resets the stream unread; the connection
+				// and its other streams go on.
+				return nil, h3err(ErrCodeMessage, "HEADERS frame of %d bytes exceeds our %d-byte field section limit", n, maxFieldSection)
+			}
 			p, err := readPayload(r, typ, n, maxFieldSection)
 			if err != nil {
 				return nil, err
