@@ -81,28 +81,17 @@ func TestMalformedRequestReset(t *testing.T) {
 }
 
 func malformedRequestReset(t *testing.T, b []byte) {
-	cq, sq := quicPair(t)
-	server, err := NewServerConn(sq, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	go func() { _, _ = server.AcceptRequest(ctx) }()
-	str, err := cq.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	server, str, _ := openRequest(t)
 	if _, err := str.Write(b); err != nil {
 		t.Fatal(err)
 	}
-	_, err = str.Read(make([]byte, 1))
+	_, err := str.Read(make([]byte, 1))
 	var se *quic.StreamError
 	if !errors.As(err, &se) || se.ErrorCode != quic.StreamErrorCode(ErrCodeMessage) {
 		t.Fatalf("read %v, want an H3_MESSAGE_ERROR reset", err)
 	}
-	if sq.Context().Err() != nil {
-		t.Fatalf("connection closed: %v", context.Cause(sq.Context()))
+	if qc := server.QUIC(); qc.Context().Err() != nil {
+		t.Fatalf("connection closed: %v", context.Cause(qc.Context()))
 	}
 }
 
