@@ -177,3 +177,20 @@ func FuzzBodyReader(f *testing.F) {
 		}
 	})
 }
+
+func FuzzIPPayload(f *testing.F) {
+	f.Add([]byte{0, 0x45})
+	f.Add([]byte{0x40, 0, 0x45})
+	f.Add([]byte{0x40})
+	f.Add([]byte{1, 0x45})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, ok := ipPayload(b)
+		id, n, err := quicvarint.Parse(b)
+		if want := err == nil && id == 0; ok != want {
+			t.Fatalf("% x: ok %v, but the context ID parses as %d, %v", b, ok, id, err)
+		}
+		if ok && !bytes.Equal(p, b[n:]) {
+			t.Fatalf("% x: packet % x, want % x", b, p, b[n:])
+		}
+	})
+}
