@@ -64,7 +64,7 @@ func (c *Client) connectQUIC(ctx context.Context) (clientTransport, tunnelParams
 		return nil, tunnelParams{}, fmt.Errorf("tunnel: quic dial %s: %w", addr, err)
 	}
 	fail := func(err error) (clientTransport, tunnelParams, error) {
-		_ = qc.CloseWithError(0, "")
+		_ = qc.CloseWithError(masque.ErrCodeNoError, "")
 		return nil, tunnelParams{}, err
 	}
 	mc, err := masque.NewClientConn(qc, c.log)
@@ -112,7 +112,7 @@ func (c *Client) connectQUIC(ctx context.Context) (clientTransport, tunnelParams
 	// The configuration read, the stream is only watched: capsules that
 	// follow (updates) change nothing in a running tunnel.Client, and its
 	// end ends the session (RFC 9484 3).
-	sess.WatchEnd(func() { _ = qc.CloseWithError(0, "CONNECT-IP stream ended") })
+	sess.WatchEnd(func() { _ = qc.CloseWithError(masque.ErrCodeNoError, "CONNECT-IP stream ended") })
 	return t, p, nil
 }
 
@@ -265,7 +265,7 @@ func (t *quicTransport) close(logoff bool) {
 		// Closing the connection ends the session's stream with it.
 		// CONNECT-IP has no logoff message: the close code tells the
 		// gateway to end the session rather than hold it for a reconnect.
-		code := quic.ApplicationErrorCode(0)
+		code := masque.ErrCodeNoError
 		if logoff {
 			code = QUICCodeLogoff
 		}

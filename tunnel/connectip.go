@@ -2,9 +2,11 @@ package tunnel
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -60,14 +62,21 @@ func (g *Gateway) quicConfig() *quic.Config {
 		// single session can move gigabits without unbounded memory.
 		InitialConnectionReceiveWindow: 1 << 20,
 		MaxConnectionReceiveWindow:     16 << 20,
-		// A client runs one CONNECT-IP stream; a few more cover retries.
-		MaxIncomingStreams: 16,
+		// A client runs one CONNECT-IP stream at a time: 2 leaves room for
+		// the next request while a refused one (a 401 before credentials)
+		// is still closing, or for a second request beside the session,
+		// which is rejected (masque.Conn.RejectRequests). quic-go grants a
+		// new stream as each one closes; every stream allowed beyond these
+		// could only hold up to streamWindow of data unread (M1 of the
+		// HTTP/3 review).
+		MaxIncomingStreams: 2,
 		// Its control stream and at most two QPACK streams (RFC 9114
 		// 6.2); a stream of another type is aborted, which frees its slot.
 		MaxIncomingUniStreams: 3,
 		// Streams carry only HTTP/3 control data, headers and capsules,
 		// a few KiB at most: what a client sends that the gateway does
-		// not read (see serveConnectIP) stays within this per stream.
+		// not read (its control stream after SETTINGS, see masque's
+		// package doc) stays within this per stream.
 		InitialStreamReceiveWindow: streamWindow,
 		MaxStreamReceiveWindow:     streamWindow,
 	}
@@ -152,22 +161,36 @@ func (g *Gateway) ServeQUIC(pc net.PacketConn) error {
 // until one becomes a CONNECT-IP session, which this goroutine then runs
 // (linkBase.run) until it ends and closes the connection. A client opens
 // one session per connection; a refused request may be retried on it.
+//
+// Until a request becomes a session the connection is unauthenticated:
+// like the TLS path's ReadHeaderTimeout, it has DefaultHandshakeTimeout
+// from its handshake to send an acceptable request (refused ones retried
+// within it), or it is closed with H3_NO_ERROR (RFC 9114 5.2: a graceful
+// close; the reason says why). Without that bound, QUIC keepalives would
+// keep a silent, credential-less connection (and what it buffered) up
+// forever.
 func (g *Gateway) serveQUICConn(qc *quic.Conn) {
 	mc, err := masque.NewServerConn(qc, g.log)
 	if err != nil {
 		g.log.Debug("connect-ip: HTTP/3 set-up", "err", err)
-		_ = qc.CloseWithError(quic.ApplicationErrorCode(masque.ErrCodeInternal), "")
+		_ = qc.CloseWithError(masque.ErrCodeInternal, "")
 		return
 	}
+	ctx, cancel := context.WithTimeout(g.ctx, DefaultHandshakeTimeout)
+	defer cancel()
 	for {
-		req, err := mc.AcceptRequest(g.ctx)
+		req, err := mc.AcceptRequest(ctx)
 		if err != nil {
-			if g.ctx.Err() != nil {
+			switch {
+			case g.ctx.Err() != nil:
 				_ = qc.CloseWithError(QUICCodeGoingAway, "gateway going away; reconnect")
+			case ctx.Err() != nil:
+				g.log.Debug("connect-ip: no session request in time", "client", qc.RemoteAddr(), "timeout", DefaultHandshakeTimeout)
+				_ = qc.CloseWithError(masque.ErrCodeNoError, fmt.Sprintf("no CONNECT-IP request accepted within %v", DefaultHandshakeTimeout))
 			}
 			return
 		}
-		if g.serveConnectIP(mc, req) {
+		if g.serveConnectIP(ctx, mc, req) {
 			return
 		}
 	}
@@ -214,7 +237,13 @@ func (w *h3Reply) Write(b []byte) (int, error) {
 // to the stack and relays its packets until the session or connection
 // ends. It reports whether the request became a session (which has then
 // ended, and closed the connection).
-func (g *Gateway) serveConnectIP(mc *masque.Conn, req *masque.IncomingRequest) bool {
+//
+// HTTP datagrams go to a client only if its SETTINGS enabled them
+// (SETTINGS_H3_DATAGRAM = 1) and QUIC datagrams were negotiated (RFC 9297
+// 2.1.1); the client's SETTINGS are awaited (settingsWait, within ctx, the
+// connection's request budget), and without both the request is refused
+// with a 400 before any sign-in work.
+func (g *Gateway) serveConnectIP(ctx context.Context, mc *masque.Conn, req *masque.IncomingRequest) bool {
 	qc := mc.QUIC()
 	w := &h3Reply{h: http.Header{}}
 	refuse := func() bool {
@@ -236,6 +265,13 @@ func (g *Gateway) serveConnectIP(mc *masque.Conn, req *masque.IncomingRequest) b
 		var re *masque.RequestError
 		errors.As(err, &re)
 		http.Error(w, re.Reason, re.Status)
+		return refuse()
+	}
+	sctx, cancel := context.WithTimeout(ctx, settingsWait)
+	st, err := mc.PeerSettings(sctx)
+	cancel()
+	if err != nil || !st.Datagram || !qc.ConnectionState().SupportsDatagrams.Remote {
+		http.Error(w, "HTTP datagrams not enabled: CONNECT-IP needs SETTINGS_H3_DATAGRAM = 1 and QUIC datagrams (RFC 9297 2.1.1)", http.StatusBadRequest)
 		return refuse()
 	}
 	cs := qc.ConnectionState().TLS
@@ -282,11 +318,13 @@ func (g *Gateway) serveConnectIP(mc *masque.Conn, req *masque.IncomingRequest) b
 	addr6 := s.addr6
 	s.mu.Unlock()
 	sess.OnPacket(q.deliver)
-	// The client's capsules are not read: the gateway assigns addresses
-	// unasked, so nothing a client may send changes the session, and the
-	// stream's flow-control window bounds what waits unread. Its end
-	// ends the session (RFC 9484 3).
-	sess.WatchEnd(func() { q.stopWith(EndConnLost) })
+	// One goroutine reads the client's capsules (answering ADDRESS_REQUEST,
+	// injecting DATAGRAM capsules) and ends the session at the stream's
+	// end (RFC 9484 3); another rejects further requests on the
+	// connection. Both end with the connection, which the session's end
+	// closes.
+	go q.readCapsules(addr, addr6)
+	go mc.RejectRequests()
 	if err := g.configureConnectIP(sess, addr, addr6); err != nil {
 		g.log.Warn("connect-ip: configure", "session", s.id, "err", err)
 		q.closeWith(QUICCodeSessionEnded, "gateway configuration error")
@@ -413,6 +451,114 @@ type quicLink struct {
 	qc   *quic.Conn
 }
 
+// readCapsules reads the client's capsules on the session's stream until
+// it ends, which ends the session (RFC 9484 section 3):
+//   - ADDRESS_REQUEST is answered with ADDRESS_ASSIGN (RFC 9484 4.7.2),
+//     see answerAddressRequest;
+//   - DATAGRAM (RFC 9297 3.5) with context ID 0 carries an IP packet,
+//     injected as an HTTP datagram's would be; other context IDs are
+//     dropped (RFC 9484 6);
+//   - other types are skipped (RFC 9297 3.2);
+//   - a malformed capsule resets the stream with H3_MESSAGE_ERROR (RFC
+//     9297 3.3), closes the connection with the same code and ends the
+//     session.
+//
+// The ADDRESS_ASSIGN answer and configureConnectIP's capsules are written
+// under the session's write lock, so they do not interleave.
+func (q *quicLink) readCapsules(addr, addr6 netip.Addr) {
+	want := func(t uint64) bool { return t == masque.CapsuleAddressRequest || t == masque.CapsuleDatagram }
+	for {
+		typ, p, err := q.sess.ReadCapsule(want)
+		if err == nil {
+			switch typ {
+			case masque.CapsuleDatagram:
+				if pk, ok := masque.IPPayload(p); ok && len(pk) > 0 {
+					q.deliver(pk)
+				}
+			case masque.CapsuleAddressRequest:
+				var rs []masque.AssignedAddress
+				if rs, err = masque.ParseAddressRequest(p); err == nil {
+					err = q.sess.WriteCapsules(masque.AppendAddressAssign(nil, answerAddressRequest(rs, addr, addr6)))
+					if err != nil {
+						q.stopWith(EndConnLost)
+						return
+					}
+				}
+			}
+		}
+		if err == nil {
+			continue
+		}
+		var se *quic.StreamError
+		var he *masque.Error
+		switch {
+		case connectionEnded(err) || q.qc.Context().Err() != nil:
+			// read (ServeDatagrams) sees the same end and tells why: a
+			// logoff, or a connection lost.
+			return
+		case err == io.EOF || errors.As(err, &se):
+			// The client ended or reset the stream.
+		case errors.As(err, &he) && he.Code != masque.ErrCodeMessage:
+			// A frame that may not appear on a request stream: a
+			// connection error (RFC 9114 7.2.8, 9).
+			q.g.log.Info("connect-ip: HTTP/3 error on the session's stream", "session", q.s.id, "err", err)
+			q.closeWith(he.Code, he.Reason)
+		default:
+			// The stream's reset says why; the connection, which served
+			// only this session, closes with the same code and the reason.
+			q.g.log.Info("connect-ip: malformed capsule", "session", q.s.id, "err", err)
+			q.sess.Abort(masque.ErrCodeMessage)
+			q.closeWith(masque.ErrCodeMessage, "malformed capsule: "+err.Error())
+		}
+		q.stopWith(EndConnLost)
+		return
+	}
+}
+
+// connectionEnded reports whether err is the end of the QUIC connection
+// rather than of one stream.
+func connectionEnded(err error) bool {
+	var ae *quic.ApplicationError
+	var ie *quic.IdleTimeoutError
+	var re *quic.StatelessResetError
+	var te *quic.TransportError
+	return errors.As(err, &ae) || errors.As(err, &ie) || errors.As(err, &re) || errors.As(err, &te) || errors.Is(err, net.ErrClosed)
+}
+
+// answerAddressRequest answers an ADDRESS_REQUEST's entries (RFC 9484
+// 4.7.2): each gets the session's address of its family, with its Request
+// ID, when it asks for any address (the unspecified one) or a prefix that
+// holds the session's; otherwise the rejection form 0.0.0.0/32 or ::/128.
+// The session's addresses follow with Request ID 0, since each
+// ADDRESS_ASSIGN lists every assigned address (RFC 9484 4.7.1).
+func answerAddressRequest(rs []masque.AssignedAddress, addr, addr6 netip.Addr) []masque.AssignedAddress {
+	var out []masque.AssignedAddress
+	given4, given6 := false, false
+	for _, r := range rs {
+		a, bits, given := addr, 32, &given4
+		if r.Prefix.Addr().Is6() {
+			a, bits, given = addr6, 128, &given6
+		}
+		if a.IsValid() && (r.Prefix.Addr().IsUnspecified() || r.Prefix.Contains(a)) {
+			out = append(out, masque.AssignedAddress{RequestID: r.RequestID, Prefix: netip.PrefixFrom(a, bits)})
+			*given = true
+			continue
+		}
+		none := netip.IPv4Unspecified()
+		if bits == 128 {
+			none = netip.IPv6Unspecified()
+		}
+		out = append(out, masque.AssignedAddress{RequestID: r.RequestID, Prefix: netip.PrefixFrom(none, bits)})
+	}
+	if !given4 {
+		out = append(out, masque.AssignedAddress{Prefix: netip.PrefixFrom(addr, 32)})
+	}
+	if addr6.IsValid() && !given6 {
+		out = append(out, masque.AssignedAddress{Prefix: netip.PrefixFrom(addr6, 128)})
+	}
+	return out
+}
+
 // deliver feeds one of the client's packets into the stack, in the
 // connection's datagram reader (masque.Conn.ServeDatagrams).
 func (q *quicLink) deliver(p []byte) {
@@ -437,6 +583,11 @@ func (q *quicLink) closeWith(code quic.ApplicationErrorCode, reason string) {
 // holds the largest HEADERS frame masque accepts (16 KiB) and a
 // capsule of MaxCapsulePayload, and bounds what waits unread.
 const streamWindow = 64 << 10
+
+// settingsWait bounds the wait for a client's SETTINGS once its request
+// arrived: a client sends them with its first packets, so this covers a
+// few retransmissions of a lost packet, not a client that sends none.
+const settingsWait = 3 * time.Second
 
 // quicResetKeyPurpose names the stateless reset key derived from the site
 // key (auth.Sealer.DeriveKey).

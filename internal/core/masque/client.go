@@ -53,6 +53,10 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 	case !c.qc.ConnectionState().SupportsDatagrams.Remote:
 		return nil, nil, errors.New("masque: the server does not support QUIC datagrams (RFC 9221)")
 	}
+	fields := requestFields(req.Authority, req.Path, req.Header)
+	if n := fieldSectionSize(fields); set.MaxFieldSection != 0 && uint64(n) > set.MaxFieldSection {
+		return nil, nil, fmt.Errorf("masque: the request's field section of %d bytes exceeds the server's SETTINGS_MAX_FIELD_SECTION_SIZE of %d (RFC 9114 4.2.2)", n, set.MaxFieldSection)
+	}
 	str, err := c.qc.OpenStreamSync(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("masque: open request stream: %w", err)
@@ -67,7 +71,7 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 		str.CancelWrite(quic.StreamErrorCode(ErrCodeRequestCancelled))
 	})
 	defer stop()
-	if _, err := str.Write(appendHeadersFrame(nil, requestFields(req.Authority, req.Path, req.Header))); err != nil {
+	if _, err := str.Write(appendHeadersFrame(nil, fields)); err != nil {
 		return abort(fmt.Errorf("masque: send request: %w", err))
 	}
 	r := bufio.NewReaderSize(str, 4096)
@@ -92,8 +96,6 @@ func (c *Conn) Dial(ctx context.Context, req Request) (*Session, *Response, erro
 	return newSession(c, str, r), rsp, nil
 }
 
-// readResponse reads the final response's HEADERS, skipping interim (1xx)
-// responses.
 // requestFields lists a CONNECT-IP request's fields (RFC 9484 4.1,
 // RFC 9220 3, RFC 9297 3.4).
 func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
@@ -108,6 +110,8 @@ func requestFields(authority, path string, h http.Header) []qpack.HeaderField {
 	return headerFields(fields, h)
 }
 
+// readResponse reads the final response's HEADERS, skipping interim (1xx)
+// responses.
 func readResponse(r *bufio.Reader) (*Response, error) {
 	for {
 		fs, err := readHeadersFrame(r, ":status")

@@ -142,7 +142,12 @@ func (c *Conn) handleUni(str *quic.ReceiveStream) error {
 		// before the connection's is a closed critical stream.
 		_ = str.SetReadDeadline(time.Time{})
 		go func() {
-			_, err := io.Copy(io.Discard, r)
+			var err error
+			if typ == streamQPACKEncoder {
+				err = readEncoderStream(r)
+			} else {
+				_, err = io.Copy(io.Discard, r)
+			}
 			c.criticalEnded(err)
 		}()
 		return nil
@@ -192,9 +197,35 @@ func (c *Conn) readSettings(r *bufio.Reader) error {
 	if c.peer, err = ParseSettings(p); err != nil {
 		return err
 	}
+	if c.peer.Datagram && !c.qc.ConnectionState().SupportsDatagrams.Remote {
+		return h3err(ErrCodeSettings, "SETTINGS_H3_DATAGRAM = 1 without the QUIC max_datagram_frame_size transport parameter (RFC 9297 2.1.1)")
+	}
 	c.peerCtl = r
 	close(c.settingsIn)
 	return nil
+}
+
+// readEncoderStream reads the peer's QPACK encoder stream until it ends.
+// Our SETTINGS_QPACK_MAX_TABLE_CAPACITY is 0, so the only valid
+// instruction is Set Dynamic Table Capacity to 0 (the byte 0x20, RFC 9204
+// 4.3.1); any other, a capacity above 0 or an insertion, is
+// QPACK_ENCODER_STREAM_ERROR (RFC 9204 4.3.1 and 6).
+func readEncoderStream(r *bufio.Reader) error {
+	for {
+		b, err := r.ReadByte()
+		if err != nil {
+			return err
+		}
+		if b != 0x20 {
+			return h3err(ErrCodeQPACKEncoderStream, "encoder instruction %#x, though our dynamic table capacity is 0", b)
+		}
+	}
+}
+
+// PeerSettings waits for the peer's SETTINGS (RFC 9114 section 7.2.4),
+// until ctx or the connection ends.
+func (c *Conn) PeerSettings(ctx context.Context) (Settings, error) {
+	return c.awaitSettings(ctx)
 }
 
 // awaitSettings waits for the peer's SETTINGS.

@@ -210,6 +210,9 @@ func TestDialRefusals(t *testing.T) {
 		{"uppercase field", appendSettings(nil, true), statusFrame("200", "X-Reason", "no"), "not lowercase", 0},
 		{"request pseudo-header", appendSettings(nil, true), statusFrame("200", ":path", "/"), "not allowed", 0},
 		{"SETTINGS on the request stream", appendSettings(nil, true), appendSettings(nil, true), "on a request stream", 0},
+		{"request above the server's field section limit", appendFrame(nil, frameSettings, []byte{
+			settingEnableConnectProtocol, 1, settingH3Datagram, 1, settingMaxFieldSectionSize, 63,
+		}), nil, "SETTINGS_MAX_FIELD_SECTION_SIZE", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cq, sq := quicPair(t)

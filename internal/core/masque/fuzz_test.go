@@ -8,7 +8,9 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Every parser of bytes from the network has a fuzz target: it must not
@@ -125,15 +127,34 @@ func FuzzParseSettings(f *testing.F) {
 func FuzzParseFieldSection(f *testing.F) {
 	fr := appendHeadersFrame(nil, requestFields("gw.example:443", "/.well-known/masque/ip/", nil))
 	f.Add(fr[2:])
+	f.Add(encodeSection(qpack.HeaderField{Name: ":method", Value: "CONNECT"}, qpack.HeaderField{Name: "user-agent", Value: "a\r\nb"}))
+	f.Add(encodeSection(qpack.HeaderField{Name: "bad name", Value: "v"}))
+	f.Add([]byte{0x02, 0x00, 0x80})
 	f.Fuzz(func(t *testing.T, p []byte) {
 		fs, err := parseFieldSection(p, ":method", ":protocol", ":scheme", ":authority", ":path", ":status")
 		if err != nil {
 			return
 		}
-		for k := range fs.header {
-			if k == "" {
-				t.Fatal("an empty field name passed")
+		size := 0
+		for k, v := range fs.pseudo {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				t.Fatalf("pseudo-header %s: invalid value %q passed", k, v)
 			}
+			size += len(k) + len(v) + 32
+		}
+		for k, vs := range fs.header {
+			if k == "" || !httpguts.ValidHeaderFieldName(k) {
+				t.Fatalf("invalid field name %q passed", k)
+			}
+			for _, v := range vs {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("field %s: invalid value %q passed", k, v)
+				}
+				size += len(k) + len(v) + 32
+			}
+		}
+		if size > maxFieldSection {
+			t.Fatalf("a field section of %d bytes (RFC 9114 4.2.2) passed", size)
 		}
 	})
 }
@@ -153,6 +174,23 @@ func FuzzBodyReader(f *testing.F) {
 			if _, _, err := ReadCapsule(br, func(uint64) bool { return true }); err != nil {
 				return
 			}
+		}
+	})
+}
+
+func FuzzIPPayload(f *testing.F) {
+	f.Add([]byte{0, 0x45})
+	f.Add([]byte{0x40, 0, 0x45})
+	f.Add([]byte{0x40})
+	f.Add([]byte{1, 0x45})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, ok := ipPayload(b)
+		id, n, err := quicvarint.Parse(b)
+		if want := err == nil && id == 0; ok != want {
+			t.Fatalf("% x: ok %v, but the context ID parses as %d, %v", b, ok, id, err)
+		}
+		if ok && !bytes.Equal(p, b[n:]) {
+			t.Fatalf("% x: packet % x, want % x", b, p, b[n:])
 		}
 	})
 }

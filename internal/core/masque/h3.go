@@ -13,6 +13,7 @@ import (
 	"github.com/quic-go/qpack"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/quicvarint"
+	"golang.org/x/net/http/httpguts"
 )
 
 // ALPN is HTTP/3's TLS application protocol (RFC 9114 section 3.1).
@@ -69,6 +70,9 @@ const (
 	ErrCodeMessage              quic.ApplicationErrorCode = 0x10e
 	ErrCodeConnect              quic.ApplicationErrorCode = 0x10f
 	ErrCodeDatagram             quic.ApplicationErrorCode = 0x33
+	// QPACK errors (RFC 9204 section 6).
+	ErrCodeQPACKDecompressionFailed quic.ApplicationErrorCode = 0x200
+	ErrCodeQPACKEncoderStream       quic.ApplicationErrorCode = 0x201
 )
 
 // Error is an HTTP/3 protocol error: Code is what the connection (or the
@@ -131,6 +135,8 @@ type Settings struct {
 	// ExtendedConnect: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 9220).
 	ExtendedConnect bool
 	// MaxFieldSection is SETTINGS_MAX_FIELD_SECTION_SIZE; 0 if unlimited.
+	// Dial refuses to send a request larger than the server's (RFC 9114
+	// 4.2.2 counts name + value + 32 per field).
 	MaxFieldSection uint64
 }
 
@@ -191,8 +197,9 @@ func ParseSettings(p []byte) (Settings, error) {
 	return s, nil
 }
 
-// encodeFields encodes a field section with QPACK's static table and
-// literals only (RFC 9204: Required Insert Count 0) into a HEADERS frame.
+// appendHeadersFrame appends a HEADERS frame holding fields, encoded with
+// QPACK's static table and literals only (RFC 9204: Required Insert
+// Count 0).
 func appendHeadersFrame(b []byte, fields []qpack.HeaderField) []byte {
 	var buf bytes.Buffer
 	enc := qpack.NewEncoder(&buf)
@@ -210,13 +217,27 @@ type fieldSection struct {
 }
 
 // parseFieldSection decodes a field section and checks it is a valid HTTP
-// message's (RFC 9114 section 4.2 and 4.3): lowercase names, pseudo-headers
-// first and each once, no connection-specific fields. allowed lists the
-// pseudo-headers valid here.
+// message's (RFC 9114 section 4.2, 4.3 and 10.3): lowercase names of
+// token characters, values without CR, LF, NUL or other control
+// characters (checked with golang.org/x/net/http/httpguts, as net/http
+// checks HTTP/1 and HTTP/2 fields), pseudo-headers first and each once, no
+// connection-specific fields, and a decoded size (the sum of each field's
+// name and value lengths plus 32, RFC 9114 4.2.2) of at most
+// maxFieldSection, the limit we announce. allowed lists the pseudo-headers
+// valid here. A violation is H3_MESSAGE_ERROR, a stream error; a
+// reference to QPACK's dynamic table, which we keep at 0 bytes, is
+// QPACK_DECOMPRESSION_FAILED, a connection error (RFC 9204 2.2.3).
 func parseFieldSection(p []byte, allowed ...string) (*fieldSection, error) {
 	fs := &fieldSection{pseudo: map[string]string{}, header: http.Header{}}
+	if len(p) > 0 && p[0] != 0 {
+		// The first byte of the field section prefix is the encoded
+		// Required Insert Count: anything but 0 needs a dynamic table
+		// (RFC 9204 4.5.1.1).
+		return nil, h3err(ErrCodeQPACKDecompressionFailed, "field section references the dynamic table, whose capacity is 0")
+	}
 	next := qpack.NewDecoder().Decode(p)
 	regular := false
+	size := 0
 	for {
 		f, err := next()
 		if err == io.EOF {
@@ -225,8 +246,14 @@ func parseFieldSection(p []byte, allowed ...string) (*fieldSection, error) {
 		if err != nil {
 			return nil, h3err(ErrCodeMessage, "QPACK: %v", err)
 		}
+		if size += len(f.Name) + len(f.Value) + 32; size > maxFieldSection {
+			return nil, h3err(ErrCodeMessage, "field section larger than %d bytes (RFC 9114 4.2.2)", maxFieldSection)
+		}
 		if f.Name == "" || strings.ToLower(f.Name) != f.Name {
 			return nil, h3err(ErrCodeMessage, "field name %q is not lowercase", f.Name)
+		}
+		if !httpguts.ValidHeaderFieldValue(f.Value) {
+			return nil, h3err(ErrCodeMessage, "field %s: invalid character in its value (RFC 9114 10.3)", f.Name)
 		}
 		if f.IsPseudo() {
 			if regular {
@@ -246,6 +273,9 @@ func parseFieldSection(p []byte, allowed ...string) (*fieldSection, error) {
 			continue
 		}
 		regular = true
+		if !httpguts.ValidHeaderFieldName(f.Name) {
+			return nil, h3err(ErrCodeMessage, "field name %q is not a token (RFC 9114 4.2)", f.Name)
+		}
 		switch f.Name {
 		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
 			return nil, h3err(ErrCodeMessage, "connection-specific field %s (RFC 9114 4.2)", f.Name)
@@ -257,6 +287,16 @@ func parseFieldSection(p []byte, allowed ...string) (*fieldSection, error) {
 		fs.header.Add(f.Name, f.Value)
 	}
 	return fs, nil
+}
+
+// fieldSectionSize is a field section's size as RFC 9114 section 4.2.2
+// counts it: each field's name and value lengths plus 32.
+func fieldSectionSize(fields []qpack.HeaderField) int {
+	n := 0
+	for _, f := range fields {
+		n += len(f.Name) + len(f.Value) + 32
+	}
+	return n
 }
 
 // headerFields lists h's fields with lowercase names, skipping those
@@ -288,6 +328,12 @@ func readHeadersFrame(r *bufio.Reader, allowed ...string) (*fieldSection, error)
 		}
 		switch {
 		case typ == frameHeaders:
+			if n > maxFieldSection {
+				// Larger than we announced (RFC 9114 4.2.2): a stream
+				// error, which resets the stream unread; the connection
+				// and its other streams go on.
+				return nil, h3err(ErrCodeMessage, "HEADERS frame of %d bytes exceeds our %d-byte field section limit", n, maxFieldSection)
+			}
 			p, err := readPayload(r, typ, n, maxFieldSection)
 			if err != nil {
 				return nil, err
@@ -298,7 +344,7 @@ func readHeadersFrame(r *bufio.Reader, allowed ...string) (*fieldSection, error)
 		case typ == frameSettings || typ == frameGoAway || isHTTP2Frame(typ):
 			return nil, h3err(ErrCodeFrameUnexpected, "frame type %#x on a request stream", typ)
 		default:
-			if _, err := r.Discard(int(min(n, 1<<30))); err != nil {
+			if _, err := io.CopyN(io.Discard, r, int64(min(n, 1<<62))); err != nil {
 				return nil, noEOF(err)
 			}
 		}

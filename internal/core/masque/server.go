@@ -49,7 +49,7 @@ const requestWait = 10 * time.Second
 // field section that decodes but is not a valid request) and the next one
 // awaited; a frame that may not open a request stream closes the
 // connection (H3_FRAME_UNEXPECTED). It returns an error when ctx or the
-// connection ends.
+// connection ends; ctx's deadline also bounds the wait for HEADERS.
 func (c *Conn) AcceptRequest(ctx context.Context) (*IncomingRequest, error) {
 	for {
 		str, err := c.qc.AcceptStream(ctx)
@@ -57,7 +57,11 @@ func (c *Conn) AcceptRequest(ctx context.Context) (*IncomingRequest, error) {
 			return nil, err
 		}
 		c.nextRequest.Store(uint64(str.StreamID()) + 4)
-		req, err := c.readRequest(str)
+		wait := time.Now().Add(requestWait)
+		if d, ok := ctx.Deadline(); ok && d.Before(wait) {
+			wait = d
+		}
+		req, err := c.readRequest(str, wait)
 		if err == nil {
 			return req, nil
 		}
@@ -77,8 +81,8 @@ func (c *Conn) AcceptRequest(ctx context.Context) (*IncomingRequest, error) {
 	}
 }
 
-func (c *Conn) readRequest(str *quic.Stream) (*IncomingRequest, error) {
-	_ = str.SetReadDeadline(time.Now().Add(requestWait))
+func (c *Conn) readRequest(str *quic.Stream, wait time.Time) (*IncomingRequest, error) {
+	_ = str.SetReadDeadline(wait)
 	r := bufio.NewReaderSize(str, 4096)
 	fs, err := readHeadersFrame(r, ":method", ":protocol", ":scheme", ":authority", ":path")
 	if err != nil {
@@ -196,4 +200,21 @@ func (c *Conn) GoAway() error {
 	defer c.ctlMu.Unlock()
 	_, err := c.ctl.Write(appendFrame(nil, frameGoAway, quicvarint.Append(nil, id)))
 	return err
+}
+
+// RejectRequests answers every request stream the client opens from now
+// on with H3_REQUEST_REJECTED (RFC 9114 section 4.1.1: the request was
+// not processed, the client may retry it elsewhere), until the
+// connection ends, in this goroutine: for a server that takes no more
+// requests on the connection (its one CONNECT-IP session runs), so that a
+// second request does not wait unanswered.
+func (c *Conn) RejectRequests() {
+	for {
+		str, err := c.qc.AcceptStream(c.qc.Context())
+		if err != nil {
+			return
+		}
+		str.CancelRead(quic.StreamErrorCode(ErrCodeRequestRejected))
+		str.CancelWrite(quic.StreamErrorCode(ErrCodeRequestRejected))
+	}
 }

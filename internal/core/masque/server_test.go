@@ -119,9 +119,15 @@ func TestClientServer(t *testing.T) {
 	}
 }
 
-// rawRequest sends raw request bytes to our server and returns what the
-// server answered on the stream.
-func rawRequest(t *testing.T, fields []qpack.HeaderField, extra []byte) (*Conn, string) {
+// acceptResult is what our server's AcceptRequest returned.
+type acceptResult struct {
+	req *IncomingRequest
+	err error
+}
+
+// openRequest starts our server on a new connection, with AcceptRequest
+// running, and opens a request stream to it from a raw client.
+func openRequest(t *testing.T) (*Conn, *quic.Stream, <-chan acceptResult) {
 	t.Helper()
 	cq, sq := quicPair(t)
 	server, err := NewServerConn(sq, nil)
@@ -129,20 +135,24 @@ func rawRequest(t *testing.T, fields []qpack.HeaderField, extra []byte) (*Conn, 
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	type result struct {
-		req *IncomingRequest
-		err error
-	}
-	res := make(chan result, 1)
+	t.Cleanup(cancel)
+	res := make(chan acceptResult, 1)
 	go func() {
 		req, err := server.AcceptRequest(ctx)
-		res <- result{req, err}
+		res <- acceptResult{req, err}
 	}()
 	str, err := cq.OpenStreamSync(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return server, str, res
+}
+
+// rawRequest sends raw request bytes to our server and returns what the
+// server answered on the stream.
+func rawRequest(t *testing.T, fields []qpack.HeaderField, extra []byte) (*Conn, string) {
+	t.Helper()
+	server, str, res := openRequest(t)
 	b := extra
 	if fields != nil {
 		b = append(b, appendHeadersFrame(nil, fields)...)

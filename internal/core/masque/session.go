@@ -49,14 +49,35 @@ func (s *Session) Conn() *Conn { return s.conn }
 func (s *Session) OnPacket(h func(p []byte)) { s.handler.Store(&h) }
 
 func (s *Session) handleDatagram(b []byte) {
-	// Context ID 0 carries IP packets; others are not ours (RFC 9484 6).
-	if len(b) == 0 || b[0] != 0 {
+	p, ok := ipPayload(b)
+	if !ok {
 		return
 	}
 	if h := s.handler.Load(); h != nil {
-		(*h)(b[1:])
+		(*h)(p)
 	}
 }
+
+// ipPayload returns the IP packet of an HTTP datagram's payload (after the
+// quarter stream ID): context ID 0 carries IP packets; others are not ours
+// (RFC 9484 section 6). The context ID is a variable-length integer that
+// need not be minimal (RFC 9000 section 16), so 0x40 0x00 is 0 too.
+func ipPayload(b []byte) ([]byte, bool) {
+	if len(b) > 0 && b[0] == 0 {
+		return b[1:], true // the usual 1-byte encoding
+	}
+	id, n, err := quicvarint.Parse(b)
+	if err != nil || id != 0 {
+		return nil, false
+	}
+	return b[n:], true
+}
+
+// IPPayload returns the IP packet of a DATAGRAM capsule's payload (RFC
+// 9297 section 3.5: the HTTP datagram payload, a context ID and then, for
+// context ID 0, the packet); ok is false for another context ID or a
+// truncated one.
+func IPPayload(p []byte) (packet []byte, ok bool) { return ipPayload(p) }
 
 // WritePacket sends p as an HTTP datagram. quic-go copies p, so the caller
 // may reuse it; while quic-go's send queue is full, WritePacket waits. A
@@ -83,6 +104,19 @@ func (s *Session) WriteCapsules(b []byte) error {
 // The end of the stream is io.EOF.
 func (s *Session) ReadCapsule(want func(uint64) bool) (uint64, []byte, error) {
 	return ReadCapsule(&s.body, want)
+}
+
+// Abort ends the session with an HTTP/3 stream error: both directions of
+// the stream are reset with code (e.g. ErrCodeMessage for a malformed
+// capsule, RFC 9297 section 3.3), and its datagrams stop.
+func (s *Session) Abort(code quic.ApplicationErrorCode) {
+	s.closeOnce.Do(func() {
+		s.conn.removeSession(s)
+		s.str.CancelRead(quic.StreamErrorCode(code))
+		s.smu.Lock()
+		s.str.CancelWrite(quic.StreamErrorCode(code))
+		s.smu.Unlock()
+	})
 }
 
 // Close ends the session: the stream's both directions and its datagrams.
