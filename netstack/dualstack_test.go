@@ -10,6 +10,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/underpass/underpass/internal/testinfra/testenv"
 )
 
 // A dual-stack client: the IPv4 address and an IPv6 one (a ULA /64 pool).
@@ -133,17 +135,7 @@ func TestDualStackFlows(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer u.Close()
-	go func() {
-		b := make([]byte, 2048)
-		for {
-			n, from, err := u.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			u.WriteTo(b[:n], from)
-		}
-	}()
+	testenv.ServePacket(t, u, func(b []byte, from net.Addr) { u.WriteTo(b, from) })
 	uc, err := c.dialUDP(netip.AddrPortFrom(far6, netip.MustParseAddrPort(u.LocalAddr().String()).Port()))
 	if err != nil {
 		t.Fatal(err)
