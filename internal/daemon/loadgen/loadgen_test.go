@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
@@ -23,8 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/goleak"
 
-	"github.com/underpass/underpass/auth"
 	"github.com/underpass/underpass/internal/testinfra/gwtest"
+	"github.com/underpass/underpass/internal/testinfra/oidctest"
 	"github.com/underpass/underpass/internal/testinfra/testenv"
 	"github.com/underpass/underpass/tunnel"
 )
@@ -484,21 +483,7 @@ func TestEchoSurvivesEMFILE(t *testing.T) {
 // XML request, no form), and a token the gateway does not accept is
 // counted as a refused sign-in.
 func TestRunToken(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	idp := testenv.NewIssuer(t, l)
-	tr := &http.Transport{}
-	t.Cleanup(tr.CloseIdleConnections)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // discovery at a loopback IdP
-	defer cancel()
-	o, err := auth.NewOIDC(ctx, auth.OIDCConfig{Issuer: idp.URL, Audiences: []string{"underpass"},
-		HTTPClient: &http.Client{Transport: tr, Timeout: 5 * time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(o.Close)
+	idp, o := oidctest.Start(t, "underpass")
 	g := gwtest.Start(t, func(c *tunnel.Config) { c.Authenticator = o })
 	for _, tc := range []struct {
 		mode     Mode
