@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -16,7 +17,7 @@ import (
 // Connections to ap reach the listener and are never forwarded; ap's
 // address becomes reachable by clients regardless of Config.Allow.
 func (s *Stack) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
-	if err := s.addLocal(ap); err != nil {
+	if err := s.addLocal(ap, protoTCP); err != nil {
 		return nil, err
 	}
 	l, err := gonet.ListenTCP(s.st, fullAddr(ap), protoOf(ap.Addr()))
@@ -35,7 +36,7 @@ func (s *Stack) ListenTCP(ap netip.AddrPort) (net.Listener, error) {
 // tunnel (e.g. the DNS proxy). Datagrams to ap reach it and are never
 // forwarded; ap's address becomes reachable regardless of Config.Allow.
 func (s *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
-	if err := s.addLocal(ap); err != nil {
+	if err := s.addLocal(ap, protoUDP); err != nil {
 		return nil, err
 	}
 	fa := fullAddr(ap)
@@ -51,9 +52,10 @@ func (s *Stack) ListenUDP(ap netip.AddrPort) (net.PacketConn, error) {
 	return uc, nil
 }
 
-// addLocal makes ap's address one of the stack's own. The address stays
-// local until the stack closes (listeners come and go; the address is cheap).
-func (s *Stack) addLocal(ap netip.AddrPort) error {
+// addLocal makes ap's address one of the stack's own, for proto (protoTCP
+// or protoUDP) at ap's port only. The address and port stay local until the
+// stack closes (listeners come and go; the entry is cheap).
+func (s *Stack) addLocal(ap netip.AddrPort, proto uint8) error {
 	a := ap.Addr()
 	if !a.IsValid() || a.IsUnspecified() || a.IsMulticast() || a.Is4In6() || a.Zone() != "" || ap.Port() == 0 {
 		// An unspecified address would capture that port for every
@@ -68,16 +70,19 @@ func (s *Stack) addLocal(ap netip.AddrPort) error {
 	if s.lookup(a) != nil {
 		return fmt.Errorf("%w: %v is attached to a session", ErrInvalidAddr, a)
 	}
-	if s.isLocal(a) {
+	old := *s.local.Load()
+	la, ok := old[a]
+	lp := listenPort{proto, ap.Port()}
+	if la.all || slices.Contains(la.ports, lp) {
 		return nil
 	}
-	if err := s.addNICAddr(a); err != nil {
-		return err
+	if !ok {
+		if err := s.addNICAddr(a); err != nil {
+			return err
+		}
 	}
-	old := *s.local.Load()
-	m := make(map[netip.Addr]struct{}, len(old)+1)
-	maps.Copy(m, old)
-	m[a] = struct{}{}
+	m := maps.Clone(old)
+	m[a] = localAddr{ports: append(slices.Clone(la.ports), lp)}
 	s.local.Store(&m)
 	return nil
 }

@@ -388,11 +388,13 @@ func (p *Port) InjectBatch(b *Batch, pkt []byte) error {
 			return err
 		}
 	}
-	if ip.ttl <= 1 && !s.isLocal(ip.dst) {
+	if ip.ttl <= 1 && !s.consumes(&ip) {
 		// A router forwards nothing whose TTL (hop limit) would reach 0,
 		// and says so (RFC 1812 5.3.1, RFC 4443 3.3): traceroute's first
 		// hop is the gateway. The hosts beyond are not: the stack
-		// re-originates each flow from its own socket.
+		// re-originates each flow from its own socket. Only what the
+		// stack itself takes is exempt: at a listener's address (the DNS
+		// proxy's) that is the listener's port, not a ping or traceroute.
 		s.stats.ttlExceeded.Add(1)
 		s.timeExceeded(p, &ip)
 		return ErrTTLExceeded

@@ -2,11 +2,13 @@ package netstack
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,9 +173,10 @@ type Stack struct {
 
 	// ports maps an attached address to its Port (see portTable).
 	ports portTable
-	// local holds addresses owned by the stack itself (Addr and listener
-	// addresses). Copy-on-write: listeners are few and set up at start.
-	local atomic.Pointer[map[netip.Addr]struct{}]
+	// local holds what the stack itself owns, by address: everything at
+	// Addr; at a listener's address (the DNS proxy's, say) only the
+	// listeners' ports. Copy-on-write: listeners are few and set up at start.
+	local atomic.Pointer[map[netip.Addr]localAddr]
 
 	mu        sync.Mutex // orders Attach against addLocal and Close; guards the writers of local, listeners, closed
 	closed    bool
@@ -251,7 +254,7 @@ func New(cfg Config) (*Stack, error) {
 	if s.pinger == nil && hostNetwork {
 		s.pinger = HostPinger{}
 	}
-	s.local.Store(&map[netip.Addr]struct{}{cfg.Addr: {}})
+	s.local.Store(&map[netip.Addr]localAddr{cfg.Addr: {all: true}})
 	s.link = &linkEndpoint{s: s}
 	s.link.mtu = uint32(cfg.MTU)
 
@@ -396,6 +399,32 @@ func (s *Stack) lookup(a netip.Addr) *Port { return s.ports.get(a) }
 func (s *Stack) isLocal(a netip.Addr) bool {
 	_, ok := (*s.local.Load())[a]
 	return ok
+}
+
+// localAddr is what the stack owns at one of its addresses.
+type localAddr struct {
+	all   bool         // the stack's own address: every port, and echo
+	ports []listenPort // a listener's address: only its listeners' ports
+}
+
+// listenPort is one listener's transport protocol and port.
+type listenPort struct {
+	proto uint8 // protoTCP or protoUDP
+	port  uint16
+}
+
+// consumes says whether the stack itself takes the client's packet ip
+// (anything at its own address, a listener's port at a listener's
+// address) rather than forwarding it as a router would.
+func (s *Stack) consumes(ip *ipInfo) bool {
+	la, ok := (*s.local.Load())[ip.dst]
+	if !ok || la.all {
+		return ok
+	}
+	if len(ip.l4) < 4 { // both TCP and UDP put the destination port at bytes 2-3
+		return false
+	}
+	return slices.Contains(la.ports, listenPort{ip.tproto, binary.BigEndian.Uint16(ip.l4[2:4])})
 }
 
 // allowed says whether a client may send to dst: the stack's own and

@@ -185,6 +185,22 @@ func TestEchoForwarding(t *testing.T) {
 		t.Fatalf("pinged %v for the gateway's own address", dst)
 	default:
 	}
+	// A traceroute to the DNS server: a TTL-1 echo to the listener's
+	// address is traffic a router forwards, so the gateway answers time
+	// exceeded; the listener's own port is the stack's and is delivered.
+	if err := p.Inject(withTTL(echoRequest(cliAddr, dnsAddr, 11), 1)); !errors.Is(err, ErrTTLExceeded) {
+		t.Fatalf("TTL-1 echo to the listener address: Inject = %v, want ErrTTLExceeded", err)
+	}
+	if b := nextPacket(t, p, 2*time.Second); netip.AddrFrom4([4]byte(b[12:16])) != gwAddr || b[20] != 11 {
+		t.Fatalf("want time exceeded from the gateway, got % x", b)
+	}
+	if err := p.Inject(withTTL(udpPacket(netip.AddrPortFrom(cliAddr, 40001), netip.AddrPortFrom(dnsAddr, 53), []byte("q")), 1)); err != nil {
+		t.Fatalf("TTL-1 datagram to the listener's port: %v", err)
+	}
+	pc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, _, err := pc.ReadFrom(make([]byte, 16)); err != nil || n != 1 {
+		t.Fatalf("the listener did not get the TTL-1 datagram: %d bytes, %v", n, err)
+	}
 	// Not allowed by policy: refused, never pinged.
 	gw2 := newGW(t, func(c *Config) { c.Pinger = fp; c.Allow = func(netip.Addr) bool { return false } })
 	p2, err := gw2.Attach(cliAddr, testHeadroom, 0)
