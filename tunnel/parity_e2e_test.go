@@ -88,6 +88,11 @@ func TestRouterParity(t *testing.T) {
 	var logs testenv.LogBuffer
 	gw, listen := udpGateway(t, tp, cert, 443, &logs, func(c *tunnel.Config) {
 		c.Pinger = nsPinger{tp.GW}
+		// corp is also the pushed DNS server, so the DNS proxy listens on
+		// its address inside the stack and the ping probes below are the
+		// issue's "echo to the DNS address": only port 53 is the proxy's,
+		// and an echo must reach the real host as through a router.
+		c.DNS = []netip.Addr{testenv.CorpAddr}
 	})
 	ocOpts := testenv.OCOptions{Server: listen, ServerCertPin: cert.Pin, User: "alice", Password: "secret", Mode: testenv.ModeTun}
 	oc := testenv.Openconnect(t, tp.Client, ocOpts) // TLS (CSTP) only first
