@@ -82,10 +82,12 @@ func TestMalformedRequestReset(t *testing.T) {
 
 func malformedRequestReset(t *testing.T, b []byte) {
 	server, str, _ := openRequest(t)
-	if _, err := str.Write(b); err != nil {
-		t.Fatal(err)
+	// The server may refuse a large HEADERS frame from its header alone,
+	// so the reset (STOP_SENDING) can end the write before it is done.
+	_, err := str.Write(b)
+	if err == nil {
+		_, err = str.Read(make([]byte, 1))
 	}
-	_, err := str.Read(make([]byte, 1))
 	var se *quic.StreamError
 	if !errors.As(err, &se) || se.ErrorCode != quic.StreamErrorCode(ErrCodeMessage) {
 		t.Fatalf("read %v, want an H3_MESSAGE_ERROR reset", err)
